@@ -1,0 +1,39 @@
+# qsim: the two set-up commands of the README.
+#   make demo   creates .venv, installs qsim and the offline Fashion-MNIST data,
+#               runs the main job end to end.
+#   make test   creates .venv, installs qsim with its test extra, runs pytest.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+OUT ?= runs/demo
+
+.PHONY: demo test venv data bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+data:
+	@if [ ! -f $(FMNIST) ]; then \
+	  echo "Installing Debian's dataset-fashion-mnist (needs root)..."; \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+demo: venv data
+	$(PY) -m experiments.demo --workdir=$(OUT)
+
+test: venv data
+	$(PY) -m pytest -q tests
+
+bench: venv data
+	$(PY) benchmarks/quant_overhead.py
+	$(PY) benchmarks/grid_mapping.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

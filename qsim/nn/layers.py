@@ -1,0 +1,206 @@
+"""Quantized Flax Linen layers: Dense, Conv, Embed.
+
+Each layer *is* its ``flax.linen`` counterpart (same class, same parameters,
+same names) with quantization injected through flax's own hooks
+(``dot_general_cls``/``conv_general_dilated_cls``). ``quant=None`` builds the
+plain flax layer; a layer whose resolved spec is ``None`` runs the plain
+``lax`` op. The quantizer child module owns the layer's 'quant_stats'
+variables (static activation ranges).
+
+Modes, chosen by what ``apply`` makes mutable:
+
+* inference (default): weights and activations are fake-quantized; static
+  activations use the stored ranges.
+* calibration (``mutable=['quant_stats']``): the layer runs in float and
+  records the calibration range of its input (running min/max for
+  'absmax', running mean for 'percentile' and 'mse'), as TFLite calibrates
+  a float model. See :func:`qsim.quant.calibrate`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from qsim.quant import fake_quant
+from qsim.quant.spec import LayerSpec, QuantConfig, TensorSpec
+
+QUANT_STATS = "quant_stats"
+QUANT_RNG = "quant"
+
+Quant = QuantConfig | LayerSpec | None
+
+
+def layer_name(module: nn.Module, drop_last: int = 0) -> str:
+  path = module.scope.path if module.scope is not None else ()
+  return "/".join(path[: len(path) - drop_last])
+
+
+def resolve(quant: Quant, name: str) -> LayerSpec | None:
+  """The LayerSpec for layer ``name`` (a config is looked up by name)."""
+  if isinstance(quant, QuantConfig):
+    return quant.resolve(name)
+  return quant
+
+
+def _key(module: nn.Module, spec: TensorSpec | None):
+  if spec is not None and spec.needs_rng:
+    return module.make_rng(QUANT_RNG)
+  return None
+
+
+def quantize_tensor(
+    module: nn.Module,
+    x: jax.Array,
+    spec: TensorSpec | None,
+    *,
+    slot: str,
+    default_axis: int = -1,
+    where: str = "",
+) -> jax.Array:
+  """Fake-quantizes ``x`` inside ``module``, handling static ranges.
+
+  Args:
+    module: the owning module (for variables and RNG).
+    x: the tensor.
+    spec: its spec (None = float).
+    slot: the variable-name prefix of its stored range (e.g. 'act').
+    default_axis: channel axis when ``spec.axis`` is None.
+    where: the layer's name, for errors.
+  """
+  if spec is None:
+    return x
+  where = f"{where or layer_name(module)}.{slot}"
+  if spec.range == "dynamic":
+    return fake_quant.quantize(
+        x, spec, default_axis=default_axis, key=_key(module, spec), where=where
+    )
+  shape = fake_quant.range_shape(x.shape, spec, default_axis, where)
+  lo = module.variable(QUANT_STATS, f"{slot}_lo", jnp.zeros, shape, jnp.float32)
+  hi = module.variable(QUANT_STATS, f"{slot}_hi", jnp.zeros, shape, jnp.float32)
+  count = module.variable(
+      QUANT_STATS, f"{slot}_count", lambda: jnp.zeros((), jnp.int32)
+  )
+  if module.is_initializing():
+    return x
+  if module.is_mutable_collection(QUANT_STATS):
+    blo, bhi = fake_quant.calibrated_range(
+        x, spec, default_axis=default_axis, where=where
+    )
+    n = count.value
+    if spec.calibration == "absmax":
+      new_lo, new_hi = jnp.minimum(lo.value, blo), jnp.maximum(hi.value, bhi)
+    else:
+      w = 1.0 / (n + 1).astype(jnp.float32)
+      new_lo = lo.value + (blo - lo.value) * w
+      new_hi = hi.value + (bhi - hi.value) * w
+    lo.value = jnp.where(n == 0, blo, new_lo)
+    hi.value = jnp.where(n == 0, bhi, new_hi)
+    count.value = n + 1
+    return x
+  return fake_quant.quantize(
+      x,
+      spec,
+      default_axis=default_axis,
+      lo=lo.value,
+      hi=hi.value,
+      key=_key(module, spec),
+      where=where,
+  )
+
+
+class QuantDotGeneral(nn.Module):
+  """``lax.dot_general`` on fake-quantized operands (lhs = activation)."""
+
+  quant: Any = None
+
+  @nn.compact
+  def __call__(
+      self,
+      lhs,
+      rhs,
+      dimension_numbers,
+      precision=None,
+      preferred_element_type=None,
+      **kwargs,
+  ):
+    name = layer_name(self, drop_last=1)
+    spec = resolve(self.quant, name)
+    if spec is not None:
+      lhs = quantize_tensor(self, lhs, spec.act, slot="act", where=name)
+      rhs = quantize_tensor(self, rhs, spec.weight, slot="weight", where=name)
+    return lax.dot_general(
+        lhs,
+        rhs,
+        dimension_numbers,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        **kwargs,
+    )
+
+
+class QuantConv(nn.Module):
+  """``lax.conv_general_dilated`` on fake-quantized operands.
+
+  The convolution itself is XLA's; only the operands are quantized, so the
+  gradients of kernel and input are straight-through (AQT's own convolution
+  has zero gradients: upstream issue #285).
+  """
+
+  quant: Any = None
+
+  @nn.compact
+  def __call__(self, lhs, rhs, *args, **kwargs):
+    name = layer_name(self, drop_last=1)
+    spec = resolve(self.quant, name)
+    if spec is not None:
+      lhs = quantize_tensor(self, lhs, spec.act, slot="act", where=name)
+      rhs = quantize_tensor(self, rhs, spec.weight, slot="weight", where=name)
+    return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+
+
+def Dense(features: int, *, quant: Quant = None, **kwargs) -> nn.Dense:  # pylint: disable=invalid-name
+  """A ``flax.linen.Dense`` whose matmul is quantized by ``quant``.
+
+  Args:
+    features: output features.
+    quant: a QuantConfig (looked up by this layer's name), a LayerSpec, or
+      None (the plain flax layer).
+    **kwargs: any ``flax.linen.Dense`` argument (``name``, ``use_bias``...).
+  """
+  if quant is not None:
+    kwargs["dot_general_cls"] = functools.partial(QuantDotGeneral, quant=quant)
+  return nn.Dense(features, **kwargs)
+
+
+def Conv(features: int, kernel_size, *, quant: Quant = None, **kwargs) -> nn.Conv:  # pylint: disable=invalid-name
+  """A ``flax.linen.Conv`` whose convolution is quantized by ``quant``."""
+  if quant is not None:
+    kwargs["conv_general_dilated_cls"] = functools.partial(QuantConv, quant=quant)
+  return nn.Conv(features, kernel_size, **kwargs)
+
+
+class Embed(nn.Embed):
+  """``flax.linen.Embed`` with a fake-quantized table.
+
+  The weight spec's default channel axis is 0: one scale per embedding row
+  (per token), as integer runtimes quantize gather tables. Activations of an
+  embedding are the integer token ids: ``act`` is ignored.
+  """
+
+  quant: Any = None
+
+  def __call__(self, inputs):
+    spec = resolve(self.quant, layer_name(self))
+    if spec is None or spec.weight is None:
+      return super().__call__(inputs)
+    if not jnp.issubdtype(inputs.dtype, jnp.integer):
+      raise ValueError("Input type must be an integer or unsigned integer.")
+    (table,) = self.promote_dtype(self.embedding, dtype=self.dtype, inexact=False)
+    table = quantize_tensor(self, table, spec.weight, slot="weight", default_axis=0)
+    return jnp.take(table, inputs, axis=0)

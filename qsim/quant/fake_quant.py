@@ -1,0 +1,71 @@
+"""Fake quantization of one tensor by its :class:`TensorSpec`."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from qsim.quant import _aqt
+from qsim.quant import ranges
+from qsim.quant.spec import BF16, FP16, TensorSpec
+from qsim.quant.ste import straight_through
+
+_CAST_DTYPES = {FP16: jnp.float16, BF16: jnp.bfloat16}
+
+
+def quantize(
+    x: jax.Array,
+    spec: TensorSpec | None,
+    *,
+    default_axis: int = -1,
+    lo: jax.Array | None = None,
+    hi: jax.Array | None = None,
+    key: jax.Array | None = None,
+    where: str = "tensor",
+) -> jax.Array:
+  """Fake-quantizes ``x``: same shape and dtype, values on the spec's grid.
+
+  The gradient is straight-through: 1 inside the clip range, 0 outside.
+
+  Args:
+    x: a float array.
+    spec: how to quantize; ``None`` returns ``x`` unchanged.
+    default_axis: the channel axis when ``spec.axis`` is None.
+    lo, hi: a stored static range (shape of ``x`` with the shared axes set
+      to 1); ``None`` = computed from ``x`` by ``spec.calibration``.
+    key: PRNG key for stochastic rounding.
+    where: a name for error messages (e.g. the layer).
+
+  Returns:
+    The dequantized array.
+  """
+  if spec is None:
+    return x
+  if spec.format in _CAST_DTYPES:
+    y = x.astype(_CAST_DTYPES[spec.format]).astype(x.dtype)
+    return straight_through(x, y, jnp.ones_like(x))
+  if spec.needs_rng and key is None:
+    raise ValueError(
+        f"{where}: rounding='stochastic' needs a PRNG key (pass"
+        " rngs={'quant': key} to apply)"
+    )
+  axes = ranges.shared_axes(x.ndim, spec, default_axis, where)
+  return _aqt.quantize(x, spec, axes, lo=lo, hi=hi, key=key)
+
+
+def calibrated_range(
+    x: jax.Array,
+    spec: TensorSpec,
+    *,
+    default_axis: int = -1,
+    where: str = "tensor",
+) -> tuple[jax.Array, jax.Array]:
+  """The range ``spec.calibration`` picks for ``x``, as ``(lo, hi)``."""
+  axes = ranges.shared_axes(x.ndim, spec, default_axis, where)
+  return _aqt.calibrated_range(x, spec, axes)
+
+
+def range_shape(shape, spec: TensorSpec, default_axis: int = -1, where="tensor"):
+  """The shape of a stored range for a tensor of ``shape``."""
+  axes = ranges.shared_axes(len(shape), spec, default_axis, where)
+  return tuple(1 if a in axes else d for a, d in enumerate(shape))

@@ -1,0 +1,137 @@
+"""Named presets that mirror real deployments, and the config builder.
+
+========================  ====================================================
+preset                    what it is
+========================  ====================================================
+``float32``               no quantization (every layer float)
+``fp16``                  fp16 weights, float activations (TFLite float16 /
+                          CoreML fp16 weight quantization)
+``bf16``                  bf16 weights and activations (TPU bf16 inference)
+``tflite_int8``           TFLite full integer: int8 symmetric per-channel
+                          absmax weights, int8 asymmetric per-tensor *static*
+                          activations (calibrated ranges)
+``tflite_dynamic``        TFLite dynamic range: int8 symmetric per-channel
+                          weights, int8 asymmetric per-tensor activations
+                          quantized on the fly (dynamic)
+``weight_only_int8``      CoreML-style weight-only: int8 asymmetric (affine
+                          min/max) per-channel weights, float activations
+``wXaY`` (X, Y in 2..16)  int-X symmetric per-channel absmax weights, int-Y
+                          asymmetric per-tensor dynamic activations
+``wX`` (X in 2..16)       int-X symmetric per-channel weights only
+========================  ====================================================
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+from qsim.quant.spec import LayerSpec, MAX_BITS, MIN_BITS, QuantConfig, TensorSpec
+
+
+def int_weight(bits: int, **kw) -> TensorSpec:
+  """Symmetric per-channel absmax integer weights."""
+  return TensorSpec(bits=bits, granularity="per_channel", symmetric=True, **kw)
+
+
+def int_act(bits: int, **kw) -> TensorSpec:
+  """Asymmetric per-tensor integer activations (dynamic unless told)."""
+  return TensorSpec(bits=bits, granularity="per_tensor", symmetric=False, **kw)
+
+
+_FIXED: dict[str, LayerSpec | None] = {
+    "float32": None,
+    "fp16": LayerSpec(weight=TensorSpec(format="fp16")),
+    "bf16": LayerSpec(
+        weight=TensorSpec(format="bf16"), act=TensorSpec(format="bf16")
+    ),
+    "tflite_int8": LayerSpec(weight=int_weight(8), act=int_act(8, range="static")),
+    "tflite_dynamic": LayerSpec(weight=int_weight(8), act=int_act(8)),
+    "weight_only_int8": LayerSpec(
+        weight=TensorSpec(bits=8, granularity="per_channel", symmetric=False)
+    ),
+}
+_WXAY = re.compile(r"^w(\d+)(?:a(\d+))?$")
+
+
+def preset_names() -> list[str]:
+  return list(_FIXED) + ["wXaY", "wX"]
+
+
+def layer_preset(name: str) -> LayerSpec | None:
+  """The LayerSpec of a named preset (``None`` = float)."""
+  if not isinstance(name, str):
+    raise ValueError(f"preset={name!r} is not valid; give one of {preset_names()}")
+  if name in _FIXED:
+    return _FIXED[name]
+  m = _WXAY.match(name)
+  if m:
+    for b in m.groups():
+      if b is not None and not MIN_BITS <= int(b) <= MAX_BITS:
+        raise ValueError(
+            f"preset={name!r}: bits={int(b)} is not valid; bits must be in"
+            f" [{MIN_BITS}, {MAX_BITS}]"
+        )
+    w, a = m.groups()
+    return LayerSpec(
+        weight=int_weight(int(w)), act=None if a is None else int_act(int(a))
+    )
+  raise ValueError(
+      f"preset={name!r} is not a known preset; valid presets are"
+      f" {preset_names()} (X, Y in {MIN_BITS}..{MAX_BITS})"
+  )
+
+
+def _layer(value: Any, where: str) -> LayerSpec | None:
+  if value is None or isinstance(value, LayerSpec):
+    return value
+  if isinstance(value, str):
+    return layer_preset(value)
+  if isinstance(value, Mapping):
+    return LayerSpec.from_dict(value)
+  raise ValueError(
+      f"{where}={value!r} is not valid; give a preset name, a LayerSpec, a dict"
+      " of LayerSpec fields, or None"
+  )
+
+
+def make_config(
+    default: Any = "float32",
+    rules: Mapping[str, Any] | Sequence[tuple[str, Any]] = (),
+    name: str | None = None,
+) -> QuantConfig:
+  """Builds a :class:`QuantConfig` from presets, specs or dicts.
+
+  Args:
+    default: the spec of layers no rule matches: a preset name, a LayerSpec,
+      a dict of LayerSpec fields, or None (float).
+    rules: ``{pattern: spec}`` (or pairs), first match wins; e.g.
+      ``{'^conv1$|^head$': 'float32'}`` keeps the first and last layer float.
+    name: label for tables; default: the preset name when ``default`` is one.
+
+  Returns:
+    The config.
+  """
+  items = rules.items() if isinstance(rules, Mapping) else rules
+  built = tuple((p, _layer(v, f"rules[{p!r}]")) for p, v in items)
+  if name is None:
+    name = default if isinstance(default, str) else "custom"
+    if built:
+      name += "+rules"
+  return QuantConfig(default=_layer(default, "default"), rules=built, name=name)
+
+
+def preset(name: str) -> QuantConfig:
+  """A whole-model config from a preset name (see the module table)."""
+  return make_config(name)
+
+
+def bit_grid(
+    weight_bits: Sequence[int], act_bits: Sequence[int | None]
+) -> list[QuantConfig]:
+  """The ``wXaY`` configs for every pair (``None`` activation = weight-only)."""
+  return [
+      preset(f"w{w}" if a is None else f"w{w}a{a}")
+      for w in weight_bits
+      for a in act_bits
+  ]

@@ -1,0 +1,348 @@
+"""Quantization specs: what to quantize, how, and where.
+
+Three frozen, validated dataclasses:
+
+* :class:`TensorSpec`: the numerics of one tensor (format, bits, granularity,
+  symmetry, calibration, rounding, static or dynamic range).
+* :class:`LayerSpec`: the tensors of one layer (weight, input activation and,
+  for recurrent cells, the carried state).
+* :class:`QuantConfig`: a default :class:`LayerSpec` plus per-layer rules
+  (regular expression on the layer name -> spec).
+
+All three are JAX pytrees whose only leaves are the integer bit-widths; every
+other field is static structure. A grid of configs that share a structure is
+therefore one stacked pytree, mapped over inside one compiled program
+(:mod:`qsim.quant.grid`), and changing bits never recompiles.
+
+Validation happens in ``__post_init__`` when a field holds a Python value, so a
+bad config fails where it is written, not inside a jit trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+INT = "int"
+FP16 = "fp16"
+BF16 = "bf16"
+FP8_E4M3 = "fp8_e4m3"
+FP8_E5M2 = "fp8_e5m2"
+FORMATS = (INT, FP16, BF16, FP8_E4M3, FP8_E5M2)
+FLOAT_FORMATS = (FP16, BF16, FP8_E4M3, FP8_E5M2)
+GRANULARITIES = ("per_tensor", "per_channel")
+CALIBRATIONS = ("absmax", "percentile", "mse")
+ROUNDINGS = ("nearest_even", "stochastic")
+RANGES = ("dynamic", "static")
+MIN_BITS, MAX_BITS = 2, 16
+
+
+def _choice(cls: str, name: str, value: Any, choices) -> None:
+  if value not in choices:
+    raise ValueError(
+        f"{cls}.{name}={value!r} is not valid; choose one of {list(choices)}"
+    )
+
+
+def _is_python_number(x: Any) -> bool:
+  return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(
+      x, bool
+  )
+
+
+def _check_keys(cls: str, given: Mapping[str, Any], valid) -> None:
+  unknown = sorted(set(given) - set(valid))
+  if unknown:
+    raise ValueError(
+        f"{cls}: unknown key(s) {unknown}; valid keys are {sorted(valid)}"
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TensorSpec:
+  """How one tensor is quantized.
+
+  Invariants (checked at construction):
+    * ``format`` in FORMATS; for ``int``, ``2 <= bits <= 16`` (an integer);
+      float formats ignore ``bits``.
+    * ``granularity`` 'per_tensor' or 'per_channel'; ``axis`` (per_channel
+      only) is the channel axis, ``None`` = the layer's natural channel axis
+      (last axis of kernels and activations, rows of an embedding table).
+      The axis is checked against the tensor's rank when the layer is traced
+      (``init``), with the layer's name in the error.
+    * ``symmetric``: zero maps to integer 0 and the grid is
+      ``[-(2^(b-1)-1), 2^(b-1)-1]`` (at most 2^b - 1 levels); asymmetric uses
+      an integer zero point and ``[-2^(b-1), 2^(b-1)-1]`` (2^b levels).
+    * ``calibration``: how the clip range is chosen from data: 'absmax',
+      'percentile' (``percentile`` in (50, 100]) or 'mse' (the clip ratio in
+      ``[mse_min_ratio, 1]`` of absmax, ``mse_steps`` candidates, that
+      minimises the squared error of the quantized tensor).
+    * ``rounding``: 'nearest_even' or 'stochastic' (unbiased,
+      ``floor(x + U[0, 1))``; needs a 'quant' PRNG stream).
+    * ``range``: 'dynamic' (from the tensor itself at run time) or 'static'
+      (from ranges calibrated beforehand and stored in the 'quant_stats'
+      variable collection; activations only).
+  """
+
+  format: str = INT
+  bits: Any = 8
+  granularity: str = "per_tensor"
+  axis: int | None = None
+  symmetric: bool = True
+  calibration: str = "absmax"
+  percentile: float = 99.99
+  mse_steps: int = 20
+  mse_min_ratio: float = 0.2
+  rounding: str = "nearest_even"
+  range: str = "dynamic"
+
+  def __post_init__(self):
+    cls = "TensorSpec"
+    _choice(cls, "format", self.format, FORMATS)
+    _choice(cls, "granularity", self.granularity, GRANULARITIES)
+    _choice(cls, "calibration", self.calibration, CALIBRATIONS)
+    _choice(cls, "rounding", self.rounding, ROUNDINGS)
+    _choice(cls, "range", self.range, RANGES)
+    if self.format == INT and _is_python_number(self.bits):
+      if int(self.bits) != self.bits or not (
+          MIN_BITS <= self.bits <= MAX_BITS
+      ):
+        raise ValueError(
+            f"{cls}.bits={self.bits!r} is not valid; integer formats take an"
+            f" integer in [{MIN_BITS}, {MAX_BITS}]"
+        )
+    elif self.format == INT and isinstance(self.bits, (bool, str, type(None))):
+      raise ValueError(
+          f"{cls}.bits={self.bits!r} is not valid; integer formats take an"
+          f" integer in [{MIN_BITS}, {MAX_BITS}]"
+      )
+    if self.axis is not None and (
+        not isinstance(self.axis, (int, np.integer)) or isinstance(self.axis, bool)
+    ):
+      raise ValueError(f"{cls}.axis={self.axis!r} is not valid; give an int or None")
+    if self.axis is not None and self.granularity != "per_channel":
+      raise ValueError(
+          f"{cls}.axis={self.axis!r} is only meaningful with"
+          " granularity='per_channel'"
+      )
+    if not 50.0 < float(self.percentile) <= 100.0:
+      raise ValueError(
+          f"{cls}.percentile={self.percentile!r} is not valid; valid range is"
+          " (50, 100]"
+      )
+    if not (isinstance(self.mse_steps, int) and 2 <= self.mse_steps <= 1000):
+      raise ValueError(
+          f"{cls}.mse_steps={self.mse_steps!r} is not valid; valid range is"
+          " [2, 1000]"
+      )
+    if not 0.0 < float(self.mse_min_ratio) < 1.0:
+      raise ValueError(
+          f"{cls}.mse_min_ratio={self.mse_min_ratio!r} is not valid; valid"
+          " range is (0, 1)"
+      )
+    if self.format in FLOAT_FORMATS and self.range == "static" and self.format in (
+        FP16,
+        BF16,
+    ):
+      raise ValueError(
+          f"{cls}.range='static' is not valid for format={self.format!r}: fp16"
+          " and bf16 are a dtype round trip with no range; use range='dynamic'"
+      )
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "TensorSpec":
+    """Builds a spec from a mapping; unknown keys raise ``ValueError``."""
+    _check_keys("TensorSpec", d, [f.name for f in dataclasses.fields(cls)])
+    return cls(**d)
+
+  def replace(self, **changes) -> "TensorSpec":
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def is_int(self) -> bool:
+    return self.format == INT
+
+  @property
+  def needs_rng(self) -> bool:
+    return self.rounding == "stochastic"
+
+
+def _tensor_flatten(s: TensorSpec):
+  meta = tuple(
+      getattr(s, f.name) for f in dataclasses.fields(s) if f.name != "bits"
+  )
+  return (s.bits,), meta
+
+
+def _tensor_unflatten(meta, children):
+  # Leaves may be tracers, stacked arrays or sentinels: skip validation.
+  s = object.__new__(TensorSpec)
+  names = [f.name for f in dataclasses.fields(TensorSpec) if f.name != "bits"]
+  for name, value in zip(names, meta):
+    object.__setattr__(s, name, value)
+  object.__setattr__(s, "bits", children[0])
+  return s
+
+
+jax.tree_util.register_pytree_node(TensorSpec, _tensor_flatten, _tensor_unflatten)
+
+
+def _as_tensor_spec(value: Any, where: str) -> TensorSpec | None:
+  if value is None or isinstance(value, TensorSpec):
+    return value
+  if isinstance(value, Mapping):
+    return TensorSpec.from_dict(value)
+  raise ValueError(
+      f"{where}={value!r} is not valid; give a TensorSpec, a dict of its"
+      " fields, or None"
+  )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LayerSpec:
+  """The quantized tensors of one layer (``None`` = that tensor stays float).
+
+  Attributes:
+    weight: the kernel (Dense, Conv, recurrent input and hidden kernels) or the
+      embedding table.
+    act: the layer's input activation (for recurrent cells: the input and the
+      hidden state where they enter the matmuls).
+    state: recurrent cells only: the new carry (h, and c for LSTM) is
+      quantized before it is passed to the next step, as an integer RNN
+      runtime stores it.
+  """
+
+  weight: TensorSpec | None = None
+  act: TensorSpec | None = None
+  state: TensorSpec | None = None
+
+  def __post_init__(self):
+    for name in ("weight", "act", "state"):
+      object.__setattr__(
+          self, name, _as_tensor_spec(getattr(self, name), f"LayerSpec.{name}")
+      )
+    if self.weight is not None and self.weight.range == "static":
+      raise ValueError(
+          "LayerSpec.weight.range='static' is not valid; weights are known at"
+          " conversion time and always use their own range ('dynamic')"
+      )
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "LayerSpec":
+    _check_keys("LayerSpec", d, ["weight", "act", "state"])
+    return cls(**d)
+
+  @property
+  def is_float(self) -> bool:
+    return self.weight is None and self.act is None and self.state is None
+
+
+def _layer_flatten(s: LayerSpec):
+  return (s.weight, s.act, s.state), None
+
+
+def _layer_unflatten(_, children):
+  s = object.__new__(LayerSpec)
+  for name, value in zip(("weight", "act", "state"), children):
+    object.__setattr__(s, name, value)
+  return s
+
+
+jax.tree_util.register_pytree_node(LayerSpec, _layer_flatten, _layer_unflatten)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuantConfig:
+  """A whole model's quantization: per-layer rules with a default.
+
+  ``rules`` is a tuple of ``(pattern, LayerSpec | None)``; the first pattern
+  that ``re.search``-matches a layer's name (its module path joined by '/',
+  e.g. ``'block1/conv2'``) decides that layer, otherwise ``default`` does.
+  ``None`` keeps a layer in float. ``name`` is a label for tables and plots.
+  """
+
+  default: LayerSpec | None = None
+  rules: tuple[tuple[str, LayerSpec | None], ...] = ()
+  name: str = ""
+
+  def __post_init__(self):
+    if isinstance(self.default, Mapping):
+      object.__setattr__(self, "default", LayerSpec.from_dict(self.default))
+    if self.default is not None and not isinstance(self.default, LayerSpec):
+      raise ValueError(
+          f"QuantConfig.default={self.default!r} is not valid; give a"
+          " LayerSpec, a dict of its fields, or None"
+      )
+    rules = []
+    for item in tuple(self.rules):
+      if not (isinstance(item, tuple) and len(item) == 2):
+        raise ValueError(
+            f"QuantConfig.rules entry {item!r} is not valid; give (pattern,"
+            " LayerSpec | None) pairs"
+        )
+      pattern, spec = item
+      try:
+        re.compile(pattern)
+      except (re.error, TypeError) as e:
+        raise ValueError(
+            f"QuantConfig.rules pattern {pattern!r} is not a valid regular"
+            f" expression: {e}"
+        ) from None
+      if isinstance(spec, Mapping):
+        spec = LayerSpec.from_dict(spec)
+      if spec is not None and not isinstance(spec, LayerSpec):
+        raise ValueError(
+            f"QuantConfig.rules[{pattern!r}]={spec!r} is not valid; give a"
+            " LayerSpec, a dict of its fields, or None"
+        )
+      rules.append((pattern, spec))
+    object.__setattr__(self, "rules", tuple(rules))
+
+  def resolve(self, layer_name: str) -> LayerSpec | None:
+    """The spec of the layer called ``layer_name`` (None = float)."""
+    for pattern, spec in self.rules:
+      if re.search(pattern, layer_name):
+        return spec
+    return self.default
+
+  def layer_specs(self):
+    """All LayerSpecs this config can hand out (default first)."""
+    return [self.default] + [spec for _, spec in self.rules]
+
+  def replace(self, **changes) -> "QuantConfig":
+    return dataclasses.replace(self, **changes)
+
+
+def _config_flatten(c: QuantConfig):
+  patterns = tuple(p for p, _ in c.rules)
+  specs = tuple(s for _, s in c.rules)
+  return (c.default, specs), (patterns, c.name)
+
+
+def _config_unflatten(meta, children):
+  patterns, name = meta
+  default, specs = children
+  c = object.__new__(QuantConfig)
+  object.__setattr__(c, "default", default)
+  object.__setattr__(c, "rules", tuple(zip(patterns, specs)))
+  object.__setattr__(c, "name", name)
+  return c
+
+
+jax.tree_util.register_pytree_node(
+    QuantConfig, _config_flatten, _config_unflatten
+)
+
+
+def structure(config: QuantConfig | None):
+  """The static part of a config: configs with equal structure stack.
+
+  The name is a label, not structure: it is left out.
+  """
+  if config is None:
+    return None
+  return jax.tree_util.tree_structure(config.replace(name=""))
