@@ -35,7 +35,8 @@ class RNNClassifier(nn.Module):
     cells = {"lstm": qnn.LSTMCell, "gru": qnn.GRUCell}
     if self.cell not in cells:
       raise ValueError(f"cell={self.cell!r} is not valid; choose one of {list(cells)}")
-    cell = cells[self.cell](self.hidden, quant=self.quant)
+    # parent=None: the RNN adopts the cell, so its path is rnn/cell/...
+    cell = cells[self.cell](self.hidden, quant=self.quant, parent=None)
     carry, _ = qnn.RNN(cell, return_carry=True, name="rnn")(x)
     h = carry[1] if self.cell == "lstm" else carry
     return qnn.Dense(self.num_classes, quant=self.quant, name="head")(h)

@@ -62,6 +62,7 @@ def quantize_tensor(
     slot: str,
     default_axis: int = -1,
     where: str = "",
+    batch_axes: tuple[int, ...] = (),
 ) -> jax.Array:
   """Fake-quantizes ``x`` inside ``module``, handling static ranges.
 
@@ -72,13 +73,20 @@ def quantize_tensor(
     slot: the variable-name prefix of its stored range (e.g. 'act').
     default_axis: channel axis when ``spec.axis`` is None.
     where: the layer's name, for errors.
+    batch_axes: for activations, the batch axis: a dynamic range is computed
+      per example (a static range is shared by all examples).
   """
   if spec is None:
     return x
   where = f"{where or layer_name(module)}.{slot}"
   if spec.range == "dynamic":
     return fake_quant.quantize(
-        x, spec, default_axis=default_axis, key=_key(module, spec), where=where
+        x,
+        spec,
+        default_axis=default_axis,
+        key=_key(module, spec),
+        where=where,
+        batch_axes=batch_axes,
     )
   shape = fake_quant.range_shape(x.shape, spec, default_axis, where)
   lo = module.variable(QUANT_STATS, f"{slot}_lo", jnp.zeros, shape, jnp.float32)
@@ -132,7 +140,9 @@ class QuantDotGeneral(nn.Module):
     name = layer_name(self, drop_last=1)
     spec = resolve(self.quant, name)
     if spec is not None:
-      lhs = quantize_tensor(self, lhs, spec.act, slot="act", where=name)
+      lhs = quantize_tensor(
+          self, lhs, spec.act, slot="act", where=name, batch_axes=(0,)
+      )
       rhs = quantize_tensor(self, rhs, spec.weight, slot="weight", where=name)
     return lax.dot_general(
         lhs,
@@ -159,7 +169,9 @@ class QuantConv(nn.Module):
     name = layer_name(self, drop_last=1)
     spec = resolve(self.quant, name)
     if spec is not None:
-      lhs = quantize_tensor(self, lhs, spec.act, slot="act", where=name)
+      lhs = quantize_tensor(
+          self, lhs, spec.act, slot="act", where=name, batch_axes=(0,)
+      )
       rhs = quantize_tensor(self, rhs, spec.weight, slot="weight", where=name)
     return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
 

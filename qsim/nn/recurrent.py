@@ -54,8 +54,8 @@ class LSTMCell(nn.LSTMCell):
     new_c = f * c + i * g
     new_h = o * self.activation_fn(new_c)
     if spec is not None and spec.state is not None:
-      new_c = quantize_tensor(self, new_c, spec.state, slot="state_c")
-      new_h = quantize_tensor(self, new_h, spec.state, slot="state_h")
+      new_c = quantize_tensor(self, new_c, spec.state, slot="state_c", batch_axes=(0,))
+      new_h = quantize_tensor(self, new_h, spec.state, slot="state_h", batch_axes=(0,))
     return (new_c, new_h), new_h
 
 
@@ -77,7 +77,7 @@ class GRUCell(nn.GRUCell):
     n_ = self.activation_fn(dense_i(name="in")(inputs) + r * hn)
     new_h = (1.0 - z) * n_ + z * h
     if spec is not None and spec.state is not None:
-      new_h = quantize_tensor(self, new_h, spec.state, slot="state_h")
+      new_h = quantize_tensor(self, new_h, spec.state, slot="state_h", batch_axes=(0,))
     return new_h, new_h
 
 

@@ -63,7 +63,7 @@ class IntNumerics(aqt_numerics.AqtNumerics):
   contract to an FMA in one program and not in another).
 
   The backward pass is the straight-through estimator masked to the clip
-  range.
+  range (the buckets of the grid).
   """
 
   bits: jax.Array | int
@@ -96,8 +96,13 @@ class IntNumerics(aqt_numerics.AqtNumerics):
     return jnp.clip(x + self.zero_point, qmin, qmax) - self.zero_point, res
 
   def vjp_bwd(self, res, grad):
+    # The clip range is the span of the grid's buckets, [qmin - 1/2,
+    # qmax + 1/2] in integer units: a value there is rounded, not clipped (the
+    # calibrated extremes themselves may sit up to half a step past qmin/qmax
+    # after the zero point is rounded, and must keep their gradient).
     x, qmin, qmax = res
-    return (grad * ((x >= qmin) & (x <= qmax)).astype(grad.dtype), None)
+    inside = (x >= qmin - 0.5) & (x <= qmax + 0.5)
+    return (grad * inside.astype(grad.dtype), None)
 
 
 @aqt_utils.flax_slots_kw_only_dataclass

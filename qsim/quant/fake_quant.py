@@ -22,6 +22,7 @@ def quantize(
     hi: jax.Array | None = None,
     key: jax.Array | None = None,
     where: str = "tensor",
+    batch_axes: tuple[int, ...] = (),
 ) -> jax.Array:
   """Fake-quantizes ``x``: same shape and dtype, values on the spec's grid.
 
@@ -35,6 +36,9 @@ def quantize(
       to 1); ``None`` = computed from ``x`` by ``spec.calibration``.
     key: PRNG key for stochastic rounding.
     where: a name for error messages (e.g. the layer).
+    batch_axes: axes whose entries get their own range (dynamic activation
+      ranges are per example, as a deployed model sees one input at a time;
+      this also keeps results independent of batch composition and padding).
 
   Returns:
     The dequantized array.
@@ -49,7 +53,7 @@ def quantize(
         f"{where}: rounding='stochastic' needs a PRNG key (pass"
         " rngs={'quant': key} to apply)"
     )
-  axes = ranges.shared_axes(x.ndim, spec, default_axis, where)
+  axes = ranges.shared_axes(x.ndim, spec, default_axis, where, batch_axes)
   return _aqt.quantize(x, spec, axes, lo=lo, hi=hi, key=key)
 
 
@@ -59,9 +63,10 @@ def calibrated_range(
     *,
     default_axis: int = -1,
     where: str = "tensor",
+    batch_axes: tuple[int, ...] = (),
 ) -> tuple[jax.Array, jax.Array]:
   """The range ``spec.calibration`` picks for ``x``, as ``(lo, hi)``."""
-  axes = ranges.shared_axes(x.ndim, spec, default_axis, where)
+  axes = ranges.shared_axes(x.ndim, spec, default_axis, where, batch_axes)
   return _aqt.calibrated_range(x, spec, axes)
 
 

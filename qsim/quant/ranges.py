@@ -26,14 +26,19 @@ def channel_axis(ndim: int, axis: int, where: str = "tensor") -> int:
 
 
 def shared_axes(
-    ndim: int, spec: TensorSpec, default_axis: int, where: str = "tensor"
+    ndim: int,
+    spec: TensorSpec,
+    default_axis: int,
+    where: str = "tensor",
+    batch_axes: Sequence[int] = (),
 ) -> tuple[int, ...]:
-  """The axes that share one scale (all but the channel axis, if any)."""
-  if spec.granularity == "per_tensor":
-    return tuple(range(ndim))
-  axis = default_axis if spec.axis is None else spec.axis
-  keep = channel_axis(ndim, axis, where)
-  return tuple(a for a in range(ndim) if a != keep)
+  """The axes that share one scale: all but the channel axis (if any) and
+  the ``batch_axes`` (each example gets its own range)."""
+  keep = {a % ndim for a in batch_axes}
+  if spec.granularity == "per_channel":
+    axis = default_axis if spec.axis is None else spec.axis
+    keep.add(channel_axis(ndim, axis, where))
+  return tuple(a for a in range(ndim) if a not in keep)
 
 
 def _include_zero(lo, hi):

@@ -1,0 +1,176 @@
+"""Quantized layers: exact flax equivalence when off, gradients when on,
+static calibration, per-layer rules."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from qsim import nn as qnn
+from qsim.models import RNNClassifier, lenet_tiny
+from qsim.quant import LayerSpec, TensorSpec, make_config, preset
+
+KEY = jax.random.key(0)
+X_IMG = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+X_VEC = jax.random.normal(jax.random.key(2), (4, 6))
+X_SEQ = jax.random.normal(jax.random.key(3), (4, 5, 6))
+TOKENS = jax.random.randint(jax.random.key(4), (4, 7), 0, 20)
+
+
+def _pairs():
+  """(qsim layer factory, flax layer, input) for every layer type."""
+  return {
+      "dense": (lambda q: qnn.Dense(5, quant=q), nn.Dense(5), X_VEC),
+      "conv": (lambda q: qnn.Conv(5, (3, 3), quant=q), nn.Conv(5, (3, 3)), X_IMG),
+      "embed": (lambda q: qnn.Embed(20, 5, quant=q), nn.Embed(20, 5), TOKENS),
+      "lstm": (lambda q: qnn.RNN(qnn.LSTMCell(5, quant=q)), nn.RNN(nn.LSTMCell(5)), X_SEQ),
+      "gru": (lambda q: qnn.RNN(qnn.GRUCell(5, quant=q)), nn.RNN(nn.GRUCell(5)), X_SEQ),
+  }
+
+
+@pytest.mark.parametrize("kind", list(_pairs()))
+@pytest.mark.parametrize("quant", [None, "float32", "rule_float"])
+def test_quant_off_equals_flax_exactly(kind, quant):
+  make, ref, x = _pairs()[kind]
+  if quant == "float32":
+    quant = preset("float32")
+  elif quant == "rule_float":  # quantized default, but a rule keeps every layer float
+    quant = make_config("w4a4", rules={".*": "float32"})
+  ours = make(quant)
+  v_ref = ref.init(KEY, x)
+  v_ours = ours.init(KEY, x)
+  assert jax.tree.structure(v_ref) == jax.tree.structure(v_ours)
+  for a, b in zip(jax.tree.leaves(v_ref), jax.tree.leaves(v_ours)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(ref.apply(v_ref, x), ours.apply(v_ref, x))
+  np.testing.assert_array_equal(jax.jit(ref.apply)(v_ref, x), jax.jit(ours.apply)(v_ref, x))
+
+
+def _cos(a, b):
+  a, b = np.ravel(a), np.ravel(b)
+  return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize("kind", list(_pairs()))
+@pytest.mark.parametrize("config", ["w8a8", "tflite_dynamic", "w8"])
+def test_gradients_nonzero_and_close_to_float_at_8_bits(kind, config):
+  make, ref, x = _pairs()[kind]
+  q = make(preset(config))
+  v = ref.init(KEY, x)
+  params = v["params"]
+
+  def loss(model, p, x):
+    return jnp.sum(jnp.sin(model.apply({"params": p}, x)))
+
+  float_grads = jax.grad(loss, argnums=(1, 2) if kind != "embed" else 1)(ref, params, x)
+  quant_grads = jax.grad(loss, argnums=(1, 2) if kind != "embed" else 1)(q, params, x)
+  flat_f = jax.tree_util.tree_leaves_with_path(float_grads)
+  flat_q = jax.tree.leaves(quant_grads)
+  for (path, gf), gq in zip(flat_f, flat_q):
+    name = jax.tree_util.keystr(path)
+    assert np.any(np.asarray(gq) != 0), f"{kind}/{config}: zero gradient for {name}"
+    if "bias" in name and kind in ("gru",) and np.allclose(gf, 0):
+      continue
+    assert _cos(gf, gq) > 0.98, f"{kind}/{config}: gradient of {name} not close to float"
+    np.testing.assert_allclose(np.linalg.norm(gq), np.linalg.norm(gf), rtol=0.1, err_msg=name)
+
+
+def test_quantized_output_is_close_but_not_equal_to_float():
+  model = lenet_tiny()
+  x = jax.random.uniform(KEY, (8, 28, 28, 1))
+  v = model.init(KEY, x)
+  ref = model.apply(v, x)
+  for name, tol in [("w8a8", 0.05), ("w4a8", 0.5), ("fp16", 1e-3)]:
+    out = model.clone(quant=preset(name)).apply(v, x)
+    err = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
+    assert 0 < err < tol, (name, err)
+
+
+def test_per_layer_rules_skip_first_and_last_layer():
+  model = lenet_tiny()
+  x = jax.random.uniform(KEY, (8, 28, 28, 1))
+  v = model.init(KEY, x)
+  cfg = make_config("w2a2", rules={"^conv1$|^head$": "float32"})
+  _, inter = model.clone(quant=cfg).apply(v, x, capture_intermediates=True)
+  _, inter_f = model.apply(v, x, capture_intermediates=True)
+  inter, inter_f = inter["intermediates"], inter_f["intermediates"]
+  # conv1 is float: same output as the float model on the same input
+  np.testing.assert_array_equal(inter["conv1"]["__call__"][0], inter_f["conv1"]["__call__"][0])
+  # conv2 is quantized at 2 bits: different
+  assert not np.allclose(inter["conv2"]["__call__"][0], inter_f["conv2"]["__call__"][0])
+  # head is float: equal to a float Dense applied to its (quantized-path) input
+  head_in = inter["dense1"]["__call__"][0]
+  np.testing.assert_allclose(
+      inter["head"]["__call__"][0],
+      nn.Dense(10).apply({"params": v["params"]["head"]}, nn.relu(head_in)), rtol=1e-6)
+
+
+def test_per_channel_axis_out_of_range_is_named_at_init():
+  spec = LayerSpec(weight=TensorSpec(bits=8, granularity="per_channel", axis=4))
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return qnn.Dense(3, quant=spec, name="my_dense")(x)
+
+  with pytest.raises(ValueError, match=r"my_dense.weight: per-channel axis=4 is out of range for a rank-2 tensor; valid range is \[-2, 1\]"):
+    Net().init(KEY, X_VEC)
+
+
+def test_static_ranges_calibrate_then_quantize():
+  model = lenet_tiny(quant=preset("tflite_int8"))
+  x = jax.random.uniform(KEY, (16, 28, 28, 1))
+  v = model.init(KEY, x)
+  assert qnn.uncalibrated(v)  # every static range starts uncalibrated
+  with pytest.raises(ValueError, match="not calibrated"):
+    qnn.require_calibrated(v)
+  v = qnn.calibrate(model, v, [x[:8], x[8:]])
+  qnn.require_calibrated(v)
+  stats = v[qnn.QUANT_STATS]["conv1"]["QuantConv_0"]
+  # conv1's input range = running min/max of the float inputs over both batches
+  assert int(stats["act_count"]) == 2
+  np.testing.assert_allclose(stats["act_lo"].ravel(), [0.0])
+  np.testing.assert_allclose(stats["act_hi"].ravel(), [float(x.max())])
+  out = model.apply(v, x)
+  float_out = lenet_tiny().apply({"params": v["params"]}, x)
+  assert 0 < float(jnp.max(jnp.abs(out - float_out))) < 0.05 * float(jnp.max(jnp.abs(float_out)))
+  # inputs outside the calibrated range are clipped: a static range is static
+  big = model.apply(v, x * 10)
+  dyn = lenet_tiny(quant=preset("tflite_dynamic")).apply({"params": v["params"]}, x * 10)
+  assert not np.allclose(big, dyn, atol=1e-3)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_static_ranges_calibrate_through_recurrent_scan(cell):
+  model = RNNClassifier(cell=cell, hidden=4, num_classes=3, quant=preset("tflite_int8"))
+  x = jax.random.normal(KEY, (2, 5, 3))
+  v = qnn.calibrate(model, model.init(KEY, x), [x])
+  qnn.require_calibrated(v)
+  gate = "hi" if cell == "lstm" else "hr"
+  stats = v[qnn.QUANT_STATS]["rnn"]["cell"][gate]["QuantDotGeneral_0"]
+  assert int(stats["act_count"]) == 5  # one update per time step
+  out = model.apply(v, x)
+  assert out.shape == (2, 3) and np.all(np.isfinite(out))
+
+
+def test_state_quantization_and_stochastic_rounding_need_rng():
+  spec = LayerSpec(weight=TensorSpec(bits=8, granularity="per_channel"),
+                   state=TensorSpec(bits=4, rounding="stochastic"))
+  model = qnn.RNN(qnn.LSTMCell(5, quant=spec))
+  v = model.init({"params": KEY, "quant": KEY}, X_SEQ)
+  with pytest.raises(Exception, match="quant"):
+    model.apply(v, X_SEQ)
+  a = model.apply(v, X_SEQ, rngs={"quant": jax.random.key(1)})
+  b = model.apply(v, X_SEQ, rngs={"quant": jax.random.key(1)})
+  c = model.apply(v, X_SEQ, rngs={"quant": jax.random.key(2)})
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def test_rnn_classifier_on_image_rows_and_tokens():
+  img = RNNClassifier(cell="gru", hidden=4, num_classes=10, quant=preset("w8a8"))
+  x = jax.random.uniform(KEY, (2, 28, 28, 1))
+  assert img.apply(img.init(KEY, x), x).shape == (2, 10)
+  txt = RNNClassifier(cell="lstm", hidden=4, num_classes=2, vocab_size=20, embed_dim=8, quant=preset("w8a8"))
+  assert txt.apply(txt.init(KEY, TOKENS), TOKENS).shape == (4, 2)

@@ -1,0 +1,178 @@
+"""Fake-quant numerics: error bounds, levels, monotonicity, STE, edge cases."""
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from qsim.quant import TensorSpec, calibrated_range, quantize
+from qsim.quant._aqt import int_grid
+
+# Jitted with bits traced: one compilation per shape and structure.
+jq = jax.jit(quantize, static_argnames=("default_axis", "where"))
+jrange = jax.jit(calibrated_range, static_argnames=("default_axis", "where"))
+
+
+def _scale(lo, hi, bits, symmetric):
+  qmin, qmax = (float(v) for v in int_grid(bits, symmetric))
+  if symmetric:
+    return np.maximum(np.abs(lo), np.abs(hi)) / qmax
+  return (hi - lo) / (qmax - qmin)
+
+
+tensors = hnp.arrays(
+    np.float32,
+    hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=9),
+    elements=st.floats(-1e3, 1e3, width=32),
+)
+int_specs = st.builds(
+    TensorSpec,
+    bits=st.integers(2, 16),
+    symmetric=st.booleans(),
+    granularity=st.sampled_from(["per_tensor", "per_channel"]),
+)
+
+
+@given(x=tensors, spec=int_specs)
+def test_error_within_half_step_inside_clip_range(x, spec):
+  y = np.asarray(jq(jnp.asarray(x), spec))
+  lo, hi = (np.asarray(v) for v in jrange(jnp.asarray(x), spec))
+  step = _scale(lo, hi, spec.bits, spec.symmetric)
+  # absmax ranges contain every value, so everything is inside the clip range
+  tol = 0.5 * step * (1 + 1e-5) + 1e-6 * np.abs(x)
+  assert np.all(np.abs(y - x) <= tol)
+
+
+@given(x=tensors, spec=int_specs)
+def test_at_most_2_pow_b_levels_per_scale_group(x, spec):
+  y = np.asarray(jq(jnp.asarray(x), spec))
+  limit = 2**spec.bits - (1 if spec.symmetric else 0)
+  groups = [y] if spec.granularity == "per_tensor" else [np.take(y, i, axis=-1) for i in range(y.shape[-1])]
+  for g in groups:
+    assert len(np.unique(g)) <= limit
+
+
+@given(x=tensors, spec=int_specs)
+def test_idempotent(x, spec):
+  x = jnp.asarray(x)
+  lo, hi = jrange(x, spec)
+  once = jq(x, spec, lo=lo, hi=hi)
+  # with the same range: exactly idempotent
+  np.testing.assert_array_equal(jq(once, spec, lo=lo, hi=hi), once)
+  # re-calibrated on its own output: equal up to float rounding of the scale
+  np.testing.assert_allclose(jq(once, spec), once, rtol=1e-5, atol=1e-30)
+
+
+@given(seed=st.integers(0, 2**16), symmetric=st.booleans(), granularity=st.sampled_from(["per_tensor", "per_channel"]))
+def test_error_non_increasing_in_bits(seed, symmetric, granularity):
+  """absmax ranges clip nothing, so only rounding error is left and it must
+  shrink with every bit. (Percentile and MSE ranges clip: their error
+  saturates at the clip error, which the zero-point nudge moves by less than
+  a step, so they are not monotone at 14-16 bits, nor should they be.)"""
+  x = jax.random.normal(jax.random.key(seed), (256, 4)) * 3.0
+  spec = TensorSpec(symmetric=symmetric, granularity=granularity)
+  errs = [float(jnp.mean(jnp.square(jq(x, spec.replace(bits=b)) - x))) for b in range(2, 17)]
+  assert all(b <= a for a, b in zip(errs, errs[1:])), errs
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_per_channel_scales_along_any_axis(axis, symmetric):
+  x = jax.random.normal(jax.random.key(0), (3, 4, 5)) * jnp.arange(1, 6)
+  spec = TensorSpec(bits=4, granularity="per_channel", axis=axis, symmetric=symmetric)
+  y = quantize(x, spec)
+  lo, _ = calibrated_range(x, spec)
+  assert lo.shape == tuple(d if a == axis % 3 else 1 for a, d in enumerate(x.shape))
+  per_tensor = TensorSpec(bits=4, symmetric=symmetric)
+  for i in range(x.shape[axis]):
+    np.testing.assert_array_equal(jnp.take(y, i, axis=axis), quantize(jnp.take(x, i, axis=axis), per_tensor))
+
+
+def test_per_channel_axis_out_of_range_names_axis_and_range():
+  spec = TensorSpec(bits=4, granularity="per_channel", axis=3)
+  with pytest.raises(ValueError, match=r"axis=3 is out of range for a rank-2 tensor; valid range is \[-2, 1\]"):
+    quantize(jnp.ones((2, 3)), spec)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_ste_gradient_one_inside_zero_outside_clip_range(symmetric):
+  x = jnp.linspace(-3.0, 3.0, 61)
+  lo, hi = jnp.full((1,), -1.0), jnp.full((1,), 2.0)
+  spec = TensorSpec(bits=4, symmetric=symmetric)
+  g = jax.grad(lambda x: jnp.sum(quantize(x, spec, lo=lo, hi=hi)))(x)
+  # clip range = the grid's buckets: the extreme levels +- half a step
+  step = 4.0 / 14.0 if symmetric else 3.0 / 15.0
+  clip_lo, clip_hi = (-2.0 - step / 2, 2.0 + step / 2) if symmetric else (-1.0 - step / 2, 2.0 + step / 2)
+  inside = (x >= clip_lo + 1e-6) & (x <= clip_hi - 1e-6)
+  outside = (x < clip_lo - 1e-6) | (x > clip_hi + 1e-6)
+  np.testing.assert_array_equal(g[inside], 1.0)
+  np.testing.assert_array_equal(g[outside], 0.0)
+  assert outside.sum() > 0 and inside.sum() > 0
+
+
+@pytest.mark.parametrize("fmt,dtype", [("fp16", jnp.float16), ("bf16", jnp.bfloat16)])
+def test_half_precision_equals_dtype_round_trip(fmt, dtype):
+  x = jax.random.normal(jax.random.key(1), (64, 7)) * jnp.logspace(-6, 5, 7)
+  y = quantize(x, TensorSpec(format=fmt))
+  np.testing.assert_array_equal(y, x.astype(dtype).astype(jnp.float32))
+  g = jax.grad(lambda x: jnp.sum(quantize(x, TensorSpec(format=fmt))))(x)
+  np.testing.assert_array_equal(g, 1.0)
+
+
+@pytest.mark.parametrize("fmt,dtype", [("fp8_e4m3", jnp.float8_e4m3fn), ("fp8_e5m2", jnp.float8_e5m2)])
+def test_fp8_is_scaled_cast(fmt, dtype):
+  x = jax.random.normal(jax.random.key(2), (256,))
+  y = quantize(x, TensorSpec(format=fmt))
+  s = jnp.max(jnp.abs(x)) / float(jnp.finfo(dtype).max)
+  np.testing.assert_allclose(y, (x / s).astype(dtype).astype(jnp.float32) * s, rtol=1e-6)
+  assert len(np.unique(np.asarray(y))) < len(np.unique(np.asarray(x)))
+
+
+ALL_SPECS = [
+    TensorSpec(bits=b, symmetric=s, granularity=g, calibration=c)
+    for b in (2, 8) for s in (True, False) for g in ("per_tensor", "per_channel")
+    for c in ("absmax", "percentile", "mse")
+] + [TensorSpec(format=f) for f in ("fp16", "bf16", "fp8_e4m3", "fp8_e5m2")]
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda s: f"{s.format}{s.bits}-{s.symmetric}-{s.granularity}-{s.calibration}")
+def test_all_zero_tensor_gives_zeros_and_no_nan(spec):
+  x = jnp.zeros((4, 3))
+  y, g = jax.value_and_grad(lambda x: jnp.sum(quantize(x, spec)))(x)
+  np.testing.assert_array_equal(quantize(x, spec), 0.0)
+  assert np.isfinite(float(y)) and np.all(np.isfinite(g))
+
+
+def test_stochastic_rounding_is_unbiased_and_needs_a_key():
+  spec = TensorSpec(bits=4, rounding="stochastic")
+  x = jnp.array([-7.0, 0.3, 2.5, 6.9, 7.0])  # absmax 7 -> step 1
+  keys = jax.random.split(jax.random.key(0), 4000)
+  ys = jax.vmap(lambda k: quantize(x, spec, key=k))(keys)
+  assert set(np.unique(np.asarray(ys)).tolist()) <= {-7.0, 0.0, 1.0, 2.0, 3.0, 6.0, 7.0}
+  np.testing.assert_allclose(ys.mean(0), x, atol=0.03)
+  with pytest.raises(ValueError, match="stochastic"):
+    quantize(x, spec)
+
+
+def test_percentile_and_mse_calibration():
+  x = jax.random.normal(jax.random.key(3), (10000,))
+  lo, hi = calibrated_range(x, TensorSpec(calibration="percentile", percentile=99.0, symmetric=False))
+  np.testing.assert_allclose([float(lo[0]), float(hi[0])], np.percentile(np.asarray(x), [1.0, 99.0]), rtol=1e-4)
+  x = x.at[0].set(40.0)  # one outlier: MSE clipping must beat absmax at 4 bits
+  err = lambda c: float(jnp.mean(jnp.square(quantize(x, TensorSpec(bits=4, calibration=c)) - x)))
+  assert err("mse") < 0.5 * err("absmax")
+  _, hi_mse = calibrated_range(x, TensorSpec(bits=4, calibration="mse"))
+  assert float(hi_mse[0]) < 40.0
+
+
+@pytest.mark.parametrize("bits", [2, 5, 8, 16])
+def test_traced_bits_equal_python_bits(bits):
+  x = jax.random.normal(jax.random.key(4), (33, 5))
+  spec = TensorSpec(bits=bits, symmetric=False, granularity="per_channel")
+  eager = quantize(x, spec)
+  traced = jax.jit(lambda b: quantize(x, spec.replace(bits=b)))(bits)
+  mapped = jax.lax.map(lambda b: quantize(x, spec.replace(bits=b)), jnp.array([bits]))[0]
+  np.testing.assert_array_equal(eager, traced)
+  np.testing.assert_array_equal(eager, mapped)

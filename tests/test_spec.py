@@ -1,0 +1,101 @@
+"""Specs, presets and rules: validation and documented contents."""
+
+import jax
+import pytest
+
+from qsim.quant import LayerSpec, QuantConfig, TensorSpec, make_config, preset, structure
+from qsim.quant.presets import bit_grid, layer_preset
+
+
+@pytest.mark.parametrize("bits", [0, 1, 17, 32, 8.5, "8", None, True])
+def test_bad_bits_name_field_value_and_range(bits):
+  with pytest.raises(ValueError) as e:
+    TensorSpec(bits=bits)
+  msg = str(e.value)
+  assert "bits" in msg and repr(bits) in msg and "[2, 16]" in msg
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("format", "int9"), ("granularity", "per_row"), ("calibration", "kl"),
+     ("rounding", "up"), ("range", "fixed")],
+)
+def test_bad_choice_lists_valid_choices(field, value):
+  with pytest.raises(ValueError) as e:
+    TensorSpec(**{field: value})
+  msg = str(e.value)
+  assert field in msg and repr(value) in msg and "choose one of" in msg
+
+
+def test_other_bad_fields():
+  with pytest.raises(ValueError, match="percentile"):
+    TensorSpec(calibration="percentile", percentile=30.0)
+  with pytest.raises(ValueError, match="axis"):
+    TensorSpec(axis=1)  # per_tensor has no axis
+  with pytest.raises(ValueError, match="axis"):
+    TensorSpec(granularity="per_channel", axis="0")
+  with pytest.raises(ValueError, match="static"):
+    TensorSpec(format="fp16", range="static")
+  with pytest.raises(ValueError, match="weight.range='static'"):
+    LayerSpec(weight=TensorSpec(range="static"))
+
+
+def test_unknown_keys_are_named_with_valid_keys():
+  with pytest.raises(ValueError) as e:
+    LayerSpec.from_dict({"weights": {"bits": 4}})
+  assert "'weights'" in str(e.value) and "'weight'" in str(e.value)
+  with pytest.raises(ValueError) as e:
+    TensorSpec.from_dict({"bit": 4})
+  assert "'bit'" in str(e.value) and "'bits'" in str(e.value)
+  with pytest.raises(ValueError, match="unknown key"):
+    make_config("w8a8", rules={"conv1": {"wieght": None}})
+
+
+@pytest.mark.parametrize("name", ["int8", "w1a8", "w8a17", "w0", "tflite", "", 8])
+def test_unknown_or_bad_preset(name):
+  with pytest.raises(ValueError) as e:
+    preset(name)
+  assert repr(name) in str(e.value)
+
+
+def test_bad_rule_pattern():
+  with pytest.raises(ValueError, match="regular expression"):
+    make_config("w8a8", rules={"conv[": "float32"})
+
+
+def test_presets_produce_documented_specs():
+  assert preset("float32").default is None
+  fp16 = layer_preset("fp16")
+  assert fp16.weight.format == "fp16" and fp16.act is None
+  bf16 = layer_preset("bf16")
+  assert bf16.weight.format == "bf16" and bf16.act.format == "bf16"
+  t8 = layer_preset("tflite_int8")
+  assert (t8.weight.bits, t8.weight.granularity, t8.weight.symmetric) == (8, "per_channel", True)
+  assert (t8.act.bits, t8.act.granularity, t8.act.symmetric, t8.act.range) == (8, "per_tensor", False, "static")
+  td = layer_preset("tflite_dynamic")
+  assert (td.weight.bits, td.weight.granularity, td.weight.symmetric) == (8, "per_channel", True)
+  assert (td.act.bits, td.act.symmetric, td.act.range) == (8, False, "dynamic")
+  wo = layer_preset("weight_only_int8")
+  assert (wo.weight.bits, wo.weight.granularity, wo.weight.symmetric, wo.act) == (8, "per_channel", False, None)
+  w3a5 = layer_preset("w3a5")
+  assert (w3a5.weight.bits, w3a5.weight.granularity, w3a5.weight.symmetric) == (3, "per_channel", True)
+  assert (w3a5.act.bits, w3a5.act.granularity, w3a5.act.symmetric, w3a5.act.range) == (5, "per_tensor", False, "dynamic")
+  assert layer_preset("w16").act is None and layer_preset("w16").weight.bits == 16
+
+
+def test_rules_first_match_wins_and_default():
+  cfg = make_config("w4a8", rules=[("^conv1$", "float32"), ("head", "w8a8"), ("conv", "w2a2")])
+  assert cfg.resolve("conv1") is None
+  assert cfg.resolve("conv2").weight.bits == 2
+  assert cfg.resolve("head").weight.bits == 8
+  assert cfg.resolve("dense1").weight.bits == 4
+  assert cfg.name == "w4a8+rules"
+
+
+def test_bits_are_the_only_leaves():
+  cfgs = bit_grid([2, 8], [4, 16])
+  assert len({structure(c) for c in cfgs}) == 1
+  assert jax.tree.leaves(cfgs[0]) == [2, 4]
+  assert structure(preset("tflite_int8")) != structure(preset("w8a8"))
+  assert jax.tree.leaves(preset("fp16")) == [8]  # unused bits leaf of a float format
+  assert jax.tree.leaves(preset("float32")) == []
