@@ -9,7 +9,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -40,9 +39,10 @@ def build_items(model, params, config, calib_images):
   for name in names:
     cfg = preset(name)
     qmodel = model.clone(quant=cfg)
-    variables = jax.jit(qmodel.init)(jax.random.key(0), calib_images[:1])
-    if qnn.QUANT_STATS in variables:
-      variables = qnn.calibrate(qmodel, {"params": params, qnn.QUANT_STATS: variables[qnn.QUANT_STATS]}, [calib_images])
+    shapes = jax.eval_shape(qmodel.init, jax.random.key(0), calib_images[:1])
+    if qnn.QUANT_STATS in shapes:
+      stats = qmodel.init(jax.random.key(0), calib_images[:1])[qnn.QUANT_STATS]
+      variables = qnn.calibrate(qmodel, {"params": params, qnn.QUANT_STATS: stats}, [calib_images])
       qnn.require_calibrated(variables)
       items.append((cfg, variables[qnn.QUANT_STATS]))
     else:

@@ -147,9 +147,10 @@ def test_static_ranges_calibrate_through_recurrent_scan(cell):
   x = jax.random.normal(KEY, (2, 5, 3))
   v = qnn.calibrate(model, model.init(KEY, x), [x])
   qnn.require_calibrated(v)
-  gate = "hi" if cell == "lstm" else "hr"
-  stats = v[qnn.QUANT_STATS]["rnn"]["cell"][gate]["QuantDotGeneral_0"]
-  assert int(stats["act_count"]) == 5  # one update per time step
+  stats = v[qnn.QUANT_STATS]["rnn"]["cell"]
+  assert int(stats["act_x_count"]) == 5  # one update per time step
+  assert int(stats["act_h_count"]) == 5
+  np.testing.assert_allclose(stats["act_x_hi"].ravel(), [float(x.max())])
   out = model.apply(v, x)
   assert out.shape == (2, 3) and np.all(np.isfinite(out))
 

@@ -122,39 +122,35 @@ def quantize_tensor(
   )
 
 
-class QuantDotGeneral(nn.Module):
-  """``lax.dot_general`` on fake-quantized operands (lhs = activation)."""
+class _QuantOperands(nn.Module):
+  """Base of the op hooks: an ``op(lhs, rhs, ...)`` on fake-quantized operands.
+
+  ``lhs`` is the activation (dynamic ranges per example, batch axis 0),
+  ``rhs`` the kernel. The layer's name is the parent's path (the hook is the
+  flax layer's child).
+  """
 
   quant: Any = None
 
-  @nn.compact
-  def __call__(
-      self,
-      lhs,
-      rhs,
-      dimension_numbers,
-      precision=None,
-      preferred_element_type=None,
-      **kwargs,
-  ):
+  def quantized_operands(self, lhs, rhs):
     name = layer_name(self, drop_last=1)
     spec = resolve(self.quant, name)
-    if spec is not None:
-      lhs = quantize_tensor(
-          self, lhs, spec.act, slot="act", where=name, batch_axes=(0,)
-      )
-      rhs = quantize_tensor(self, rhs, spec.weight, slot="weight", where=name)
-    return lax.dot_general(
-        lhs,
-        rhs,
-        dimension_numbers,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        **kwargs,
-    )
+    if spec is None:
+      return lhs, rhs
+    lhs = quantize_tensor(self, lhs, spec.act, slot="act", where=name, batch_axes=(0,))
+    rhs = quantize_tensor(self, rhs, spec.weight, slot="weight", where=name)
+    return lhs, rhs
 
 
-class QuantConv(nn.Module):
+class QuantDotGeneral(_QuantOperands):
+  """``lax.dot_general`` on fake-quantized operands (flax's ``dot_general_cls``)."""
+
+  @nn.compact
+  def __call__(self, lhs, rhs, *args, **kwargs):
+    return lax.dot_general(*self.quantized_operands(lhs, rhs), *args, **kwargs)
+
+
+class QuantConv(_QuantOperands):
   """``lax.conv_general_dilated`` on fake-quantized operands.
 
   The convolution itself is XLA's; only the operands are quantized, so the
@@ -162,18 +158,9 @@ class QuantConv(nn.Module):
   has zero gradients: upstream issue #285).
   """
 
-  quant: Any = None
-
   @nn.compact
   def __call__(self, lhs, rhs, *args, **kwargs):
-    name = layer_name(self, drop_last=1)
-    spec = resolve(self.quant, name)
-    if spec is not None:
-      lhs = quantize_tensor(
-          self, lhs, spec.act, slot="act", where=name, batch_axes=(0,)
-      )
-      rhs = quantize_tensor(self, rhs, spec.weight, slot="weight", where=name)
-    return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+    return lax.conv_general_dilated(*self.quantized_operands(lhs, rhs), *args, **kwargs)
 
 
 def Dense(features: int, *, quant: Quant = None, **kwargs) -> nn.Dense:  # pylint: disable=invalid-name

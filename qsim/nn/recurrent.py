@@ -3,10 +3,10 @@
 The cells are ``flax.linen.LSTMCell``/``GRUCell`` (same parameters and names:
 ``ii, if, ig, io, hi, hf, hg, ho`` / ``ir, iz, in, hr, hz, hn``) whose gate
 matmuls are qsim Dense layers. The cell resolves its LayerSpec once, by its
-own name, and hands it to every gate: both the input kernels and the
-recurrent kernels are quantized with ``spec.weight``; the input and the
-hidden state entering the matmuls with ``spec.act``; the new carry with
-``spec.state`` (optional). flax's cells do not expose ``dot_general``, which
+own name. The input and the hidden state are quantized once with
+``spec.act`` (as a fused integer kernel sees them) and fed to every gate;
+both the input kernels and the recurrent kernels are quantized with
+``spec.weight``; the new carry with ``spec.state`` (optional). flax's cells do not expose ``dot_general``, which
 is why they are rebuilt here.
 """
 
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from qsim.nn.layers import QUANT_RNG, QUANT_STATS, Dense, layer_name, quantize_tensor, resolve
+from qsim.quant.spec import LayerSpec
 
 
 def _gate_dense(quant, features, use_bias, kernel_init, bias_init, dtype, param_dtype):
@@ -35,6 +36,19 @@ def _gate_dense(quant, features, use_bias, kernel_init, bias_init, dtype, param_
   )
 
 
+def _quantize_inputs(cell, spec, x, h):
+  """Quantizes the cell's input and hidden state once for all gates.
+
+  Returns the quantized ``x`` and ``h`` and the spec for the gate matmuls
+  (weights only: their operands are already quantized).
+  """
+  if spec is None:
+    return x, h, None
+  x = quantize_tensor(cell, x, spec.act, slot="act_x", batch_axes=(0,))
+  h = quantize_tensor(cell, h, spec.act, slot="act_h", batch_axes=(0,))
+  return x, h, LayerSpec(weight=spec.weight)
+
+
 class LSTMCell(nn.LSTMCell):
   """``flax.linen.LSTMCell`` with quantized gate matmuls and carry."""
 
@@ -44,13 +58,14 @@ class LSTMCell(nn.LSTMCell):
   def __call__(self, carry, inputs):
     spec = resolve(self.quant, layer_name(self))
     c, h = carry
+    inputs, h_in, gate_spec = _quantize_inputs(self, spec, inputs, h)
     n = h.shape[-1]
-    dense_h = _gate_dense(spec, n, True, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
-    dense_i = _gate_dense(spec, n, False, self.kernel_init, self.bias_init, self.dtype, self.param_dtype)
-    i = self.gate_fn(dense_i(name="ii")(inputs) + dense_h(name="hi")(h))
-    f = self.gate_fn(dense_i(name="if")(inputs) + dense_h(name="hf")(h))
-    g = self.activation_fn(dense_i(name="ig")(inputs) + dense_h(name="hg")(h))
-    o = self.gate_fn(dense_i(name="io")(inputs) + dense_h(name="ho")(h))
+    dense_h = _gate_dense(gate_spec, n, True, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
+    dense_i = _gate_dense(gate_spec, n, False, self.kernel_init, self.bias_init, self.dtype, self.param_dtype)
+    i = self.gate_fn(dense_i(name="ii")(inputs) + dense_h(name="hi")(h_in))
+    f = self.gate_fn(dense_i(name="if")(inputs) + dense_h(name="hf")(h_in))
+    g = self.activation_fn(dense_i(name="ig")(inputs) + dense_h(name="hg")(h_in))
+    o = self.gate_fn(dense_i(name="io")(inputs) + dense_h(name="ho")(h_in))
     new_c = f * c + i * g
     new_h = o * self.activation_fn(new_c)
     if spec is not None and spec.state is not None:
@@ -68,12 +83,13 @@ class GRUCell(nn.GRUCell):
   def __call__(self, carry, inputs):
     spec = resolve(self.quant, layer_name(self))
     h = carry
+    inputs, h_in, gate_spec = _quantize_inputs(self, spec, inputs, h)
     n = h.shape[-1]
-    dense_h = _gate_dense(spec, n, False, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
-    dense_i = _gate_dense(spec, n, True, self.kernel_init, self.bias_init, self.dtype, self.param_dtype)
-    r = self.gate_fn(dense_i(name="ir")(inputs) + dense_h(name="hr")(h))
-    z = self.gate_fn(dense_i(name="iz")(inputs) + dense_h(name="hz")(h))
-    hn = dense_h(name="hn", use_bias=True)(h)
+    dense_h = _gate_dense(gate_spec, n, False, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
+    dense_i = _gate_dense(gate_spec, n, True, self.kernel_init, self.bias_init, self.dtype, self.param_dtype)
+    r = self.gate_fn(dense_i(name="ir")(inputs) + dense_h(name="hr")(h_in))
+    z = self.gate_fn(dense_i(name="iz")(inputs) + dense_h(name="hz")(h_in))
+    hn = dense_h(name="hn", use_bias=True)(h_in)
     n_ = self.activation_fn(dense_i(name="in")(inputs) + r * hn)
     new_h = (1.0 - z) * n_ + z * h
     if spec is not None and spec.state is not None:

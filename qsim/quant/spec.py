@@ -144,10 +144,7 @@ class TensorSpec:
           f"{cls}.mse_min_ratio={self.mse_min_ratio!r} is not valid; valid"
           " range is (0, 1)"
       )
-    if self.format in FLOAT_FORMATS and self.range == "static" and self.format in (
-        FP16,
-        BF16,
-    ):
+    if self.format in (FP16, BF16) and self.range == "static":
       raise ValueError(
           f"{cls}.range='static' is not valid for format={self.format!r}: fp16"
           " and bf16 are a dtype round trip with no range; use range='dynamic'"
