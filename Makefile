@@ -34,6 +34,7 @@ test: venv data
 bench: venv data
 	$(PY) benchmarks/quant_overhead.py
 	$(PY) benchmarks/grid_mapping.py
+	$(PY) benchmarks/train_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

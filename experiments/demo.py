@@ -2,6 +2,7 @@
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from experiments import demo_job
@@ -14,6 +15,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where results go.")
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   demo_job.run(_CONFIG.value, _WORKDIR.value)
 
 

@@ -1,5 +1,8 @@
 """The main job: train a float model on Fashion-MNIST, then count how many
-test predictions each quantization config flips (one compiled grid)."""
+test predictions each quantization config flips (one compiled grid).
+
+Training checkpoints to workdir/train and resumes there: a rerun of a
+finished job skips straight to evaluation."""
 
 from __future__ import annotations
 
@@ -15,10 +18,10 @@ import numpy as np
 import qsim
 from qsim import models
 from qsim import nn as qnn
-from qsim.data import load_fashion_mnist
+from qsim import data
 from qsim.evaluate import predict_grid
 from qsim.quant import preset
-from qsim.train import accuracy, train_classifier
+from qsim.train import accuracy, train, variables_of
 
 MODELS = {"lenet1": models.lenet1, "lenet5": models.lenet5, "lenet_tiny": models.lenet_tiny}
 
@@ -90,18 +93,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     raise ValueError(f"model={config.model!r} is not valid; choose one of {list(MODELS)}")
   os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
-  train_x, train_y = load_fashion_mnist("train")
-  test_x, test_y = load_fashion_mnist("test")
-  if config.test_size:
-    test_x, test_y = test_x[: config.test_size], test_y[: config.test_size]
-  val_x, val_y = train_x[-config.val_size :], train_y[-config.val_size :]
-  fit_x, fit_y = train_x[: -config.val_size], train_y[: -config.val_size]
+  fit = data.load("fashion_mnist_debian", "train", val_size=config.val_size)
+  val = data.load("fashion_mnist_debian", "val", val_size=config.val_size)
+  test = data.load("fashion_mnist_debian", "test", limit=config.test_size or None)
+  fit_x, fit_y, test_x, test_y = fit.x, fit.y, test.x, test.y
   model = MODELS[config.model]()
   _log(f"[1/3] training {config.model} (float) for {config.train_steps} steps on {len(fit_x)} images, seed {config.seed}")
-  params = train_classifier(
-      model, fit_x, fit_y, steps=config.train_steps, batch_size=config.batch_size,
-      learning_rate=config.learning_rate, seed=config.seed, log_every=max(1, config.train_steps // 10))
-  val_acc = accuracy(model, params, val_x, val_y)
+  state = train(
+      model, fit_x, fit_y, workdir=os.path.join(workdir, "train"), steps=config.train_steps,
+      batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed,
+      log_every=max(1, config.train_steps // 10), checkpoint_every=config.train_steps)
+  params = state.params
+  val_acc = accuracy(model, variables_of(state), val.x, val.y)
   _log(f"      validation accuracy {val_acc:.4f}")
 
   _log(f"[2/3] building configs; static ranges calibrated on the first {config.calib_samples} training images")

@@ -31,7 +31,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.mapping = "auto"
   if arg == "runlocal":
     c.model = "lenet_tiny"
-    c.train_steps = 30
+    c.train_steps = 60
     c.val_size = 500
     c.test_size = 500
     c.eval_batch_size = 250

@@ -30,7 +30,8 @@ class LeNet(nn.Module):
   quant: Any = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
+    del train  # no dropout or BatchNorm
     """x: (batch, height, width, channels) floats -> logits (batch, classes)."""
     for i, f in enumerate(self.conv_features):
       x = qnn.Conv(f, (5, 5), padding="SAME", quant=self.quant, name=f"conv{i + 1}")(x)

@@ -26,17 +26,32 @@ class RNNClassifier(nn.Module):
   embed_dim: int = 128
   quant: Any = None
 
-  @nn.compact
-  def __call__(self, x):
+  def setup(self):
     if self.vocab_size is not None:
-      x = qnn.Embed(self.vocab_size, self.embed_dim, quant=self.quant, name="embed")(x)
-    elif x.ndim == 4:  # images: one step per row
-      x = x.reshape(x.shape[0], x.shape[1], -1)
+      self.embed = qnn.Embed(self.vocab_size, self.embed_dim, quant=self.quant)
     cells = {"lstm": qnn.LSTMCell, "gru": qnn.GRUCell}
     if self.cell not in cells:
       raise ValueError(f"cell={self.cell!r} is not valid; choose one of {list(cells)}")
     # parent=None: the RNN adopts the cell, so its path is rnn/cell/...
     cell = cells[self.cell](self.hidden, quant=self.quant, parent=None)
-    carry, _ = qnn.RNN(cell, return_carry=True, name="rnn")(x)
+    self.rnn = qnn.RNN(cell, return_carry=True)
+    self.head = qnn.Dense(self.num_classes, quant=self.quant)
+
+  def embed_tokens(self, tokens):
+    """Token ids -> embeddings (text models only)."""
+    if self.vocab_size is None:
+      raise ValueError("embed_tokens: this RNNClassifier has no vocabulary (vocab_size=None)")
+    return self.embed(tokens)
+
+  def __call__(self, x, train: bool = False, embedded: bool = False):
+    """x: token ids (batch, time), or images (batch, rows, cols, 1), or
+    float sequences; ``embedded=True``: x are embeddings already (for
+    adversarial training and Mixup in embedding space)."""
+    del train  # no dropout or BatchNorm
+    if self.vocab_size is not None and not embedded:
+      x = self.embed_tokens(x)
+    elif x.ndim == 4:  # images: one step per row
+      x = x.reshape(x.shape[0], x.shape[1], -1)
+    carry, _ = self.rnn(x)
     h = carry[1] if self.cell == "lstm" else carry
-    return qnn.Dense(self.num_classes, quant=self.quant, name="head")(h)
+    return self.head(h)

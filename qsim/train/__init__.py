@@ -1,5 +1,10 @@
-"""Training (standard method; QAT through the same quantized layers)."""
+"""Training: standard, QAT, adversarial (PGD/FGSM) and Mixup; orbax
+checkpoints with automatic resume."""
 
-from qsim.train.basic import accuracy, train_classifier
+from qsim.train.loop import TrainState, accuracy, batch_indices, load_variables, predict, train, variables_of
+from qsim.train.methods import METHODS, MethodConfig
 
-__all__ = ["accuracy", "train_classifier"]
+__all__ = [
+    "METHODS", "MethodConfig", "TrainState", "accuracy", "batch_indices",
+    "load_variables", "predict", "train", "variables_of",
+]

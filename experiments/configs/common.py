@@ -1,0 +1,61 @@
+"""Shared config fields and the ``key=value,flag`` argument parser."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.dataset = "fashion_mnist_debian"
+  c.data_dir = ""
+  c.download = False
+  c.val_size = 0  # 0 = the dataset's default
+  c.train_limit = 0  # 0 = all
+  c.test_limit = 0
+  c.model = "lenet5"
+  c.method = "standard"  # standard | qat | pgd | fgsm | mixup
+  c.quant = "w8a8"  # the QAT config (preset name)
+  c.eps = 0.3
+  c.step_size = 0.1
+  c.iters = 10
+  c.adv_fraction = 0.5
+  c.mixup_alpha = 0.2
+  c.input_box = (0.0, 1.0)  # valid inputs after preprocessing (images in [0, 1])
+  c.optimizer = "adam"
+  c.learning_rate = 1e-3
+  c.schedule = "cosine"  # cosine | constant
+  c.batch_size = 128
+  c.steps = 2000
+  c.seed = 0
+  c.log_every = 100
+  c.checkpoint_every = 500
+  c.init_from = ""
+  return c
+
+
+def apply_args(c: ml_collections.ConfigDict, arg: str, runlocal: dict) -> ml_collections.ConfigDict:
+  """Applies ``arg`` ("model=lenet5,method=qat,bits=4,runlocal") to ``c``.
+
+  ``bits=N`` is short for ``quant=wNaN``; ``runlocal`` applies the tiny
+  smoke-run overrides. Unknown keys raise ``ValueError`` with the valid ones.
+  """
+  for item in filter(None, (s.strip() for s in arg.split(","))):
+    if item == "runlocal":
+      c.update(runlocal)
+      continue
+    if "=" not in item:
+      raise ValueError(f"config argument {item!r} is not valid; use key=value or 'runlocal'")
+    key, value = (s.strip() for s in item.split("=", 1))
+    if key == "bits":
+      key, value = "quant", f"w{int(value)}a{int(value)}"
+    if key not in c:
+      raise ValueError(f"config key {key!r} is not valid; valid keys are {sorted(c.keys()) + ['bits', 'runlocal']}")
+    old = c[key]
+    if isinstance(old, bool):
+      value = value.lower() in ("1", "true", "yes")
+    elif isinstance(old, (int, float)):
+      value = type(old)(value)
+    c[key] = value
+  c.lock()
+  return c

@@ -1,0 +1,162 @@
+"""One interface for every dataset: ``load(name, split) -> Data``.
+
+Sources:
+* ``fashion_mnist_debian``: the embedded offline default, read directly from
+  Debian's ``dataset-fashion-mnist`` IDX files (no TFDS preparation needed).
+* ``mnist``, ``fashion_mnist``, ``cifar10``, ``imdb_reviews``: through
+  ``tfds.data_source`` (array_record files; no TensorFlow needed) with
+  ``download=False`` by default.
+
+Splits: 'train' and 'val' partition the dataset's training split (the last
+``val_size`` examples are validation: model selection never sees the test
+set); 'test' is the test split. Images come as float32 NHWC in [0, 1]; text
+as int32 token ids (see :mod:`qsim.data.text`; the vocabulary is built from
+the 'train' part only and returned with the data so a run can save it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from qsim.data import text as text_lib
+from qsim.data.fashion_mnist import load_fashion_mnist
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  kind: str  # 'image' | 'text'
+  num_classes: int
+  val_size: int
+  source: str  # 'debian' | 'tfds'
+
+
+DATASETS = {
+    "fashion_mnist_debian": DatasetInfo("image", 10, 5000, "debian"),
+    "mnist": DatasetInfo("image", 10, 5000, "tfds"),
+    "fashion_mnist": DatasetInfo("image", 10, 5000, "tfds"),
+    "cifar10": DatasetInfo("image", 10, 5000, "tfds"),
+    "imdb_reviews": DatasetInfo("text", 2, 2500, "tfds"),
+}
+
+
+@dataclasses.dataclass
+class Data:
+  """A split as arrays: ``x`` (images or token ids), ``y`` int32 labels."""
+
+  name: str
+  split: str
+  x: np.ndarray
+  y: np.ndarray
+  num_classes: int
+  vocab: list[str] | None = None
+
+  def __len__(self) -> int:
+    return len(self.y)
+
+
+def _tfds_split(name: str, split: str, data_dir: str | None, download: bool):
+  import tensorflow_datasets as tfds  # heavy import: only when used
+
+  try:
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+  except Exception as e:  # pylint: disable=broad-except
+    builder = tfds.builder(name, data_dir=data_dir)
+    if download or builder.is_prepared():
+      raise
+    raise FileNotFoundError(
+        f"dataset {name!r} is not prepared: looked in {builder.data_dir}."
+        f" Prepare it where there is internet with: tfds build {name}"
+        f" --data_dir={data_dir or '~/tensorflow_datasets'} --file_format=array_record,"
+        " then copy that folder here (or pass download=True)"
+    ) from e
+  examples = [source[i] for i in range(len(source))]
+  return examples
+
+
+def _images(examples) -> tuple[np.ndarray, np.ndarray]:
+  x = np.stack([np.asarray(e["image"]) for e in examples]).astype(np.float32) / 255.0
+  y = np.asarray([int(e["label"]) for e in examples], np.int32)
+  return x, y
+
+
+def _raw(name: str, tfds_split: str, data_dir: str | None, download: bool):
+  info = DATASETS[name]
+  if info.source == "debian":
+    return load_fashion_mnist(tfds_split, **({} if data_dir is None else {"data_dir": data_dir}))
+  examples = _tfds_split(name, tfds_split, data_dir, download)
+  if info.kind == "image":
+    return _images(examples)
+  texts = [e["text"] for e in examples]
+  return texts, np.asarray([int(e["label"]) for e in examples], np.int32)
+
+
+def _take(x, idx):
+  return x[idx] if isinstance(x, np.ndarray) else [x[i] for i in idx]
+
+
+def load(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    download: bool = False,
+    val_size: int | None = None,
+    limit: int | None = None,
+    vocab: Sequence[str] | None = None,
+    vocab_size: int = 20000,
+    maxlen: int = 200,
+) -> Data:
+  """Loads one split of a dataset as arrays.
+
+  Args:
+    name: one of ``DATASETS``.
+    split: 'train', 'val' or 'test'.
+    data_dir: where the data lives (TFDS data_dir, or the IDX folder for
+      ``fashion_mnist_debian``); None = the source's default.
+    download: let TFDS download and prepare (needs internet).
+    val_size: examples carved from the end of the training split for 'val'
+      (default: the dataset's, e.g. 5,000 for the image sets).
+    limit: keep only the first ``limit`` examples of the split (e.g. the
+      study's 5,000 IMDb training reviews).
+    vocab: text only: the vocabulary to encode with; None = built from the
+      'train' part (the training split minus validation).
+    vocab_size, maxlen: text only: vocabulary size (with pad and OOV ids) and
+      sequence length.
+
+  Raises:
+    ValueError: unknown dataset or split, or a bad size (message lists the
+      valid choices).
+    FileNotFoundError: the data is not on this machine; the message names the
+      dataset, where it looked, and the command that prepares it.
+  """
+  if name not in DATASETS:
+    raise ValueError(f"dataset={name!r} is not valid; choose one of {sorted(DATASETS)}")
+  if split not in SPLITS:
+    raise ValueError(f"split={split!r} is not valid; choose one of {list(SPLITS)}")
+  info = DATASETS[name]
+  val_size = info.val_size if val_size is None else val_size
+  x, y = _raw(name, "test" if split == "test" else "train", data_dir, download)
+  if split != "test":
+    if not 0 < val_size < len(y):
+      raise ValueError(f"val_size={val_size} is not valid for {name!r}; give 0 < val_size < {len(y)}")
+    idx = np.arange(len(y) - val_size) if split == "train" else np.arange(len(y) - val_size, len(y))
+    x, y = _take(x, idx), y[idx]
+  if limit is not None:
+    if limit < 1:
+      raise ValueError(f"limit={limit} is not valid; give an int >= 1 or None")
+    x, y = _take(x, np.arange(min(limit, len(y)))), y[:limit]
+  if info.kind == "text":
+    if vocab is None:
+      if split != "train":
+        train = load(name, "train", data_dir=data_dir, download=download, val_size=val_size,
+                     limit=limit, vocab_size=vocab_size, maxlen=maxlen)
+        vocab = train.vocab
+      else:
+        vocab = text_lib.build_vocab(x, vocab_size)
+    x = text_lib.encode(x, vocab, maxlen)
+  return Data(name, split, x, y, info.num_classes, list(vocab) if vocab is not None else None)

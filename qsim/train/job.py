@@ -1,0 +1,76 @@
+"""One training run from a config: data, model, method, checkpoints, summary.
+
+The config (an ``ml_collections.ConfigDict``, see ``experiments/configs``)
+holds: dataset, data_dir, download, val_size, train_limit, model, method
+(+ its hyper-parameters), quant (QAT config), optimizer, learning_rate,
+batch_size, steps, seed, log_every, checkpoint_every, init_from.
+Outputs in ``workdir``: checkpoints/, metrics.jsonl, config.json,
+vocab.json (text), summary.json (validation and test accuracy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from qsim import data as data_lib
+from qsim.models import get_model
+from qsim.quant import preset
+from qsim.train.loop import accuracy, train, variables_of
+from qsim.train.methods import MethodConfig
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def method_config(c) -> MethodConfig:
+  box = None if c.input_box is None else tuple(c.input_box)
+  return MethodConfig(method=c.method, eps=c.eps, step_size=c.step_size, iters=c.iters,
+                      adv_fraction=c.adv_fraction, mixup_alpha=c.mixup_alpha, box=box)
+
+
+def build_model(c, num_classes: int):
+  quant = preset(c.quant) if c.method == "qat" else None
+  if quant is not None and any(
+      t is not None and t.range == "static" for spec in quant.layer_specs() if spec is not None
+      for t in (spec.weight, spec.act, spec.state)):
+    raise ValueError(
+        f"quant={c.quant!r} has static activation ranges, which are calibrated after training;"
+        " for QAT use a dynamic-range config (e.g. 'w8a8', 'tflite_dynamic')")
+  return get_model(c.model, num_classes=num_classes, quant=quant)
+
+
+def run(c, workdir: str) -> dict:
+  """Trains per config ``c``; returns the summary (also in summary.json)."""
+  mcfg = method_config(c)  # validate before loading anything
+  os.makedirs(workdir, exist_ok=True)
+  kw = dict(data_dir=c.data_dir or None, download=c.download, val_size=c.val_size or None)
+  train_d = data_lib.load(c.dataset, "train", limit=c.train_limit or None, **kw)
+  extra = {} if train_d.vocab is None else {"vocab": train_d.vocab}
+  val_d = data_lib.load(c.dataset, "val", **kw, **extra)
+  test_d = data_lib.load(c.dataset, "test", limit=c.test_limit or None, **kw, **extra)
+  if train_d.vocab is not None:
+    data_lib.text.save_vocab(os.path.join(workdir, "vocab.json"), train_d.vocab)
+  _write_json(os.path.join(workdir, "config.json"), c.to_dict())
+  model = build_model(c, train_d.num_classes)
+  print(f"training {c.model} ({c.method}) on {c.dataset}: {len(train_d)} train / {len(val_d)} val /"
+        f" {len(test_d)} test, {c.steps} steps of {c.batch_size}, seed {c.seed}", file=sys.stderr, flush=True)
+  state = train(model, train_d.x, train_d.y, workdir=workdir, steps=c.steps, batch_size=c.batch_size,
+                method=mcfg, optimizer=c.optimizer, learning_rate=c.learning_rate, schedule=c.schedule, seed=c.seed,
+                log_every=c.log_every, checkpoint_every=c.checkpoint_every, val=(val_d.x, val_d.y),
+                init_from=c.init_from or None)
+  variables = variables_of(state)
+  summary = {
+      "model": c.model, "method": c.method, "dataset": c.dataset, "seed": c.seed, "steps": c.steps,
+      "val_accuracy": accuracy(model, variables, val_d.x, val_d.y),
+      "test_accuracy": accuracy(model, variables, test_d.x, test_d.y),
+  }
+  _write_json(os.path.join(workdir, "summary.json"), summary)
+  print(json.dumps(summary))
+  return summary

@@ -1,0 +1,258 @@
+"""The training loop: pytree state, jit step, orbax checkpoints, auto-resume.
+
+Deterministic for a seed: the parameters come from ``seed``; the batch of
+step ``s`` and every random draw of step ``s`` (dropout, attack start,
+Mixup weights) derive from ``(seed, s)``, so a run resumed from a checkpoint
+continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax.training import train_state
+
+from qsim.train.methods import MethodConfig, batch_loss
+
+
+class TrainState(train_state.TrainState):
+  """Step, params, optimizer state, BatchNorm statistics, and the first step
+  whose loss was not finite (-1 while all are finite)."""
+
+  batch_stats: Any = None
+  bad_step: jax.Array = None
+
+
+def _log(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def make_optimizer(
+    name: str, learning_rate: float, steps: int, schedule: str = "cosine", momentum: float = 0.9
+) -> optax.GradientTransformation:
+  """Adam or SGD (momentum) with a constant or cosine-decayed learning rate."""
+  if schedule == "cosine":
+    lr = optax.cosine_decay_schedule(learning_rate, steps)
+  elif schedule == "constant":
+    lr = learning_rate
+  else:
+    raise ValueError(f"schedule={schedule!r} is not valid; choose one of ['constant', 'cosine']")
+  if name == "adam":
+    return optax.adam(lr)
+  if name == "sgd":
+    return optax.sgd(lr, momentum=momentum)
+  raise ValueError(f"optimizer={name!r} is not valid; choose one of ['adam', 'sgd']")
+
+
+def _is_text(model: nn.Module) -> bool:
+  return getattr(model, "vocab_size", None) is not None
+
+
+def make_forward(model: nn.Module, params, batch_stats, *, embedded: bool):
+  """(inputs, dropout key) -> (logits, new batch_stats) in train mode."""
+  kwargs = {"embedded": True} if embedded else {}
+
+  def forward(x, key):
+    variables = {"params": params}
+    if batch_stats is not None:
+      variables["batch_stats"] = batch_stats
+      logits, upd = model.apply(variables, x, train=True, rngs={"dropout": key},
+                                mutable=["batch_stats"], **kwargs)
+      return logits, upd["batch_stats"]
+    return model.apply(variables, x, train=True, rngs={"dropout": key}, **kwargs), None
+
+  return forward
+
+
+def make_train_step(model: nn.Module, cfg: MethodConfig):
+  """A jit-compiled ``step(state, x, y, key) -> (state, loss, accuracy)``."""
+  # Text models are attacked and mixed in embedding space, never on token ids.
+  in_embedding_space = _is_text(model) and cfg.method in ("pgd", "fgsm", "mixup")
+  box = None if in_embedding_space else cfg.box
+
+  @jax.jit
+  def step(state: TrainState, x, y, key):
+    def loss_fn(params):
+      inputs = x
+      if in_embedding_space:
+        inputs = model.apply({"params": params}, x, method="embed_tokens")
+      forward = make_forward(model, params, state.batch_stats, embedded=in_embedding_space)
+      return batch_loss(forward, inputs, y, key, cfg, box)
+
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+    bad = jnp.where((state.bad_step < 0) & ~jnp.isfinite(loss), state.step + 1, state.bad_step)
+    acc = jnp.mean(jnp.argmax(logits, -1) == y)
+    return new_state.replace(bad_step=bad), loss, acc
+
+  return step
+
+
+def init_state(model: nn.Module, x0, tx, seed: int) -> TrainState:
+  variables = jax.jit(lambda k, x: model.init({"params": k, "dropout": k}, x))(jax.random.key(seed), x0)
+  return TrainState.create(
+      apply_fn=model.apply, params=variables["params"], tx=tx,
+      batch_stats=variables.get("batch_stats"), bad_step=jnp.asarray(-1, jnp.int32))
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """The examples of (0-based) step ``step``: epoch-wise permutations, the
+  remainder of each epoch dropped."""
+  per_epoch = n // batch_size
+  if per_epoch < 1:
+    raise ValueError(f"batch_size={batch_size} is larger than the dataset ({n} examples)")
+  epoch, pos = divmod(step, per_epoch)
+  perm = np.random.default_rng([seed, epoch]).permutation(n)
+  return perm[pos * batch_size : (pos + 1) * batch_size]
+
+
+def predict(model: nn.Module, variables, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+  """Argmax predictions in eval mode; the last batch is padded (exact)."""
+  fwd = jax.jit(lambda v, x: jnp.argmax(model.apply(v, x, train=False), -1))
+  out = []
+  for s in range(0, len(x), batch_size):
+    b = x[s : s + batch_size]
+    real = len(b)
+    if real < batch_size and len(x) > batch_size:
+      b = np.concatenate([b, np.zeros((batch_size - real,) + b.shape[1:], b.dtype)])
+    out.append(np.asarray(fwd(variables, b))[:real])
+  return np.concatenate(out)
+
+
+def accuracy(model: nn.Module, variables, x, y, batch_size: int = 1000) -> float:
+  return float(np.mean(predict(model, variables, x, batch_size) == y))
+
+
+def variables_of(state: TrainState) -> dict:
+  v = {"params": state.params}
+  if state.batch_stats is not None:
+    v["batch_stats"] = state.batch_stats
+  return v
+
+
+def _write_metrics(path: str, rows: list[dict]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for r in rows:
+      f.write(json.dumps(r) + "\n")
+  os.replace(tmp, path)
+
+
+def _read_metrics(path: str, up_to_step: int) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [r for r in rows if r["step"] <= up_to_step]
+
+
+def load_variables(workdir: str, step: int | None = None) -> dict:
+  """The model variables (params, batch_stats) of a training run's checkpoint
+  (the latest by default)."""
+  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"no checkpoints in {ckpt_dir}; train first (python -m experiments.train)")
+  mngr = ocp.CheckpointManager(ckpt_dir)
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}; train first (python -m experiments.train)")
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  out = {"params": jax.tree.map(jnp.asarray, restored["params"])}
+  if restored.get("batch_stats") is not None:
+    out["batch_stats"] = jax.tree.map(jnp.asarray, restored["batch_stats"])
+  return out
+
+
+def train(
+    model: nn.Module,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    *,
+    workdir: str,
+    steps: int,
+    batch_size: int,
+    method: MethodConfig = MethodConfig(),
+    optimizer: str = "adam",
+    learning_rate: float = 1e-3,
+    schedule: str = "cosine",
+    seed: int = 0,
+    log_every: int = 100,
+    checkpoint_every: int = 500,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    init_from: str | None = None,
+) -> TrainState:
+  """Trains ``model``; resumes automatically from ``workdir/checkpoints``.
+
+  Writes ``workdir/metrics.jsonl`` (step, loss, train accuracy, steps/s, and
+  validation accuracy at each checkpoint). ``init_from``: a workdir whose
+  latest checkpoint initialises the parameters (e.g. a float run for QAT).
+
+  Raises:
+    FloatingPointError: a non-finite loss; names the step. The last
+      checkpoint written (all finite) is kept.
+  """
+  if steps < 1 or log_every < 1 or checkpoint_every < 1:
+    raise ValueError(f"steps={steps}, log_every={log_every}, checkpoint_every={checkpoint_every} must be >= 1")
+  batch_indices(len(train_y), batch_size, seed, 0)  # validates batch_size early
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  tx = make_optimizer(optimizer, learning_rate, steps, schedule)
+  state = init_state(model, train_x[:1], tx, seed)
+  if init_from:
+    v = load_variables(init_from)
+    state = state.replace(params=v["params"], batch_stats=v.get("batch_stats", state.batch_stats))
+    _log(f"initialised from {init_from}")
+  mngr = ocp.CheckpointManager(
+      os.path.join(workdir, "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  start = mngr.latest_step()
+  if start is not None:
+    restored = mngr.restore(start, args=ocp.args.Composite(state=ocp.args.StandardRestore(
+        flax.serialization.to_state_dict(state))))
+    state = flax.serialization.from_state_dict(state, restored["state"])
+    _log(f"resumed from step {start}")
+  metrics = _read_metrics(metrics_path, start or 0)
+  step_fn = make_train_step(model, method)
+  key = jax.random.key(seed)
+  t0, s0 = time.time(), int(state.step)
+
+  def save(s):
+    if int(state.bad_step) >= 0:
+      return
+    mngr.save(s, args=ocp.args.Composite(state=ocp.args.StandardSave(flax.serialization.to_state_dict(state))))
+    mngr.wait_until_finished()
+
+  for s in range(int(state.step), steps):
+    idx = batch_indices(len(train_y), batch_size, seed, s)
+    state, loss, acc = step_fn(state, train_x[idx], train_y[idx], jax.random.fold_in(key, s))
+    done = s + 1
+    if done % log_every == 0 or done % checkpoint_every == 0 or done == steps:
+      bad = int(state.bad_step)
+      if bad >= 0:
+        last = mngr.latest_step()
+        raise FloatingPointError(
+            f"loss is not finite at step {bad}; the last finite checkpoint (step {last}) is kept in"
+            f" {os.path.join(workdir, 'checkpoints')}; lower the learning rate and rerun")
+      rate = (done - s0) / max(time.time() - t0, 1e-9)
+      row = {"step": done, "loss": float(loss), "train_accuracy": float(acc), "steps_per_s": round(rate, 2)}
+      if done % checkpoint_every == 0 or done == steps:
+        if val is not None:
+          row["val_accuracy"] = accuracy(model, variables_of(state), *val)
+        save(done)
+      metrics.append(row)
+      _write_metrics(metrics_path, metrics)
+      _log(f"  step {done}/{steps} loss {row['loss']:.4f} acc {row['train_accuracy']:.3f} "
+           f"{rate:.1f} steps/s" + (f" val {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""))
+  return state
