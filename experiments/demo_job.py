@@ -112,7 +112,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
 
   _log(f"[3/3] predicting {len(test_x)} test images under {len(items)} configs (one compiled program)")
   t1 = time.time()
-  preds = predict_grid(model, params, items, test_x, batch_size=config.eval_batch_size,
+  preds = predict_grid(model, {"params": params}, items, test_x, batch_size=config.eval_batch_size,
                        mapping=config.mapping, progress=True)
   eval_s = time.time() - t1
   ref = preds[0]

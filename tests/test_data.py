@@ -42,12 +42,16 @@ def test_tfds_images_splits_are_disjoint_and_scaled(name, shape):
 def test_imdb_vocab_from_train_part_only_and_padding():
   with tfds.testing.mock_data(num_examples=12):
     tr = data.load("imdb_reviews", "train", val_size=4, vocab_size=30, maxlen=9)
-    va = data.load("imdb_reviews", "val", val_size=4, vocab_size=30, maxlen=9)
+    va = data.load("imdb_reviews", "val", val_size=4, vocab_size=30, maxlen=9, vocab=tr.vocab)
+    with pytest.raises(ValueError, match="needs vocab="):
+      data.load("imdb_reviews", "test")
+    small = data.load("imdb_reviews", "train", val_size=4, vocab_size=10, maxlen=9)
     import tensorflow_datasets as t  # the raw training texts, to check the vocabulary's origin
     raw = t.data_source("imdb_reviews", split="train")
     train_words = {w for i in range(8) for w in text.tokenize(raw[i]["text"])}
   assert tr.x.shape == (8, 9) and tr.x.dtype == np.int32
   assert va.vocab == tr.vocab and set(tr.vocab) <= train_words
+  assert int(small.x.max()) <= 9  # ids fit an embedding table of vocab_size rows
   assert tr.num_classes == 2
 
 

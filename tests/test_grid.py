@@ -90,10 +90,10 @@ def test_predict_grid_pads_last_batch_exactly():
   variables = model.init(KEY, X)
   x = np.asarray(jax.random.uniform(jax.random.key(2), (11, 28, 28, 1)))
   items = [preset("float32"), preset("w2a4")]
-  preds = predict_grid(model, variables["params"], items, x, batch_size=4)
+  preds = predict_grid(model, variables, items, x, batch_size=4)
   assert preds.shape == (2, 11)
-  full = predict_grid(model, variables["params"], items, x, batch_size=11)
+  full = predict_grid(model, variables, items, x, batch_size=11)
   np.testing.assert_array_equal(preds, full)
   np.testing.assert_array_equal(preds[0], np.argmax(model.apply(variables, x), -1))
   with pytest.raises(ValueError, match="batch_size=0"):
-    predict_grid(model, variables["params"], items, x, batch_size=0)
+    predict_grid(model, variables, items, x, batch_size=0)

@@ -175,3 +175,32 @@ def test_rnn_classifier_on_image_rows_and_tokens():
   assert img.apply(img.init(KEY, x), x).shape == (2, 10)
   txt = RNNClassifier(cell="lstm", hidden=4, num_classes=2, vocab_size=20, embed_dim=8, quant=preset("w8a8"))
   assert txt.apply(txt.init(KEY, TOKENS), TOKENS).shape == (4, 2)
+
+
+def test_calibration_observes_the_float_model():
+  """Static ranges are recorded on float activations, even when other
+  tensors (here 2-bit weights) are quantized in inference."""
+  spec = LayerSpec(weight=TensorSpec(bits=2, granularity="per_channel"),
+                   act=TensorSpec(bits=8, symmetric=False, range="static"))
+
+  class Two(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = qnn.Dense(8, quant=spec, name="d1")(x)
+      return qnn.Dense(3, quant=spec, name="d2")(nn.relu(h))
+
+  model = Two()
+  v = model.init(KEY, X_VEC)
+  v = qnn.calibrate(model, v, [X_VEC])
+  float_h = nn.relu(nn.Dense(8).apply({"params": v["params"]["d1"]}, X_VEC))
+  stats = v[qnn.QUANT_STATS]["d2"]["QuantDotGeneral_0"]
+  np.testing.assert_allclose(stats["act_hi"].ravel(), [float(float_h.max())], rtol=1e-6)
+
+
+def test_predict_grid_refuses_uncalibrated_static_ranges():
+  from qsim.evaluate import predict_grid
+  model = lenet_tiny(quant=preset("tflite_int8"))
+  x = np.asarray(jax.random.uniform(KEY, (4, 28, 28, 1)))
+  v = model.init(KEY, x)
+  with pytest.raises(ValueError, match="not calibrated"):
+    predict_grid(lenet_tiny(), {"params": v["params"]}, [(preset("tflite_int8"), v[qnn.QUANT_STATS])], x)

@@ -176,3 +176,11 @@ def test_traced_bits_equal_python_bits(bits):
   mapped = jax.lax.map(lambda b: quantize(x, spec.replace(bits=b)), jnp.array([bits]))[0]
   np.testing.assert_array_equal(eager, traced)
   np.testing.assert_array_equal(eager, mapped)
+
+
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp8_e5m2"])
+def test_fp8_ste_is_zero_outside_a_static_range(fmt):
+  x = jnp.array([-3.0, -0.5, 0.25, 0.9, 3.0])
+  lo, hi = jnp.full((1,), -1.0), jnp.full((1,), 1.0)
+  g = jax.grad(lambda x: jnp.sum(quantize(x, TensorSpec(format=fmt), lo=lo, hi=hi)))(x)
+  np.testing.assert_array_equal(g, [0.0, 1.0, 1.0, 1.0, 0.0])

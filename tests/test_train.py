@@ -140,3 +140,30 @@ def test_config_errors():
     mnist.get_config("modle=lenet1")
   with pytest.raises(ValueError, match="static activation ranges"):
     job.build_model(mnist.get_config("method=qat,quant=tflite_int8"), 10)
+
+
+def test_text_adversarial_training_updates_the_embedding():
+  model = get_model("lstm_tiny", num_classes=10)
+  x = np.asarray(jax.random.randint(KEY, (8, 6), 0, 50))
+  state = init_state(model, x[:1], make_optimizer("sgd", 0.5, 10, "constant"), 0)
+  step = make_train_step(model, MethodConfig(method="pgd", iters=2, adv_fraction=1.0))
+  new, _, _ = step(state, x, Y[:8], KEY)
+  assert float(jnp.max(jnp.abs(new.params["embed"]["embedding"] - state.params["embed"]["embedding"]))) > 0
+
+
+def test_stochastic_rounding_trains_and_evaluates():
+  from qsim.quant import LayerSpec, QuantConfig, TensorSpec
+  from qsim.train import predict
+  cfg = QuantConfig(default=LayerSpec(weight=TensorSpec(bits=4, granularity="per_channel", rounding="stochastic")))
+  model = get_model("lenet_tiny", num_classes=10, quant=cfg)
+  state = init_state(model, X[:1], make_optimizer("adam", 1e-3, 10), 0)
+  new, loss, _ = make_train_step(model, MethodConfig())(state, X[:8], Y[:8], KEY)
+  assert np.isfinite(float(loss))
+  p1 = predict(model, {"params": new.params}, X[:8])
+  np.testing.assert_array_equal(p1, predict(model, {"params": new.params}, X[:8]))
+
+
+def test_config_argument_order_and_booleans():
+  assert mnist.get_config("steps=100,runlocal").steps == 100  # explicit keys win over runlocal
+  with pytest.raises(ValueError, match=r"takes a boolean \(true/false\), not 'ture'"):
+    mnist.get_config("download=ture")

@@ -15,7 +15,7 @@ def base() -> ml_collections.ConfigDict:
   c.test_limit = 0
   c.model = "lenet5"
   c.method = "standard"  # standard | qat | pgd | fgsm | mixup
-  c.quant = "w8a8"  # the QAT config (preset name)
+  c.quant = "w8a8"  # the QAT config (preset name); used only with method=qat
   c.eps = 0.3
   c.step_size = 0.1
   c.iters = 10
@@ -40,9 +40,11 @@ def apply_args(c: ml_collections.ConfigDict, arg: str, runlocal: dict) -> ml_col
   ``bits=N`` is short for ``quant=wNaN``; ``runlocal`` applies the tiny
   smoke-run overrides. Unknown keys raise ``ValueError`` with the valid ones.
   """
-  for item in filter(None, (s.strip() for s in arg.split(","))):
+  items = [s.strip() for s in arg.split(",") if s.strip()]
+  if "runlocal" in items:  # first, so explicit keys override it
+    c.update(runlocal)
+  for item in items:
     if item == "runlocal":
-      c.update(runlocal)
       continue
     if "=" not in item:
       raise ValueError(f"config argument {item!r} is not valid; use key=value or 'runlocal'")
@@ -53,6 +55,8 @@ def apply_args(c: ml_collections.ConfigDict, arg: str, runlocal: dict) -> ml_col
       raise ValueError(f"config key {key!r} is not valid; valid keys are {sorted(c.keys()) + ['bits', 'runlocal']}")
     old = c[key]
     if isinstance(old, bool):
+      if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+        raise ValueError(f"config key {key!r} takes a boolean (true/false), not {value!r}")
       value = value.lower() in ("1", "true", "yes")
     elif isinstance(old, (int, float)):
       value = type(old)(value)

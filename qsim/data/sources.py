@@ -123,8 +123,8 @@ def load(
       (default: the dataset's, e.g. 5,000 for the image sets).
     limit: keep only the first ``limit`` examples of the split (e.g. the
       study's 5,000 IMDb training reviews).
-    vocab: text only: the vocabulary to encode with; None = built from the
-      'train' part (the training split minus validation).
+    vocab: text only: the vocabulary to encode with; None = built from this
+      'train' split (then required for 'val' and 'test').
     vocab_size, maxlen: text only: vocabulary size (with pad and OOV ids) and
       sequence length.
 
@@ -153,10 +153,11 @@ def load(
   if info.kind == "text":
     if vocab is None:
       if split != "train":
-        train = load(name, "train", data_dir=data_dir, download=download, val_size=val_size,
-                     limit=limit, vocab_size=vocab_size, maxlen=maxlen)
-        vocab = train.vocab
-      else:
-        vocab = text_lib.build_vocab(x, vocab_size)
+        raise ValueError(
+            f"split={split!r} of {name!r} needs vocab=: the vocabulary of the training run"
+            " (qsim.data.text.load_vocab('<workdir>/vocab.json'), or load(..., 'train').vocab)")
+      vocab = text_lib.build_vocab(x, vocab_size)
+    if len(vocab) + 2 > vocab_size:
+      raise ValueError(f"vocab has {len(vocab)} words (+2 ids for pad and OOV) but vocab_size={vocab_size}")
     x = text_lib.encode(x, vocab, maxlen)
   return Data(name, split, x, y, info.num_classes, list(vocab) if vocab is not None else None)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qsim.nn import QUANT_STATS
+from qsim.nn import QUANT_RNG, QUANT_STATS, require_calibrated
 from qsim.quant.grid import ConfigGrid
 from qsim.quant.spec import QuantConfig
 
@@ -23,7 +23,7 @@ def _split(item) -> tuple[QuantConfig | None, Any]:
 
 def predict_grid(
     model: nn.Module,
-    params: Any,
+    variables: Any,
     items: Sequence[QuantConfig | tuple[QuantConfig, Any]],
     images: np.ndarray,
     *,
@@ -38,7 +38,7 @@ def predict_grid(
 
   Args:
     model: a model with a ``quant`` attribute.
-    params: its 'params' collection.
+    variables: its float variables ('params', and 'batch_stats' if any).
     items: configs, or ``(config, quant_stats)`` pairs for configs with
       static activation ranges (see :func:`qsim.nn.calibrate`).
     images: inputs, ``(N, ...)``.
@@ -51,13 +51,19 @@ def predict_grid(
   """
   if batch_size < 1:
     raise ValueError(f"batch_size={batch_size} is not valid; give an int >= 1")
+  for item in items:
+    _, stats = _split(item)
+    if stats is not None:
+      require_calibrated({QUANT_STATS: stats})
 
-  def fn(item, params, x):
+  def fn(item, base, x):
     cfg, stats = _split(item)
-    variables = {"params": params}
+    variables = dict(base)
     if stats is not None:
       variables[QUANT_STATS] = stats
-    return jnp.argmax(model.clone(quant=cfg).apply(variables, x), axis=-1)
+    # a fixed 'quant' stream: stochastic rounding is deterministic here
+    logits = model.clone(quant=cfg).apply(variables, x, rngs={QUANT_RNG: jax.random.key(0)})
+    return jnp.argmax(logits, axis=-1)
 
   grid = ConfigGrid(fn, mapping=mapping)
   n = len(images)
@@ -68,7 +74,7 @@ def predict_grid(
     if real < batch_size:
       pad = np.zeros((batch_size - real,) + batch.shape[1:], batch.dtype)
       batch = np.concatenate([batch, pad])
-    out.append(np.asarray(grid(list(items), params, batch))[:, :real])
+    out.append(np.asarray(grid(list(items), variables, batch))[:, :real])
     if progress:
       print(f"  evaluated {min(start + batch_size, n)}/{n} images", file=sys.stderr, flush=True)
   return np.concatenate(out, axis=1).astype(np.int32)

@@ -78,6 +78,9 @@ def quantize_tensor(
   """
   if spec is None:
     return x
+  calibrating = module.is_mutable_collection(QUANT_STATS) and not module.is_initializing()
+  if calibrating and spec.range == "dynamic":
+    return x  # calibration observes the float model: nothing is quantized
   where = f"{where or layer_name(module)}.{slot}"
   if spec.range == "dynamic":
     return fake_quant.quantize(
@@ -96,7 +99,7 @@ def quantize_tensor(
   )
   if module.is_initializing():
     return x
-  if module.is_mutable_collection(QUANT_STATS):
+  if calibrating:
     blo, bhi = fake_quant.calibrated_range(
         x, spec, default_axis=default_axis, where=where
     )

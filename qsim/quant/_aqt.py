@@ -199,9 +199,20 @@ def _int_numerics(spec: TensorSpec) -> IntNumerics:
   )
 
 
+@aqt_utils.flax_slots_kw_only_dataclass
+class Fp8Numerics(aqt_fp8.Fp8Numerics):
+  """AQT's fp8 numerics with the straight-through gradient masked to the
+  clip range (AQT's passes the gradient of clipped values unchanged)."""
+
+  def vjp_bwd(self, res, grad):
+    (x,) = res
+    bound = jnp.asarray(self.get_quant_bound(), jnp.float32)
+    return (grad * (jnp.abs(x) <= bound).astype(grad.dtype), None)
+
+
 def _fp8_numerics(spec: TensorSpec) -> aqt_fp8.Fp8Numerics:
   name = FP8_DTYPES[spec.format]
-  return aqt_fp8.Fp8Numerics(
+  return Fp8Numerics(
       dtype=aqt_fp8.fp8_map[name],
       exponent_bits=int(name[1]),
       mantissa_bits=int(name[3]),

@@ -50,7 +50,12 @@ def run(c, workdir: str) -> dict:
   """Trains per config ``c``; returns the summary (also in summary.json)."""
   mcfg = method_config(c)  # validate before loading anything
   os.makedirs(workdir, exist_ok=True)
+  if c.dataset not in data_lib.DATASETS:
+    raise ValueError(f"dataset={c.dataset!r} is not valid; choose one of {sorted(data_lib.DATASETS)}")
+  model = build_model(c, data_lib.DATASETS[c.dataset].num_classes)
   kw = dict(data_dir=c.data_dir or None, download=c.download, val_size=c.val_size or None)
+  if getattr(model, "vocab_size", None) is not None:
+    kw["vocab_size"] = model.vocab_size  # token ids must fit the model's embedding table
   train_d = data_lib.load(c.dataset, "train", limit=c.train_limit or None, **kw)
   extra = {} if train_d.vocab is None else {"vocab": train_d.vocab}
   val_d = data_lib.load(c.dataset, "val", **kw, **extra)
@@ -58,7 +63,6 @@ def run(c, workdir: str) -> dict:
   if train_d.vocab is not None:
     data_lib.text.save_vocab(os.path.join(workdir, "vocab.json"), train_d.vocab)
   _write_json(os.path.join(workdir, "config.json"), c.to_dict())
-  model = build_model(c, train_d.num_classes)
   print(f"training {c.model} ({c.method}) on {c.dataset}: {len(train_d)} train / {len(val_d)} val /"
         f" {len(test_d)} test, {c.steps} steps of {c.batch_size}, seed {c.seed}", file=sys.stderr, flush=True)
   state = train(model, train_d.x, train_d.y, workdir=workdir, steps=c.steps, batch_size=c.batch_size,

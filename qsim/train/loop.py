@@ -23,6 +23,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
 
+from qsim.nn import QUANT_RNG
 from qsim.train.methods import MethodConfig, batch_loss
 
 
@@ -65,12 +66,12 @@ def make_forward(model: nn.Module, params, batch_stats, *, embedded: bool):
 
   def forward(x, key):
     variables = {"params": params}
+    rngs = {"dropout": key, QUANT_RNG: jax.random.fold_in(key, 1)}
     if batch_stats is not None:
       variables["batch_stats"] = batch_stats
-      logits, upd = model.apply(variables, x, train=True, rngs={"dropout": key},
-                                mutable=["batch_stats"], **kwargs)
+      logits, upd = model.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"], **kwargs)
       return logits, upd["batch_stats"]
-    return model.apply(variables, x, train=True, rngs={"dropout": key}, **kwargs), None
+    return model.apply(variables, x, train=True, rngs=rngs, **kwargs), None
 
   return forward
 
@@ -86,7 +87,8 @@ def make_train_step(model: nn.Module, cfg: MethodConfig):
     def loss_fn(params):
       inputs = x
       if in_embedding_space:
-        inputs = model.apply({"params": params}, x, method="embed_tokens")
+        inputs = model.apply({"params": params}, x, method="embed_tokens",
+                             rngs={QUANT_RNG: jax.random.fold_in(key, 2)})
       forward = make_forward(model, params, state.batch_stats, embedded=in_embedding_space)
       return batch_loss(forward, inputs, y, key, cfg, box)
 
@@ -119,7 +121,9 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
 
 def predict(model: nn.Module, variables, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
   """Argmax predictions in eval mode; the last batch is padded (exact)."""
-  fwd = jax.jit(lambda v, x: jnp.argmax(model.apply(v, x, train=False), -1))
+  # a fixed 'quant' stream: stochastic rounding is deterministic in evaluation
+  fwd = jax.jit(lambda v, x: jnp.argmax(
+      model.apply(v, x, train=False, rngs={QUANT_RNG: jax.random.key(0)}), -1))
   out = []
   for s in range(0, len(x), batch_size):
     b = x[s : s + batch_size]

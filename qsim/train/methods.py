@@ -66,10 +66,12 @@ Forward = Callable[[jax.Array, jax.Array], tuple[jax.Array, Any]]
 
 
 def pgd(forward: Forward, x, y, key, cfg: MethodConfig, box):
-  """Adversarial version of ``x`` (no gradient flows back through it)."""
+  """Adversarial version of ``x``: ``x + delta`` with the perturbation
+  treated as a constant, so the gradient still reaches whatever produced
+  ``x`` (for text: the embedding table)."""
   step, iters, random_start = cfg.attack
   k_init, k_drop = jax.random.split(key)
-  x = jax.lax.stop_gradient(x)
+  x_in, x = x, jax.lax.stop_gradient(x)
   delta = jax.random.uniform(k_init, x.shape, x.dtype, -cfg.eps, cfg.eps) if random_start else jnp.zeros_like(x)
 
   def project(d):
@@ -83,7 +85,7 @@ def pgd(forward: Forward, x, y, key, cfg: MethodConfig, box):
     return project(d + step * jnp.sign(g))
 
   delta = jax.lax.fori_loop(0, iters, body, project(delta))
-  return jax.lax.stop_gradient(x + delta)
+  return x_in + jax.lax.stop_gradient(delta)
 
 
 def batch_loss(forward: Forward, x, y, key, cfg: MethodConfig, box):
