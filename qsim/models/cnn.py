@@ -23,6 +23,14 @@ def _bn(train: bool, name: str) -> nn.BatchNorm:
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
+def _imagenet_stem(module: nn.Module, x, width: int, train: bool):
+  """7x7/2 conv ('stem') - BatchNorm ('bn_stem') - ReLU - 3x3/2 max-pool,
+  created inside ``module``'s compact scope."""
+  x = qnn.Conv(width, (7, 7), strides=2, padding="SAME", use_bias=False, quant=module.quant, name="stem")(x)
+  x = nn.relu(_bn(train, "bn_stem")(x))
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+
+
 class NiN(nn.Module):
   """Network in Network: three blocks of (k x k conv, 1x1, 1x1), each conv
   followed by BatchNorm + ReLU; 3/2 max-pool + dropout between blocks;
@@ -119,9 +127,7 @@ class ResNet50(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = qnn.Conv(self.width, (7, 7), strides=2, padding="SAME", use_bias=False, quant=self.quant, name="stem")(x)
-    x = nn.relu(_bn(train, "bn_stem")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    x = _imagenet_stem(self, x, self.width, train)
     for s, n in enumerate(self.stage_sizes):
       for b in range(n):
         strides = 2 if (s > 0 and b == 0) else 1
@@ -157,9 +163,7 @@ class DenseNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = qnn.Conv(self.stem_width, (7, 7), strides=2, padding="SAME", use_bias=False, quant=self.quant, name="stem")(x)
-    x = nn.relu(_bn(train, "bn_stem")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    x = _imagenet_stem(self, x, self.stem_width, train)
     for s, n in enumerate(self.block_sizes):
       for i in range(n):
         x = DenseLayer(self.growth, quant=self.quant, name=f"dense{s + 1}_layer{i}")(x, train)
