@@ -8,6 +8,7 @@ continues exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -108,6 +109,11 @@ def init_state(model: nn.Module, x0, tx, seed: int) -> TrainState:
       batch_stats=variables.get("batch_stats"), bad_step=jnp.asarray(-1, jnp.int32))
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
   """The examples of (0-based) step ``step``: epoch-wise permutations, the
   remainder of each epoch dropped."""
@@ -115,15 +121,23 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
   if per_epoch < 1:
     raise ValueError(f"batch_size={batch_size} is larger than the dataset ({n} examples)")
   epoch, pos = divmod(step, per_epoch)
-  perm = np.random.default_rng([seed, epoch]).permutation(n)
-  return perm[pos * batch_size : (pos + 1) * batch_size]
+  return _epoch_permutation(n, seed, epoch)[pos * batch_size : (pos + 1) * batch_size]
+
+
+@functools.lru_cache(maxsize=8)
+def _predict_fn(model: nn.Module):
+  # One compiled function per model (not per call: evaluation runs at every
+  # checkpoint). A fixed 'quant' stream keeps stochastic rounding deterministic.
+  return jax.jit(lambda v, x: jnp.argmax(
+      model.apply(v, x, train=False, rngs={QUANT_RNG: jax.random.key(0)}), -1))
 
 
 def predict(model: nn.Module, variables, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
   """Argmax predictions in eval mode; the last batch is padded (exact)."""
-  # a fixed 'quant' stream: stochastic rounding is deterministic in evaluation
-  fwd = jax.jit(lambda v, x: jnp.argmax(
-      model.apply(v, x, train=False, rngs={QUANT_RNG: jax.random.key(0)}), -1))
+  try:
+    fwd = _predict_fn(model)
+  except TypeError:  # a model with an unhashable attribute: compile uncached
+    fwd = _predict_fn.__wrapped__(model)
   out = []
   for s in range(0, len(x), batch_size):
     b = x[s : s + batch_size]
