@@ -54,3 +54,11 @@ def test_rgb_brightness_keeps_hue():
   # V rises by 0.3 and the channel ratios (hue, saturation) stay
   np.testing.assert_allclose(out.max(), 0.7, rtol=1e-6)
   np.testing.assert_allclose(out / out.max(), px / px.max(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("severity,sigma", [(1, 0.4), (3, 0.7), (5, 1.0)])
+def test_gaussian_blur_matches_scipy(severity, sigma):
+  from scipy import ndimage
+  out = corrupt("gaussian_blur", KEY, RGB, severity)
+  ref = ndimage.gaussian_filter(np.asarray(RGB, np.float64), sigma=(0, sigma, sigma, 0), mode="nearest", truncate=4.0)
+  np.testing.assert_allclose(out, np.clip(ref, 0, 1), atol=1e-5)

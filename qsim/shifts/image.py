@@ -6,8 +6,9 @@ in [0, 1] with shape (N, H, W, C) (C = 1 or 3), ``severity`` a Python int in
 [0, 1] range are preserved; the same key gives the same result.
 
 Parameters follow Hendrycks & Dietterich (2019), the CIFAR-10-C generator.
-This module holds the first corruptions of the shift issue (noise and
-photometric ones); the rest of the MNIST-C and CIFAR-10-C sets follow.
+This module holds the first corruptions of the shift issue (noise,
+photometric, Gaussian blur); the rest of the MNIST-C and CIFAR-10-C sets
+follow.
 """
 
 from __future__ import annotations
@@ -79,6 +80,37 @@ def contrast(key, images, severity):
   return jnp.clip((images - mean) * c + mean, 0.0, 1.0)
 
 
+def _gaussian_kernel(sigma: float, truncate: float = 4.0) -> jnp.ndarray:
+  radius = int(truncate * sigma + 0.5)
+  t = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  k = jnp.exp(-0.5 * (t / sigma) ** 2)
+  return k / jnp.sum(k)
+
+
+def _blur_axis(images, kernel, axis):
+  """Convolves every channel along ``axis`` (1 = rows, 2 = columns) with
+  edge ('nearest') padding, as scipy/skimage do by default."""
+  r = (kernel.shape[0] - 1) // 2
+  pad = [(0, 0)] * 4
+  pad[axis] = (r, r)
+  x = jnp.pad(images, pad, mode="edge")
+  c = images.shape[-1]
+  shape = (kernel.shape[0], 1) if axis == 1 else (1, kernel.shape[0])
+  rhs = jnp.tile(kernel.reshape(shape + (1, 1)), (1, 1, 1, c))
+  return jax.lax.conv_general_dilated(
+      x, rhs, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=c, precision=jax.lax.Precision.HIGHEST)
+
+
+def gaussian_blur(key, images, severity):
+  """Gaussian blur per channel, sigma in (.4, .6, .7, .8, 1) pixels
+  (kernel truncated at 4 sigma, edge padding: skimage's defaults)."""
+  del key
+  sigma = (0.4, 0.6, 0.7, 0.8, 1.0)[severity - 1]
+  k = _gaussian_kernel(sigma)
+  return jnp.clip(_blur_axis(_blur_axis(images, k, 1), k, 2), 0.0, 1.0)
+
+
 CORRUPTIONS: dict[str, Corruption] = {
     "gaussian_noise": gaussian_noise,
     "shot_noise": shot_noise,
@@ -86,6 +118,7 @@ CORRUPTIONS: dict[str, Corruption] = {
     "speckle_noise": speckle_noise,
     "brightness": brightness,
     "contrast": contrast,
+    "gaussian_blur": gaussian_blur,
 }
 
 
