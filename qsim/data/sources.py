@@ -11,7 +11,9 @@ Splits: 'train' and 'val' partition the dataset's training split (the last
 ``val_size`` examples are validation: model selection never sees the test
 set); 'test' is the test split. Images come as float32 NHWC in [0, 1]; text
 as int32 token ids (see :mod:`qsim.data.text`; the vocabulary is built from
-the 'train' part only and returned with the data so a run can save it).
+the 'train' part only and returned with the data so a run can save it), or as
+the raw review strings with ``encode=False``. Shifted test sets (MNIST-C,
+CIFAR-10-C, CIFAR-10.1, Yelp polarity) are in :mod:`qsim.data.shifted`.
 """
 
 from __future__ import annotations
@@ -46,11 +48,11 @@ DATASETS = {
 
 @dataclasses.dataclass
 class Data:
-  """A split as arrays: ``x`` (images or token ids), ``y`` int32 labels."""
+  """A split as arrays: ``x`` (images, token ids or raw texts), ``y`` int32 labels."""
 
   name: str
   split: str
-  x: np.ndarray
+  x: np.ndarray | list[str]
   y: np.ndarray
   num_classes: int
   vocab: list[str] | None = None
@@ -59,7 +61,17 @@ class Data:
     return len(self.y)
 
 
-def _tfds_split(name: str, split: str, data_dir: str | None, download: bool):
+def _not_prepared_error(name: str, looked_in: str, data_dir: str | None) -> FileNotFoundError:
+  """The error for a TFDS dataset (``name`` may be 'name/config') not on this machine."""
+  return FileNotFoundError(
+      f"dataset {name!r} is not prepared: looked in {looked_in}."
+      f" Prepare it where there is internet with: tfds build {name}"
+      f" --data_dir={data_dir or '~/tensorflow_datasets'} --file_format=array_record,"
+      " then copy that folder here (or pass download=True)")
+
+
+def _tfds_split(name: str, split: str, data_dir: str | None, download: bool, limit: int | None = None):
+  """The first ``limit`` (default all) examples of a TFDS split (``name`` may be 'name/config')."""
   import tensorflow_datasets as tfds  # heavy import: only when used
 
   try:
@@ -68,14 +80,10 @@ def _tfds_split(name: str, split: str, data_dir: str | None, download: bool):
     builder = tfds.builder(name, data_dir=data_dir)
     if download or builder.is_prepared():
       raise
-    raise FileNotFoundError(
-        f"dataset {name!r} is not prepared: looked in {builder.data_dir}."
-        f" Prepare it where there is internet with: tfds build {name}"
-        f" --data_dir={data_dir or '~/tensorflow_datasets'} --file_format=array_record,"
-        " then copy that folder here (or pass download=True)"
-    ) from e
-  examples = [source[i] for i in range(len(source))]
-  return examples
+    raise _not_prepared_error(name, str(builder.data_dir), data_dir) from e
+  n = len(source) if limit is None else min(limit, len(source))
+  # One index at a time: ``__getitems__`` is broken under tfds.testing.mock_data.
+  return [source[i] for i in range(n)]
 
 
 def _images(examples) -> tuple[np.ndarray, np.ndarray]:
@@ -84,15 +92,23 @@ def _images(examples) -> tuple[np.ndarray, np.ndarray]:
   return x, y
 
 
+def _texts(examples) -> tuple[list[str], np.ndarray]:
+  raw = (e["text"] for e in examples)
+  x = [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t) for t in raw]
+  return x, np.asarray([int(e["label"]) for e in examples], np.int32)
+
+
+def _check_limit(limit: int | None) -> None:
+  if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
+    raise ValueError(f"limit={limit!r} is not valid; give an int >= 1 or None")
+
+
 def _raw(name: str, tfds_split: str, data_dir: str | None, download: bool):
   info = DATASETS[name]
   if info.source == "debian":
     return load_fashion_mnist(tfds_split, **({} if data_dir is None else {"data_dir": data_dir}))
   examples = _tfds_split(name, tfds_split, data_dir, download)
-  if info.kind == "image":
-    return _images(examples)
-  texts = [e["text"] for e in examples]
-  return texts, np.asarray([int(e["label"]) for e in examples], np.int32)
+  return _images(examples) if info.kind == "image" else _texts(examples)
 
 
 def _take(x, idx):
@@ -110,6 +126,7 @@ def load(
     vocab: Sequence[str] | None = None,
     vocab_size: int = 20000,
     maxlen: int = 200,
+    encode: bool = True,
 ) -> Data:
   """Loads one split of a dataset as arrays.
 
@@ -127,6 +144,8 @@ def load(
       'train' split (then required for 'val' and 'test').
     vocab_size, maxlen: text only: vocabulary size (with pad and OOV ids) and
       sequence length.
+    encode: text only: False returns ``x`` as the raw texts (a list of str)
+      instead of token ids; no vocabulary is then built or needed.
 
   Raises:
     ValueError: unknown dataset or split, or a bad size (message lists the
@@ -147,10 +166,9 @@ def load(
     idx = np.arange(len(y) - val_size) if split == "train" else np.arange(len(y) - val_size, len(y))
     x, y = _take(x, idx), y[idx]
   if limit is not None:
-    if limit < 1:
-      raise ValueError(f"limit={limit} is not valid; give an int >= 1 or None")
+    _check_limit(limit)
     x, y = _take(x, np.arange(min(limit, len(y)))), y[:limit]
-  if info.kind == "text":
+  if info.kind == "text" and encode:
     if vocab is None:
       if split != "train":
         raise ValueError(
