@@ -1,0 +1,204 @@
+"""Named shifted test sets: what exists for a dataset, and loading them.
+
+Names are ``<dataset>/<family>/...``:
+
+* ``<dataset>/c/<corruption>/<severity>``: the dataset's test split with a
+  synthetic corruption of its suite (MNIST-C's 15 for the 28x28 gray sets,
+  CIFAR-10-C's 19 for CIFAR-10), computed by :mod:`qsim.shifts.image`; the
+  key is derived from ``seed`` and the set's name, so a set is the same
+  every time and independent of which other sets are loaded.
+* ``mnist/official_c/<corruption>``: the published MNIST-C (TFDS
+  ``mnist_corrupted``; one severity per corruption).
+* ``cifar10/official_c/<corruption>/<severity>``: the published CIFAR-10-C
+  (TFDS ``cifar10_corrupted``).
+* ``cifar10/natural/cifar10_1_v4`` and ``..._v6``: CIFAR-10.1 (TFDS).
+* ``imdb_reviews/text/<shift>/<severity>``: the IMDb test reviews with a
+  seeded text shift (:mod:`qsim.shifts.text`) applied before encoding.
+* ``imdb_reviews/natural/yelp_polarity``: Yelp polarity test reviews.
+
+``fashion_mnist`` reads its clean test split from Debian's
+``dataset-fashion-mnist`` files when TFDS's copy is not prepared (the same
+10,000 images), so its shifted sets work offline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import Iterator, Sequence
+
+import jax
+import numpy as np
+
+from qsim import data as data_lib
+from qsim.data import shifted as official
+from qsim.data import text as text_lib
+from qsim.shifts import image, text
+
+SUITE_OF = {"mnist": "mnist_c", "fashion_mnist": "mnist_c", "fashion_mnist_debian": "mnist_c", "cifar10": "cifar10_c"}
+TEXT_DATASETS = ("imdb_reviews",)
+DATASETS = tuple(SUITE_OF) + TEXT_DATASETS
+STUDY_DATASETS = ("mnist", "cifar10", "imdb_reviews", "iwildcam")  # iWildCam: no loader in qsim yet
+
+
+@dataclasses.dataclass(frozen=True)
+class ShiftedSet:
+  """One named shifted test set (parsed from its name)."""
+
+  name: str
+  dataset: str
+  family: str  # 'c' | 'official_c' | 'natural' | 'text'
+  shift: str  # corruption, text shift, or natural set
+  severity: int | None
+
+  @property
+  def offline(self) -> bool:
+    """True when it needs nothing but the clean test split (synthetic)."""
+    return self.family in ("c", "text")
+
+
+def _names(dataset: str) -> list[str]:
+  out = []
+  if dataset in SUITE_OF:
+    suite = image.SUITES[SUITE_OF[dataset]]
+    out += [f"{dataset}/c/{c}/{s}" for c in suite for s in image.SEVERITIES]
+  if dataset == "mnist":
+    out += [f"mnist/official_c/{c}" for c in official.MNIST_C]
+  if dataset == "cifar10":
+    out += [f"cifar10/official_c/{c}/{s}" for c in official.CIFAR10_C for s in official.SEVERITIES]
+    out += [f"cifar10/natural/cifar10_1_{v}" for v in official.CIFAR10_1_VERSIONS]
+  if dataset == "imdb_reviews":
+    out += [f"imdb_reviews/text/{t}/{s}" for t in sorted(text.TEXT_SHIFTS) for s in text.SEVERITIES]
+    out += ["imdb_reviews/natural/yelp_polarity"]
+  return out
+
+
+def list_shifts(dataset: str, families: Sequence[str] | None = None) -> list[str]:
+  """Every shifted set the registry offers for ``dataset`` (optionally only
+  some families: 'c', 'official_c', 'natural', 'text')."""
+  if dataset not in DATASETS:
+    raise ValueError(f"dataset={dataset!r} has no shifted sets; choose one of {list(DATASETS)}")
+  names = _names(dataset)
+  if families is not None:
+    valid = sorted({parse(n).family for n in names})
+    bad = [f for f in families if f not in valid]
+    if bad:
+      raise ValueError(f"families={bad} are not valid for {dataset!r}; choose from {valid}")
+    names = [n for n in names if parse(n).family in families]
+  return names
+
+
+def count(datasets: Sequence[str] = STUDY_DATASETS) -> dict[str, int]:
+  """Number of shifted sets per dataset (0 for a dataset qsim cannot load)."""
+  return {d: len(_names(d)) if d in DATASETS else 0 for d in datasets}
+
+
+def parse(name: str) -> ShiftedSet:
+  """Validates a shifted-set name and splits it into its parts."""
+  parts = name.split("/") if isinstance(name, str) else []
+  if len(parts) < 3 or parts[0] not in DATASETS:
+    raise ValueError(
+        f"shifted set {name!r} is not valid; names look like 'fashion_mnist/c/fog/3' with a dataset"
+        f" in {list(DATASETS)}; list_shifts(dataset) lists them")
+  if name not in _names(parts[0]):
+    close = [n for n in _names(parts[0]) if n.startswith("/".join(parts[:2]))][:6]
+    raise ValueError(f"shifted set {name!r} does not exist; e.g. {close or _names(parts[0])[:6]}"
+                     f" (list_shifts({parts[0]!r}) lists all {len(_names(parts[0]))})")
+  severity = int(parts[3]) if len(parts) == 4 else None
+  return ShiftedSet(name, parts[0], parts[1], parts[2], severity)
+
+
+def _clean_test(dataset: str, data_dir, download, limit, **text_kw) -> data_lib.Data:
+  try:
+    return data_lib.load(dataset, "test", data_dir=data_dir, download=download, limit=limit, **text_kw)
+  except FileNotFoundError:
+    if dataset != "fashion_mnist" or data_dir is not None:
+      raise
+    return data_lib.load("fashion_mnist_debian", "test", limit=limit)
+
+
+def set_key(seed: int, name: str) -> jax.Array:
+  """The PRNG key of a synthetic set: from the seed and the set's name."""
+  return jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()))
+
+
+def load_shifted(
+    name: str,
+    *,
+    seed: int = 0,
+    data_dir: str | None = None,
+    download: bool = False,
+    limit: int | None = None,
+    vocab: Sequence[str] | None = None,
+    maxlen: int = 200,
+    clean: data_lib.Data | None = None,
+) -> data_lib.Data:
+  """Loads (or computes) one shifted test set as :class:`qsim.data.Data`.
+
+  Args:
+    name: a name from :func:`list_shifts`.
+    seed: seeds synthetic corruptions and text shifts.
+    data_dir, download: where TFDS data lives; download stays off by default.
+    limit: only the first ``limit`` test examples.
+    vocab, maxlen: text sets: the training run's vocabulary and length.
+    clean: the clean test split, to reuse across many synthetic sets
+      (``iter_shifted`` passes it); must be the dataset's test split.
+  """
+  s = parse(name)
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"seed={seed!r} is not valid; give an int >= 0")
+  if s.dataset in TEXT_DATASETS and vocab is None:
+    raise ValueError(f"{name!r} needs vocab= (the training run's vocabulary, e.g. load_vocab('<workdir>/vocab.json'))")
+  kw = dict(data_dir=data_dir, download=download, limit=limit)
+  if s.family == "c":
+    base = clean if clean is not None else _clean_test(s.dataset, **kw)
+    x = image.corrupt(SUITE_OF[s.dataset], s.shift, set_key(seed, name), base.x, s.severity)
+    return data_lib.Data(name, "test", np.asarray(x), base.y, base.num_classes)
+  if s.family == "official_c":
+    d = official.mnist_c(s.shift, **kw) if s.dataset == "mnist" else official.cifar10_c(s.shift, s.severity, **kw)
+  elif s.family == "natural" and s.dataset == "cifar10":
+    d = official.cifar10_1(s.shift.rsplit("_", 1)[1], **kw)
+  elif s.family == "natural":
+    d = official.yelp_polarity("test", vocab=vocab, maxlen=maxlen, **kw)
+  else:  # text
+    base = clean if clean is not None else _clean_test(s.dataset, **kw, encode=False)
+    shifted = text.shift_texts(s.shift, seed, base.x, s.severity)
+    return data_lib.Data(name, "test", text_lib.encode(shifted, vocab, maxlen), base.y, base.num_classes, list(vocab))
+  return dataclasses.replace(d, name=name)
+
+
+def iter_shifted(
+    dataset: str,
+    names: Sequence[str] | None = None,
+    *,
+    seed: int = 0,
+    data_dir: str | None = None,
+    download: bool = False,
+    limit: int | None = None,
+    vocab: Sequence[str] | None = None,
+    maxlen: int = 200,
+    skip_missing: bool = False,
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+  """Yields ``(name, x, y)`` for each shifted set of ``dataset`` (all of
+  them, or ``names``), loading the clean test split once. All names are
+  validated before any work. ``skip_missing``: skip sets whose TFDS data is
+  not on this machine instead of raising."""
+  names = list_shifts(dataset) if names is None else list(names)
+  for n in names:
+    if parse(n).dataset != dataset:
+      raise ValueError(f"shifted set {n!r} is not a set of dataset {dataset!r}")
+  kw = dict(data_dir=data_dir, download=download, limit=limit)
+  clean = {}
+  for n in names:
+    s = parse(n)
+    family_base = s.family if s.family in ("c", "text") else None
+    try:
+      if family_base and family_base not in clean:
+        extra = {"encode": False} if family_base == "text" else {}
+        clean[family_base] = _clean_test(dataset, **kw, **extra)
+      d = load_shifted(n, seed=seed, vocab=vocab, maxlen=maxlen, clean=clean.get(family_base), **kw)
+    except FileNotFoundError:
+      if skip_missing:
+        continue
+      raise
+    yield n, d.x, d.y
