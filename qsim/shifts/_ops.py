@@ -43,11 +43,50 @@ def gaussian_kernel_1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
   return (k / k.sum()).astype(np.float32)
 
 
+def _source_index(i: int, n: int, mode: str) -> int | None:
+  """Where pixel ``i`` (possibly outside 0..n-1) reads from, by border mode."""
+  if 0 <= i < n:
+    return i
+  if mode == "constant":
+    return None
+  if mode == "edge":
+    return min(max(i, 0), n - 1)
+  if mode == "reflect":  # reflect-101
+    p = 2 * n - 2 if n > 1 else 1
+    i = abs(i) % p
+    return p - i if i >= n else i
+  if mode == "symmetric":
+    i = i % (2 * n)
+    return 2 * n - 1 - i if i >= n else i
+  raise ValueError(f"mode={mode!r} is not valid; choose one of ['constant', 'edge', 'reflect', 'symmetric']")
+
+
+def filter_matrix(n: int, kernel1d: np.ndarray, mode: str) -> np.ndarray:
+  """The (n, n) matrix of a 1-D correlation with ``kernel1d`` (centred)
+  along an axis of length n, the border handled by ``mode``. A separable
+  filter as two small matmuls runs far faster on CPU than a depthwise
+  convolution (and is exact)."""
+  r = (len(kernel1d) - 1) // 2
+  m = np.zeros((n, n), np.float64)
+  for i in range(n):
+    for j, w in enumerate(kernel1d):
+      src = _source_index(i + j - r, n, mode)
+      if src is not None:
+        m[i, src] += w
+  return m.astype(np.float32)
+
+
+def separable(img, k_rows: np.ndarray, k_cols: np.ndarray, mode: str):
+  """Correlates (H, W, C) with ``k_rows`` along H and ``k_cols`` along W."""
+  h, w = img.shape[:2]
+  return apply_separable(img, filter_matrix(h, k_rows, mode), filter_matrix(w, k_cols, mode))
+
+
 def gaussian(img, sigma: float, mode: str = "edge", truncate: float = 4.0):
   """Per-channel Gaussian blur (skimage.filters.gaussian; default border
   'edge' = skimage's 'nearest')."""
   k = gaussian_kernel_1d(sigma, truncate)
-  return filter2d(filter2d(img, k[:, None], mode), k[None, :], mode)
+  return separable(img, k, k, mode)
 
 
 def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
@@ -199,6 +238,25 @@ def box_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 # ----------------------------------------------------------------- textures
 
+def hash_uniform(key, size: int):
+  """``size`` uniforms in [0, 1) from a fast integer hash of the index,
+  seeded by two threefry words of ``key``: textures need tens of thousands
+  of uniforms per image, and threefry costs ~10x more per number. Uniform
+  and independent enough for noise textures; not a cryptographic stream."""
+  seed = jax.random.bits(key, (2,), jnp.uint32)
+
+  def mix(x):  # a 32-bit avalanche hash (xor-shift-multiply, "lowbias32")
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+  x = mix(jnp.arange(size, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9) + seed[0])
+  x = mix(x ^ seed[1])
+  return (x >> 8).astype(jnp.float32) * jnp.float32(2.0 ** -24)
+
+
 def plasma_fractal(key, mapsize: int, wibbledecay: float):
   """Diamond-square height map (the ImageNet-C fog generator) of side
   ``mapsize`` (a power of two), normalised to [0, 1]. Noise at each level
@@ -213,7 +271,7 @@ def plasma_fractal(key, mapsize: int, wibbledecay: float):
   levels = (mapsize - 1).bit_length()
   # one draw for every level (one random-bits computation to compile):
   # level l (grid side k = 2^l) takes 3 k^2 numbers
-  u = jax.random.uniform(key, (mapsize * mapsize - 1,), jnp.float32, -1.0, 1.0)
+  u = hash_uniform(key, mapsize * mapsize - 1) * 2.0 - 1.0
   corners = jnp.zeros((1, 1), jnp.float32)  # the values at multiples of step
   wibble, used = 100.0, 0
   for level in range(levels):
@@ -293,11 +351,13 @@ def canny(img2d, sigma: float = 1.0, low: float = 0.1, high: float = 0.2):
   outermost pixels are never edges. Returns a float 0/1 map."""
   h, w = img2d.shape
   x = img2d[..., None]
-  smoothed = gaussian(x, sigma, mode="constant") / gaussian(jnp.ones_like(x), sigma, mode="constant")
+  k = gaussian_kernel_1d(sigma)
+  bleed = np.outer(filter_matrix(h, k, "constant").sum(1), filter_matrix(w, k, "constant").sum(1))
+  smoothed = gaussian(x, sigma, mode="constant") / bleed[..., None]
   sob_d = np.array([-1.0, 0.0, 1.0], np.float32)
   sob_s = np.array([1.0, 2.0, 1.0], np.float32)
-  gi = filter2d(filter2d(smoothed, sob_d[:, None], "symmetric"), sob_s[None, :], "symmetric")[..., 0]
-  gj = filter2d(filter2d(smoothed, sob_s[:, None], "symmetric"), sob_d[None, :], "symmetric")[..., 0]
+  gi = separable(smoothed, sob_d, sob_s, "symmetric")[..., 0]
+  gj = separable(smoothed, sob_s, sob_d, "symmetric")[..., 0]
   mag = jnp.hypot(gi, gj)
   interior = np.zeros((h, w), bool)
   interior[1:-1, 1:-1] = True

@@ -1,0 +1,39 @@
+"""Evaluate one checkpoint: python -m experiments.evaluate --config=CONFIG[:ARGS] --workdir=DIR
+
+See experiments/configs/evaluate.py for the fields and commands.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from qsim.evaluate import sweep
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "experiments/configs/evaluate.py", "Evaluation config file[:args].", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (results.csv, samples/).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def split(value: str) -> list[str]:
+  return [s for s in str(value).split("+") if s]
+
+
+def common_kwargs(c) -> dict:
+  return dict(limit=c.limit or None, batch_size=c.batch_size, calib_samples=c.calib_samples, seed=c.seed,
+              data_dir=c.data_dir or None, skip_missing=c.skip_missing, mapping=c.mapping)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  c = _CONFIG.value
+  if not c.checkpoint:
+    raise app.UsageError("give the checkpoint: --config=experiments/configs/evaluate.py:checkpoint=<train workdir>")
+  path = sweep.run_sweep([c.checkpoint], split(c.quantizers), split(c.shifts), _WORKDIR.value, **common_kwargs(c))
+  print(path)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,268 @@
+"""The disagreement engine: a float model and K quantized versions of it,
+evaluated in one compiled, batch-sharded program, on any number of datasets.
+
+``Engine(model, variables, quantizers).run(x, y)`` returns a
+:class:`SetResult`: per sample, the float and quantized predictions and
+uncertainty scores; per quantizer, accuracy, disagreements (rate with a
+Wilson 95% interval), flips, and how well each uncertainty score detects
+the disagreements. Exact: the last batch is padded and the padding dropped
+on the host, where every count is summed in integers.
+
+One compilation per (model, quantizers, batch shape): evaluating more
+batches or more datasets reuses it (``Engine.compilations`` counts them).
+The batch axis is sharded over all local devices (``jax.sharding.Mesh`` +
+``NamedSharding``); per-example computations make the result independent of
+the device count. Matmuls and convolutions run at the highest precision (on
+TPU, no bf16 passes count as disagreements).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from qsim.evaluate import metrics
+from qsim.nn import QUANT_RNG, QUANT_STATS, calibrate, require_calibrated
+from qsim.quant import presets
+from qsim.quant.grid import group, resolve_mapping
+from qsim.quant.spec import QuantConfig
+
+SCORE_SOURCES = ("float", "quant")  # scores from the float model's or the quantized model's outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantizer:
+  """A named quant config, with its calibrated static ranges if it has any."""
+
+  name: str
+  config: QuantConfig
+  quant_stats: Any = None
+
+
+def check_variables(model: nn.Module, variables: dict, example: np.ndarray) -> None:
+  """Raises ``ValueError`` naming the first parameter whose path or shape
+  differs between ``variables`` (e.g. a checkpoint) and ``model``."""
+  expected = jax.eval_shape(model.init, jax.random.key(0), example[:1])
+  for col in ("params", "batch_stats"):
+    want = expected.get(col)
+    got = variables.get(col)
+    if want is None and got is None:
+      continue
+    if (want is None) != (got is None):
+      raise ValueError(f"checkpoint and model disagree: collection {col!r} is "
+                       f"{'missing from the checkpoint' if got is None else 'not used by the model'}")
+    w = dict(jax.tree_util.tree_flatten_with_path(want)[0])
+    g = dict(jax.tree_util.tree_flatten_with_path(got)[0])
+    for path in sorted(set(w) | set(g), key=jax.tree_util.keystr):
+      name = f"{col}{jax.tree_util.keystr(path)}"
+      if path not in g:
+        raise ValueError(f"checkpoint does not match the model: {name} (shape {tuple(w[path].shape)}) is missing"
+                         " from the checkpoint")
+      if path not in w:
+        raise ValueError(f"checkpoint does not match the model: {name} (shape {tuple(np.shape(g[path]))}) is not a"
+                         " parameter of the model")
+      if tuple(w[path].shape) != tuple(np.shape(g[path])):
+        raise ValueError(f"checkpoint does not match the model: {name} has shape {tuple(np.shape(g[path]))} in the"
+                         f" checkpoint but {tuple(w[path].shape)} in the model")
+
+
+def build_quantizers(
+    model: nn.Module,
+    variables: dict,
+    specs: Sequence[str | tuple[str, QuantConfig]],
+    calib_x: np.ndarray,
+    *,
+    calib_batch: int = 100,
+) -> list[Quantizer]:
+  """Quantizers from preset names (or ``(name, QuantConfig)`` pairs);
+  configs with static activation ranges are calibrated on ``calib_x`` (e.g.
+  the first 100 training samples, as TFLite's representative dataset)."""
+  out = []
+  seen = set()
+  for spec in specs:
+    name, cfg = (spec, presets.preset(spec)) if isinstance(spec, str) else spec
+    if name in seen:
+      raise ValueError(f"quantizer {name!r} is listed twice")
+    seen.add(name)
+    qmodel = model.clone(quant=cfg)
+    shapes = jax.eval_shape(qmodel.init, jax.random.key(0), calib_x[:1])
+    stats = None
+    if QUANT_STATS in shapes:
+      if len(calib_x) == 0:
+        raise ValueError(f"quantizer {name!r} has static ranges and needs calibration samples; got none")
+      init_stats = qmodel.init(jax.random.key(0), calib_x[:1])[QUANT_STATS]
+      base = {k: v for k, v in variables.items() if k != QUANT_STATS}
+      batches = [calib_x[i : i + calib_batch] for i in range(0, len(calib_x), calib_batch)]
+      calibrated = calibrate(qmodel, {**base, QUANT_STATS: init_stats}, batches)
+      require_calibrated(calibrated)
+      stats = calibrated[QUANT_STATS]
+    out.append(Quantizer(name, cfg, stats))
+  return out
+
+
+@dataclasses.dataclass
+class SetResult:
+  """Everything the engine measured on one dataset.
+
+  Per sample: ``y`` (N,), ``float_pred`` (N,), ``quant_pred`` (K, N),
+  ``float_scores`` (N, M) and ``quant_scores`` (K, N, M) with M =
+  ``metrics.SCORE_NAMES``, ``float_finite`` (N,) and ``quant_finite``
+  (K, N): whether the logits were all finite.
+  """
+
+  name: str
+  quantizers: list[str]
+  y: np.ndarray
+  float_pred: np.ndarray
+  quant_pred: np.ndarray
+  float_scores: np.ndarray
+  quant_scores: np.ndarray
+  float_finite: np.ndarray
+  quant_finite: np.ndarray
+  seconds: float = 0.0
+
+  def rows(self) -> list[dict]:
+    """One dict per quantizer: counts, rates, flips and detection metrics.
+
+    Samples whose float or quantized logits are not finite are counted in
+    ``nonfinite`` and left out of every other figure (never turned into
+    predictions)."""
+    out = []
+    y = self.y
+    for k, qname in enumerate(self.quantizers):
+      valid = self.float_finite & self.quant_finite[k]
+      n = int(valid.sum())
+      fp, qp, yy = self.float_pred[valid], self.quant_pred[k][valid], y[valid]
+      dis = fp != qp
+      f_ok, q_ok = fp == yy, qp == yy
+      n_dis = int(dis.sum())
+      lo, hi = metrics.rate_ci(n_dis, n)
+      row = {
+          "quantizer": qname, "n": len(y), "nonfinite": len(y) - n,
+          "float_correct": int(f_ok.sum()), "quant_correct": int(q_ok.sum()),
+          "float_accuracy": f_ok.mean() if n else float("nan"),
+          "quant_accuracy": q_ok.mean() if n else float("nan"),
+          "disagreements": n_dis, "disagreement_rate": n_dis / n if n else float("nan"),
+          "rate_ci_low": float(lo), "rate_ci_high": float(hi),
+          "flips_correct_to_wrong": int((f_ok & ~q_ok).sum()),
+          "flips_wrong_to_correct": int((~f_ok & q_ok).sum()),
+          "flips_wrong_to_other_wrong": int((~f_ok & ~q_ok & dis).sum()),
+      }
+      for src, scores in (("float", self.float_scores[valid]), ("quant", self.quant_scores[k][valid])):
+        for m, mname in enumerate(metrics.SCORE_NAMES):
+          rep = metrics.detection_report(dis, scores[:, m])
+          row[f"{src}_{mname}_auroc"] = rep["auroc"]
+          row[f"{src}_{mname}_aupr"] = rep["aupr"]
+          row[f"{src}_{mname}_tnr95"] = rep["tnr_at_95tpr"]
+      out.append(row)
+    return out
+
+
+def default_mesh() -> Mesh:
+  """A 1-D mesh over all local devices, axis 'data'."""
+  return Mesh(np.asarray(jax.local_devices()), ("data",))
+
+
+class Engine:
+  """Float + K quantizers of one model, compiled once per batch shape."""
+
+  def __init__(
+      self,
+      model: nn.Module,
+      variables: dict,
+      quantizers: Sequence[Quantizer],
+      *,
+      batch_size: int = 500,
+      mesh: Mesh | None = None,
+      mapping: str = "auto",
+  ):
+    if not quantizers:
+      raise ValueError("Engine needs at least one quantizer")
+    if not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError(f"batch_size={batch_size!r} is not valid; give an int >= 1")
+    self.model = model.clone(quant=None)
+    self.quantizers = list(quantizers)
+    self.names = [q.name for q in self.quantizers]
+    self.mesh = mesh if mesh is not None else default_mesh()
+    n_dev = self.mesh.devices.size
+    self.batch_size = -(-batch_size // n_dev) * n_dev  # a multiple of the device count
+    self.mapping = resolve_mapping(mapping)
+    self._data = NamedSharding(self.mesh, P("data"))
+    replicated = NamedSharding(self.mesh, P())
+    self.variables = jax.device_put({k: v for k, v in variables.items() if k != QUANT_STATS}, replicated)
+    items = [(q.config, q.quant_stats) for q in self.quantizers]
+    groups = group(items)
+    flat = [i for idx, _ in groups for i in idx]
+    self._order = np.argsort(flat)
+    self._sizes = tuple(len(idx) for idx, _ in groups)
+    self._stacked = jax.device_put(tuple(s for _, s in groups), replicated)
+    self._step = jax.jit(self._compute)
+
+  @property
+  def compilations(self) -> int:
+    """How many programs the engine has compiled (one per batch shape)."""
+    return self._step._cache_size()  # pylint: disable=protected-access
+
+  def _logits(self, cfg, stats, variables, x):
+    v = dict(variables)
+    if stats is not None:
+      v[QUANT_STATS] = stats
+    # a fixed 'quant' stream: stochastic rounding is deterministic here
+    return self.model.clone(quant=cfg).apply(v, x, rngs={QUANT_RNG: jax.random.key(0)})
+
+  def _compute(self, stacked_groups, variables, x):
+    with jax.default_matmul_precision("highest"):
+      f_logits = self._logits(None, None, variables, x).astype(jnp.float32)
+      outs = []
+
+      def one(item):
+        cfg, stats = item
+        z = self._logits(cfg, stats, variables, x).astype(jnp.float32)
+        return jnp.argmax(z, -1).astype(jnp.int32), metrics.stack_scores(z), metrics.finite_rows(z)
+
+      for stacked, size in zip(stacked_groups, self._sizes):
+        if not jax.tree.leaves(stacked):  # nothing to map (float32, fp16, ...)
+          o = one(stacked)
+          outs.append(jax.tree.map(lambda a: jnp.broadcast_to(a, (size,) + a.shape), o))
+        elif self.mapping == "vmap":
+          outs.append(jax.vmap(one)(stacked))
+        else:
+          outs.append(jax.lax.map(one, stacked))
+      q = jax.tree.map(lambda *a: jnp.concatenate(a, axis=0)[self._order], *outs)
+    return (jnp.argmax(f_logits, -1).astype(jnp.int32), metrics.stack_scores(f_logits),
+            metrics.finite_rows(f_logits)) + q
+
+  def run(self, x: np.ndarray, y: np.ndarray, name: str = "", progress: bool = False) -> SetResult:
+    """Evaluates every quantizer on ``(x, y)``."""
+    n = len(y)
+    if n == 0 or len(x) != n:
+      raise ValueError(f"dataset {name!r}: got {len(x)} inputs and {n} labels; need the same number, >= 1")
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+      bad = int((~np.isfinite(x.reshape(n, -1))).any(axis=1).sum())
+      print(f"warning: {name or 'dataset'} has {bad} inputs with NaN/Inf; their rows are counted as"
+            " 'nonfinite', not as predictions", file=sys.stderr, flush=True)
+    t0 = time.time()
+    parts = []
+    bs = self.batch_size
+    for start in range(0, n, bs):
+      batch = x[start : start + bs]
+      real = len(batch)
+      if real < bs:
+        batch = np.concatenate([batch, np.zeros((bs - real,) + batch.shape[1:], batch.dtype)])
+      out = [np.asarray(o) for o in self._step(self._stacked, self.variables, jax.device_put(batch, self._data))]
+      # float outputs are (batch, ...), quantized ones (K, batch, ...)
+      parts.append([o[:real] for o in out[:3]] + [o[:, :real] for o in out[3:]])
+      if progress:
+        print(f"  {name}: {min(start + bs, n)}/{n}", file=sys.stderr, flush=True)
+    cat = [np.concatenate([p[i] for p in parts], axis=0 if i < 3 else 1) for i in range(6)]
+    return SetResult(name, self.names, np.asarray(y, np.int32), cat[0], cat[3], cat[1], cat[4], cat[2], cat[5],
+                     seconds=time.time() - t0)

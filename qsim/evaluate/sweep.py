@@ -1,0 +1,165 @@
+"""A resumable sweep: checkpoints x quantizers x (clean + shifted sets).
+
+Used by ``experiments.evaluate`` (one checkpoint) and
+``experiments.ablate_bits`` (the bit-width grid on several checkpoints).
+Everything is validated before any long work; each (checkpoint, set) unit
+is stored atomically (:mod:`qsim.evaluate.results`), so rerunning the same
+command after a crash resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+import jax
+import numpy as np
+
+import qsim
+from qsim import data as data_lib
+from qsim.evaluate.engine import Engine, build_quantizers, check_variables
+from qsim.evaluate.results import ResultsStore
+from qsim.models import get_model
+from qsim.quant import presets
+from qsim.shifts import registry
+from qsim.train.loop import load_variables
+
+CLEAN = "clean"
+SORT_KEYS = ("checkpoint", "set_index", "quantizer_index")
+
+
+def _log(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def bit_grid_names(weight_bits: Sequence[int], act_bits: Sequence[int | None]) -> list[str]:
+  """Preset names of a W x A grid (``None`` activation bits = float)."""
+  return [f"w{w}" if a is None else f"w{w}a{a}" for w in weight_bits for a in act_bits]
+
+
+def read_checkpoint(workdir: str) -> dict:
+  """The training run's config.json (model, dataset, method, seed, ...)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: {workdir!r} is not a training workdir (python -m experiments.train)")
+  with open(path) as f:
+    return json.load(f)
+
+
+def resolve_sets(dataset: str, shifts: Sequence[str] | str) -> list[str]:
+  """'all' = every shifted set of the dataset; a family name ('c',
+  'official_c', 'natural', 'text') = its sets; otherwise set names. The clean
+  test split ('clean') always comes first."""
+  if isinstance(shifts, str):
+    shifts = [s for s in shifts.split(",") if s]
+  out = [CLEAN]
+  for s in shifts:
+    if s == CLEAN:
+      continue
+    if s == "all":
+      out += registry.list_shifts(dataset)
+    elif "/" not in s:
+      out += registry.list_shifts(dataset, [s])
+    else:
+      registry.parse(s)
+      if registry.parse(s).dataset != dataset:
+        raise ValueError(f"shifted set {s!r} is not a set of the checkpoint's dataset {dataset!r}")
+      out.append(s)
+  seen = set()
+  return [s for s in out if not (s in seen or seen.add(s))]
+
+
+def run_sweep(
+    checkpoints: Sequence[str],
+    quantizers: Sequence[str],
+    shifts: Sequence[str] | str,
+    workdir: str,
+    *,
+    limit: int | None = None,
+    batch_size: int = 500,
+    calib_samples: int = 100,
+    seed: int = 0,
+    data_dir: str | None = None,
+    skip_missing: bool = False,
+    mapping: str = "auto",
+) -> str:
+  """Evaluates each checkpoint under each quantizer on its clean test split
+  and shifted sets; returns the path of results.csv."""
+  if not checkpoints:
+    raise ValueError("no checkpoints given")
+  quantizers = list(quantizers)
+  for q in quantizers:
+    presets.preset(q)  # unknown names fail here, listing the valid ones
+  if calib_samples < 1:
+    raise ValueError(f"calib_samples={calib_samples} is not valid; give an int >= 1")
+  plans = []
+  for ckpt in checkpoints:
+    cfg = read_checkpoint(ckpt)
+    plans.append((ckpt, cfg, resolve_sets(cfg["dataset"], shifts)))
+  store = ResultsStore(workdir)
+  t0 = time.time()
+  for ckpt, cfg, sets in plans:
+    todo = [s for s in sets if not store.has(store.key(os.path.abspath(ckpt), s))]
+    _log(f"{ckpt}: {cfg['model']} ({cfg['method']}) on {cfg['dataset']}: {len(sets)} sets x"
+         f" {len(quantizers)} quantizers; {len(sets) - len(todo)} sets already done")
+    if not todo:
+      continue
+    dataset = cfg["dataset"]
+    info = data_lib.DATASETS[dataset]
+    model = get_model(cfg["model"], num_classes=info.num_classes)
+    vocab = None
+    if info.kind == "text":
+      vocab = data_lib.text.load_vocab(os.path.join(ckpt, "vocab.json"))
+    kw = dict(data_dir=data_dir or cfg.get("data_dir") or None)
+    text_kw = {} if vocab is None else {"vocab": vocab, "vocab_size": getattr(model, "vocab_size", 20000)}
+    calib = data_lib.load(dataset, "train", limit=calib_samples, val_size=cfg.get("val_size") or None, **kw,
+                          **text_kw)
+    variables = load_variables(ckpt)
+    check_variables(model, variables, calib.x)
+    qs = build_quantizers(model, variables, quantizers, calib.x)
+    engine = Engine(model, variables, qs, batch_size=batch_size, mapping=mapping)
+    clean = None
+    for i, name in enumerate(sets):
+      if name not in todo:
+        continue
+      key = store.key(os.path.abspath(ckpt), name)
+      try:
+        if name == CLEAN:
+          clean = clean or data_lib.load(dataset, "test", limit=limit, **kw, **text_kw)
+          x, y = clean.x, clean.y
+        else:
+          d = registry.load_shifted(name, seed=seed, limit=limit, vocab=vocab, **kw)
+          x, y = d.x, d.y
+      except FileNotFoundError as e:
+        if skip_missing:
+          _log(f"  skipped {name}: {e}")
+          continue
+        raise
+      res = engine.run(x, y, name)
+      rows = []
+      meta = registry.parse(name) if name != CLEAN else None
+      for k, r in enumerate(res.rows()):
+        rows.append({
+            "checkpoint": os.path.abspath(ckpt), "model": cfg["model"], "method": cfg["method"],
+            "train_seed": cfg.get("seed"), "dataset": dataset, "set": name, "set_index": f"{i:05d}",
+            "family": meta.family if meta else CLEAN, "shift": meta.shift if meta else "",
+            "severity": meta.severity if meta else None, "quantizer_index": f"{k:03d}", **r,
+            "eval_seed": seed, "limit": limit, "calib_samples": calib_samples,
+            "qsim_version": qsim.__version__, "jax_version": jax.__version__, "backend": jax.default_backend(),
+            "devices": jax.device_count(),
+        })
+      store.put(key, rows, {
+          "y": res.y, "float_pred": res.float_pred, "quant_pred": res.quant_pred,
+          "float_scores": res.float_scores.astype(np.float32), "quant_scores": res.quant_scores.astype(np.float32),
+          "float_finite": res.float_finite, "quant_finite": res.quant_finite,
+          "quantizers": np.asarray(res.quantizers)})
+      worst = max(rows, key=lambda r: r["disagreements"])
+      _log(f"  [{i + 1}/{len(sets)}] {name}: {len(y)} samples in {res.seconds:.1f} s; float acc"
+           f" {rows[0]['float_accuracy']:.4f}; most disagreements: {worst['quantizer']} {worst['disagreements']}"
+           f" ({engine.compilations} compilation{'s' if engine.compilations != 1 else ''})")
+  path = store.write_table(SORT_KEYS)
+  _log(f"wrote {path} ({time.time() - t0:.0f} s)")
+  return path
