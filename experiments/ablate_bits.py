@@ -8,7 +8,6 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from experiments.evaluate import common_kwargs, split
 from qsim.evaluate import sweep
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -21,7 +20,7 @@ def quantizer_names(c) -> list[str]:
   """The W x A grid names then the presets (validated by the sweep)."""
   def bits(v, allow_float):
     out = []
-    for s in split(v):
+    for s in sweep.split(v):
       if s == "float" and allow_float:
         out.append(None)
       elif s.isdigit():
@@ -31,17 +30,17 @@ def quantizer_names(c) -> list[str]:
     return out
 
   names = sweep.bit_grid_names(bits(c.weight_bits, False), bits(c.act_bits, True))
-  return names + [p for p in split(c.presets) if p not in names]
+  return names + [p for p in sweep.split(c.presets) if p not in names]
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   c = _CONFIG.value
-  if not split(c.checkpoints):
+  if not sweep.split(c.checkpoints):
     raise app.UsageError("give checkpoints: --config=experiments/configs/ablate.py:checkpoints=<dir>+<dir>")
-  path = sweep.run_sweep(split(c.checkpoints), quantizer_names(c), split(c.shifts), _WORKDIR.value,
-                         **common_kwargs(c))
+  path = sweep.run_sweep(sweep.split(c.checkpoints), quantizer_names(c), sweep.split(c.shifts), _WORKDIR.value,
+                         **sweep.config_kwargs(c))
   print(path)
 
 

@@ -16,22 +16,14 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (results.csv, sam
 flags.mark_flags_as_required(["workdir"])
 
 
-def split(value: str) -> list[str]:
-  return [s for s in str(value).split("+") if s]
-
-
-def common_kwargs(c) -> dict:
-  return dict(limit=c.limit or None, batch_size=c.batch_size, calib_samples=c.calib_samples, seed=c.seed,
-              data_dir=c.data_dir or None, skip_missing=c.skip_missing, mapping=c.mapping)
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   c = _CONFIG.value
   if not c.checkpoint:
     raise app.UsageError("give the checkpoint: --config=experiments/configs/evaluate.py:checkpoint=<train workdir>")
-  path = sweep.run_sweep([c.checkpoint], split(c.quantizers), split(c.shifts), _WORKDIR.value, **common_kwargs(c))
+  path = sweep.run_sweep([c.checkpoint], sweep.split(c.quantizers), sweep.split(c.shifts), _WORKDIR.value,
+                         **sweep.config_kwargs(c))
   print(path)
 
 

@@ -35,6 +35,17 @@ def _log(msg: str) -> None:
   print(msg, file=sys.stderr, flush=True)
 
 
+def split(value: str) -> list[str]:
+  """A '+'-separated config list ('w4a4+tflite_int8') as a list."""
+  return [s for s in str(value).split("+") if s]
+
+
+def config_kwargs(c) -> dict:
+  """``run_sweep`` keyword arguments from an evaluate/ablate config."""
+  return dict(limit=c.limit or None, batch_size=c.batch_size, calib_samples=c.calib_samples, seed=c.seed,
+              data_dir=c.data_dir or None, skip_missing=c.skip_missing, mapping=c.mapping)
+
+
 def bit_grid_names(weight_bits: Sequence[int], act_bits: Sequence[int | None]) -> list[str]:
   """Preset names of a W x A grid (``None`` activation bits = float)."""
   return [f"w{w}" if a is None else f"w{w}a{a}" for w in weight_bits for a in act_bits]
