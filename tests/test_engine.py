@@ -130,15 +130,16 @@ def test_eight_fake_devices_equal_one(setup):
   assert "SAME" in out.stdout and int(out.stdout.split()[-1]) > 0
 
 
-def _train_tiny(workdir):
+@pytest.fixture(scope="module")
+def ckpt(setup, tmp_path_factory):
   from experiments.configs import mnist
   from qsim.train import job
-  job.run(mnist.get_config("runlocal,steps=20"), str(workdir))
+  path = tmp_path_factory.mktemp("ckpt")
+  job.run(mnist.get_config("runlocal,steps=20"), str(path))
+  return path
 
 
-def test_sweep_resumes_after_kill_without_lost_or_duplicated_rows(setup, tmp_path):
-  ckpt = tmp_path / "ckpt"
-  _train_tiny(ckpt)
+def test_sweep_resumes_after_kill_without_lost_or_duplicated_rows(ckpt, tmp_path):
   args = (f"checkpoint={ckpt},quantizers=w4a4+tflite_int8+fp16,limit=150,batch_size=50,calib_samples=30,"
           "shifts=fashion_mnist_debian/c/stripe/1+fashion_mnist_debian/c/fog/2+fashion_mnist_debian/c/shot_noise/5"
           "+fashion_mnist_debian/c/zigzag/3")
@@ -164,3 +165,24 @@ def test_sweep_resumes_after_kill_without_lost_or_duplicated_rows(setup, tmp_pat
   strip = lambda lines: [l.replace(str(killed), "W").replace(str(tmp_path / "whole"), "W") for l in lines]  # noqa: E731
   assert strip(a) == strip(b)
   assert len(set(a)) == len(a)  # no duplicated rows
+
+
+def test_report_from_a_real_sweep(ckpt, tmp_path):
+  from PIL import Image
+  from qsim.evaluate import report, sweep
+  sets = ["fashion_mnist_debian/c/fog/5", "fashion_mnist_debian/c/rotate/3"]
+  path = sweep.run_sweep([str(ckpt)], ["w2a2", "w4a4", "w8a8", "tflite_int8", "fp16"], sets, str(tmp_path),
+                         limit=120, batch_size=60, calib_samples=20)
+  rows = report.read_rows(path)
+  assert len(rows) == 3 * 5 and {r["set"] for r in rows} == {"clean", *sets}
+  out = report.write_report(str(tmp_path))
+  body = open(out).read()
+  for section in ("## Disagreement per quantizer", "## The study's four deployments", "## Detecting disagreements",
+                  "rate_vs_bits.png", "heatmap.png", "accuracy_vs_disagreement.png", "roc.png"):
+    assert section in body, section
+  w2 = next(r for r in rows if r["quantizer"] == "w2a2" and r["set"] == "clean")
+  assert f"| w2a2 | {100 * w2['disagreement_rate']:.2f} |" in body  # the table shows the measured figure
+  for png in ("rate_vs_bits.png", "heatmap.png", "accuracy_vs_disagreement.png", "roc.png"):
+    assert np.asarray(Image.open(tmp_path / png).convert("L")).std() > 10, png
+  with pytest.raises(FileNotFoundError, match="results.csv not found"):
+    report.write_report(str(tmp_path / "nothing"))

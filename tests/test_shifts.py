@@ -255,3 +255,16 @@ def test_mnist_c_lines_and_stripes():
     zz = corrupt("mnist_c", "zigzag", KEY, x, s)[0, ..., 0]
     lit = np.asarray(zz.max(axis=0) > 0)
     assert lit[3:24].all() and not lit[:2].any() and not lit[26:].any()  # columns 2 .. 25
+
+
+@pytest.mark.parametrize("lam", [0.3, 3.0, 40.0, 60.0])
+def test_inverse_cdf_poisson_has_the_poisson_law(lam):
+  from scipy import stats
+  c = jnp.float32(60.0)
+  kmax = jnp.ceil(c + 10 * jnp.sqrt(c) + 10).astype(jnp.int32)
+  draws = np.asarray(jax.jit(image._poisson_inverse_cdf)(jax.random.key(0), jnp.full((200_000,), lam), kmax))
+  assert (draws == np.round(draws)).all()
+  k = np.arange(int(lam + 12 * np.sqrt(lam) + 12))
+  emp = np.bincount(draws.astype(int), minlength=len(k))[: len(k)] / len(draws)
+  assert 0.5 * np.abs(emp - stats.poisson.pmf(k, lam)).sum() < 0.01  # total variation
+  assert abs(draws.mean() - lam) < 4 * np.sqrt(lam / len(draws)) + 1e-9

@@ -1,0 +1,249 @@
+"""A Markdown report with PNG plots from a sweep's results table.
+
+``write_report(workdir)`` reads ``results.csv`` (and the per-sample arrays
+in ``samples/`` for ROC curves) and writes ``report.md`` plus plots:
+
+* ``rate_vs_bits.png``: disagreement rate against bit-width (wNaN, or wN
+  when no wNaN was run), one line per shift family;
+* ``heatmap.png``: disagreement rate, quantizer x set;
+* ``accuracy_vs_disagreement.png``: accuracy change against disagreement
+  rate, one point per (quantizer, set);
+* ``roc.png``: ROC curves of the uncertainty scores (from the quantized
+  model's outputs) for the quantizer with most disagreements, pooled over
+  all sets;
+and tables: the study's four deployments side by side, and the detection
+quality (AUROC / AUPR / TNR@95) of each score.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from collections import defaultdict
+
+import numpy as np
+
+from qsim.evaluate import metrics
+from qsim.evaluate.results import ResultsStore, atomic_write
+
+STUDY_QUANTIZERS = ("tflite_int8", "tflite_dynamic", "weight_only_int8", "fp16")
+_NUM = re.compile(r"^-?\d+(\.\d+)?(e-?\d+)?$")
+
+
+def read_rows(path: str) -> list[dict]:
+  """The results table with numbers parsed (empty cells become NaN)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found; run experiments.evaluate or experiments.ablate_bits first")
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  if not rows:
+    raise ValueError(f"{path} has no rows")
+  for r in rows:
+    for k, v in r.items():
+      if v == "":
+        r[k] = float("nan")
+      elif _NUM.match(v):
+        r[k] = float(v)
+  return rows
+
+
+def _bits(q: str):
+  m = re.fullmatch(r"w(\d+)(?:a(\d+))?", q)
+  if not m:
+    return None
+  return int(m.group(1)), (int(m.group(2)) if m.group(2) else None)
+
+
+def _family(r) -> str:
+  return "clean" if r["family"] == "clean" else f"{r['family']}"
+
+
+def _mean(xs):
+  xs = [x for x in xs if not (isinstance(x, float) and math.isnan(x))]
+  return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _save(fig, path):
+  atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+  _plt().close(fig)
+
+
+def plot_rate_vs_bits(rows, path) -> bool:
+  by = defaultdict(list)
+  diag = {r["quantizer"] for r in rows if _bits(r["quantizer"]) and _bits(r["quantizer"])[0] == _bits(r["quantizer"])[1]}
+  use = diag or {r["quantizer"] for r in rows if _bits(r["quantizer"]) and _bits(r["quantizer"])[1] is None}
+  if not use:
+    return False
+  for r in rows:
+    if r["quantizer"] in use:
+      by[(_family(r), _bits(r["quantizer"])[0])].append(r["disagreement_rate"])
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for fam in sorted({f for f, _ in by}):
+    xs = sorted(b for f, b in by if f == fam)
+    ax.plot(xs, [100 * _mean(by[(fam, b)]) for b in xs], marker="o", label=fam)
+  ax.set_xlabel("bits (" + ("weights = activations" if diag else "weights only") + ")")
+  ax.set_ylabel("disagreement rate (%, mean over sets)")
+  ax.set_yscale("symlog", linthresh=0.1)
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  _save(fig, path)
+  return True
+
+
+def plot_heatmap(rows, quantizers, sets, path):
+  grid = np.full((len(quantizers), len(sets)), np.nan)
+  qi = {q: i for i, q in enumerate(quantizers)}
+  si = {s: j for j, s in enumerate(sets)}
+  acc = defaultdict(list)
+  for r in rows:
+    acc[(qi[r["quantizer"]], si[r["set"]])].append(r["disagreement_rate"])
+  for (i, j), v in acc.items():
+    grid[i, j] = 100 * _mean(v)
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(min(30, 3 + 0.16 * len(sets)), 1.5 + 0.22 * len(quantizers)))
+  im = ax.imshow(np.log10(grid + 0.01), aspect="auto", cmap="magma_r")
+  ax.set_yticks(range(len(quantizers)), quantizers, fontsize=7)
+  ax.set_xticks(range(len(sets)), [s.split("/", 1)[-1] for s in sets], rotation=90, fontsize=6)
+  fig.colorbar(im, ax=ax, label="log10(disagreement % + 0.01)")
+  ax.set_title("Disagreement rate, quantizer x set")
+  fig.tight_layout()
+  _save(fig, path)
+
+
+def plot_scatter(rows, path):
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  xs = [100 * (r["float_accuracy"] - r["quant_accuracy"]) for r in rows]
+  ys = [100 * r["disagreement_rate"] for r in rows]
+  ax.scatter(xs, ys, s=6, alpha=0.5)
+  lim = max([1.0] + [abs(x) for x in xs if not math.isnan(x)] + [y for y in ys if not math.isnan(y)])
+  ax.plot([0, lim], [0, lim], color="gray", lw=0.8, ls="--", label="disagreement = accuracy drop")
+  ax.set_xlabel("accuracy drop (points)")
+  ax.set_ylabel("disagreement rate (%)")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  _save(fig, path)
+
+
+def pooled_samples(workdir, quantizer):
+  """Disagreement labels and quantized-model scores of ``quantizer``, pooled
+  over every stored set (finite rows only)."""
+  store = ResultsStore(workdir)
+  labels, scores = [], []
+  for fname in sorted(os.listdir(store.samples_dir)):
+    if not fname.endswith(".npz"):
+      continue
+    s = store.samples(fname[:-4])
+    names = list(s["quantizers"])
+    if quantizer not in names:
+      continue
+    k = names.index(quantizer)
+    ok = s["float_finite"] & s["quant_finite"][k]
+    labels.append((s["quant_pred"][k] != s["float_pred"])[ok])
+    scores.append(s["quant_scores"][k][ok])
+  if not labels:
+    return None, None
+  return np.concatenate(labels), np.concatenate(scores)
+
+
+def plot_roc(workdir, quantizer, path) -> dict | None:
+  labels, scores = pooled_samples(workdir, quantizer)
+  if labels is None or labels.all() or not labels.any():
+    return None
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(4.8, 4.4))
+  out = {}
+  for m, name in enumerate(metrics.SCORE_NAMES):
+    fpr, tpr = metrics.roc_curve(labels, scores[:, m])
+    rep = metrics.detection_report(labels, scores[:, m])
+    out[name] = rep
+    ax.plot(fpr, tpr, label=f"{name} (AUROC {rep['auroc']:.3f})")
+  ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
+  ax.set_xlabel("false positive rate")
+  ax.set_ylabel("true positive rate (disagreements found)")
+  ax.set_title(f"{quantizer}: {int(labels.sum())} disagreements of {len(labels)}", fontsize=9)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, path)
+  return out
+
+
+def _fmt(v, pct=False):
+  if isinstance(v, float) and math.isnan(v):
+    return "-"
+  return f"{100 * v:.2f}" if pct else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def write_report(workdir: str) -> str:
+  """Writes report.md and the plots into ``workdir``; returns the report path."""
+  rows = read_rows(os.path.join(workdir, "results.csv"))
+  quantizers = list(dict.fromkeys(r["quantizer"] for r in rows))
+  sets = list(dict.fromkeys(r["set"] for r in rows))
+  ckpts = list(dict.fromkeys(r["checkpoint"] for r in rows))
+  lines = [f"# Disagreement report: {os.path.abspath(workdir)}", "",
+           f"{len(ckpts)} checkpoint(s), {len(quantizers)} quantizers, {len(sets)} sets, {len(rows)} rows"
+           " (rates: % of samples whose quantized prediction differs from the float model's).", ""]
+  # per quantizer: clean vs shifted
+  lines += ["## Disagreement per quantizer", "",
+            "| quantizer | clean rate % | 95% CI | mean shifted rate % | worst set | worst rate % | accuracy drop on clean (pts) |",
+            "|---|---|---|---|---|---|---|"]
+  for q in quantizers:
+    qr = [r for r in rows if r["quantizer"] == q]
+    clean = [r for r in qr if r["family"] == "clean"]
+    shifted = [r for r in qr if r["family"] != "clean"]
+    worst = max(shifted, key=lambda r: r["disagreement_rate"]) if shifted else None
+    c = clean[0] if clean else None
+    lines.append(
+        f"| {q} | {_fmt(_mean([r['disagreement_rate'] for r in clean]), True)} | "
+        f"{'-' if c is None else _fmt(c['rate_ci_low'], True) + '-' + _fmt(c['rate_ci_high'], True)} | "
+        f"{_fmt(_mean([r['disagreement_rate'] for r in shifted]), True)} | {worst['set'] if worst else '-'} | "
+        f"{_fmt(worst['disagreement_rate'], True) if worst else '-'} | "
+        f"{_fmt(_mean([r['float_accuracy'] - r['quant_accuracy'] for r in clean]), True)} |")
+  lines.append("")
+  present = [q for q in STUDY_QUANTIZERS if q in quantizers]
+  if present:
+    fams = list(dict.fromkeys(_family(r) for r in rows))
+    lines += ["## The study's four deployments", "", "Mean disagreement rate % by set family.", "",
+              "| family | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
+    for fam in fams:
+      cells = [_fmt(_mean([r["disagreement_rate"] for r in rows if r["quantizer"] == q and _family(r) == fam]), True)
+               for q in present]
+      lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    lines.append("")
+  # detection quality, mean over (quantizer, set) rows with both classes
+  lines += ["## Detecting disagreements", "",
+            "Mean over (quantizer, set) rows that have disagreements; scores from the float model's and the"
+            " quantized model's outputs; higher is better.", "",
+            "| score | source | AUROC | AUPR | TNR@95%TPR |", "|---|---|---|---|---|"]
+  for src in ("float", "quant"):
+    for name in metrics.SCORE_NAMES:
+      vals = [_mean([r[f"{src}_{name}_{m}"] for r in rows]) for m in ("auroc", "aupr", "tnr95")]
+      lines.append(f"| {name} | {src} | " + " | ".join(_fmt(v) for v in vals) + " |")
+  lines.append("")
+  plots = []
+  if plot_rate_vs_bits(rows, os.path.join(workdir, "rate_vs_bits.png")):
+    plots.append(("Disagreement vs bits", "rate_vs_bits.png"))
+  plot_heatmap(rows, quantizers, sets, os.path.join(workdir, "heatmap.png"))
+  plots.append(("Quantizer x set", "heatmap.png"))
+  plot_scatter(rows, os.path.join(workdir, "accuracy_vs_disagreement.png"))
+  plots.append(("Accuracy drop vs disagreement", "accuracy_vs_disagreement.png"))
+  most = max(quantizers, key=lambda q: sum(r["disagreements"] for r in rows if r["quantizer"] == q))
+  if plot_roc(workdir, most, os.path.join(workdir, "roc.png")) is not None:
+    plots.append((f"ROC of the uncertainty scores ({most}, all sets pooled)", "roc.png"))
+  for title, fname in plots:
+    lines += [f"## {title}", "", f"![{title}]({fname})", ""]
+  path = os.path.join(workdir, "report.md")
+  atomic_write(path, lambda f: f.write("\n".join(lines).encode()))
+  return path
