@@ -253,16 +253,26 @@ class Engine:
     t0 = time.time()
     parts = []
     bs = self.batch_size
+    pending = []
     for start in range(0, n, bs):
       batch = x[start : start + bs]
       real = len(batch)
       if real < bs:
         batch = np.concatenate([batch, np.zeros((bs - real,) + batch.shape[1:], batch.dtype)])
-      out = [np.asarray(o) for o in self._step(self._stacked, self.variables, jax.device_put(batch, self._data))]
-      # float outputs are (batch, ...), quantized ones (K, batch, ...)
-      parts.append([o[:real] for o in out[:3]] + [o[:, :real] for o in out[3:]])
+      # dispatched asynchronously: the host prepares the next batch meanwhile
+      pending.append((real, self._step(self._stacked, self.variables, jax.device_put(batch, self._data))))
+      if len(pending) > 2:
+        parts.append(_host(*pending.pop(0)))
       if progress:
         print(f"  {name}: {min(start + bs, n)}/{n}", file=sys.stderr, flush=True)
+    parts.extend(_host(*p) for p in pending)
     cat = [np.concatenate([p[i] for p in parts], axis=0 if i < 3 else 1) for i in range(6)]
     return SetResult(name, self.names, np.asarray(y, np.int32), cat[0], cat[3], cat[1], cat[4], cat[2], cat[5],
                      seconds=time.time() - t0)
+
+
+def _host(real: int, out) -> list[np.ndarray]:
+  """Device outputs to numpy, padding dropped: float outputs are (batch,
+  ...), quantized ones (K, batch, ...)."""
+  out = [np.asarray(o) for o in out]
+  return [o[:real] for o in out[:3]] + [o[:, :real] for o in out[3:]]
