@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from qsim.evaluate import metrics
 from qsim.nn import QUANT_RNG, QUANT_STATS, calibrate, require_calibrated
 from qsim.quant import presets
-from qsim.quant.grid import group, resolve_mapping
+from qsim.quant.grid import ConfigGrid
 from qsim.quant.spec import QuantConfig
 
 SCORE_SOURCES = ("float", "quant")  # scores from the float model's or the quantized model's outputs
@@ -194,16 +194,12 @@ class Engine:
     self.mesh = mesh if mesh is not None else default_mesh()
     n_dev = self.mesh.devices.size
     self.batch_size = -(-batch_size // n_dev) * n_dev  # a multiple of the device count
-    self.mapping = resolve_mapping(mapping)
     self._data = NamedSharding(self.mesh, P("data"))
     replicated = NamedSharding(self.mesh, P())
     self.variables = jax.device_put({k: v for k, v in variables.items() if k != QUANT_STATS}, replicated)
-    items = [(q.config, q.quant_stats) for q in self.quantizers]
-    groups = group(items)
-    flat = [i for idx, _ in groups for i in idx]
-    self._order = np.argsort(flat)
-    self._sizes = tuple(len(idx) for idx, _ in groups)
-    self._stacked = jax.device_put(tuple(s for _, s in groups), replicated)
+    self._grid = ConfigGrid(self._outputs, mapping=mapping)
+    stacked, self._order, self._sizes = ConfigGrid.prepare([(q.config, q.quant_stats) for q in self.quantizers])
+    self._stacked = jax.device_put(stacked, replicated)
     self._step = jax.jit(self._compute)
 
   @property
@@ -218,27 +214,17 @@ class Engine:
     # a fixed 'quant' stream: stochastic rounding is deterministic here
     return self.model.clone(quant=cfg).apply(v, x, rngs={QUANT_RNG: jax.random.key(0)})
 
+  def _outputs(self, item, variables, x):
+    """Prediction, uncertainty scores and finite flag per sample."""
+    cfg, stats = item
+    z = self._logits(cfg, stats, variables, x).astype(jnp.float32)
+    return jnp.argmax(z, -1).astype(jnp.int32), metrics.stack_scores(z), metrics.finite_rows(z)
+
   def _compute(self, stacked_groups, variables, x):
     with jax.default_matmul_precision("highest"):
-      f_logits = self._logits(None, None, variables, x).astype(jnp.float32)
-      outs = []
-
-      def one(item):
-        cfg, stats = item
-        z = self._logits(cfg, stats, variables, x).astype(jnp.float32)
-        return jnp.argmax(z, -1).astype(jnp.int32), metrics.stack_scores(z), metrics.finite_rows(z)
-
-      for stacked, size in zip(stacked_groups, self._sizes):
-        if not jax.tree.leaves(stacked):  # nothing to map (float32, fp16, ...)
-          o = one(stacked)
-          outs.append(jax.tree.map(lambda a: jnp.broadcast_to(a, (size,) + a.shape), o))
-        elif self.mapping == "vmap":
-          outs.append(jax.vmap(one)(stacked))
-        else:
-          outs.append(jax.lax.map(one, stacked))
-      q = jax.tree.map(lambda *a: jnp.concatenate(a, axis=0)[self._order], *outs)
-    return (jnp.argmax(f_logits, -1).astype(jnp.int32), metrics.stack_scores(f_logits),
-            metrics.finite_rows(f_logits)) + q
+      f = self._outputs((None, None), variables, x)
+      q = self._grid.apply_groups(stacked_groups, (variables, x), order=self._order, sizes=self._sizes)
+    return f + q
 
   def run(self, x: np.ndarray, y: np.ndarray, name: str = "", progress: bool = False) -> SetResult:
     """Evaluates every quantizer on ``(x, y)``."""

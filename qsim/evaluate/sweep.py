@@ -75,7 +75,6 @@ def resolve_sets(dataset: str, shifts: Sequence[str] | str) -> list[str]:
     elif "/" not in s:
       out += registry.list_shifts(dataset, [s])
     else:
-      registry.parse(s)
       if registry.parse(s).dataset != dataset:
         raise ValueError(f"shifted set {s!r} is not a set of the checkpoint's dataset {dataset!r}")
       out.append(s)

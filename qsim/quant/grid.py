@@ -82,9 +82,11 @@ class ConfigGrid:
   def __init__(self, fn: Callable[..., Any], mapping: str = "auto"):
     self.fn = fn
     self.mapping = resolve_mapping(mapping)
-    self._jitted = jax.jit(self._run, static_argnames=("order", "sizes"))
+    self._jitted = jax.jit(self.apply_groups, static_argnames=("order", "sizes"))
 
-  def _run(self, stacked_groups, args, order, sizes):
+  def apply_groups(self, stacked_groups, args, order, sizes):
+    """The traceable body (call it inside another jit): ``fn`` over each
+    stacked group (from :func:`group`), results back in item order."""
     outs = []
     for stacked, size in zip(stacked_groups, sizes):
       if not jax.tree.leaves(stacked):  # e.g. float32, fp16: nothing to map
@@ -99,13 +101,17 @@ class ConfigGrid:
       out = jax.tree.map(lambda x: x[np.asarray(order)], out)
     return out
 
-  def __call__(self, items: Sequence[Any], *args):
+  @staticmethod
+  def prepare(items: Sequence[Any]):
+    """``(stacked_groups, order, sizes)`` for :meth:`apply_groups`."""
     if not items:
       raise ValueError("ConfigGrid: got an empty list of configs")
     groups = group(items)
     flat_idx = [i for idx, _ in groups for i in idx]
     order = tuple(int(k) for k in np.argsort(flat_idx))
     sizes = tuple(len(idx) for idx, _ in groups)
-    return self._jitted(
-        tuple(s for _, s in groups), args, order=order, sizes=sizes
-    )
+    return tuple(s for _, s in groups), order, sizes
+
+  def __call__(self, items: Sequence[Any], *args):
+    stacked, order, sizes = self.prepare(items)
+    return self._jitted(stacked, args, order=order, sizes=sizes)
