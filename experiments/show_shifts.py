@@ -35,7 +35,7 @@ def contact_sheet(dataset: str, path: str, samples: int = 3, seed: int = 0, data
   """Draws corruption x severity for ``samples`` test images into ``path``."""
   if not 1 <= samples <= 16:
     raise ValueError(f"samples={samples} is not valid; give 1..16")
-  clean = registry._clean_test(dataset, data_dir=data_dir, download=False, limit=samples)  # pylint: disable=protected-access
+  clean = registry.clean_test(dataset, data_dir=data_dir, download=False, limit=samples)
   return draw_sheet(clean.x, registry.SUITE_OF[dataset], dataset, path, seed, corruptions)
 
 
@@ -87,7 +87,7 @@ def draw_sheet(images: np.ndarray, suite: str, dataset: str, path: str, seed: in
 
 def text_sheet(dataset: str, path: str, seed: int = 0, data_dir: str | None = None) -> str:
   """One test review under every text shift and severity, as markdown."""
-  clean = registry._clean_test(dataset, data_dir=data_dir, download=False, limit=1, encode=False)  # pylint: disable=protected-access
+  clean = registry.clean_test(dataset, data_dir=data_dir, download=False, limit=1, encode=False)
   review = " ".join(clean.x[0].split()[:40])
   lines = [f"# {dataset}: text shifts (seed {seed})", "", f"**clean**: {review}", ""]
   for name in sorted(text_shifts.TEXT_SHIFTS):

@@ -9,3 +9,20 @@ from hypothesis import settings  # noqa: E402
 # Each example may compile a small XLA program: no per-example deadline.
 settings.register_profile("qsim", deadline=None, max_examples=25, derandomize=True)
 settings.load_profile("qsim")
+
+import pytest  # noqa: E402
+
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+  """A lenet_tiny training workdir (20 steps on 512 Fashion-MNIST images),
+  shared by the engine, sweep and retraining tests."""
+  if not os.path.exists(FMNIST_DIR):
+    pytest.skip("make test installs dataset-fashion-mnist")
+  from experiments.configs import mnist
+  from qsim.train import job
+  path = tmp_path_factory.mktemp("tiny_ckpt")
+  job.run(mnist.get_config("runlocal,steps=20"), str(path))
+  return path

@@ -48,6 +48,16 @@ def test_engine_equals_the_grid_path_and_compiles_once(setup):
   engine.run(test.x[:100], test.y[:100], "part")
   engine.run(test.x[::-1], test.y[::-1], "reversed")
   assert engine.compilations == 1
+  # so do new weights with re-calibrated ranges (a fine-tuned model)
+  other = model.init(jax.random.key(4), test.x[:1])
+  engine.update(other, build_quantizers(model, other, NAMES, test.x[:40]))
+  updated = engine.run(test.x, test.y, "clean")
+  fresh = Engine(model, other, build_quantizers(model, other, NAMES, test.x[:40]), batch_size=64).run(test.x, test.y)
+  np.testing.assert_array_equal(updated.quant_pred, fresh.quant_pred)
+  np.testing.assert_array_equal(updated.float_pred, fresh.float_pred)
+  assert engine.compilations == 1 and not (updated.quant_pred == res.quant_pred).all()
+  with pytest.raises(ValueError, match="update needs the engine's quantizers"):
+    engine.update(other, build_quantizers(model, other, NAMES[:2], test.x[:40]))
   # the disagreements are real: some quantizers flip predictions, fp16 almost none
   dis = (res.quant_pred != res.float_pred).sum(1)
   assert dis[NAMES.index("w2a8")] > dis[NAMES.index("fp16")]
@@ -131,12 +141,8 @@ def test_eight_fake_devices_equal_one(setup):
 
 
 @pytest.fixture(scope="module")
-def ckpt(setup, tmp_path_factory):
-  from experiments.configs import mnist
-  from qsim.train import job
-  path = tmp_path_factory.mktemp("ckpt")
-  job.run(mnist.get_config("runlocal,steps=20"), str(path))
-  return path
+def ckpt(setup, tiny_ckpt):
+  return tiny_ckpt
 
 
 def test_sweep_resumes_after_kill_without_lost_or_duplicated_rows(ckpt, tmp_path):

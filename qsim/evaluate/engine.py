@@ -195,12 +195,28 @@ class Engine:
     n_dev = self.mesh.devices.size
     self.batch_size = -(-batch_size // n_dev) * n_dev  # a multiple of the device count
     self._data = NamedSharding(self.mesh, P("data"))
-    replicated = NamedSharding(self.mesh, P())
-    self.variables = jax.device_put({k: v for k, v in variables.items() if k != QUANT_STATS}, replicated)
     self._grid = ConfigGrid(self._outputs, mapping=mapping)
-    stacked, self._order, self._sizes = ConfigGrid.prepare([(q.config, q.quant_stats) for q in self.quantizers])
-    self._stacked = jax.device_put(stacked, replicated)
+    self._order = self._sizes = None
+    self._place(variables, self.quantizers)
     self._step = jax.jit(self._compute)
+
+  def _place(self, variables: dict, quantizers: Sequence[Quantizer]) -> None:
+    replicated = NamedSharding(self.mesh, P())
+    stacked, order, sizes = ConfigGrid.prepare([(q.config, q.quant_stats) for q in quantizers])
+    if self._order is not None and (order, sizes) != (self._order, self._sizes):
+      raise ValueError("the new quantizers group differently from the engine's; build a new Engine")
+    self._order, self._sizes = order, sizes
+    self.variables = jax.device_put({k: v for k, v in variables.items() if k != QUANT_STATS}, replicated)
+    self._stacked = jax.device_put(stacked, replicated)
+
+  def update(self, variables: dict, quantizers: Sequence[Quantizer]) -> None:
+    """New weights and re-calibrated ranges for the same quantizers (e.g. a
+    fine-tuned model): the compiled program is reused, not rebuilt."""
+    names = [q.name for q in quantizers]
+    if names != self.names:
+      raise ValueError(f"update needs the engine's quantizers {self.names}, got {names}; build a new Engine")
+    self._place(variables, quantizers)
+    self.quantizers = list(quantizers)
 
   @property
   def compilations(self) -> int:

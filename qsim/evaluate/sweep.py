@@ -62,7 +62,8 @@ def read_checkpoint(workdir: str) -> dict:
 
 def resolve_sets(dataset: str, shifts: Sequence[str] | str) -> list[str]:
   """'all' = every shifted set of the dataset; a family name ('c',
-  'official_c', 'natural', 'text') = its sets; otherwise set names. The clean
+  'official_c', 'natural', 'text') = its sets; otherwise set names, in full
+  or relative to the dataset ('c/fog/3'). The clean
   test split ('clean') always comes first."""
   if isinstance(shifts, str):
     shifts = [s for s in shifts.split(",") if s]
@@ -75,6 +76,8 @@ def resolve_sets(dataset: str, shifts: Sequence[str] | str) -> list[str]:
     elif "/" not in s:
       out += registry.list_shifts(dataset, [s])
     else:
+      if s.split("/", 1)[0] not in registry.DATASETS:
+        s = f"{dataset}/{s}"  # relative to the dataset: 'c/fog/3'
       if registry.parse(s).dataset != dataset:
         raise ValueError(f"shifted set {s!r} is not a set of the checkpoint's dataset {dataset!r}")
       out.append(s)

@@ -108,7 +108,9 @@ def parse(name: str) -> ShiftedSet:
   return ShiftedSet(name, parts[0], parts[1], parts[2], severity)
 
 
-def _clean_test(dataset: str, data_dir, download, limit, **text_kw) -> data_lib.Data:
+def clean_test(dataset: str, data_dir, download, limit, **text_kw) -> data_lib.Data:
+  """The test split the dataset's shifted sets are made from (Debian's copy
+  for ``fashion_mnist`` when TFDS's is not prepared)."""
   try:
     return data_lib.load(dataset, "test", data_dir=data_dir, download=download, limit=limit, **text_kw)
   except FileNotFoundError:
@@ -150,21 +152,45 @@ def load_shifted(
   if s.dataset in TEXT_DATASETS and vocab is None:
     raise ValueError(f"{name!r} needs vocab= (the training run's vocabulary, e.g. load_vocab('<workdir>/vocab.json'))")
   kw = dict(data_dir=data_dir, download=download, limit=limit)
-  if s.family == "c":
-    base = clean if clean is not None else _clean_test(s.dataset, **kw)
-    x = image.corrupt(SUITE_OF[s.dataset], s.shift, set_key(seed, name), base.x, s.severity)
-    return data_lib.Data(name, "test", np.asarray(x), base.y, base.num_classes)
+  if s.offline:
+    base = clean if clean is not None else clean_test(s.dataset, **kw, **({"encode": False} if s.family == "text" else {}))
+    return apply_synthetic(name, base, seed=seed, vocab=vocab, maxlen=maxlen)
   if s.family == "official_c":
     d = official.mnist_c(s.shift, **kw) if s.dataset == "mnist" else official.cifar10_c(s.shift, s.severity, **kw)
-  elif s.family == "natural" and s.dataset == "cifar10":
+  elif s.dataset == "cifar10":  # natural
     d = official.cifar10_1(s.shift.rsplit("_", 1)[1], **kw)
-  elif s.family == "natural":
+  else:  # natural: Yelp
     d = official.yelp_polarity("test", vocab=vocab, maxlen=maxlen, **kw)
-  else:  # text
-    base = clean if clean is not None else _clean_test(s.dataset, **kw, encode=False)
-    shifted = text.shift_texts(s.shift, seed, base.x, s.severity)
-    return data_lib.Data(name, "test", text_lib.encode(shifted, vocab, maxlen), base.y, base.num_classes, list(vocab))
   return dataclasses.replace(d, name=name)
+
+
+def apply_synthetic(
+    name: str,
+    base: data_lib.Data,
+    *,
+    seed: int = 0,
+    key_name: str | None = None,
+    vocab: Sequence[str] | None = None,
+    maxlen: int = 200,
+) -> data_lib.Data:
+  """The synthetic shift of set ``name`` (family 'c' or 'text') applied to
+  any images or raw texts ``base`` (e.g. a candidate pool), not only the
+  test split. The randomness comes from ``seed`` and ``key_name`` (default
+  ``name``): the registry's own sets use their name."""
+  s = parse(name)
+  if not s.offline:
+    raise ValueError(f"{name!r} is a {s.family!r} set (published data), not a synthetic shift; use one of the"
+                     f" 'c' or 'text' sets of {s.dataset!r}")
+  if s.family == "c":
+    x = image.corrupt(SUITE_OF[s.dataset], s.shift, set_key(seed, key_name or name), base.x, s.severity)
+    return data_lib.Data(name, base.split, np.asarray(x), base.y, base.num_classes)
+  if vocab is None:
+    raise ValueError(f"{name!r} needs vocab= (the training run's vocabulary, e.g. load_vocab('<workdir>/vocab.json'))")
+  if len(base.x) and not isinstance(base.x[0], str):
+    raise ValueError(f"{name!r} shifts raw review texts; load the base data with encode=False")
+  seed_used = seed if key_name is None else zlib.crc32(f"{seed}|{key_name}".encode())
+  shifted = text.shift_texts(s.shift, seed_used, base.x, s.severity)
+  return data_lib.Data(name, base.split, text_lib.encode(shifted, vocab, maxlen), base.y, base.num_classes, list(vocab))
 
 
 def iter_shifted(
@@ -195,7 +221,7 @@ def iter_shifted(
     try:
       if family_base and family_base not in clean:
         extra = {"encode": False} if family_base == "text" else {}
-        clean[family_base] = _clean_test(dataset, **kw, **extra)
+        clean[family_base] = clean_test(dataset, **kw, **extra)
       d = load_shifted(n, seed=seed, vocab=vocab, maxlen=maxlen, clean=clean.get(family_base), **kw)
     except FileNotFoundError:
       if skip_missing:

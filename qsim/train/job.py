@@ -22,7 +22,7 @@ from qsim.train.loop import accuracy, train, variables_of
 from qsim.train.methods import MethodConfig
 
 
-def _write_json(path: str, obj: Any) -> None:
+def write_json(path: str, obj: Any) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=1, sort_keys=True)
@@ -35,14 +35,19 @@ def method_config(c) -> MethodConfig:
                       adv_fraction=c.adv_fraction, mixup_alpha=c.mixup_alpha, box=box)
 
 
-def build_model(c, num_classes: int):
-  quant = preset(c.quant) if c.method == "qat" else None
-  if quant is not None and any(
-      t is not None and t.range == "static" for spec in quant.layer_specs() if spec is not None
-      for t in (spec.weight, spec.act, spec.state)):
+def qat_config(name: str):
+  """The quant config QAT trains with: a preset without static ranges."""
+  quant = preset(name)
+  if any(t is not None and t.range == "static" for spec in quant.layer_specs() if spec is not None
+         for t in (spec.weight, spec.act, spec.state)):
     raise ValueError(
-        f"quant={c.quant!r} has static activation ranges, which are calibrated after training;"
+        f"quant={name!r} has static activation ranges, which are calibrated after training;"
         " for QAT use a dynamic-range config (e.g. 'w8a8', 'tflite_dynamic')")
+  return quant
+
+
+def build_model(c, num_classes: int):
+  quant = qat_config(c.quant) if c.method == "qat" else None
   return get_model(c.model, num_classes=num_classes, quant=quant)
 
 
@@ -62,7 +67,7 @@ def run(c, workdir: str) -> dict:
   test_d = data_lib.load(c.dataset, "test", limit=c.test_limit or None, **kw, **extra)
   if train_d.vocab is not None:
     data_lib.text.save_vocab(os.path.join(workdir, "vocab.json"), train_d.vocab)
-  _write_json(os.path.join(workdir, "config.json"), c.to_dict())
+  write_json(os.path.join(workdir, "config.json"), c.to_dict())
   print(f"training {c.model} ({c.method}) on {c.dataset}: {len(train_d)} train / {len(val_d)} val /"
         f" {len(test_d)} test, {c.steps} steps of {c.batch_size}, seed {c.seed}", file=sys.stderr, flush=True)
   state = train(model, train_d.x, train_d.y, workdir=workdir, steps=c.steps, batch_size=c.batch_size,
@@ -75,6 +80,6 @@ def run(c, workdir: str) -> dict:
       "val_accuracy": accuracy(model, variables, val_d.x, val_d.y),
       "test_accuracy": accuracy(model, variables, test_d.x, test_d.y),
   }
-  _write_json(os.path.join(workdir, "summary.json"), summary)
+  write_json(os.path.join(workdir, "summary.json"), summary)
   print(json.dumps(summary))
   return summary

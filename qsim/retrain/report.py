@@ -1,0 +1,158 @@
+"""The retraining section of a report: what retraining resolved, kept and
+broke, per quantizer and strategy, against the random-selection control.
+
+``write_report(workdir)`` reads the retraining ``results.csv`` and writes
+``report.md`` and ``retrain.png`` (per quantizer: a bar pair per strategy,
+disagreements before = resolved + persisted and after = persisted + new,
+stacked; on the evaluation split and summed over the shifted sets). Figures
+are the last round of each run, summed over sets, then averaged over seeds
+with a 95% t-interval; ``section(rows)`` gives the Markdown alone (the study
+report embeds it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+
+import numpy as np
+
+from qsim.evaluate.report import _mean, _plt, _save, read_rows
+from qsim.evaluate.results import atomic_write
+
+COUNTS = ("before", "after", "resolved", "persisted", "new")
+
+
+def mean_ci(values) -> tuple[float, float]:
+  """Mean and half-width of its 95% t-interval (NaN half-width for one value)."""
+  v = np.asarray([x for x in values if not (isinstance(x, float) and math.isnan(x))], float)
+  if len(v) == 0:
+    return float("nan"), float("nan")
+  if len(v) == 1:
+    return float(v[0]), float("nan")
+  from scipy import stats
+  return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def _fmt(m, h, digits=1):
+  if math.isnan(m):
+    return "-"
+  return f"{m:.{digits}f}" if math.isnan(h) else f"{m:.{digits}f} ± {h:.{digits}f}"
+
+
+def final_rounds(rows) -> dict:
+  """{(quantizer, strategy, seed): {'clean': {count: n}, 'shifted': {...}, 'acc': (before, after)}} from
+  each run's last completed round."""
+  done = [r for r in rows if r.get("status") == "done"]
+  last = {}
+  for r in done:
+    k = (r["quantizer"], r["strategy"], int(r["seed"]))
+    last[k] = max(last.get(k, 0), int(r["round"]))
+  out = {}
+  for k, rnd in last.items():
+    rs = [r for r in done if (r["quantizer"], r["strategy"], int(r["seed"])) == k and int(r["round"]) == rnd]
+    clean = [r for r in rs if r["family"] == "clean"]
+    shifted = [r for r in rs if r["family"] != "clean"]
+    out[k] = {
+        "round": rnd,
+        "clean": {c: sum(int(r[c]) for r in clean) for c in COUNTS},
+        "shifted": {c: sum(int(r[c]) for r in shifted) for c in COUNTS} if shifted else None,
+        "acc": (_mean([r["float_accuracy_before"] for r in clean]), _mean([r["float_accuracy_after"] for r in clean])),
+        "added": int(rs[0]["added_total"]),
+    }
+  return out
+
+
+def section(rows) -> list[str]:
+  runs = final_rounds(rows)
+  quantizers = list(dict.fromkeys(r["quantizer"] for r in rows))
+  strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+  seeds = sorted({int(r["seed"]) for r in rows})
+  lines = ["## Retraining with disagreements", "",
+           f"{len(quantizers)} quantizer(s) x {len(strategies)} strategies x {len(seeds)} seed(s); last round of each"
+           " run; disagreements summed over the sets of each kind, then mean ± 95% t-interval over seeds."
+           " before = resolved + persisted, after = persisted + new.", ""]
+  stopped = sorted({(r["quantizer"], r["strategy"], int(r["seed"]), int(r["round"])) for r in rows
+                    if r.get("status") == "no_disagreements"})
+  for kind in ("clean", "shifted"):
+    if not any(v[kind] for v in runs.values()):
+      continue
+    title = "evaluation split" if kind == "clean" else "shifted sets (summed)"
+    lines += [f"### {title}", "", "| quantizer | strategy | added | before | after | resolved | persisted | new |"
+              " change vs random (paired) |", "|---|---|---|---|---|---|---|---|---|"]
+    for q in quantizers:
+      for s in strategies:
+        ks = [k for k in runs if k[0] == q and k[1] == s and runs[k][kind]]
+        if not ks:
+          continue
+        cells = [_fmt(*mean_ci([runs[k][kind][c] for k in ks])) for c in COUNTS]
+        paired = []
+        for k in ks:
+          ctrl = runs.get((q, "random", k[2]))
+          if s != "random" and ctrl and ctrl[kind]:
+            paired.append(runs[k][kind]["after"] - ctrl[kind]["after"])
+        added = _fmt(*mean_ci([runs[k]["added"] for k in ks]), digits=0)
+        lines.append(f"| {q} | {s} | {added} | " + " | ".join(cells) + f" | {_fmt(*mean_ci(paired)) if paired else '-'} |")
+    lines.append("")
+  lines += ["### Float accuracy on the evaluation split", "", "| quantizer | strategy | before | after |",
+            "|---|---|---|---|"]
+  for q in quantizers:
+    for s in strategies:
+      ks = [k for k in runs if k[0] == q and k[1] == s]
+      if ks:
+        b, a = mean_ci([runs[k]["acc"][0] for k in ks]), mean_ci([runs[k]["acc"][1] for k in ks])
+        lines.append(f"| {q} | {s} | {_fmt(100 * b[0], 100 * b[1], 2)} | {_fmt(100 * a[0], 100 * a[1], 2)} |")
+  lines.append("")
+  if stopped:
+    lines += ["Runs stopped because the pool had no disagreements left: "
+              + ", ".join(f"{q}/{s}/seed {sd} (round {rd})" for q, s, sd, rd in stopped), ""]
+  return lines
+
+
+def plot(rows, path) -> bool:
+  runs = final_rounds(rows)
+  if not runs:
+    return False
+  quantizers = list(dict.fromkeys(k[0] for k in runs))
+  strategies = list(dict.fromkeys(r["strategy"] for r in rows if (r["quantizer"], r["strategy"], int(r["seed"])) in runs))
+  kinds = [k for k in ("clean", "shifted") if any(v[k] for v in runs.values())]
+  plt = _plt()
+  fig, axes = plt.subplots(len(kinds), len(quantizers), figsize=(3.2 + 2.2 * len(quantizers), 3.2 * len(kinds)),
+                           squeeze=False)
+  colors = {"resolved": "#4c9f70", "persisted": "#888888", "new": "#d1495b"}
+  for i, kind in enumerate(kinds):
+    for j, q in enumerate(quantizers):
+      ax = axes[i][j]
+      for x, s in enumerate(strategies):
+        ks = [k for k in runs if k[0] == q and k[1] == s and runs[k][kind]]
+        if not ks:
+          continue
+        m = {c: float(np.mean([runs[k][kind][c] for k in ks])) for c in COUNTS}
+        ax.bar(x - 0.2, m["persisted"], 0.38, color=colors["persisted"])
+        ax.bar(x - 0.2, m["resolved"], 0.38, bottom=m["persisted"], color=colors["resolved"])
+        ax.bar(x + 0.2, m["persisted"], 0.38, color=colors["persisted"])
+        ax.bar(x + 0.2, m["new"], 0.38, bottom=m["persisted"], color=colors["new"])
+      ax.set_xticks(range(len(strategies)), [f"{s}\nbefore | after" for s in strategies], fontsize=7)
+      ax.set_title(f"{q}: {'evaluation split' if kind == 'clean' else 'shifted sets'}", fontsize=9)
+      ax.set_ylabel("disagreements (mean over seeds)", fontsize=8)
+      ax.grid(axis="y", alpha=0.3)
+  handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+  fig.legend(handles, list(colors), loc="lower center", ncol=3, fontsize=8)
+  fig.tight_layout(rect=(0, 0.06, 1, 1))
+  _save(fig, path)
+  return True
+
+
+def write_report(workdir: str) -> str:
+  """Writes ``report.md`` and ``retrain.png`` into ``workdir``; returns the report path."""
+  rows = read_rows(os.path.join(workdir, "results.csv"))
+  if "strategy" not in rows[0]:
+    raise ValueError(f"{workdir}/results.csv is not a retraining table (no 'strategy' column); use"
+                     " qsim.evaluate.report for evaluation sweeps")
+  lines = [f"# Retraining report: {os.path.abspath(workdir)}", ""] + section(rows)
+  if plot(rows, os.path.join(workdir, "retrain.png")):
+    lines += ["![before and after retraining](retrain.png)", ""]
+  path = os.path.join(workdir, "report.md")
+  atomic_write(path, lambda f: f.write("\n".join(lines).encode()))
+  return path
