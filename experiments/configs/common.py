@@ -34,25 +34,29 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
-def apply_args(c: ml_collections.ConfigDict, arg: str, runlocal: dict) -> ml_collections.ConfigDict:
+def apply_args(c: ml_collections.ConfigDict, arg: str, runlocal: dict,
+               settings: dict[str, dict] | None = None) -> ml_collections.ConfigDict:
   """Applies ``arg`` ("model=lenet5,method=qat,bits=4,runlocal") to ``c``.
 
   ``bits=N`` is short for ``quant=wNaN``; ``runlocal`` applies the tiny
-  smoke-run overrides. Unknown keys raise ``ValueError`` with the valid ones.
+  smoke-run overrides, and a name in ``settings`` (e.g. 'quick') its own.
+  Unknown keys raise ``ValueError`` with the valid ones.
   """
+  named = {"runlocal": runlocal, **(settings or {})}
   items = [s.strip() for s in arg.split(",") if s.strip()]
-  if "runlocal" in items:  # first, so explicit keys override it
-    c.update(runlocal)
+  for item in items:  # first, so explicit keys override them
+    if item in named:
+      c.update(named[item])
   for item in items:
-    if item == "runlocal":
+    if item in named:
       continue
     if "=" not in item:
-      raise ValueError(f"config argument {item!r} is not valid; use key=value or 'runlocal'")
+      raise ValueError(f"config argument {item!r} is not valid; use key=value or one of {sorted(named)}")
     key, value = (s.strip() for s in item.split("=", 1))
     if key == "bits":
       key, value = "quant", f"w{int(value)}a{int(value)}"
     if key not in c:
-      raise ValueError(f"config key {key!r} is not valid; valid keys are {sorted(c.keys()) + ['bits', 'runlocal']}")
+      raise ValueError(f"config key {key!r} is not valid; valid keys are {sorted(c.keys()) + ['bits'] + sorted(named)}")
     old = c[key]
     if isinstance(old, bool):
       if value.lower() not in ("1", "true", "yes", "0", "false", "no"):

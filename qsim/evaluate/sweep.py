@@ -9,6 +9,7 @@ command after a crash resumes where it stopped.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -63,7 +64,8 @@ def read_checkpoint(workdir: str) -> dict:
 def resolve_sets(dataset: str, shifts: Sequence[str] | str) -> list[str]:
   """'all' = every shifted set of the dataset; a family name ('c',
   'official_c', 'natural', 'text') = its sets; otherwise set names, in full
-  or relative to the dataset ('c/fog/3'). The clean
+  or relative to the dataset ('c/fog/3'), or a shift's prefix ('c/fog': every
+  severity). The clean
   test split ('clean') always comes first."""
   if isinstance(shifts, str):
     shifts = [s for s in shifts.split(",") if s]
@@ -78,11 +80,40 @@ def resolve_sets(dataset: str, shifts: Sequence[str] | str) -> list[str]:
     else:
       if s.split("/", 1)[0] not in registry.DATASETS:
         s = f"{dataset}/{s}"  # relative to the dataset: 'c/fog/3'
+      prefixed = [n for n in registry.list_shifts(dataset) if n.startswith(s.rstrip("/") + "/")]
+      if prefixed:  # every severity of a shift: 'c/fog'
+        out += prefixed
+        continue
       if registry.parse(s).dataset != dataset:
         raise ValueError(f"shifted set {s!r} is not a set of the checkpoint's dataset {dataset!r}")
       out.append(s)
   seen = set()
   return [s for s in out if not (s in seen or seen.add(s))]
+
+
+class _SetCache:
+  """Loaded sets by key, least recently used dropped beyond ``max_bytes``."""
+
+  def __init__(self, max_bytes: int):
+    self.max_bytes = max_bytes
+    self._items: collections.OrderedDict = collections.OrderedDict()
+
+  def __contains__(self, key) -> bool:
+    return key in self._items
+
+  def __getitem__(self, key):
+    self._items.move_to_end(key)
+    return self._items[key]
+
+  def put(self, key, value) -> None:
+    self._items[key] = value
+    while len(self._items) > 1 and sum(_nbytes(v) for v in self._items.values()) > self.max_bytes:
+      self._items.popitem(last=False)
+
+
+def _nbytes(item) -> int:
+  x, y = item
+  return (x.nbytes if isinstance(x, np.ndarray) else sum(len(t) for t in x)) + y.nbytes
 
 
 def run_sweep(
@@ -98,9 +129,12 @@ def run_sweep(
     data_dir: str | None = None,
     skip_missing: bool = False,
     mapping: str = "auto",
+    cache_bytes: int = 2 << 30,
 ) -> str:
   """Evaluates each checkpoint under each quantizer on its clean test split
-  and shifted sets; returns the path of results.csv."""
+  and shifted sets; returns the path of results.csv. Sets loaded or
+  generated for one checkpoint are kept (up to ``cache_bytes``, least
+  recently used dropped first) for the next checkpoints of the dataset."""
   if not checkpoints:
     raise ValueError("no checkpoints given")
   quantizers = list(quantizers)
@@ -114,6 +148,7 @@ def run_sweep(
     plans.append((ckpt, cfg, resolve_sets(cfg["dataset"], shifts)))
   store = ResultsStore(workdir)
   t0 = time.time()
+  cache = _SetCache(cache_bytes)  # checkpoints of one dataset share the loaded and generated sets
   for ckpt, cfg, sets in plans:
     todo = [s for s in sets if not store.has(store.key(os.path.abspath(ckpt), s))]
     _log(f"{ckpt}: {cfg['model']} ({cfg['method']}) on {cfg['dataset']}: {len(sets)} sets x"
@@ -134,18 +169,19 @@ def run_sweep(
     check_variables(model, variables, calib.x)
     qs = build_quantizers(model, variables, quantizers, calib.x)
     engine = Engine(model, variables, qs, batch_size=batch_size, mapping=mapping)
-    clean = None
     for i, name in enumerate(sets):
       if name not in todo:
         continue
       key = store.key(os.path.abspath(ckpt), name)
       try:
-        if name == CLEAN:
-          clean = clean or data_lib.load(dataset, "test", limit=limit, **kw, **text_kw)
-          x, y = clean.x, clean.y
-        else:
-          d = registry.load_shifted(name, seed=seed, limit=limit, vocab=vocab, **kw)
-          x, y = d.x, d.y
+        set_key = (name, dataset, None if vocab is None else hash(tuple(vocab)))
+        if set_key not in cache:
+          if name == CLEAN:
+            d = data_lib.load(dataset, "test", limit=limit, **kw, **text_kw)
+          else:
+            d = registry.load_shifted(name, seed=seed, limit=limit, vocab=vocab, **kw)
+          cache.put(set_key, (d.x, d.y))
+        x, y = cache[set_key]
       except FileNotFoundError as e:
         if skip_missing:
           _log(f"  skipped {name}: {e}")

@@ -1,0 +1,143 @@
+"""The study end to end, resumably: train every (model, method, seed), evaluate
+the study's quantizers and a bit-width grid on clean and shifted data, run the
+retraining loop, write the report answering RQ1-RQ4.
+
+Layout of ``workdir``::
+
+  train/<model>/<method>/seed<s>/   training workdirs (checkpoints, summary.json)
+  eval/                             the sweep over every checkpoint (results.csv, samples/)
+  retrain/<model>/seed<s>/          the retraining runs on each standard checkpoint
+  report.md, *.png                  the study report
+
+Each stage skips what is already done (a training run with its summary.json,
+a sweep unit with its part file, a retraining round with its part file), so
+rerunning the same command after a crash resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from typing import Callable
+
+from qsim.evaluate import sweep
+from qsim.quant import presets
+from qsim.retrain import RetrainConfig, run_retrain
+from qsim.shifts import registry
+from qsim.train import job
+from qsim.train.methods import METHODS
+
+STUDY_METHODS = ("standard", "qat", "pgd", "mixup")
+
+
+def _log(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+  """What the study runs; see ``experiments/configs/study.py``."""
+
+  models: tuple[str, ...]
+  dataset: str = "fashion_mnist_debian"
+  methods: tuple[str, ...] = STUDY_METHODS
+  seeds: tuple[int, ...] = (0, 1, 2)
+  quantizers: tuple[str, ...] = ("tflite_int8", "tflite_dynamic", "weight_only_int8", "fp16")
+  bits: tuple[int, ...] = (2, 4, 6, 8)  # the wNaN grid evaluated besides the presets
+  shifts: tuple[str, ...] = ("c",)
+  severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+  limit: int = 0  # test samples per set (0 = all)
+  eval_batch_size: int = 500
+  calib_samples: int = 100
+  retrain_quantizers: tuple[str, ...] = ("tflite_int8", "w4a4")
+  retrain_strategies: tuple[str, ...] = ("all", "margin", "random")
+  retrain_rounds: int = 1
+  retrain_epochs: float = 1.0
+  retrain_pool: str = "val"
+  retrain_eval_split: str = "test"
+  retrain_shift_limit: int = 1000
+
+  def validate(self) -> None:
+    if not self.models:
+      raise ValueError("no models given; e.g. models=lenet1+lenet5+gru_rows")
+    bad = [m for m in self.methods if m not in METHODS]
+    if bad or not self.methods:
+      raise ValueError(f"methods={list(self.methods)} is not valid; choose from {list(METHODS)}")
+    if "qat" in self.methods and "standard" not in self.methods:
+      raise ValueError("method 'qat' fine-tunes the 'standard' checkpoint; add 'standard' to methods")
+    if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
+      raise ValueError(f"seeds={list(self.seeds)} is not valid; give ints >= 0")
+    if any(not 2 <= b <= 16 for b in self.bits):
+      raise ValueError(f"bits={list(self.bits)} is not valid; give ints in 2..16")
+    if not self.severities or any(s not in (1, 2, 3, 4, 5) for s in self.severities):
+      raise ValueError(f"severities={list(self.severities)} is not valid; give ints in 1..5")
+    for q in self.quantizers:
+      presets.preset(q)
+    if self.retrain_quantizers:
+      self.retrain_config("", ()).validate()
+    if not self.shift_names():
+      raise ValueError(f"shifts={list(self.shifts)} with severities={list(self.severities)} selects no shifted set")
+
+  @property
+  def all_quantizers(self) -> list[str]:
+    """The wNaN grid, then the presets."""
+    grid = [f"w{b}a{b}" for b in self.bits]
+    return grid + [q for q in self.quantizers if q not in grid]
+
+  def retrain_config(self, checkpoint: str, shifts: tuple[str, ...], seed: int = 0) -> RetrainConfig:
+    return RetrainConfig(
+        checkpoint=checkpoint, quantizers=self.retrain_quantizers, strategies=self.retrain_strategies,
+        seeds=(seed,), rounds=self.retrain_rounds, shifts=shifts, shift_limit=self.retrain_shift_limit,
+        epochs=self.retrain_epochs, calib_samples=self.calib_samples, pool=self.retrain_pool,
+        eval_split=self.retrain_eval_split, eval_batch_size=self.eval_batch_size)
+
+  def shift_names(self) -> list[str]:
+    """The shifted sets: ``shifts`` resolved, keeping the listed severities."""
+    names = sweep.resolve_sets(self.dataset, list(self.shifts))[1:]
+    return [n for n in names if registry.parse(n).severity in (None, *self.severities)]
+
+
+def train_dir(workdir: str, model: str, method: str, seed: int) -> str:
+  return os.path.join(workdir, "train", model, method, f"seed{seed}")
+
+
+def run_study(cfg: StudyConfig, workdir: str, train_config: Callable[[str, str, int, str], object]) -> str:
+  """Runs (or resumes) every stage; returns the report path.
+
+  ``train_config(model, method, seed, standard_dir)`` gives the training
+  config (an ``ml_collections.ConfigDict`` for :func:`qsim.train.job.run`) of
+  one run; ``standard_dir`` is the same seed's standard run (QAT starts
+  from it).
+  """
+  from qsim.study import report  # matplotlib only when reporting
+
+  cfg.validate()
+  t0 = time.time()
+  configs = {}
+  for seed in cfg.seeds:  # every training config built (and validated) before any work
+    for model in cfg.models:
+      for method in cfg.methods:
+        configs[(model, method, seed)] = train_config(model, method, seed, train_dir(workdir, model, "standard", seed))
+  order = sorted(configs, key=lambda k: (k[2], cfg.models.index(k[0]), k[1] != "standard", cfg.methods.index(k[1])))
+  for i, (model, method, seed) in enumerate(order):
+    d = train_dir(workdir, model, method, seed)
+    if os.path.exists(os.path.join(d, "summary.json")):
+      continue
+    _log(f"[study] train {i + 1}/{len(order)}: {model} / {method} / seed {seed} ({time.time() - t0:.0f} s)")
+    job.run(configs[(model, method, seed)], d)
+  ckpts = [train_dir(workdir, *k) for k in order]
+  _log(f"[study] evaluate {len(ckpts)} checkpoints x {len(cfg.all_quantizers)} quantizers ({time.time() - t0:.0f} s)")
+  shifts = cfg.shift_names()
+  sweep.run_sweep(ckpts, cfg.all_quantizers, shifts, os.path.join(workdir, "eval"), limit=cfg.limit or None,
+                  batch_size=cfg.eval_batch_size, calib_samples=cfg.calib_samples)
+  if cfg.retrain_quantizers and "standard" in cfg.methods:
+    for seed in cfg.seeds:
+      for model in cfg.models:
+        _log(f"[study] retrain {model} / seed {seed} ({time.time() - t0:.0f} s)")
+        run_retrain(cfg.retrain_config(train_dir(workdir, model, "standard", seed), tuple(shifts), seed),
+                    os.path.join(workdir, "retrain", model, f"seed{seed}"))
+  path = report.write_report(workdir)
+  _log(f"[study] done in {time.time() - t0:.0f} s: {path}")
+  return path
