@@ -1,6 +1,7 @@
 # qsim: the two set-up commands of the README.
-#   make demo   creates .venv, installs qsim and the offline Fashion-MNIST data,
-#               runs the main job end to end.
+#   make study  creates .venv, installs qsim and the offline Fashion-MNIST data,
+#               runs the main job end to end (the study, quick setting).
+#   make demo   the smaller LeNet-5 bit-grid demo.
 #   make test   creates .venv, installs qsim with its test extra, runs pytest.
 PYTHON ?= python3
 VENV := .venv
@@ -8,8 +9,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 OUT ?= runs/demo
+STUDY_OUT ?= runs/study
 
-.PHONY: demo test venv data bench clean
+.PHONY: study demo test venv data bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,9 @@ data:
 	  echo "Installing Debian's dataset-fashion-mnist (needs root)..."; \
 	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	fi
+
+study: venv data
+	$(PY) -m experiments.study --config=experiments/configs/study.py:quick --workdir=$(STUDY_OUT)
 
 demo: venv data
 	$(PY) -m experiments.demo --workdir=$(OUT)

@@ -24,6 +24,12 @@ def _input(name, batch=2):
 TINY = sorted(n for n in MODELS if n.endswith("_tiny"))
 
 
+# The deepest tiny models take a minute to compile a train step on the 2-core
+# CI machine; their float step (every layer exactly flax's, tests/test_layers)
+# is left to the quantized one, which runs the same layers plus quantization.
+QUANT_STEP_ONLY = ("densenet121_tiny", "resnet50_tiny")
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_models_forward_and_train_step_float_and_quantized(name):
   x = _input(name, 4)
@@ -35,6 +41,8 @@ def test_tiny_models_forward_and_train_step_float_and_quantized(name):
     if state.batch_stats is not None:
       variables["batch_stats"] = state.batch_stats
     assert jax.eval_shape(model.apply, variables, x).shape == (4, 10)
+    if quant is None and name in QUANT_STEP_ONLY:
+      continue
     new, loss, _ = make_train_step(model, MethodConfig())(state, x, y, KEY)
     assert np.isfinite(float(loss)) and int(new.step) == 1
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new.params)

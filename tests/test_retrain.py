@@ -154,18 +154,42 @@ def test_select_strategies():
 
 def test_report_and_launcher_config(done):
   from PIL import Image
-  from experiments import retrain as launcher
   from experiments.configs import retrain as retrain_config
   wd, _, _, rows = done
   body = open(report.write_report(wd)).read()
   for section in ("## Retraining with disagreements", "### evaluation split", "### shifted sets (summed)",
-                  "### Float accuracy", "retrain.png", "float32/all/seed 0 (round 1)"):
+                  "### Float accuracy", "retrain.png", "lenet_tiny float32/all/seed 0 (round 1)"):
     assert section in body, section
   r = next(r for r in rows if r["strategy"] == "all" and r["round"] == 2.0 and r["set"] == "clean")
-  assert f"| w4a4 | all | {int(r['added_total'])} | {r['before']:.1f} | {r['after']:.1f} | {r['resolved']:.1f} |" in body
+  assert (f"| lenet_tiny | w4a4 | all | {int(r['added_total'])} | {r['before']:.1f} | {r['after']:.1f} |"
+          f" {r['resolved']:.1f} |") in body
   assert np.asarray(Image.open(os.path.join(wd, "retrain.png")).convert("L")).std() > 10
-  c = launcher.retrain_config(retrain_config.get_config("checkpoint=/x,runlocal,quantizers=w4a4+fp16,seeds=1+2"))
+  c = retrain_config.retrain_config(retrain_config.get_config("checkpoint=/x,runlocal,quantizers=w4a4+fp16,seeds=1+2"))
   assert c.quantizers == ("w4a4", "fp16") and c.seeds == (1, 2) and c.shifts == ("c/fog/3", "c/rotate/2")
   c.validate()
   with pytest.raises(ValueError, match="seeds='a' is not valid"):
-    launcher.retrain_config(retrain_config.get_config("checkpoint=/x,seeds=a"))
+    retrain_config.retrain_config(retrain_config.get_config("checkpoint=/x,seeds=a"))
+
+
+def test_qat_finetuning_and_static_ranges_recalibrated(tiny_ckpt, tmp_path):
+  from qsim import data
+  cfg = RetrainConfig(checkpoint=str(tiny_ckpt), **{
+      **SMALL, "quantizers": ("tflite_int8",), "strategies": ("margin",), "shifts": (), "finetune": "qat",
+      "qat_quant": "w8a8", "budget": 30})
+  rows = read_rows(run_retrain(cfg, str(tmp_path)))
+  assert len(rows) == 1 and rows[0]["finetune"] == "qat:w8a8" and rows[0]["selected"] == 30
+  # 'after' is the fine-tuned model quantized with ranges calibrated anew on it
+  rdir = tmp_path / "models" / "tflite_int8" / "margin" / "seed0" / "round1"
+  model = get_model("lenet_tiny", num_classes=10)
+  calib = data.load("fashion_mnist_debian", "train", limit=40).x
+  test = data.load("fashion_mnist_debian", "test", limit=150)
+  old, new = load_variables(str(tiny_ckpt)), load_variables(str(rdir))
+  q_new = build_quantizers(model, new, ["tflite_int8"], calib)
+  q_old = build_quantizers(model, old, ["tflite_int8"], calib)
+  import jax
+  assert any(bool((a != b).any()) for a, b in zip(jax.tree.leaves(q_new[0].quant_stats),
+                                                   jax.tree.leaves(q_old[0].quant_stats)))
+  res = Engine(model, new, q_new, batch_size=80).run(test.x, test.y)
+  assert rows[0]["after"] == int((res.quant_pred[0] != res.float_pred).sum())
+  assert ResultsStore(str(tmp_path)).samples(ResultsStore.key("tflite_int8", "margin", "0", "1"))["s0_quant_pred"].tolist() \
+      == res.quant_pred[0].tolist()

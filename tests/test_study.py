@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 
-from experiments import study as launcher
 from experiments.configs import study as study_config
 from qsim.evaluate.report import read_rows
 from qsim.study import run_study, train_dir
@@ -18,7 +17,7 @@ def study(tmp_path_factory):
     pytest.skip("make test installs dataset-fashion-mnist")
   wd = str(tmp_path_factory.mktemp("study"))
   c = study_config.get_config("runlocal")
-  path = run_study(launcher.study_config(c), wd, launcher.train_config_fn(c))
+  path = run_study(study_config.study_config(c), wd, study_config.train_config_fn(c))
   return wd, path, c
 
 
@@ -56,7 +55,7 @@ def test_a_rerun_resumes_without_redoing_work(study):
   parts = os.path.join(wd, "retrain", "lenet_tiny", "seed0", "parts")
   stamps = {p: os.stat(p).st_mtime_ns for p in [summary] + [os.path.join(parts, f) for f in os.listdir(parts)]}
   report = open(path).read()
-  assert run_study(launcher.study_config(c), wd, launcher.train_config_fn(c)) == path
+  assert run_study(study_config.study_config(c), wd, study_config.train_config_fn(c)) == path
   assert {p: os.stat(p).st_mtime_ns for p in stamps} == stamps
   assert open(path).read() == report
 
@@ -64,13 +63,34 @@ def test_a_rerun_resumes_without_redoing_work(study):
 def test_bad_study_config():
   c = study_config.get_config("runlocal,methods=qat")
   with pytest.raises(ValueError, match="method 'qat' fine-tunes the 'standard' checkpoint"):
-    launcher.study_config(c).validate()
+    study_config.study_config(c).validate()
   with pytest.raises(ValueError, match=r"severities=\[6\] is not valid; give ints in 1..5"):
-    launcher.study_config(study_config.get_config("runlocal,severities=6")).validate()
+    study_config.study_config(study_config.get_config("runlocal,severities=6")).validate()
   with pytest.raises(ValueError, match="seeds='a' is not valid"):
-    launcher.study_config(study_config.get_config("seeds=a"))
+    study_config.study_config(study_config.get_config("seeds=a"))
   with pytest.raises(ValueError, match=r"methods=\['sgd'\] is not valid"):
-    launcher.study_config(study_config.get_config("methods=sgd")).validate()
-  quick = launcher.study_config(study_config.get_config("quick"))
+    study_config.study_config(study_config.get_config("methods=sgd")).validate()
+  quick = study_config.study_config(study_config.get_config("quick"))
   quick.validate()
   assert quick.seeds == (0, 1) and len(quick.shift_names()) == 15 * 3
+
+
+def test_the_sweep_engine_shared_across_checkpoints_gives_each_its_own_results(study):
+  """The sweep reuses one compiled engine for the standard and QAT checkpoints
+  (new weights, re-calibrated ranges); the QAT rows equal a fresh engine's."""
+  from qsim import data
+  from qsim.evaluate.engine import Engine, build_quantizers
+  from qsim.models import get_model
+  from qsim.train.loop import load_variables
+  wd, _, c = study
+  rows = read_rows(os.path.join(wd, "eval", "results.csv"))
+  qat = [r for r in rows if r["method"] == "qat" and r["family"] == "clean"]
+  model = get_model("lenet_tiny", num_classes=10)
+  v = load_variables(train_dir(wd, "lenet_tiny", "qat", 0))
+  calib = data.load("fashion_mnist_debian", "train", limit=c.calib_samples, val_size=c.val_size).x
+  test = data.load("fashion_mnist_debian", "test", limit=c.limit)
+  names = [r["quantizer"] for r in qat]
+  fresh = Engine(model, v, build_quantizers(model, v, names, calib), batch_size=c.eval_batch_size).run(test.x, test.y)
+  for r, f in zip(qat, fresh.rows()):
+    assert (r["quantizer"], r["disagreements"], r["float_correct"], r["quant_correct"]) == (
+        f["quantizer"], f["disagreements"], f["float_correct"], f["quant_correct"])

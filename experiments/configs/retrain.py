@@ -23,6 +23,8 @@ strategies x 3 seeds x 1 round, 1 fine-tuning epoch, 75 shifted sets of 1,000):
 about 30 s per round, 10 minutes in all.
 """
 
+import dataclasses
+
 from experiments.configs import common
 
 RUNLOCAL = dict(pool="val[:300]", eval_split="test[:200]", shifts="c/fog/3+c/rotate/2", shift_limit=100,
@@ -55,3 +57,20 @@ def get_config(arg: str = ""):
   c.shift_seed = 0
   c.data_dir = ""
   return common.apply_args(c, arg, RUNLOCAL)
+
+
+LISTS = ("quantizers", "strategies", "pool_shifts", "shifts")
+
+
+def retrain_config(c):
+  """The ConfigDict as a :class:`qsim.retrain.RetrainConfig` ('+'-separated lists)."""
+  from qsim.evaluate import sweep
+  from qsim.retrain import RetrainConfig
+  values = {f.name: c[f.name] for f in dataclasses.fields(RetrainConfig)}
+  for k in LISTS:
+    values[k] = tuple(sweep.split(values[k]))
+  seeds = sweep.split(str(values["seeds"]))
+  if not all(s.isdigit() for s in seeds):
+    raise ValueError(f"seeds={values['seeds']!r} is not valid; give '+'-separated ints >= 0, e.g. 0+1+2")
+  values["seeds"] = tuple(int(s) for s in seeds)
+  return RetrainConfig(**values)

@@ -17,17 +17,25 @@ are kept).
 
 Settings:
 * default ("full"): LeNet-1, LeNet-5 and the row-sequence GRU on the offline
-  Fashion-MNIST, 3 seeds, 6,000 training steps (PGD: 10 iterations), all 15
-  MNIST-C corruptions x 5 severities on the whole test split, bits 2..8,
-  retraining with tflite_int8 and w4a4. About 8 hours on the 2-core CPU (PGD
-  training dominates: 36 runs); about 1 hour on one GPU.
+  Fashion-MNIST, 3 seeds, each model's own training config (LeNets 6,000
+  steps, GRU 5,000; PGD 10 iterations), all 15 MNIST-C corruptions x 5
+  severities on the whole test split, bits 2..8, retraining with tflite_int8
+  and w4a4. Estimated from the measured rates (BUILD_NOTES.md): 6-8 hours on
+  the 2-core CPU, PGD training (~3 steps/s) taking most of it; not yet
+  measured on an accelerator.
 * ``quick`` (the README's main job): the same models and methods, 2 seeds,
-  400 training steps (PGD: 3 iterations), the 15 corruptions at severities 1,
-  3 and 5 on 500 test images, bits 2, 4 and 8, retraining with w4a4 on a
-  2,000-sample pool, 0.2 epochs: about 15 minutes on the 2-core CPU.
-* ``dataset=mnist`` / ``cifar10`` (with ``models=resnet20+nin``) use TFDS's
-  prepared data (download=False): for Cloud TPU or GPU machines that have it.
+  300 training steps (PGD: 2 iterations), the 15 corruptions at severities 1,
+  3 and 5 on 250 test images, bits 4 and 8 besides the presets, retraining
+  with w4a4 from a 1,000-sample pool, 0.2 epochs, measured on 1,000 test
+  images: about 15 minutes on the 2-core CPU.
+* the study's other datasets, through TFDS's prepared data (download=False),
+  on a machine that has them (Cloud TPU or GPU; see BUILD_NOTES.md):
+  ``dataset=mnist`` (LeNets; add ``shifts=c+official_c``),
+  ``dataset=cifar10,models=resnet20+nin,shifts=c+official_c+natural``,
+  ``dataset=imdb_reviews,models=lstm+gru,shifts=text+natural``.
 """
+
+import dataclasses
 
 from experiments.configs import common
 
@@ -36,9 +44,9 @@ RUNLOCAL = dict(models="lenet_tiny", methods="standard+qat", seeds="0", train_st
                 bits="4", quantizers="tflite_int8+fp16", retrain_quantizers="w4a4", retrain_strategies="all+random",
                 retrain_pool="val[:200]", retrain_eval_split="test[:150]", retrain_epochs=0.2,
                 retrain_shift_limit=60, eval_batch_size=100, calib_samples=40)
-QUICK = dict(seeds="0+1", train_steps=400, qat_steps=100, pgd_iters=3, limit=500, severities="1+3+5", bits="2+4+8",
-             retrain_quantizers="w4a4", retrain_pool="val[:2000]", retrain_eval_split="test[:2000]",
-             retrain_epochs=0.2, retrain_shift_limit=200)
+QUICK = dict(seeds="0+1", train_steps=300, qat_steps=100, pgd_iters=2, limit=250, eval_batch_size=250,
+             severities="1+3+5", bits="4+8", retrain_quantizers="w4a4", retrain_pool="val[:1000]",
+             retrain_eval_split="test[:1000]", retrain_epochs=0.2, retrain_shift_limit=100)
 
 
 def get_config(arg: str = ""):
@@ -48,15 +56,16 @@ def get_config(arg: str = ""):
   c.models = "lenet1+lenet5+gru_rows"
   c.methods = "standard+qat+pgd+mixup"
   c.seeds = "0+1+2"
-  # training (per model, the rest of experiments/configs/mnist.py or rows.py)
-  c.train_steps = 6000
-  c.batch_size = 128
+  # training: the model's own config (experiments/configs/mnist.py, rows.py, cifar.py, imdb.py) with these
+  # overrides; 0 = that config's value
+  c.train_steps = 0
+  c.batch_size = 0
   c.train_limit = 0
   c.val_size = 0
   c.qat_steps = 1000  # QAT fine-tunes the standard checkpoint
   c.qat_quant = "w8a8"
   c.qat_learning_rate = 1e-4
-  c.pgd_iters = 10
+  c.pgd_iters = 0
   # evaluation
   c.quantizers = "tflite_int8+tflite_dynamic+weight_only_int8+fp16"
   c.bits = "2+3+4+5+6+7+8"
@@ -74,3 +83,52 @@ def get_config(arg: str = ""):
   c.retrain_eval_split = "test"
   c.retrain_shift_limit = 1000
   return common.apply_args(c, arg, RUNLOCAL, {"quick": QUICK, "full": {}})
+
+
+TUPLES = {"models": str, "methods": str, "seeds": int, "quantizers": str, "bits": int, "shifts": str,
+          "severities": int, "retrain_quantizers": str, "retrain_strategies": str}
+
+
+def study_config(c):
+  """The ConfigDict as a :class:`qsim.study.StudyConfig` ('+'-separated lists)."""
+  from qsim.evaluate import sweep
+  from qsim.study import StudyConfig
+  values = {}
+  for f in dataclasses.fields(StudyConfig):
+    v = c[f.name]
+    if f.name in TUPLES:
+      items = sweep.split(str(v))
+      if TUPLES[f.name] is int and not all(s.isdigit() for s in items):
+        raise ValueError(f"{f.name}={v!r} is not valid; give '+'-separated ints, e.g. 0+1+2")
+      v = tuple(TUPLES[f.name](s) for s in items)
+    values[f.name] = v
+  return StudyConfig(**values)
+
+
+def _train_module(model: str):
+  from experiments.configs import cifar, imdb, mnist, rows
+  if model.startswith("lenet"):
+    return mnist
+  if "rows" in model:
+    return rows
+  if model.startswith(("lstm", "gru")):
+    return imdb
+  return cifar
+
+
+def train_config_fn(c):
+  """(model, method, seed, standard_dir) -> the training ConfigDict of one run."""
+
+  def make(model: str, method: str, seed: int, standard_dir: str):
+    module = _train_module(model)
+    steps = c.qat_steps if method == "qat" else (c.train_steps or module.get_config().steps)
+    args = [f"model={model}", f"method={method}", f"seed={seed}", f"steps={steps}", f"dataset={c.dataset}",
+            f"train_limit={c.train_limit}", f"val_size={c.val_size}", f"test_limit={c.limit}",
+            f"log_every={max(1, min(100, steps))}", f"checkpoint_every={max(1, min(500, steps))}"]
+    args += [f"batch_size={c.batch_size}"] if c.batch_size else []
+    args += [f"iters={c.pgd_iters}"] if c.pgd_iters else []
+    if method == "qat":
+      args += [f"init_from={standard_dir}", f"quant={c.qat_quant}", f"learning_rate={c.qat_learning_rate}"]
+    return module.get_config(",".join(args))
+
+  return make

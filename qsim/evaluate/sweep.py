@@ -149,6 +149,7 @@ def run_sweep(
   store = ResultsStore(workdir)
   t0 = time.time()
   cache = _SetCache(cache_bytes)  # checkpoints of one dataset share the loaded and generated sets
+  engines: dict[tuple, Engine] = {}  # and checkpoints of one model its compiled engine
   for ckpt, cfg, sets in plans:
     todo = [s for s in sets if not store.has(store.key(os.path.abspath(ckpt), s))]
     _log(f"{ckpt}: {cfg['model']} ({cfg['method']}) on {cfg['dataset']}: {len(sets)} sets x"
@@ -168,7 +169,12 @@ def run_sweep(
     variables = load_variables(ckpt)
     check_variables(model, variables, calib.x)
     qs = build_quantizers(model, variables, quantizers, calib.x)
-    engine = Engine(model, variables, qs, batch_size=batch_size, mapping=mapping)
+    engine = engines.get((cfg["model"], info.num_classes))
+    if engine is None:
+      engine = Engine(model, variables, qs, batch_size=batch_size, mapping=mapping)
+      engines[(cfg["model"], info.num_classes)] = engine
+    else:  # another checkpoint of the same model: same program, new weights and ranges
+      engine.update(variables, qs)
     for i, name in enumerate(sets):
       if name not in todo:
         continue

@@ -42,16 +42,16 @@ def _fmt(m, h, digits=1):
 
 
 def final_rounds(rows) -> dict:
-  """{(quantizer, strategy, seed): {'clean': {count: n}, 'shifted': {...}, 'acc': (before, after)}} from
-  each run's last completed round."""
+  """{(model, quantizer, strategy, seed): {'clean': {count: n}, 'shifted': {...} or None, 'acc': (before, after),
+  'added': n}} from each run's last completed round."""
   done = [r for r in rows if r.get("status") == "done"]
+  run_key = lambda r: (r["model"], r["quantizer"], r["strategy"], int(r["seed"]))  # noqa: E731
   last = {}
   for r in done:
-    k = (r["quantizer"], r["strategy"], int(r["seed"]))
-    last[k] = max(last.get(k, 0), int(r["round"]))
+    last[run_key(r)] = max(last.get(run_key(r), 0), int(r["round"]))
   out = {}
   for k, rnd in last.items():
-    rs = [r for r in done if (r["quantizer"], r["strategy"], int(r["seed"])) == k and int(r["round"]) == rnd]
+    rs = [r for r in done if run_key(r) == k and int(r["round"]) == rnd]
     clean = [r for r in rs if r["family"] == "clean"]
     shifted = [r for r in rs if r["family"] != "clean"]
     out[k] = {
@@ -64,77 +64,80 @@ def final_rounds(rows) -> dict:
   return out
 
 
+def _cells(runs) -> list[tuple[str, str]]:
+  """(model, quantizer) pairs in first-seen order."""
+  return list(dict.fromkeys((k[0], k[1]) for k in runs))
+
+
 def section(rows) -> list[str]:
   runs = final_rounds(rows)
-  quantizers = list(dict.fromkeys(r["quantizer"] for r in rows))
+  cells = _cells(runs)
   strategies = list(dict.fromkeys(r["strategy"] for r in rows))
   seeds = sorted({int(r["seed"]) for r in rows})
   lines = ["## Retraining with disagreements", "",
-           f"{len(quantizers)} quantizer(s) x {len(strategies)} strategies x {len(seeds)} seed(s); last round of each"
-           " run; disagreements summed over the sets of each kind, then mean ± 95% t-interval over seeds."
+           f"{len(cells)} (model, quantizer) pair(s) x {len(strategies)} strategies x {len(seeds)} seed(s); last round"
+           " of each run; disagreements summed over the sets of each kind, then mean ± 95% t-interval over seeds."
            " before = resolved + persisted, after = persisted + new.", ""]
-  stopped = sorted({(r["quantizer"], r["strategy"], int(r["seed"]), int(r["round"])) for r in rows
+  stopped = sorted({(r["model"], r["quantizer"], r["strategy"], int(r["seed"]), int(r["round"])) for r in rows
                     if r.get("status") == "no_disagreements"})
   for kind in ("clean", "shifted"):
     if not any(v[kind] for v in runs.values()):
       continue
     title = "evaluation split" if kind == "clean" else "shifted sets (summed)"
-    lines += [f"### {title}", "", "| quantizer | strategy | added | before | after | resolved | persisted | new |"
-              " change vs random (paired) |", "|---|---|---|---|---|---|---|---|---|"]
-    for q in quantizers:
+    lines += [f"### {title}", "", "| model | quantizer | strategy | added | before | after | resolved | persisted |"
+              " new | after - after of random (paired) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for m, q in cells:
       for s in strategies:
-        ks = [k for k in runs if k[0] == q and k[1] == s and runs[k][kind]]
+        ks = [k for k in runs if k[:3] == (m, q, s) and runs[k][kind]]
         if not ks:
           continue
-        cells = [_fmt(*mean_ci([runs[k][kind][c] for k in ks])) for c in COUNTS]
-        paired = []
-        for k in ks:
-          ctrl = runs.get((q, "random", k[2]))
-          if s != "random" and ctrl and ctrl[kind]:
-            paired.append(runs[k][kind]["after"] - ctrl[kind]["after"])
+        counts = [_fmt(*mean_ci([runs[k][kind][c] for k in ks])) for c in COUNTS]
+        paired = [runs[k][kind]["after"] - runs[(m, q, "random", k[3])][kind]["after"] for k in ks
+                  if s != "random" and runs.get((m, q, "random", k[3]), {}).get(kind)]
         added = _fmt(*mean_ci([runs[k]["added"] for k in ks]), digits=0)
-        lines.append(f"| {q} | {s} | {added} | " + " | ".join(cells) + f" | {_fmt(*mean_ci(paired)) if paired else '-'} |")
+        lines.append(f"| {m} | {q} | {s} | {added} | " + " | ".join(counts)
+                     + f" | {_fmt(*mean_ci(paired)) if paired else '-'} |")
     lines.append("")
-  lines += ["### Float accuracy on the evaluation split", "", "| quantizer | strategy | before | after |",
-            "|---|---|---|---|"]
-  for q in quantizers:
+  lines += ["### Float accuracy on the evaluation split (%)", "", "| model | quantizer | strategy | before | after |",
+            "|---|---|---|---|---|"]
+  for m, q in cells:
     for s in strategies:
-      ks = [k for k in runs if k[0] == q and k[1] == s]
+      ks = [k for k in runs if k[:3] == (m, q, s)]
       if ks:
         b, a = mean_ci([runs[k]["acc"][0] for k in ks]), mean_ci([runs[k]["acc"][1] for k in ks])
-        lines.append(f"| {q} | {s} | {_fmt(100 * b[0], 100 * b[1], 2)} | {_fmt(100 * a[0], 100 * a[1], 2)} |")
+        lines.append(f"| {m} | {q} | {s} | {_fmt(100 * b[0], 100 * b[1], 2)} | {_fmt(100 * a[0], 100 * a[1], 2)} |")
   lines.append("")
   if stopped:
     lines += ["Runs stopped because the pool had no disagreements left: "
-              + ", ".join(f"{q}/{s}/seed {sd} (round {rd})" for q, s, sd, rd in stopped), ""]
+              + ", ".join(f"{m} {q}/{s}/seed {sd} (round {rd})" for m, q, s, sd, rd in stopped), ""]
   return lines
 
 
 def plot(rows, path) -> bool:
+  """Per (model, quantizer) and kind of set: a before | after bar pair per strategy."""
   runs = final_rounds(rows)
   if not runs:
     return False
-  quantizers = list(dict.fromkeys(k[0] for k in runs))
-  strategies = list(dict.fromkeys(r["strategy"] for r in rows if (r["quantizer"], r["strategy"], int(r["seed"])) in runs))
+  cells = _cells(runs)
+  strategies = list(dict.fromkeys(k[2] for k in runs))
   kinds = [k for k in ("clean", "shifted") if any(v[k] for v in runs.values())]
   plt = _plt()
-  fig, axes = plt.subplots(len(kinds), len(quantizers), figsize=(3.2 + 2.2 * len(quantizers), 3.2 * len(kinds)),
-                           squeeze=False)
+  fig, axes = plt.subplots(len(kinds), len(cells), figsize=(3.2 + 2.2 * len(cells), 3.2 * len(kinds)), squeeze=False)
   colors = {"resolved": "#4c9f70", "persisted": "#888888", "new": "#d1495b"}
   for i, kind in enumerate(kinds):
-    for j, q in enumerate(quantizers):
+    for j, (m, q) in enumerate(cells):
       ax = axes[i][j]
       for x, s in enumerate(strategies):
-        ks = [k for k in runs if k[0] == q and k[1] == s and runs[k][kind]]
+        ks = [k for k in runs if k[:3] == (m, q, s) and runs[k][kind]]
         if not ks:
           continue
-        m = {c: float(np.mean([runs[k][kind][c] for k in ks])) for c in COUNTS}
-        ax.bar(x - 0.2, m["persisted"], 0.38, color=colors["persisted"])
-        ax.bar(x - 0.2, m["resolved"], 0.38, bottom=m["persisted"], color=colors["resolved"])
-        ax.bar(x + 0.2, m["persisted"], 0.38, color=colors["persisted"])
-        ax.bar(x + 0.2, m["new"], 0.38, bottom=m["persisted"], color=colors["new"])
+        mean = {c: float(np.mean([runs[k][kind][c] for k in ks])) for c in COUNTS}
+        ax.bar(x - 0.2, mean["persisted"], 0.38, color=colors["persisted"])
+        ax.bar(x - 0.2, mean["resolved"], 0.38, bottom=mean["persisted"], color=colors["resolved"])
+        ax.bar(x + 0.2, mean["persisted"], 0.38, color=colors["persisted"])
+        ax.bar(x + 0.2, mean["new"], 0.38, bottom=mean["persisted"], color=colors["new"])
       ax.set_xticks(range(len(strategies)), [f"{s}\nbefore | after" for s in strategies], fontsize=7)
-      ax.set_title(f"{q}: {'evaluation split' if kind == 'clean' else 'shifted sets'}", fontsize=9)
+      ax.set_title(f"{m} {q}: {'evaluation split' if kind == 'clean' else 'shifted sets'}", fontsize=8)
       ax.set_ylabel("disagreements (mean over seeds)", fontsize=8)
       ax.grid(axis="y", alpha=0.3)
   handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]

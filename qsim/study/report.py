@@ -9,9 +9,10 @@ on the means alone (the report says so).
 Verdict rules (stated in the report next to each verdict):
 
 * RQ1 "shifted data gives more disagreements than clean data": per (model,
-  quantizer) cell with any disagreement, shifted mean rate minus clean rate;
-  *supported* when it is positive in every cell (interval above 0 where there
-  are intervals), *mixed* when in most, otherwise *not supported*.
+  quantizer) cell with any disagreement, the seed-mean of shifted minus clean
+  rate; *supported* when positive in >= 90% of the cells and a two-sided sign
+  test over the cells gives p < 0.05, *mixed* when positive in more than
+  half, otherwise *not supported*.
 * RQ2 "QAT gives the most stable models": per (model, quantizer) cell, the
   method with the lowest mean disagreement rate over all sets; *supported*
   when QAT wins at least 3/4 of the cells, *mixed* from 1/4, otherwise *not
@@ -85,7 +86,7 @@ def rq1(rows, workdir) -> tuple[list[str], str, str]:
            "Standard-trained models; rates in % of samples; shifted = mean over the shifted sets.", "",
            "| model | quantizer | clean | shifted | shifted - clean (paired) | worst set (mean rate %) |"
            " clean accuracy change (pts) |", "|---|---|---|---|---|---|---|"]
-  wins = cells = 0
+  wins = cells = sure = 0
   for m in models:
     for q in quantizers:
       c, s = clean.get((m, q), {}), shifted.get((m, q), {})
@@ -95,7 +96,8 @@ def rq1(rows, workdir) -> tuple[list[str], str, str]:
       if max(list(c.values()) + list(s.values())) > 0:  # cells without any disagreement say nothing
         cells += 1
         mean, half = mean_ci(diffs)
-        wins += mean > 0 and (math.isnan(half) or mean - half > 0)
+        wins += mean > 0
+        sure += not math.isnan(half) and mean - half > 0
       per_set = defaultdict(list)
       for r in std:
         if r["model"] == m and r["quantizer"] == q and r["family"] != "clean":
@@ -127,12 +129,23 @@ def rq1(rows, workdir) -> tuple[list[str], str, str]:
             + ", ".join(f"{k} {100 * np.mean(families[k]):.2f}%" for k in top), ""]
   _plot_severity(sev, quantizers, severities, os.path.join(workdir, "rq1_severity.png"))
   lines += ["![disagreement by severity](rq1_severity.png)", ""]
-  frac = wins / cells if cells else float("nan")
-  verdict = "supported" if cells and wins == cells else "mixed" if cells and frac > 0.5 else "not supported"
-  rule = ("shifted minus clean rate per (model, quantizer) cell with any disagreement: supported if positive in every"
-          " cell (interval above 0 where there are intervals), mixed if in most, else not supported")
-  evidence = f"Shifted data gives more disagreements in {wins} of {cells} (model, quantizer) cells."
+  p = _sign_test(wins, cells)
+  frac = wins / cells if cells else 0.0
+  verdict = "supported" if frac >= 0.9 and p < 0.05 else "mixed" if frac > 0.5 else "not supported"
+  rule = ("per (model, quantizer) cell with any disagreement, the seed-mean of shifted minus clean rate: supported if"
+          " positive in >= 90% of the cells and a two-sided sign test over the cells gives p < 0.05; mixed if positive"
+          " in more than half; else not supported")
+  evidence = (f"Shifted data gives more disagreements in {wins} of {cells} (model, quantizer) cells (sign test"
+              f" p = {p:.2g}; {sure} cells with the seed interval above 0).")
   return lines + _verdict_line(verdict, rule, evidence), verdict, evidence
+
+
+def _sign_test(wins: int, n: int) -> float:
+  """Two-sided sign-test p-value of ``wins`` positives in ``n`` (ties left out before)."""
+  if n == 0:
+    return float("nan")
+  from scipy import stats
+  return float(stats.binomtest(wins, n, 0.5).pvalue)
 
 
 def _plot_severity(sev, quantizers, severities, path):
@@ -282,7 +295,7 @@ def rq4(workdir) -> tuple[list[str], str, str]:
   if retrain_report.plot(rows, os.path.join(workdir, "retrain.png")):
     lines += ["![before and after retraining](retrain.png)", ""]
   runs = retrain_report.final_rounds(rows)
-  allr = [v["clean"] for k, v in runs.items() if k[1] == "all" and v["clean"]["before"] > 0]
+  allr = [v["clean"] for k, v in runs.items() if k[2] == "all" and v["clean"]["before"] > 0]
   if not allr:
     return lines + ["No run of strategy 'all' had disagreements before.", ""], "not tested", "no 'all' runs"
   resolved = [c["resolved"] / c["before"] for c in allr]
@@ -290,14 +303,12 @@ def rq4(workdir) -> tuple[list[str], str, str]:
   r_m, n_m = float(np.mean(resolved)), float(np.mean(new))
   holds = (r_m >= 0.5) + (n_m >= 0.25)
   verdict = "supported" if holds == 2 else "mixed" if holds == 1 else "not supported"
-  ctrl = []
-  for (q, s, seed), v in runs.items():
-    if s == "all" and (q, "random", seed) in runs:
-      ctrl.append(v["clean"]["after"] - runs[(q, "random", seed)]["clean"]["after"])
+  ctrl = [v["clean"]["after"] - runs[(m, q, "random", seed)]["clean"]["after"]
+          for (m, q, strategy, seed), v in runs.items() if strategy == "all" and (m, q, "random", seed) in runs]
   rule = ("strategy 'all' on the evaluation split: resolved >= 1/2 of the old disagreements and new >= 1/4 of the old:"
           " supported; one of the two: mixed; neither: not supported")
   evidence = (f"'all' resolves {_ci(resolved, 100, 1)}% of the old disagreements and creates {_ci(new, 100, 1)}% as"
-              f" many new ones ({len(allr)} runs)" + (f"; after 'all' minus after 'random' (paired):"
+              f" many new ones ({len(allr)} runs)" + (f"; after 'all' minus after 'random' (paired, per run):"
                                                       f" {_ci(ctrl, 1, 1)} disagreements" if ctrl else "") + ".")
   return lines + _verdict_line(verdict, rule, evidence), verdict, evidence
 
