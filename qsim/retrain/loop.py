@@ -143,6 +143,14 @@ def select(strategy: str, disagree: np.ndarray, margin: np.ndarray, k: int, rng:
   raise ValueError(f"strategy={strategy!r} is not valid; choose one of {list(STRATEGIES)}")
 
 
+def _shifted_copy(name: str, raw: Part, seed: int, vocab, key_name: str | None = None) -> Part:
+  """Synthetic shift ``name`` of ``raw`` (images, or raw texts), ids
+  suffixed with the shift ('train:55003~c/fog/1')."""
+  d = registry.apply_synthetic(name, data_lib.Data(name, raw.name, raw.x, raw.y, 0), seed=seed, key_name=key_name,
+                               vocab=vocab)
+  return Part(name, d.x, d.y, np.char.add(raw.ids, "~" + name.split("/", 1)[1]))
+
+
 def _pool_with_shifts(splits: Splits, cfg: RetrainConfig, vocab) -> Part:
   pool = splits.part(cfg.pool)
   if not cfg.pool_shifts:
@@ -159,10 +167,7 @@ def _pool_with_shifts(splits: Splits, cfg: RetrainConfig, vocab) -> Part:
   raw = splits.part(cfg.pool, encode=False) if splits.text else pool
   parts = [pool]
   for name in names:
-    base = data_lib.Data(name, "pool", raw.x, raw.y, 0)
-    d = registry.apply_synthetic(name, base, seed=cfg.shift_seed, key_name=f"pool|{cfg.pool}|{name}", vocab=vocab)
-    suffix = "~" + name.split("/", 1)[1]
-    parts.append(Part(name, d.x, d.y, np.char.add(pool.ids, suffix)))
+    parts.append(_shifted_copy(name, raw, cfg.shift_seed, vocab, key_name=f"pool|{cfg.pool}|{name}"))
   return Part(pool.name, np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]),
               np.concatenate([p.ids for p in parts]))
 
@@ -179,9 +184,7 @@ def _eval_sets(splits: Splits, cfg: RetrainConfig, dataset: str, vocab) -> list[
   for name in names:
     s = registry.parse(name)
     if s.offline:
-      d = registry.apply_synthetic(name, data_lib.Data(name, "test", raw.x, raw.y, 0), seed=cfg.shift_seed,
-                                   vocab=vocab)
-      out.append(Part(name, d.x, d.y, np.char.add(raw.ids, "~" + name.split("/", 1)[1])))
+      out.append(_shifted_copy(name, raw, cfg.shift_seed, vocab))
     else:  # published data: official corruptions follow the test split's order
       d = registry.load_shifted(name, seed=cfg.shift_seed, limit=n, vocab=vocab, data_dir=cfg.data_dir or None)
       prefix = "test" if s.family == "official_c" else s.shift

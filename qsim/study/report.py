@@ -50,9 +50,7 @@ STUDY_QUANTIZERS = eval_report.STUDY_QUANTIZERS
 
 def _ci(values, scale=1.0, digits=2) -> str:
   m, h = mean_ci(values)
-  if math.isnan(m):
-    return "-"
-  return f"{scale * m:.{digits}f}" if math.isnan(h) else f"{scale * m:.{digits}f} ± {scale * h:.{digits}f}"
+  return retrain_report._fmt(scale * m, scale * h, digits)  # pylint: disable=protected-access
 
 
 def _by_seed(rows, value, *keys) -> dict:
