@@ -54,7 +54,7 @@ class NiN(nn.Module):
       if not last:
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return jnp.mean(x, axis=(1, 2))
+    return qnn.Output(quant=self.quant, name="logits")(jnp.mean(x, axis=(1, 2)))
 
 
 class PreActBlock(nn.Module):
@@ -93,7 +93,8 @@ class ResNetV2(nn.Module):
         x = PreActBlock(f, strides, quant=self.quant, name=f"stage{s + 1}_block{b}")(x, train)
     x = nn.relu(_bn(train, "bn_final")(x))
     x = jnp.mean(x, axis=(1, 2))
-    return qnn.Dense(self.num_classes, quant=self.quant, name="head")(x)
+    x = qnn.Dense(self.num_classes, quant=self.quant, name="head")(x)
+    return qnn.Output(quant=self.quant, name="logits")(x)
 
 
 class Bottleneck(nn.Module):
@@ -133,7 +134,8 @@ class ResNet50(nn.Module):
         strides = 2 if (s > 0 and b == 0) else 1
         x = Bottleneck(self.width * 2**s, strides, quant=self.quant, name=f"stage{s + 1}_block{b}")(x, train)
     x = jnp.mean(x, axis=(1, 2))
-    return qnn.Dense(self.num_classes, quant=self.quant, name="head")(x)
+    x = qnn.Dense(self.num_classes, quant=self.quant, name="head")(x)
+    return qnn.Output(quant=self.quant, name="logits")(x)
 
 
 class DenseLayer(nn.Module):
@@ -173,4 +175,5 @@ class DenseNet(nn.Module):
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = nn.relu(_bn(train, "bn_final")(x))
     x = jnp.mean(x, axis=(1, 2))
-    return qnn.Dense(self.num_classes, quant=self.quant, name="head")(x)
+    x = qnn.Dense(self.num_classes, quant=self.quant, name="head")(x)
+    return qnn.Output(quant=self.quant, name="logits")(x)

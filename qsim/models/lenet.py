@@ -39,7 +39,8 @@ class LeNet(nn.Module):
     x = x.reshape(x.shape[0], -1)
     for i, f in enumerate(self.dense_features):
       x = nn.relu(qnn.Dense(f, quant=self.quant, name=f"dense{i + 1}")(x))
-    return qnn.Dense(self.num_classes, quant=self.quant, name="head")(x)
+    x = qnn.Dense(self.num_classes, quant=self.quant, name="head")(x)
+    return qnn.Output(quant=self.quant, name="logits")(x)
 
 
 def lenet1(**kw) -> LeNet:

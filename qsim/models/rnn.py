@@ -36,6 +36,7 @@ class RNNClassifier(nn.Module):
     cell = cells[self.cell](self.hidden, quant=self.quant, parent=None)
     self.rnn = qnn.RNN(cell, return_carry=True)
     self.head = qnn.Dense(self.num_classes, quant=self.quant)
+    self.logits = qnn.Output(quant=self.quant)
 
   def embed_tokens(self, tokens):
     """Token ids -> embeddings (text models only)."""
@@ -54,4 +55,4 @@ class RNNClassifier(nn.Module):
       x = x.reshape(x.shape[0], x.shape[1], -1)
     carry, _ = self.rnn(x)
     h = carry[1] if self.cell == "lstm" else carry
-    return self.head(h)
+    return self.logits(self.head(h))

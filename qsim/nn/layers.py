@@ -125,24 +125,49 @@ def quantize_tensor(
   )
 
 
+def _quantizing(module: nn.Module) -> bool:
+  """True in inference mode (not while initializing or calibrating)."""
+  return not module.is_initializing() and not module.is_mutable_collection(QUANT_STATS)
+
+
 class _QuantOperands(nn.Module):
   """Base of the op hooks: an ``op(lhs, rhs, ...)`` on fake-quantized operands.
 
   ``lhs`` is the activation (dynamic ranges per example, batch axis 0),
   ``rhs`` the kernel. The layer's name is the parent's path (the hook is the
-  flax layer's child).
+  flax layer's child). With ``int_bias``, the parent layer's bias is moved
+  onto the int32 grid of the accumulator (see :class:`LayerSpec`).
   """
 
   quant: Any = None
 
-  def quantized_operands(self, lhs, rhs):
+  def quantized_op(self, op, lhs, rhs, *args, **kwargs):
     name = layer_name(self, drop_last=1)
     spec = resolve(self.quant, name)
     if spec is None:
-      return lhs, rhs
-    lhs = quantize_tensor(self, lhs, spec.act, slot="act", where=name, batch_axes=(0,))
-    rhs = quantize_tensor(self, rhs, spec.weight, slot="weight", where=name)
-    return lhs, rhs
+      return op(lhs, rhs, *args, **kwargs)
+    lq = quantize_tensor(self, lhs, spec.act, slot="act", where=name, batch_axes=(0,))
+    rq = quantize_tensor(self, rhs, spec.weight, slot="weight", where=name)
+    y = op(lq, rq, *args, **kwargs)
+    if spec.int_bias and _quantizing(self) and self.parent.has_variable("params", "bias"):
+      y = y + self._bias_rounding(lhs, rhs, spec, name)
+    return y
+
+  def _bias_rounding(self, lhs, rhs, spec: LayerSpec, name: str):
+    """``round(b / s) * s - b`` for the parent's bias ``b`` at the
+    accumulator scale ``s = act scale * weight scale`` (no gradient: the
+    bias itself, added by the flax layer, keeps its own)."""
+    bias = self.parent.get_variable("params", "bias")
+    s_in = fake_quant.int_scale(
+        lhs, spec.act, lo=self.get_variable(QUANT_STATS, "act_lo"),
+        hi=self.get_variable(QUANT_STATS, "act_hi"), where=f"{name}.act")
+    s_w = fake_quant.int_scale(rhs, spec.weight, where=f"{name}.weight").reshape(-1)
+    if s_in.size != 1 or s_w.size not in (1, bias.size):
+      raise ValueError(
+          f"{name}: int_bias needs a per-tensor activation scale and a per-tensor or per-output-channel"
+          f" weight scale; got {s_in.size} activation and {s_w.size} weight scales for {bias.size} outputs")
+    s = s_in.reshape(()) * s_w
+    return jax.lax.stop_gradient(jnp.round(bias / s) * s - bias)
 
 
 class QuantDotGeneral(_QuantOperands):
@@ -150,7 +175,7 @@ class QuantDotGeneral(_QuantOperands):
 
   @nn.compact
   def __call__(self, lhs, rhs, *args, **kwargs):
-    return lax.dot_general(*self.quantized_operands(lhs, rhs), *args, **kwargs)
+    return self.quantized_op(lax.dot_general, lhs, rhs, *args, **kwargs)
 
 
 class QuantConv(_QuantOperands):
@@ -163,7 +188,23 @@ class QuantConv(_QuantOperands):
 
   @nn.compact
   def __call__(self, lhs, rhs, *args, **kwargs):
-    return lax.conv_general_dilated(*self.quantized_operands(lhs, rhs), *args, **kwargs)
+    return self.quantized_op(lax.conv_general_dilated, lhs, rhs, *args, **kwargs)
+
+
+class Output(nn.Module):
+  """A model's output point (qsim's models name it ``logits``): quantized
+  by its resolved spec's ``output`` tensor (e.g. ``tflite_int8``: int8 with
+  a calibrated static range, as the runtime emits int8 logits); identity
+  otherwise."""
+
+  quant: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    spec = resolve(self.quant, layer_name(self))
+    if spec is None or spec.output is None:
+      return x
+    return quantize_tensor(self, x, spec.output, slot="output", batch_axes=(0,))
 
 
 def Dense(features: int, *, quant: Quant = None, **kwargs) -> nn.Dense:  # pylint: disable=invalid-name

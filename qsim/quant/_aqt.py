@@ -262,3 +262,19 @@ def quantize(
   if lo is None:
     lo, hi = _range(jax.lax.stop_gradient(x), spec, tuple(axes), numerics_)
   return _run_quantizer(x, numerics_, lo, hi, axes, key)
+
+
+def int_scale(
+    x: jax.Array,
+    spec: TensorSpec,
+    axes: Sequence[int],
+    *,
+    lo: jax.Array | None = None,
+    hi: jax.Array | None = None,
+) -> jax.Array:
+  """The scale ``quantize`` uses for ``x`` under the integer ``spec`` (kept
+  dims): the stored range if given, else the one calibrated from ``x``."""
+  numerics_ = _int_numerics(spec)
+  if lo is None:
+    lo, hi = _range(jax.lax.stop_gradient(x), spec, tuple(axes), numerics_)
+  return scale_and_zero_point(lo, hi, numerics_)[0]

@@ -57,6 +57,23 @@ def quantize(
   return _aqt.quantize(x, spec, axes, lo=lo, hi=hi, key=key)
 
 
+def int_scale(
+    x: jax.Array,
+    spec: TensorSpec,
+    *,
+    default_axis: int = -1,
+    lo: jax.Array | None = None,
+    hi: jax.Array | None = None,
+    where: str = "tensor",
+) -> jax.Array:
+  """The scale of the integer grid ``quantize`` puts ``x`` on (shape of
+  ``x`` with the shared axes set to 1); ``lo``/``hi``: a stored range."""
+  if not spec.is_int:
+    raise ValueError(f"{where}: int_scale needs an integer spec; got format={spec.format!r}")
+  axes = ranges.shared_axes(x.ndim, spec, default_axis, where)
+  return _aqt.int_scale(x, spec, axes, lo=lo, hi=hi)
+
+
 def calibrated_range(
     x: jax.Array,
     spec: TensorSpec,

@@ -9,7 +9,9 @@ preset                    what it is
 ``bf16``                  bf16 weights and activations (TPU bf16 inference)
 ``tflite_int8``           TFLite full integer: int8 symmetric per-channel
                           absmax weights, int8 asymmetric per-tensor *static*
-                          activations (calibrated ranges)
+                          activations (calibrated ranges), int32 biases
+                          at scale act x weight, int8 logits (static
+                          range), as the TFLite int8 kernels compute
 ``tflite_dynamic``        TFLite dynamic range: int8 symmetric per-channel
                           weights, int8 asymmetric per-tensor activations
                           quantized on the fly (dynamic)
@@ -45,7 +47,10 @@ _FIXED: dict[str, LayerSpec | None] = {
     "bf16": LayerSpec(
         weight=TensorSpec(format="bf16"), act=TensorSpec(format="bf16")
     ),
-    "tflite_int8": LayerSpec(weight=int_weight(8), act=int_act(8, range="static")),
+    "tflite_int8": LayerSpec(
+        weight=int_weight(8), act=int_act(8, range="static"),
+        output=int_act(8, range="static"), int_bias=True,
+    ),
     "tflite_dynamic": LayerSpec(weight=int_weight(8), act=int_act(8)),
     "weight_only_int8": LayerSpec(
         weight=TensorSpec(bits=8, granularity="per_channel", symmetric=False)

@@ -211,14 +211,24 @@ class LayerSpec:
     state: recurrent cells only: the new carry (h, and c for LSTM) is
       quantized before it is passed to the next step, as an integer RNN
       runtime stores it.
+    output: the model's output where a model emits it (the ``logits``
+      point at the end of every qsim model; other layers ignore it): an
+      integer runtime hands out integer logits, so near ties collapse.
+    int_bias: Dense/Conv biases are rounded to int32 at the scale
+      ``act scale * weight scale`` (per output channel) and added to the
+      integer accumulator, as TFLite's integer kernels do. Needs integer
+      weights and static integer activations (the scale must not depend on
+      the example).
   """
 
   weight: TensorSpec | None = None
   act: TensorSpec | None = None
   state: TensorSpec | None = None
+  output: TensorSpec | None = None
+  int_bias: bool = False
 
   def __post_init__(self):
-    for name in ("weight", "act", "state"):
+    for name in _LAYER_TENSORS:
       object.__setattr__(
           self, name, _as_tensor_spec(getattr(self, name), f"LayerSpec.{name}")
       )
@@ -227,25 +237,45 @@ class LayerSpec:
           "LayerSpec.weight.range='static' is not valid; weights are known at"
           " conversion time and always use their own range ('dynamic')"
       )
+    if not isinstance(self.int_bias, bool):
+      raise ValueError(f"LayerSpec.int_bias={self.int_bias!r} is not valid; give True or False")
+    if self.int_bias and not (
+        self.weight is not None and self.weight.is_int
+        and self.act is not None and self.act.is_int and self.act.range == "static"
+        and self.act.granularity == "per_tensor"
+    ):
+      raise ValueError(
+          "LayerSpec.int_bias=True needs integer weights and per-tensor integer activations"
+          " with range='static' (the bias scale is act scale * weight scale);"
+          f" got weight={self.weight}, act={self.act}"
+      )
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "LayerSpec":
-    _check_keys("LayerSpec", d, ["weight", "act", "state"])
+    _check_keys("LayerSpec", d, [f.name for f in dataclasses.fields(cls)])
     return cls(**d)
+
+  def tensors(self) -> tuple[TensorSpec | None, ...]:
+    """Every tensor spec of the layer (weight, act, state, output)."""
+    return tuple(getattr(self, name) for name in _LAYER_TENSORS)
 
   @property
   def is_float(self) -> bool:
-    return self.weight is None and self.act is None and self.state is None
+    return all(t is None for t in self.tensors())
+
+
+_LAYER_TENSORS = ("weight", "act", "state", "output")
 
 
 def _layer_flatten(s: LayerSpec):
-  return (s.weight, s.act, s.state), None
+  return s.tensors(), s.int_bias
 
 
-def _layer_unflatten(_, children):
+def _layer_unflatten(int_bias, children):
   s = object.__new__(LayerSpec)
-  for name, value in zip(("weight", "act", "state"), children):
+  for name, value in zip(_LAYER_TENSORS, children):
     object.__setattr__(s, name, value)
+  object.__setattr__(s, "int_bias", int_bias)
   return s
 
 

@@ -39,7 +39,7 @@ def qat_config(name: str):
   """The quant config QAT trains with: a preset without static ranges."""
   quant = preset(name)
   if any(t is not None and t.range == "static" for spec in quant.layer_specs() if spec is not None
-         for t in (spec.weight, spec.act, spec.state)):
+         for t in spec.tensors()):
     raise ValueError(
         f"quant={name!r} has static activation ranges, which are calibrated after training;"
         " for QAT use a dynamic-range config (e.g. 'w8a8', 'tflite_dynamic')")
