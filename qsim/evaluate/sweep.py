@@ -91,6 +91,32 @@ def resolve_sets(dataset: str, shifts: Sequence[str] | str) -> list[str]:
   return [s for s in out if not (s in seen or seen.add(s))]
 
 
+def open_checkpoint(ckpt: str, cfg: dict, calib_samples: int, data_dir: str | None = None):
+  """A training workdir's model, variables (checked against the model),
+  vocabulary (text) and first ``calib_samples`` training samples; also the
+  data keyword arguments for loading its sets (see :func:`load_set`)."""
+  dataset = cfg["dataset"]
+  info = data_lib.DATASETS[dataset]
+  model = get_model(cfg["model"], num_classes=info.num_classes)
+  vocab = None
+  if info.kind == "text":
+    vocab = data_lib.text.load_vocab(os.path.join(ckpt, "vocab.json"))
+  kw = dict(data_dir=data_dir or cfg.get("data_dir") or None)
+  text_kw = {} if vocab is None else {"vocab": vocab, "vocab_size": getattr(model, "vocab_size", 20000)}
+  calib = data_lib.load(dataset, "train", limit=calib_samples, val_size=cfg.get("val_size") or None, **kw,
+                        **text_kw)
+  variables = load_variables(ckpt)
+  check_variables(model, variables, calib.x)
+  return model, variables, vocab, calib, kw, text_kw
+
+
+def load_set(name: str, dataset: str, *, seed: int, limit: int | None, vocab, kw: dict, text_kw: dict):
+  """The clean test split (``name == 'clean'``) or a shifted set, as Data."""
+  if name == CLEAN:
+    return data_lib.load(dataset, "test", limit=limit, **kw, **text_kw)
+  return registry.load_shifted(name, seed=seed, limit=limit, vocab=vocab, **kw)
+
+
 class _SetCache:
   """Loaded sets by key, least recently used dropped beyond ``max_bytes``."""
 
@@ -157,17 +183,8 @@ def run_sweep(
     if not todo:
       continue
     dataset = cfg["dataset"]
+    model, variables, vocab, calib, kw, text_kw = open_checkpoint(ckpt, cfg, calib_samples, data_dir)
     info = data_lib.DATASETS[dataset]
-    model = get_model(cfg["model"], num_classes=info.num_classes)
-    vocab = None
-    if info.kind == "text":
-      vocab = data_lib.text.load_vocab(os.path.join(ckpt, "vocab.json"))
-    kw = dict(data_dir=data_dir or cfg.get("data_dir") or None)
-    text_kw = {} if vocab is None else {"vocab": vocab, "vocab_size": getattr(model, "vocab_size", 20000)}
-    calib = data_lib.load(dataset, "train", limit=calib_samples, val_size=cfg.get("val_size") or None, **kw,
-                          **text_kw)
-    variables = load_variables(ckpt)
-    check_variables(model, variables, calib.x)
     qs = build_quantizers(model, variables, quantizers, calib.x)
     engine = engines.get((cfg["model"], info.num_classes))
     if engine is None:
@@ -182,10 +199,7 @@ def run_sweep(
       try:
         set_key = (name, dataset, None if vocab is None else hash(tuple(vocab)))
         if set_key not in cache:
-          if name == CLEAN:
-            d = data_lib.load(dataset, "test", limit=limit, **kw, **text_kw)
-          else:
-            d = registry.load_shifted(name, seed=seed, limit=limit, vocab=vocab, **kw)
+          d = load_set(name, dataset, seed=seed, limit=limit, vocab=vocab, kw=kw, text_kw=text_kw)
           cache.put(set_key, (d.x, d.y))
         x, y = cache[set_key]
       except FileNotFoundError as e:

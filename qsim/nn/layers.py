@@ -144,7 +144,7 @@ class _QuantOperands(nn.Module):
   def quantized_op(self, op, lhs, rhs, *args, **kwargs):
     name = layer_name(self, drop_last=1)
     spec = resolve(self.quant, name)
-    if spec is None:
+    if spec is None or rhs.size < spec.min_weights:
       return op(lhs, rhs, *args, **kwargs)
     lq = quantize_tensor(self, lhs, spec.act, slot="act", where=name, batch_axes=(0,))
     rq = quantize_tensor(self, rhs, spec.weight, slot="weight", where=name)

@@ -14,7 +14,9 @@ preset                    what it is
                           range), as the TFLite int8 kernels compute
 ``tflite_dynamic``        TFLite dynamic range: int8 symmetric per-channel
                           weights, int8 asymmetric per-tensor activations
-                          quantized on the fly (dynamic)
+                          quantized on the fly (dynamic); layers with
+                          kernels under 1,024 weights stay float, as the
+                          converter leaves them
 ``weight_only_int8``      CoreML-style weight-only: int8 asymmetric (affine
                           min/max) per-channel weights, float activations
 ``wXaY`` (X, Y in 2..16)  int-X symmetric per-channel absmax weights, int-Y
@@ -51,7 +53,7 @@ _FIXED: dict[str, LayerSpec | None] = {
         weight=int_weight(8), act=int_act(8, range="static"),
         output=int_act(8, range="static"), int_bias=True,
     ),
-    "tflite_dynamic": LayerSpec(weight=int_weight(8), act=int_act(8)),
+    "tflite_dynamic": LayerSpec(weight=int_weight(8), act=int_act(8), min_weights=1024),
     "weight_only_int8": LayerSpec(
         weight=TensorSpec(bits=8, granularity="per_channel", symmetric=False)
     ),

@@ -219,6 +219,10 @@ class LayerSpec:
       integer accumulator, as TFLite's integer kernels do. Needs integer
       weights and static integer activations (the scale must not depend on
       the example).
+    min_weights: a Dense/Conv layer whose kernel has fewer elements runs in
+      float (weights and activations), as TFLite's dynamic-range converter
+      leaves kernels under 1,024 elements float and CoreML's 8-bit
+      conversion convolutions under 4,096.
   """
 
   weight: TensorSpec | None = None
@@ -226,6 +230,7 @@ class LayerSpec:
   state: TensorSpec | None = None
   output: TensorSpec | None = None
   int_bias: bool = False
+  min_weights: int = 0
 
   def __post_init__(self):
     for name in _LAYER_TENSORS:
@@ -239,6 +244,9 @@ class LayerSpec:
       )
     if not isinstance(self.int_bias, bool):
       raise ValueError(f"LayerSpec.int_bias={self.int_bias!r} is not valid; give True or False")
+    if not (isinstance(self.min_weights, (int, np.integer)) and not isinstance(self.min_weights, bool)
+            and self.min_weights >= 0):
+      raise ValueError(f"LayerSpec.min_weights={self.min_weights!r} is not valid; give an int >= 0")
     if self.int_bias and not (
         self.weight is not None and self.weight.is_int
         and self.act is not None and self.act.is_int and self.act.range == "static"
@@ -268,14 +276,15 @@ _LAYER_TENSORS = ("weight", "act", "state", "output")
 
 
 def _layer_flatten(s: LayerSpec):
-  return s.tensors(), s.int_bias
+  return s.tensors(), (s.int_bias, s.min_weights)
 
 
-def _layer_unflatten(int_bias, children):
+def _layer_unflatten(meta, children):
   s = object.__new__(LayerSpec)
   for name, value in zip(_LAYER_TENSORS, children):
     object.__setattr__(s, name, value)
-  object.__setattr__(s, "int_bias", int_bias)
+  object.__setattr__(s, "int_bias", meta[0])
+  object.__setattr__(s, "min_weights", meta[1])
   return s
 
 

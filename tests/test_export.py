@@ -1,0 +1,126 @@
+"""TFLite export, runner and fidelity (the optional extra qsim[tflite], which
+the test command installs): the exported float graph is the qsim model, and
+qsim's tflite_int8 preset reproduces the real int8 model's outputs."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from qsim.evaluate.engine import build_quantizers
+from qsim.export import fidelity, tflite
+from qsim.models import get_model
+
+RNG = np.random.default_rng(0)
+
+
+def _init(name, x, **kw):
+  model = get_model(name, num_classes=5, **kw)
+  variables = model.init(jax.random.key(1), x[:1])
+  if "batch_stats" in variables:  # non-trivial running statistics, as after training
+    variables = dict(variables)
+    variables["batch_stats"] = jax.tree.map(lambda a: a + RNG.uniform(0.1, 0.5, a.shape).astype(np.float32),
+                                            variables["batch_stats"])
+  return model, variables
+
+
+IMAGES = RNG.uniform(0, 1, (16, 28, 28, 1)).astype(np.float32)
+RGB = RNG.uniform(0, 1, (16, 32, 32, 3)).astype(np.float32)
+TOKENS = RNG.integers(0, 50, (16, 12)).astype(np.int32)
+
+
+@pytest.mark.parametrize("name,x", [("lenet_tiny", IMAGES), ("nin_tiny", RGB),
+                                    ("resnet20_tiny", RGB), ("gru_rows_tiny", IMAGES), ("lstm_tiny", TOKENS)])
+def test_float32_export_is_the_qsim_model(name, x):
+  model, variables = _init(name, x)
+  blob = tflite.export(model, variables, "float32", x[:1])
+  got = tflite.TFLiteModel(blob).outputs(x, batch_size=5)  # batches of 5, 5, 5, 1
+  want = np.asarray(model.apply(variables, x))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_int8_matches_the_tflite_int8_preset():
+  """Same calibration samples, same ranges: qsim's integer-bias, int8-logit
+  simulation gives the TFLite int8 model's outputs (up to one output step on
+  a rare rounding tie) and its predictions."""
+  x = RNG.uniform(0, 1, (300, 28, 28, 1)).astype(np.float32)
+  x[:, 8:20, 8:20] *= 3.0  # some structure beyond noise
+  x = np.clip(x, 0, 1)
+  model, variables = _init("lenet5", x)
+  calib, test = x[:100], x[100:]
+  t = tflite.TFLiteModel(tflite.export(model, variables, "int8", calib[:1], representative=calib))
+  (q,) = build_quantizers(model, variables, ["tflite_int8"], calib)
+  qlogits = np.asarray(model.clone(quant=q.config).apply({**variables, "quant_stats": q.quant_stats}, test))
+  tlogits = t.outputs(test)
+  out_range = q.quant_stats["logits"]
+  step = float(out_range["output_hi"].max() - out_range["output_lo"].min()) / 255  # the int8 logits' scale
+  steps = np.abs(qlogits - tlogits) / step
+  assert steps.max() <= 1.01
+  assert np.mean(steps > 0.5) < 0.01
+  assert np.mean(qlogits.argmax(1) == tlogits.argmax(1)) >= 0.99
+  # without the integer details the simulation is further off
+  plain = build_quantizers(model, variables, ["w8a8"], calib)[0]
+  plogits = np.asarray(model.clone(quant=plain.config).apply(variables, test))
+  assert np.mean(np.abs(plogits - tlogits) / step > 0.5) > np.mean(steps > 0.5)
+
+
+def test_study_way_truncates_uint8_input():
+  x = np.full((4, 28, 28, 1), 0.5, np.float32)
+  model, variables = _init("lenet_tiny", x)
+  t = tflite.TFLiteModel(tflite.export(model, variables, "int8", x[:1], representative=x, softmax=True,
+                                       io_type="uint8"))
+  assert t.input_dtype == np.uint8
+  s, z = t._in["quantization"]
+  seen = []
+  t._invoke = lambda xi: (seen.append(xi.copy()), np.zeros((1, 5), np.uint8))[1]  # record what the runtime gets
+  t.predict_study(x[:1])
+  assert seen[0].dtype == np.uint8 and int(seen[0].flat[0]) == int(0.5 / s + z)  # truncated, not rounded
+
+
+def test_export_bad_input():
+  model, variables = _init("lenet_tiny", IMAGES)
+  with pytest.raises(ValueError, match="mode='int4' is not valid"):
+    tflite.export(model, variables, "int4", IMAGES[:1])
+  with pytest.raises(ValueError, match="representative"):
+    tflite.export(model, variables, "int8", IMAGES[:1])
+  with pytest.raises(ValueError, match="io_type='uint8' needs mode='int8'"):
+    tflite.export(model, variables, "float16", IMAGES[:1], io_type="uint8")
+  big, bv = _init("resnet50_tiny", RGB)
+  with pytest.raises(ValueError, match="ResNet50 is not supported"):
+    tflite.export(big, bv, "float32", RGB[:1])
+  with pytest.raises(ValueError, match="no 'conv1'"):
+    tflite.export(model, {"params": {}}, "float32", IMAGES[:1])
+  with pytest.raises(ValueError, match="batch_size=0"):
+    tflite.TFLiteModel(tflite.export(model, variables, "float32", IMAGES[:1])).outputs(IMAGES, batch_size=0)
+
+
+def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
+  kw = dict(modes=("int8", "float32"), shifts="c/fog/1", limit=120, calib_samples=40, batch_size=60)
+  path = fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), **kw)
+  rows = fidelity.ResultsStore(str(tmp_path)).rows()
+  assert sorted((r["set"].split("/")[-2] if "/" in r["set"] else r["set"], r["mode"]) for r in rows) == [
+      ("clean", "float32"), ("clean", "int8"), ("fog", "float32"), ("fog", "int8")]
+  by = {(r["set"], r["mode"]): r for r in rows}
+  assert by[("clean", "float32")]["agreement"] == 1.0 and by[("clean", "float32")]["tflite_disagreements"] == 0
+  assert by[("clean", "int8")]["agreement"] >= 0.99
+  assert by[("clean", "int8")]["study_disagreements"] is not None
+  assert os.path.getsize(tmp_path / "models" / "int8.tflite") > 0
+  parts = sorted(os.listdir(tmp_path / "parts"))
+  mtimes = [os.path.getmtime(tmp_path / "parts" / p) for p in parts]
+  assert fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), **kw) == path  # resumes: nothing recomputed
+  assert [os.path.getmtime(tmp_path / "parts" / p) for p in parts] == mtimes
+  report = open(fidelity.write_report(str(tmp_path))).read()
+  assert "| int8 | tflite_int8 |" in report and os.path.exists(tmp_path / "fidelity.png")
+  with pytest.raises(ValueError, match="lists a mode twice"):
+    fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), modes=("int8", "int8"))
+  json.dumps(rows)  # rows are plain JSON
+
+
+def test_jaccard_and_compare():
+  f = np.array([0, 1, 2, 3])
+  c = fidelity.compare(f, np.array([0, 1, 0, 0]), np.array([0, 2, 0, 3]))
+  assert c["agreement"] == 0.5 and c["qsim_disagreements"] == 2 and c["tflite_disagreements"] == 2
+  assert c["both_disagree"] == 1 and c["jaccard"] == pytest.approx(1 / 3)
+  assert fidelity.jaccard(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
