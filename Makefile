@@ -40,6 +40,7 @@ bench: venv data
 	$(PY) benchmarks/quant_overhead.py
 	$(PY) benchmarks/grid_mapping.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/vs_tflite.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -204,3 +204,20 @@ def test_predict_grid_refuses_uncalibrated_static_ranges():
   v = model.init(KEY, x)
   with pytest.raises(ValueError, match="not calibrated"):
     predict_grid(lenet_tiny(), {"params": v["params"]}, [(preset("tflite_int8"), v[qnn.QUANT_STATS])], x)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID", [(1, 2), (0, 3)]])
+def test_one_channel_conv_lowering_equals_flax(padding):
+  """One input channel: the shifted-sum lowering (no XLA convolution in the
+  program) equals flax's convolution up to float rounding, values and grads."""
+  x = jax.random.uniform(jax.random.key(5), (3, 12, 12, 1))
+  ref, ours = nn.Conv(4, (5, 5), padding=padding), qnn.Conv(4, (5, 5), padding=padding)
+  v = ref.init(KEY, x)
+  assert "conv_general_dilated" not in str(jax.make_jaxpr(ours.apply)(v, x))
+  np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-6)
+  g_ref = jax.grad(lambda v: jnp.sum(jnp.sin(ref.apply(v, x))))(v)
+  g_ours = jax.grad(lambda v: jnp.sum(jnp.sin(ours.apply(v, x))))(v)
+  for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_ours)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  strided = qnn.Conv(4, (5, 5), strides=2, padding=padding)  # other shapes keep XLA's op
+  assert "conv_general_dilated" in str(jax.make_jaxpr(strided.apply)(v, x))

@@ -3,8 +3,9 @@
 Each layer *is* its ``flax.linen`` counterpart (same class, same parameters,
 same names) with quantization injected through flax's own hooks
 (``dot_general_cls``/``conv_general_dilated_cls``). ``quant=None`` builds the
-plain flax layer; a layer whose resolved spec is ``None`` runs the plain
-``lax`` op. The quantizer child module owns the layer's 'quant_stats'
+plain flax layer (Conv: with qsim's CPU lowering for one input channel,
+equal to flax's up to float rounding; see :func:`conv_general_dilated`); a
+layer whose resolved spec is ``None`` runs the plain op. The quantizer child module owns the layer's 'quant_stats'
 variables (static activation ranges).
 
 Modes, chosen by what ``apply`` makes mutable:
@@ -20,6 +21,7 @@ Modes, chosen by what ``apply`` makes mutable:
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 import flax.linen as nn
@@ -178,6 +180,42 @@ class QuantDotGeneral(_QuantOperands):
     return self.quantized_op(lax.dot_general, lhs, rhs, *args, **kwargs)
 
 
+_CONV_ARGS = inspect.signature(lax.conv_general_dilated)
+
+
+def conv_general_dilated(lhs, rhs, *args, **kwargs):
+  """``lax.conv_general_dilated``, lowered by shape on CPU.
+
+  A stride-1, undilated, ungrouped NHWC/HWIO convolution with ONE input
+  channel (LeNet's first layer on gray images) is computed as a sum of
+  ``kh * kw`` shifted, scaled copies of the padded input: XLA's CPU
+  convolution runs such shapes about 8x slower (BUILD_NOTES.md, fidelity
+  benchmark). The result equals XLA's up to float rounding (summation order,
+  ~1e-6 relative). Every other case, and every other backend, is XLA's op.
+  """
+  a = _CONV_ARGS.bind(lhs, rhs, *args, **kwargs).arguments
+  ones = lambda v: v is None or all(int(s) == 1 for s in v)  # noqa: E731
+  if not (
+      jax.default_backend() == "cpu" and lhs.ndim == 4 and rhs.ndim == 4 and rhs.shape[2] == 1
+      and ones(a["window_strides"]) and ones(a.get("lhs_dilation")) and ones(a.get("rhs_dilation"))
+      and a.get("feature_group_count", 1) == 1 and a.get("batch_group_count", 1) == 1
+      and a.get("dimension_numbers") == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+  ):
+    return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+  kh, kw = rhs.shape[:2]
+  pads = a["padding"]
+  if isinstance(pads, str):
+    pads = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (1, 1), pads)
+  xp = jnp.pad(lhs, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      term = xp[:, i : i + ho, j : j + wo, :] * rhs[i, j, 0]
+      out = term if out is None else out + term
+  return out.astype(jnp.result_type(lhs, rhs))
+
+
 class QuantConv(_QuantOperands):
   """``lax.conv_general_dilated`` on fake-quantized operands.
 
@@ -188,7 +226,7 @@ class QuantConv(_QuantOperands):
 
   @nn.compact
   def __call__(self, lhs, rhs, *args, **kwargs):
-    return self.quantized_op(lax.conv_general_dilated, lhs, rhs, *args, **kwargs)
+    return self.quantized_op(conv_general_dilated, lhs, rhs, *args, **kwargs)
 
 
 class Output(nn.Module):
@@ -222,9 +260,9 @@ def Dense(features: int, *, quant: Quant = None, **kwargs) -> nn.Dense:  # pylin
 
 
 def Conv(features: int, kernel_size, *, quant: Quant = None, **kwargs) -> nn.Conv:  # pylint: disable=invalid-name
-  """A ``flax.linen.Conv`` whose convolution is quantized by ``quant``."""
-  if quant is not None:
-    kwargs["conv_general_dilated_cls"] = functools.partial(QuantConv, quant=quant)
+  """A ``flax.linen.Conv`` whose convolution is quantized by ``quant``
+  (``None``: float), lowered by :func:`conv_general_dilated`."""
+  kwargs["conv_general_dilated_cls"] = functools.partial(QuantConv, quant=quant)
   return nn.Conv(features, kernel_size, **kwargs)
 
 
