@@ -210,7 +210,7 @@ def gather_rows(values: np.ndarray) -> list[np.ndarray]:
   values = np.asarray(values)
   if jax.process_count() == 1:
     return [values]
-  counts = np.asarray(multihost_utils.process_allgather(np.asarray([len(values)])))
+  counts = np.asarray(multihost_utils.process_allgather(np.asarray(len(values)))).reshape(-1)
   width = int(counts.max())
   pad = np.zeros((width - len(values),) + values.shape[1:], values.dtype)
   stacked = np.asarray(multihost_utils.process_allgather(np.concatenate([values, pad])))
