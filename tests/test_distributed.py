@@ -133,13 +133,13 @@ TWO = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     from absl import flags
     from experiments import launch
+    from experiments.configs import mnist
+    from qsim.evaluate import sweep  # what the launchers import: importing must not start a backend
+    from qsim.train import job
     flags.FLAGS(sys.argv[:4])  # --coordinator_address --num_processes --process_id, as the launchers take them
     launch.init_distributed()
     import jax
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 8, 4)
-    from experiments.configs import mnist
-    from qsim.evaluate import sweep
-    from qsim.train import job
     work = sys.argv[4]
     job.run(mnist.get_config(sys.argv[5]), f"{work}/train")
     sweep.run_sweep([f"{work}/train"], QUANTIZERS, SETS, f"{work}/eval", **SWEEP_KW)

@@ -329,7 +329,7 @@ def frost_texture(key, h, w):
   return jnp.clip(0.3 + 0.4 * haze + 0.8 * needles, 0.0, 1.0)
 
 
-_ICE = jnp.array([0.86, 0.93, 1.0], jnp.float32)  # frost is a pale blue-white
+_ICE = np.array([0.86, 0.93, 1.0], np.float32)  # frost is a pale blue-white (numpy: importing must not start a backend)
 
 
 def frost(key, img, keep, amount):
