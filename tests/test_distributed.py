@@ -145,7 +145,7 @@ TWO = textwrap.dedent("""
     sweep.run_sweep([f"{work}/train"], QUANTIZERS, SETS, f"{work}/eval", **SWEEP_KW)
     print("DONE", jax.process_index(), flush=True)
 """)
-TRAIN_ARGS = "runlocal,steps=4,log_every=2,checkpoint_every=2"
+TRAIN_ARGS = "runlocal,steps=4,log_every=4,checkpoint_every=4"
 QUANTIZERS = ["w4a4", "w2a8", "fp16"]  # static ranges would add ~9 s of op-by-op calibration per process
 SETS = ["fashion_mnist_debian/c/shot_noise/4"]
 SWEEP_KW = dict(limit=101, batch_size=24, calib_samples=20)  # blocks of 50 and 51: padded last batches
