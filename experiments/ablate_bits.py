@@ -8,6 +8,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import launch
 from qsim.evaluate import sweep
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -35,6 +36,7 @@ def quantizer_names(c) -> list[str]:
 
 def main(argv):
   del argv
+  launch.init_distributed()  # multi-process runs only; see experiments/launch.py
   logging.set_verbosity(logging.WARNING)
   c = _CONFIG.value
   if not sweep.split(c.checkpoints):

@@ -8,6 +8,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import launch
 from qsim.evaluate import sweep
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -18,6 +19,7 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
   del argv
+  launch.init_distributed()  # multi-process runs only; see experiments/launch.py
   logging.set_verbosity(logging.WARNING)
   c = _CONFIG.value
   if not c.checkpoint:

@@ -9,6 +9,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import launch
 from qsim.train import job
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file[:args].", lock_config=True)
@@ -18,6 +19,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  launch.init_distributed()  # multi-process runs only; see experiments/launch.py
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   job.run(_CONFIG.value, _WORKDIR.value)
 

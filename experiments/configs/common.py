@@ -31,6 +31,7 @@ def base() -> ml_collections.ConfigDict:
   c.log_every = 100
   c.checkpoint_every = 500
   c.init_from = ""
+  c.data_shards = 0  # blocks the training set is cut into, one per process; 0 = the process count
   return c
 
 

@@ -11,7 +11,9 @@ in [0, 1], labels int32; text as int32 token ids of a given vocabulary):
 
 ``download=False`` by default: data that is not prepared raises
 FileNotFoundError naming the dataset/config, the folder looked in and the
-``tfds build`` command that prepares it.
+``tfds build`` command that prepares it. ``shard`` (a
+:class:`qsim.distributed.Shard`) reads only that block of the first
+``limit`` examples (one process's part of a multi-process run).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Sequence
 
 from qsim.data import text as text_lib
 from qsim.data.sources import Data, _check_limit, _images, _texts, _tfds_split
+from qsim.distributed import Shard
 
 # TFDS mnist_corrupted configs (its 'identity' config, clean MNIST, is left out).
 MNIST_C = (
@@ -46,34 +49,38 @@ def _check(arg: str, value, choices) -> None:
     raise ValueError(f"{arg}={value!r} is not valid; choose one of {list(choices)}")
 
 
-def _images_data(name: str, data_dir, download, limit) -> Data:
+def _images_data(name: str, data_dir, download, limit, shard) -> Data:
   _check_limit(limit)
-  x, y = _images(_tfds_split(name, "test", data_dir, download, limit))
-  return Data(name, "test", x, y, 10)
+  examples, offset = _tfds_split(name, "test", data_dir, download, limit, shard)
+  x, y = _images(examples)
+  return Data(name, "test", x, y, 10, offset=offset)
 
 
-def mnist_c(corruption: str, *, data_dir: str | None = None, download: bool = False, limit: int | None = None) -> Data:
+def mnist_c(corruption: str, *, data_dir: str | None = None, download: bool = False, limit: int | None = None,
+            shard: Shard | None = None) -> Data:
   """The MNIST-C test set for one of ``MNIST_C``."""
   _check("corruption", corruption, MNIST_C)
-  return _images_data(f"mnist_corrupted/{corruption}", data_dir, download, limit)
+  return _images_data(f"mnist_corrupted/{corruption}", data_dir, download, limit, shard)
 
 
 def cifar10_c(
-    corruption: str, severity: int, *, data_dir: str | None = None, download: bool = False, limit: int | None = None
+    corruption: str, severity: int, *, data_dir: str | None = None, download: bool = False, limit: int | None = None,
+    shard: Shard | None = None,
 ) -> Data:
   """The CIFAR-10-C test set for one of ``CIFAR10_C`` (or its paper alias) at severity 1..5."""
   corruption = CIFAR10_C_ALIASES.get(corruption, corruption) if isinstance(corruption, str) else corruption
   _check("corruption", corruption, CIFAR10_C)
   _check("severity", severity, SEVERITIES)
-  return _images_data(f"cifar10_corrupted/{corruption}_{severity}", data_dir, download, limit)
+  return _images_data(f"cifar10_corrupted/{corruption}_{severity}", data_dir, download, limit, shard)
 
 
 def cifar10_1(
-    version: str = "v6", *, data_dir: str | None = None, download: bool = False, limit: int | None = None
+    version: str = "v6", *, data_dir: str | None = None, download: bool = False, limit: int | None = None,
+    shard: Shard | None = None,
 ) -> Data:
   """CIFAR-10.1 (``v6``: 2,000 images, the paper's main set; ``v4``: 2,021)."""
   _check("version", version, CIFAR10_1_VERSIONS)
-  return _images_data(f"cifar10_1/{version}", data_dir, download, limit)
+  return _images_data(f"cifar10_1/{version}", data_dir, download, limit, shard)
 
 
 def yelp_polarity(
@@ -85,6 +92,7 @@ def yelp_polarity(
     download: bool = False,
     limit: int | None = None,
     encode: bool = True,
+    shard: Shard | None = None,
 ) -> Data:
   """Yelp polarity reviews (0 = negative, 1 = positive, as IMDb's labels).
 
@@ -101,7 +109,8 @@ def yelp_polarity(
   import tensorflow_datasets.text.yelp_polarity  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
 
   name = "yelp_polarity_reviews"
-  x, y = _texts(_tfds_split(name, split, data_dir, download, limit))
+  examples, offset = _tfds_split(name, split, data_dir, download, limit, shard)
+  x, y = _texts(examples)
   if encode:
     x = text_lib.encode(x, vocab, maxlen)
-  return Data(name, split, x, y, 2, list(vocab) if vocab is not None else None)
+  return Data(name, split, x, y, 2, list(vocab) if vocab is not None else None, offset)

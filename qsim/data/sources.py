@@ -25,6 +25,7 @@ import numpy as np
 
 from qsim.data import text as text_lib
 from qsim.data.fashion_mnist import load_fashion_mnist
+from qsim.distributed import Shard
 
 SPLITS = ("train", "val", "test")
 
@@ -56,6 +57,7 @@ class Data:
   y: np.ndarray
   num_classes: int
   vocab: list[str] | None = None
+  offset: int = 0  # index of x[0] in the whole set (a process's block starts there)
 
   def __len__(self) -> int:
     return len(self.y)
@@ -70,8 +72,19 @@ def _not_prepared_error(name: str, looked_in: str, data_dir: str | None) -> File
       " then copy that folder here (or pass download=True)")
 
 
-def _tfds_split(name: str, split: str, data_dir: str | None, download: bool, limit: int | None = None):
-  """The first ``limit`` (default all) examples of a TFDS split (``name`` may be 'name/config')."""
+def span(n: int, limit: int | None = None, shard: Shard | None = None, start: int = 0) -> tuple[int, int]:
+  """``(start, stop)`` of ``shard``'s block of the first ``limit`` (default
+  all) of the ``n`` examples that begin at ``start``."""
+  n = n if limit is None else min(limit, n)
+  a, b = (shard or Shard()).bounds(n)
+  return start + a, start + b
+
+
+def _tfds_split(name: str, split: str, data_dir: str | None, download: bool, limit: int | None = None,
+                shard: Shard | None = None, select=None):
+  """Examples of a TFDS split (``name`` may be 'name/config'): ``shard``'s
+  block of the first ``limit`` (default all), or ``select(len) -> (start,
+  stop)``; only those are read. Returns ``(examples, start)``."""
   import tensorflow_datasets as tfds  # heavy import: only when used
 
   try:
@@ -81,9 +94,9 @@ def _tfds_split(name: str, split: str, data_dir: str | None, download: bool, lim
     if download or builder.is_prepared():
       raise
     raise _not_prepared_error(name, str(builder.data_dir), data_dir) from e
-  n = len(source) if limit is None else min(limit, len(source))
+  start, stop = select(len(source)) if select is not None else span(len(source), limit, shard)
   # One index at a time: ``__getitems__`` is broken under tfds.testing.mock_data.
-  return [source[i] for i in range(n)]
+  return [source[i] for i in range(start, stop)], start
 
 
 def _images(examples) -> tuple[np.ndarray, np.ndarray]:
@@ -103,11 +116,14 @@ def _check_limit(limit: int | None) -> None:
     raise ValueError(f"limit={limit!r} is not valid; give an int >= 1 or None")
 
 
-def _raw(name: str, tfds_split: str, data_dir: str | None, download: bool):
+def _raw(name: str, tfds_split: str, data_dir: str | None, download: bool, select):
+  """Examples ``select(len) -> (start, stop)`` of a split; TFDS reads only those."""
   info = DATASETS[name]
-  if info.source == "debian":
-    return load_fashion_mnist(tfds_split, **({} if data_dir is None else {"data_dir": data_dir}))
-  examples = _tfds_split(name, tfds_split, data_dir, download)
+  if info.source == "debian":  # one gzipped file per split: read whole, then cut
+    x, y = load_fashion_mnist(tfds_split, **({} if data_dir is None else {"data_dir": data_dir}))
+    start, stop = select(len(y))
+    return x[start:stop], y[start:stop]
+  examples, _ = _tfds_split(name, tfds_split, data_dir, download, select=select)
   return _images(examples) if info.kind == "image" else _texts(examples)
 
 
@@ -127,6 +143,7 @@ def load(
     vocab_size: int = 20000,
     maxlen: int = 200,
     encode: bool = True,
+    shard: Shard | None = None,
 ) -> Data:
   """Loads one split of a dataset as arrays.
 
@@ -146,6 +163,12 @@ def load(
       sequence length.
     encode: text only: False returns ``x`` as the raw texts (a list of str)
       instead of token ids; no vocabulary is then built or needed.
+    shard: only this block of the split (after ``val_size`` and ``limit``),
+      e.g. ``qsim.distributed.process_shard()`` in a multi-process run; only
+      the block's examples are read from TFDS (Debian's gzipped files are read
+      whole, then cut); ``Data.offset`` says where the block starts. A text
+      'train' split loaded without ``vocab`` still reads every text: the
+      vocabulary is built from all of them.
 
   Raises:
     ValueError: unknown dataset or split, or a bad size (message lists the
@@ -159,15 +182,32 @@ def load(
     raise ValueError(f"split={split!r} is not valid; choose one of {list(SPLITS)}")
   info = DATASETS[name]
   val_size = info.val_size if val_size is None else val_size
-  x, y = _raw(name, "test" if split == "test" else "train", data_dir, download)
-  if split != "test":
-    if not 0 < val_size < len(y):
-      raise ValueError(f"val_size={val_size} is not valid for {name!r}; give 0 < val_size < {len(y)}")
-    idx = np.arange(len(y) - val_size) if split == "train" else np.arange(len(y) - val_size, len(y))
-    x, y = _take(x, idx), y[idx]
   if limit is not None:
     _check_limit(limit)
-    x, y = _take(x, np.arange(min(limit, len(y)))), y[:limit]
+  shard = shard or Shard()
+  where = {}
+
+  def select(part: Shard):
+    def f(n):  # the split's (start, stop) in the source; remembers the block's offset within the split
+      first = 0
+      if split != "test":
+        if not 0 < val_size < n:
+          raise ValueError(f"val_size={val_size} is not valid for {name!r}; give 0 < val_size < {n}")
+        n, first = (n - val_size, 0) if split == "train" else (val_size, n - val_size)
+      start, stop = span(n, limit, part, first)
+      where["offset"] = start - first
+      return start, stop
+    return f
+
+  # a vocabulary built here needs every training text: read them all, cut the block after
+  whole_for_vocab = info.kind == "text" and encode and vocab is None and split == "train" and not shard.whole
+  x, y = _raw(name, "test" if split == "test" else "train", data_dir, download,
+              select(Shard() if whole_for_vocab else shard))
+  offset = where["offset"]
+  if whole_for_vocab:
+    vocab = text_lib.build_vocab(x, vocab_size)
+    offset, stop = shard.bounds(len(y))
+    x, y = _take(x, np.arange(offset, stop)), y[offset:stop]
   if info.kind == "text" and encode:
     if vocab is None:
       if split != "train":
@@ -178,4 +218,4 @@ def load(
     if len(vocab) + 2 > vocab_size:
       raise ValueError(f"vocab has {len(vocab)} words (+2 ids for pad and OOV) but vocab_size={vocab_size}")
     x = text_lib.encode(x, vocab, maxlen)
-  return Data(name, split, x, y, info.num_classes, list(vocab) if vocab is not None else None)
+  return Data(name, split, x, y, info.num_classes, list(vocab) if vocab is not None else None, offset)

@@ -10,10 +10,13 @@ on the host, where every count is summed in integers.
 
 One compilation per (model, quantizers, batch shape): evaluating more
 batches or more datasets reuses it (``Engine.compilations`` counts them).
-The batch axis is sharded over all local devices (``jax.sharding.Mesh`` +
-``NamedSharding``); per-example computations make the result independent of
-the device count. Matmuls and convolutions run at the highest precision (on
-TPU, no bf16 passes count as disagreements).
+The batch axis is sharded over every device of every process
+(``jax.sharding.Mesh`` axis 'data' + ``NamedSharding``); per-example
+computations make the result independent of the device and process count.
+In a multi-process run each process passes its own block of the set
+(:class:`qsim.distributed.Shard`) and every process gets the whole result
+(per-example outputs are gathered). Matmuls and convolutions run at the
+highest precision (on TPU, no bf16 passes count as disagreements).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
+from qsim import distributed
 from qsim.evaluate import metrics
 from qsim.nn import QUANT_RNG, QUANT_STATS, calibrate, require_calibrated
 from qsim.quant import presets
@@ -167,8 +171,8 @@ class SetResult:
 
 
 def default_mesh() -> Mesh:
-  """A 1-D mesh over all local devices, axis 'data'."""
-  return Mesh(np.asarray(jax.local_devices()), ("data",))
+  """A 1-D mesh over every device of every process, axis 'data'."""
+  return distributed.data_mesh()
 
 
 class Engine:
@@ -192,22 +196,21 @@ class Engine:
     self.quantizers = list(quantizers)
     self.names = [q.name for q in self.quantizers]
     self.mesh = mesh if mesh is not None else default_mesh()
-    n_dev = self.mesh.devices.size
+    n_dev = distributed.mesh_size(self.mesh)
     self.batch_size = -(-batch_size // n_dev) * n_dev  # a multiple of the device count
-    self._data = NamedSharding(self.mesh, P("data"))
+    self._local_batch = distributed.local_batch_size(self.mesh, self.batch_size)  # this process's rows
     self._grid = ConfigGrid(self._outputs, mapping=mapping)
     self._order = self._sizes = None
     self._place(variables, self.quantizers)
     self._step = jax.jit(self._compute)
 
   def _place(self, variables: dict, quantizers: Sequence[Quantizer]) -> None:
-    replicated = NamedSharding(self.mesh, P())
     stacked, order, sizes = ConfigGrid.prepare([(q.config, q.quant_stats) for q in quantizers])
     if self._order is not None and (order, sizes) != (self._order, self._sizes):
       raise ValueError("the new quantizers group differently from the engine's; build a new Engine")
     self._order, self._sizes = order, sizes
-    self.variables = jax.device_put({k: v for k, v in variables.items() if k != QUANT_STATS}, replicated)
-    self._stacked = jax.device_put(stacked, replicated)
+    self.variables = distributed.replicate({k: v for k, v in variables.items() if k != QUANT_STATS}, self.mesh)
+    self._stacked = distributed.replicate(stacked, self.mesh)
 
   def update(self, variables: dict, quantizers: Sequence[Quantizer]) -> None:
     """New weights and re-calibrated ranges for the same quantizers (e.g. a
@@ -243,38 +246,56 @@ class Engine:
     return f + q
 
   def run(self, x: np.ndarray, y: np.ndarray, name: str = "", progress: bool = False) -> SetResult:
-    """Evaluates every quantizer on ``(x, y)``."""
+    """Evaluates every quantizer on ``(x, y)``: the whole set, or in a
+    multi-process run this process's block of it (blocks in process order,
+    as :class:`qsim.distributed.Shard` cuts them; every process calls
+    ``run`` together). The result holds the whole set, on every process."""
     n = len(y)
-    if n == 0 or len(x) != n:
+    if len(x) != n:
       raise ValueError(f"dataset {name!r}: got {len(x)} inputs and {n} labels; need the same number, >= 1")
+    counts = [int(c[0]) for c in distributed.gather_rows(np.asarray([n]))]
+    if sum(counts) == 0:
+      raise ValueError(f"dataset {name!r}: got 0 inputs and 0 labels; need the same number, >= 1")
+    offset = sum(counts[: jax.process_index()])
     x = np.asarray(x)
-    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+    if n and np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
       bad = int((~np.isfinite(x.reshape(n, -1))).any(axis=1).sum())
       print(f"warning: {name or 'dataset'} has {bad} inputs with NaN/Inf; their rows are counted as"
             " 'nonfinite', not as predictions", file=sys.stderr, flush=True)
     t0 = time.time()
     parts = []
-    bs = self.batch_size
+    bs = self._local_batch
+    steps = -(-max(counts) // bs)  # every process runs as many steps (its last ones may be all padding)
     pending = []
-    for start in range(0, n, bs):
+    for i in range(steps):
+      start = i * bs
       batch = x[start : start + bs]
       real = len(batch)
+      ids = np.full(bs, -1, np.int32)  # index in the whole set; -1 = padding
+      ids[:real] = offset + start + np.arange(real)
       if real < bs:
-        batch = np.concatenate([batch, np.zeros((bs - real,) + batch.shape[1:], batch.dtype)])
+        batch = np.concatenate([batch, np.zeros((bs - real,) + x.shape[1:], x.dtype)])
+      xs, ids_g = distributed.global_batch(self.mesh, (batch, ids))
       # dispatched asynchronously: the host prepares the next batch meanwhile
-      pending.append((real, self._step(self._stacked, self.variables, jax.device_put(batch, self._data))))
+      pending.append((ids_g, self._step(self._stacked, self.variables, xs)))
       if len(pending) > 2:
         parts.append(_host(*pending.pop(0)))
       if progress:
         print(f"  {name}: {min(start + bs, n)}/{n}", file=sys.stderr, flush=True)
     parts.extend(_host(*p) for p in pending)
-    cat = [np.concatenate([p[i] for p in parts], axis=0 if i < 3 else 1) for i in range(6)]
-    return SetResult(name, self.names, np.asarray(y, np.int32), cat[0], cat[3], cat[1], cat[4], cat[2], cat[5],
+    ids = np.concatenate([p[0] for p in parts])
+    order = np.argsort(ids, kind="stable")
+    cat = [np.concatenate([p[i] for p in parts], axis=0 if i < 4 else 1) for i in range(1, 7)]
+    cat = [c[order] if i < 3 else c[:, order] for i, c in enumerate(cat)]
+    y_all = np.concatenate(distributed.gather_rows(np.asarray(y, np.int32)))
+    return SetResult(name, self.names, y_all, cat[0], cat[3], cat[1], cat[4], cat[2], cat[5],
                      seconds=time.time() - t0)
 
 
-def _host(real: int, out) -> list[np.ndarray]:
-  """Device outputs to numpy, padding dropped: float outputs are (batch,
-  ...), quantized ones (K, batch, ...)."""
-  out = [np.asarray(o) for o in out]
-  return [o[:real] for o in out[:3]] + [o[:, :real] for o in out[3:]]
+def _host(ids, out) -> list[np.ndarray]:
+  """Global outputs to numpy on this host (gathered from every process),
+  padding dropped: ids first, then float outputs (batch, ...) and quantized
+  ones (K, batch, ...)."""
+  ids, out = distributed.to_host((ids, out))
+  keep = ids >= 0
+  return [ids[keep]] + [o[keep] for o in out[:3]] + [o[:, keep] for o in out[3:]]

@@ -5,6 +5,12 @@ Used by ``experiments.evaluate`` (one checkpoint) and
 Everything is validated before any long work; each (checkpoint, set) unit
 is stored atomically (:mod:`qsim.evaluate.results`), so rerunning the same
 command after a crash resumes where it stopped.
+
+Multi-process (``jax.distributed``): every process runs ``run_sweep`` with
+the same arguments, reads only its own block of each set
+(:func:`qsim.distributed.process_shard`), the engine gathers the per-sample
+outputs, and process 0 alone writes the workdir (and decides what is left
+to do, for every process).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import numpy as np
 
 import qsim
 from qsim import data as data_lib
+from qsim import distributed
 from qsim.evaluate.engine import Engine, build_quantizers, check_variables
 from qsim.evaluate.results import ResultsStore
 from qsim.models import get_model
@@ -33,7 +40,8 @@ SORT_KEYS = ("checkpoint", "set_index", "quantizer_index")
 
 
 def _log(msg: str) -> None:
-  print(msg, file=sys.stderr, flush=True)
+  if distributed.is_writer():  # one log for a multi-process run
+    print(msg, file=sys.stderr, flush=True)
 
 
 def split(value: str) -> list[str]:
@@ -110,11 +118,13 @@ def open_checkpoint(ckpt: str, cfg: dict, calib_samples: int, data_dir: str | No
   return model, variables, vocab, calib, kw, text_kw
 
 
-def load_set(name: str, dataset: str, *, seed: int, limit: int | None, vocab, kw: dict, text_kw: dict):
-  """The clean test split (``name == 'clean'``) or a shifted set, as Data."""
+def load_set(name: str, dataset: str, *, seed: int, limit: int | None, vocab, kw: dict, text_kw: dict,
+             shard=None):
+  """The clean test split (``name == 'clean'``) or a shifted set, as Data
+  (``shard``: only this process's block, see :class:`qsim.distributed.Shard`)."""
   if name == CLEAN:
-    return data_lib.load(dataset, "test", limit=limit, **kw, **text_kw)
-  return registry.load_shifted(name, seed=seed, limit=limit, vocab=vocab, **kw)
+    return data_lib.load(dataset, "test", limit=limit, shard=shard, **kw, **text_kw)
+  return registry.load_shifted(name, seed=seed, limit=limit, vocab=vocab, shard=shard, **kw)
 
 
 class _SetCache:
@@ -172,12 +182,15 @@ def run_sweep(
   for ckpt in checkpoints:
     cfg = read_checkpoint(ckpt)
     plans.append((ckpt, cfg, resolve_sets(cfg["dataset"], shifts)))
-  store = ResultsStore(workdir)
+  shard = distributed.process_shard()  # this process's block of every set
+  writer = distributed.is_writer()
+  store = ResultsStore(workdir) if writer else None
   t0 = time.time()
   cache = _SetCache(cache_bytes)  # checkpoints of one dataset share the loaded and generated sets
   engines: dict[tuple, Engine] = {}  # and checkpoints of one model its compiled engine
   for ckpt, cfg, sets in plans:
-    todo = [s for s in sets if not store.has(store.key(os.path.abspath(ckpt), s))]
+    done = np.asarray([writer and store.has(ResultsStore.key(os.path.abspath(ckpt), s)) for s in sets])
+    todo = [s for s, d in zip(sets, distributed.broadcast(done)) if not d]  # process 0 decides for all
     _log(f"{ckpt}: {cfg['model']} ({cfg['method']}) on {cfg['dataset']}: {len(sets)} sets x"
          f" {len(quantizers)} quantizers; {len(sets) - len(todo)} sets already done")
     if not todo:
@@ -195,11 +208,11 @@ def run_sweep(
     for i, name in enumerate(sets):
       if name not in todo:
         continue
-      key = store.key(os.path.abspath(ckpt), name)
+      key = ResultsStore.key(os.path.abspath(ckpt), name)
       try:
         set_key = (name, dataset, None if vocab is None else hash(tuple(vocab)))
         if set_key not in cache:
-          d = load_set(name, dataset, seed=seed, limit=limit, vocab=vocab, kw=kw, text_kw=text_kw)
+          d = load_set(name, dataset, seed=seed, limit=limit, vocab=vocab, kw=kw, text_kw=text_kw, shard=shard)
           cache.put(set_key, (d.x, d.y))
         x, y = cache[set_key]
       except FileNotFoundError as e:
@@ -208,6 +221,8 @@ def run_sweep(
           continue
         raise
       res = engine.run(x, y, name)
+      if not writer:  # every process has the whole result; process 0 writes it
+        continue
       rows = []
       meta = registry.parse(name) if name != CLEAN else None
       for k, r in enumerate(res.rows()):
@@ -218,7 +233,7 @@ def run_sweep(
             "severity": meta.severity if meta else None, "quantizer_index": f"{k:03d}", **r,
             "eval_seed": seed, "limit": limit, "calib_samples": calib_samples,
             "qsim_version": qsim.__version__, "jax_version": jax.__version__, "backend": jax.default_backend(),
-            "devices": jax.device_count(),
+            "devices": jax.device_count(), "processes": jax.process_count(),
         })
       store.put(key, rows, {
           "y": res.y, "float_pred": res.float_pred, "quant_pred": res.quant_pred,
@@ -226,9 +241,11 @@ def run_sweep(
           "float_finite": res.float_finite, "quant_finite": res.quant_finite,
           "quantizers": np.asarray(res.quantizers)})
       worst = max(rows, key=lambda r: r["disagreements"])
-      _log(f"  [{i + 1}/{len(sets)}] {name}: {len(y)} samples in {res.seconds:.1f} s; float acc"
+      _log(f"  [{i + 1}/{len(sets)}] {name}: {len(res.y)} samples in {res.seconds:.1f} s; float acc"
            f" {rows[0]['float_accuracy']:.4f}; most disagreements: {worst['quantizer']} {worst['disagreements']}"
            f" ({engine.compilations} compilation{'s' if engine.compilations != 1 else ''})")
+  if not writer:
+    return os.path.join(workdir, "results.csv")
   path = store.write_table(SORT_KEYS)
   _log(f"wrote {path} ({time.time() - t0:.0f} s)")
   return path

@@ -329,7 +329,7 @@ def frost_texture(key, h, w):
   return jnp.clip(0.3 + 0.4 * haze + 0.8 * needles, 0.0, 1.0)
 
 
-_ICE = jnp.array([0.86, 0.93, 1.0], jnp.float32)  # frost is a pale blue-white
+_ICE = np.array([0.86, 0.93, 1.0], np.float32)  # frost is a pale blue-white (numpy: importing must not start a backend)
 
 
 def frost(key, img, keep, amount):
@@ -640,25 +640,31 @@ def check(suite: str, name: str, images_shape, severity) -> None:
         f" 3 (RGB), H and W >= {MIN_SIZE}, values in [0, 1]")
 
 
-def corrupt(suite: str, name: str, key: jax.Array, images, severity: int, *, chunk: int = CHUNK) -> jax.Array:
+def corrupt(suite: str, name: str, key: jax.Array, images, severity: int, *, chunk: int = CHUNK,
+            offset: int = 0) -> jax.Array:
   """Applies corruption ``name`` of ``suite`` at ``severity`` (validated
   first), compiled once per (suite, name, severity, chunk shape), ``chunk``
-  images at a time; equal to ``SUITES[suite][name](key, images, severity)``."""
+  images at a time; equal to ``SUITES[suite][name](key, images, severity)``.
+  ``offset``: the index of ``images[0]`` in the whole set (image i draws
+  from ``fold_in(key, offset + i)``), so a block corrupted alone equals the
+  same images of the whole set corrupted at once."""
   check(suite, name, np.shape(images), severity)
+  if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+    raise ValueError(f"offset={offset!r} is not valid; give an int >= 0")
   images = jnp.asarray(images, jnp.float32)
   corruption = SUITES[suite][name]
   params = corruption.params_for(int(severity))
   fn = _jitted(suite, name, None if corruption.dynamic else params)
   n = images.shape[0]
   if n <= chunk:
-    return fn(key, images, params, 0)
+    return fn(key, images, params, offset)
   outs = []
   for start in range(0, n, chunk):
     part = images[start : start + chunk]
     pad = chunk - part.shape[0]
     if pad:  # pad the last chunk so every call has the same shape
       part = jnp.concatenate([part, jnp.zeros((pad,) + part.shape[1:], part.dtype)])
-    outs.append(fn(key, part, params, start)[: chunk - pad])
+    outs.append(fn(key, part, params, offset + start)[: chunk - pad])
   return jnp.concatenate(outs)
 
 

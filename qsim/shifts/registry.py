@@ -33,6 +33,7 @@ import numpy as np
 from qsim import data as data_lib
 from qsim.data import shifted as official
 from qsim.data import text as text_lib
+from qsim.distributed import Shard
 from qsim.shifts import image, text
 
 SUITE_OF = {"mnist": "mnist_c", "fashion_mnist": "mnist_c", "fashion_mnist_debian": "mnist_c", "cifar10": "cifar10_c"}
@@ -108,15 +109,16 @@ def parse(name: str) -> ShiftedSet:
   return ShiftedSet(name, parts[0], parts[1], parts[2], severity)
 
 
-def clean_test(dataset: str, data_dir, download, limit, **text_kw) -> data_lib.Data:
+def clean_test(dataset: str, data_dir, download, limit, shard=None, **text_kw) -> data_lib.Data:
   """The test split the dataset's shifted sets are made from (Debian's copy
-  for ``fashion_mnist`` when TFDS's is not prepared)."""
+  for ``fashion_mnist`` when TFDS's is not prepared); ``shard``: only that
+  block of it."""
   try:
-    return data_lib.load(dataset, "test", data_dir=data_dir, download=download, limit=limit, **text_kw)
+    return data_lib.load(dataset, "test", data_dir=data_dir, download=download, limit=limit, shard=shard, **text_kw)
   except FileNotFoundError:
     if dataset != "fashion_mnist" or data_dir is not None:
       raise
-    return data_lib.load("fashion_mnist_debian", "test", limit=limit)
+    return data_lib.load("fashion_mnist_debian", "test", limit=limit, shard=shard)
 
 
 def set_key(seed: int, name: str) -> jax.Array:
@@ -134,6 +136,7 @@ def load_shifted(
     vocab: Sequence[str] | None = None,
     maxlen: int = 200,
     clean: data_lib.Data | None = None,
+    shard: Shard | None = None,
 ) -> data_lib.Data:
   """Loads (or computes) one shifted test set as :class:`qsim.data.Data`.
 
@@ -145,6 +148,10 @@ def load_shifted(
     vocab, maxlen: text sets: the training run's vocabulary and length.
     clean: the clean test split, to reuse across many synthetic sets
       (``iter_shifted`` passes it); must be the dataset's test split.
+    shard: only this block of the set (after ``limit``), e.g. one process's
+      part of a multi-process run; synthetic sets corrupt only the block and
+      equal the same examples of the whole set. With ``clean``, give that
+      same block of the clean split.
   """
   s = parse(name)
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -153,8 +160,10 @@ def load_shifted(
     raise ValueError(f"{name!r} needs vocab= (the training run's vocabulary, e.g. load_vocab('<workdir>/vocab.json'))")
   kw = dict(data_dir=data_dir, download=download, limit=limit)
   if s.offline:
-    base = clean if clean is not None else clean_test(s.dataset, **kw, **({"encode": False} if s.family == "text" else {}))
+    base = clean if clean is not None else clean_test(s.dataset, **kw, shard=shard,
+                                                      **({"encode": False} if s.family == "text" else {}))
     return apply_synthetic(name, base, seed=seed, vocab=vocab, maxlen=maxlen)
+  kw["shard"] = shard
   if s.family == "official_c":
     d = official.mnist_c(s.shift, **kw) if s.dataset == "mnist" else official.cifar10_c(s.shift, s.severity, **kw)
   elif s.dataset == "cifar10":  # natural
@@ -176,21 +185,24 @@ def apply_synthetic(
   """The synthetic shift of set ``name`` (family 'c' or 'text') applied to
   any images or raw texts ``base`` (e.g. a candidate pool), not only the
   test split. The randomness comes from ``seed`` and ``key_name`` (default
-  ``name``): the registry's own sets use their name."""
+  ``name``): the registry's own sets use their name; example i of ``base``
+  is example ``base.offset + i`` of its whole set."""
   s = parse(name)
   if not s.offline:
     raise ValueError(f"{name!r} is a {s.family!r} set (published data), not a synthetic shift; use one of the"
                      f" 'c' or 'text' sets of {s.dataset!r}")
   if s.family == "c":
-    x = image.corrupt(SUITE_OF[s.dataset], s.shift, set_key(seed, key_name or name), base.x, s.severity)
-    return data_lib.Data(name, base.split, np.asarray(x), base.y, base.num_classes)
+    x = image.corrupt(SUITE_OF[s.dataset], s.shift, set_key(seed, key_name or name), base.x, s.severity,
+                      offset=base.offset)
+    return data_lib.Data(name, base.split, np.asarray(x), base.y, base.num_classes, offset=base.offset)
   if vocab is None:
     raise ValueError(f"{name!r} needs vocab= (the training run's vocabulary, e.g. load_vocab('<workdir>/vocab.json'))")
   if len(base.x) and not isinstance(base.x[0], str):
     raise ValueError(f"{name!r} shifts raw review texts; load the base data with encode=False")
   seed_used = seed if key_name is None else zlib.crc32(f"{seed}|{key_name}".encode())
-  shifted = text.shift_texts(s.shift, seed_used, base.x, s.severity)
-  return data_lib.Data(name, base.split, text_lib.encode(shifted, vocab, maxlen), base.y, base.num_classes, list(vocab))
+  shifted = text.shift_texts(s.shift, seed_used, base.x, s.severity, offset=base.offset)
+  return data_lib.Data(name, base.split, text_lib.encode(shifted, vocab, maxlen), base.y, base.num_classes, list(vocab),
+                       base.offset)
 
 
 def iter_shifted(

@@ -175,15 +175,18 @@ def check(name: str, seed: int, severity: int) -> None:
     raise ValueError(f"seed={seed!r} is not valid; give an int >= 0")
 
 
-def shift_texts(name: str, seed: int, texts: Sequence[str | bytes], severity: int) -> list[str]:
+def shift_texts(name: str, seed: int, texts: Sequence[str | bytes], severity: int, offset: int = 0) -> list[str]:
   """Shifted reviews: ``name`` at ``severity`` on each text, words joined by
-  single spaces (a review without words stays ``""``)."""
+  single spaces (a review without words stays ``""``). ``offset``: the index
+  of ``texts[0]`` in the whole set (review i is seeded by ``offset + i``)."""
   check(name, seed, severity)
+  if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+    raise ValueError(f"offset={offset!r} is not valid; give an int >= 0")
   if isinstance(texts, (str, bytes)):
     raise ValueError("texts must be a sequence of reviews, not one string")
   fn, severity, tag = TEXT_SHIFTS[name], int(severity), zlib.crc32(name.encode())
   out = []
-  for i, text in enumerate(texts):
+  for i, text in enumerate(texts, start=int(offset)):
     rng = np.random.default_rng([int(seed), i, tag, severity])
     out.append(" ".join(fn(rng, tokenize(text), severity)))
   return out

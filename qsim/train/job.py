@@ -3,7 +3,9 @@
 The config (an ``ml_collections.ConfigDict``, see ``experiments/configs``)
 holds: dataset, data_dir, download, val_size, train_limit, model, method
 (+ its hyper-parameters), quant (QAT config), optimizer, learning_rate,
-batch_size, steps, seed, log_every, checkpoint_every, init_from.
+batch_size, steps, seed, log_every, checkpoint_every, init_from, data_shards
+(0 = one block of the training set per process; N on one process trains
+on the batches N processes would).
 Outputs in ``workdir``: checkpoints/, metrics.jsonl, config.json,
 vocab.json (text), summary.json (validation and test accuracy).
 """
@@ -15,7 +17,10 @@ import os
 import sys
 from typing import Any
 
+import jax
+
 from qsim import data as data_lib
+from qsim import distributed
 from qsim.models import get_model
 from qsim.quant import preset
 from qsim.train.loop import accuracy, train, variables_of
@@ -58,28 +63,35 @@ def run(c, workdir: str) -> dict:
   if c.dataset not in data_lib.DATASETS:
     raise ValueError(f"dataset={c.dataset!r} is not valid; choose one of {sorted(data_lib.DATASETS)}")
   model = build_model(c, data_lib.DATASETS[c.dataset].num_classes)
-  kw = dict(data_dir=c.data_dir or None, download=c.download, val_size=c.val_size or None)
+  # each process reads its own block of every split (the whole split in a single process)
+  kw = dict(data_dir=c.data_dir or None, download=c.download, val_size=c.val_size or None,
+            shard=distributed.process_shard())
+  writer = distributed.is_writer()
   if getattr(model, "vocab_size", None) is not None:
     kw["vocab_size"] = model.vocab_size  # token ids must fit the model's embedding table
   train_d = data_lib.load(c.dataset, "train", limit=c.train_limit or None, **kw)
   extra = {} if train_d.vocab is None else {"vocab": train_d.vocab}
   val_d = data_lib.load(c.dataset, "val", **kw, **extra)
   test_d = data_lib.load(c.dataset, "test", limit=c.test_limit or None, **kw, **extra)
-  if train_d.vocab is not None:
-    data_lib.text.save_vocab(os.path.join(workdir, "vocab.json"), train_d.vocab)
-  write_json(os.path.join(workdir, "config.json"), c.to_dict())
-  print(f"training {c.model} ({c.method}) on {c.dataset}: {len(train_d)} train / {len(val_d)} val /"
-        f" {len(test_d)} test, {c.steps} steps of {c.batch_size}, seed {c.seed}", file=sys.stderr, flush=True)
+  if writer:
+    if train_d.vocab is not None:
+      data_lib.text.save_vocab(os.path.join(workdir, "vocab.json"), train_d.vocab)
+    write_json(os.path.join(workdir, "config.json"), c.to_dict())
+    blocks = f" (this process's block of {jax.process_count()})" if jax.process_count() > 1 else ""
+    print(f"training {c.model} ({c.method}) on {c.dataset}: {len(train_d)} train / {len(val_d)} val /"
+          f" {len(test_d)} test{blocks}, {c.steps} steps of {c.batch_size} on {jax.device_count()} devices,"
+          f" seed {c.seed}", file=sys.stderr, flush=True)
   state = train(model, train_d.x, train_d.y, workdir=workdir, steps=c.steps, batch_size=c.batch_size,
                 method=mcfg, optimizer=c.optimizer, learning_rate=c.learning_rate, schedule=c.schedule, seed=c.seed,
                 log_every=c.log_every, checkpoint_every=c.checkpoint_every, val=(val_d.x, val_d.y),
-                init_from=c.init_from or None)
+                init_from=c.init_from or None, data_shards=c.get("data_shards") or None)
   variables = variables_of(state)
   summary = {
       "model": c.model, "method": c.method, "dataset": c.dataset, "seed": c.seed, "steps": c.steps,
       "val_accuracy": accuracy(model, variables, val_d.x, val_d.y),
       "test_accuracy": accuracy(model, variables, test_d.x, test_d.y),
   }
-  write_json(os.path.join(workdir, "summary.json"), summary)
-  print(json.dumps(summary))
+  if writer:
+    write_json(os.path.join(workdir, "summary.json"), summary)
+    print(json.dumps(summary))
   return summary

@@ -4,6 +4,15 @@ Deterministic for a seed: the parameters come from ``seed``; the batch of
 step ``s`` and every random draw of step ``s`` (dropout, attack start,
 Mixup weights) derive from ``(seed, s)``, so a run resumed from a checkpoint
 continues exactly as the uninterrupted run would have.
+
+Data parallel over a device mesh (:mod:`qsim.distributed`, axis 'data'):
+the state is replicated, each global batch is split over the devices, and
+the gradient is the mean over the global batch (XLA all-reduces the
+per-device sums), so a run on N devices follows the 1-device run up to the
+order of float additions. Over several processes each process holds one
+block of the training set (``data_shards`` blocks, one per process) and
+draws its part of every global batch from its own block; the same run on one
+process with ``data_shards=N`` reads the same batches.
 """
 
 from __future__ import annotations
@@ -23,7 +32,9 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
+from jax.sharding import Mesh
 
+from qsim import distributed
 from qsim.nn import QUANT_RNG
 from qsim.train.methods import MethodConfig, batch_loss
 
@@ -37,7 +48,8 @@ class TrainState(train_state.TrainState):
 
 
 def _log(msg: str) -> None:
-  print(msg, file=sys.stderr, flush=True)
+  if distributed.is_writer():  # one log for a multi-process run
+    print(msg, file=sys.stderr, flush=True)
 
 
 def make_optimizer(
@@ -77,13 +89,14 @@ def make_forward(model: nn.Module, params, batch_stats, *, embedded: bool):
   return forward
 
 
-def make_train_step(model: nn.Module, cfg: MethodConfig):
-  """A jit-compiled ``step(state, x, y, key) -> (state, loss, accuracy)``."""
+def make_train_step(model: nn.Module, cfg: MethodConfig, mesh: Mesh | None = None):
+  """A jit-compiled ``step(state, x, y, key) -> (state, loss, accuracy)``;
+  with ``mesh``, ``x`` and ``y`` are split over its 'data' axis and the
+  state and outputs are replicated."""
   # Text models are attacked and mixed in embedding space, never on token ids.
   in_embedding_space = _is_text(model) and cfg.method in ("pgd", "fgsm", "mixup")
   box = None if in_embedding_space else cfg.box
 
-  @jax.jit
   def step(state: TrainState, x, y, key):
     def loss_fn(params):
       inputs = x
@@ -99,7 +112,10 @@ def make_train_step(model: nn.Module, cfg: MethodConfig):
     acc = jnp.mean(jnp.argmax(logits, -1) == y)
     return new_state.replace(bad_step=bad), loss, acc
 
-  return step
+  if mesh is None:
+    return jax.jit(step)
+  rep, data = distributed.replicated(mesh), distributed.batch_sharding(mesh)
+  return jax.jit(step, in_shardings=(rep, data, data, rep), out_shardings=rep)
 
 
 def init_state(model: nn.Module, x0, tx, seed: int) -> TrainState:
@@ -109,19 +125,36 @@ def init_state(model: nn.Module, x0, tx, seed: int) -> TrainState:
       batch_stats=variables.get("batch_stats"), bad_step=jnp.asarray(-1, jnp.int32))
 
 
-@functools.lru_cache(maxsize=2)
-def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(n)
+@functools.lru_cache(maxsize=16)
+def _epoch_permutation(n: int, seed: int, epoch: int, stream: int = 0) -> np.ndarray:
+  return np.random.default_rng([seed, epoch] + ([stream] if stream else [])).permutation(n)
 
 
-def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+def batch_indices(n: int, batch_size: int, seed: int, step: int, stream: int = 0) -> np.ndarray:
   """The examples of (0-based) step ``step``: epoch-wise permutations, the
-  remainder of each epoch dropped."""
+  remainder of each epoch dropped. ``stream``: an independent order (data
+  block ``stream`` of a sharded run; block 0 uses the unsharded order)."""
   per_epoch = n // batch_size
   if per_epoch < 1:
     raise ValueError(f"batch_size={batch_size} is larger than the dataset ({n} examples)")
   epoch, pos = divmod(step, per_epoch)
-  return _epoch_permutation(n, seed, epoch)[pos * batch_size : (pos + 1) * batch_size]
+  return _epoch_permutation(n, seed, epoch, stream)[pos * batch_size : (pos + 1) * batch_size]
+
+
+def sharded_batch_indices(n: int, batch_size: int, seed: int, step: int, shards: int) -> list[np.ndarray]:
+  """Step ``step``'s global batch when the ``n`` training examples are cut
+  into ``shards`` blocks (:class:`qsim.distributed.Shard`), one per process:
+  for each block, the indices *within that block* of its ``batch_size //
+  shards`` examples (in block order, they make up the global batch).
+  ``shards=1`` is :func:`batch_indices`."""
+  if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1 or batch_size % shards:
+    raise ValueError(f"data_shards={shards!r} is not valid for batch_size={batch_size}; give an int >= 1 that"
+                     " divides the batch size")
+  out = []
+  for i in range(shards):
+    start, stop = distributed.Shard(i, shards).bounds(n)
+    out.append(batch_indices(stop - start, batch_size // shards, seed, step, stream=i))
+  return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -149,7 +182,13 @@ def predict(model: nn.Module, variables, x: np.ndarray, batch_size: int = 1000) 
 
 
 def accuracy(model: nn.Module, variables, x, y, batch_size: int = 1000) -> float:
-  return float(np.mean(predict(model, variables, x, batch_size) == y))
+  """Accuracy on ``(x, y)``; in a multi-process run each process passes its
+  block and gets the accuracy over all blocks (exact integer counts)."""
+  if jax.process_count() > 1:
+    variables = distributed.host_local(variables)  # this host's copy of the replicated state
+  correct = int(np.sum(predict(model, variables, x, batch_size) == y)) if len(y) else 0
+  correct, n = distributed.sum_over_processes(np.asarray([correct, len(y)]))
+  return float(correct / n)
 
 
 def variables_of(state: TrainState) -> dict:
@@ -181,15 +220,26 @@ def load_variables(workdir: str, step: int | None = None) -> dict:
   ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f"no checkpoints in {ckpt_dir}; train first (python -m experiments.train)")
-  mngr = ocp.CheckpointManager(ckpt_dir)
+  mngr = ocp.CheckpointManager(ckpt_dir, item_handlers={"state": ocp.StandardCheckpointHandler()})
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {ckpt_dir}; train first (python -m experiments.train)")
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  # Restored replicated onto this run's devices, whatever devices (and
+  # processes) saved it: orbax refuses the saved topology when it differs.
+  rep = distributed.replicated(distributed.data_mesh())
+  meta = mngr.item_metadata(step)["state"]
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep), meta.tree)
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+  restored = distributed.host_local(restored)  # this host's copy, on its default device below
   out = {"params": jax.tree.map(jnp.asarray, restored["params"])}
   if restored.get("batch_stats") is not None:
     out["batch_stats"] = jax.tree.map(jnp.asarray, restored["batch_stats"])
   return out
+
+
+def _item(a):
+  """A replicated scalar's value on this host (no cross-process transfer)."""
+  return distributed.host_local(a).item()
 
 
 def train(
@@ -209,6 +259,8 @@ def train(
     checkpoint_every: int = 500,
     val: tuple[np.ndarray, np.ndarray] | None = None,
     init_from: str | None = None,
+    mesh: Mesh | None = None,
+    data_shards: int | None = None,
 ) -> TrainState:
   """Trains ``model``; resumes automatically from ``workdir/checkpoints``.
 
@@ -216,13 +268,40 @@ def train(
   validation accuracy at each checkpoint). ``init_from``: a workdir whose
   latest checkpoint initialises the parameters (e.g. a float run for QAT).
 
+  ``mesh``: the devices to train on, data parallel over axis 'data'
+  (default: every device of every process); ``batch_size`` must be a
+  multiple of its size. ``data_shards``: how many blocks the training set is
+  cut into, one per process (default: the process count). In a multi-process
+  run ``train_x``, ``train_y`` (and ``val``) are this process's block
+  (``qsim.data.load(..., shard=qsim.distributed.process_shard())``); in one
+  process they are the whole set, and ``data_shards=N`` trains on the same
+  batches as N processes would.
+
   Raises:
     FloatingPointError: a non-finite loss; names the step. The last
       checkpoint written (all finite) is kept.
   """
   if steps < 1 or log_every < 1 or checkpoint_every < 1:
     raise ValueError(f"steps={steps}, log_every={log_every}, checkpoint_every={checkpoint_every} must be >= 1")
-  batch_indices(len(train_y), batch_size, seed, 0)  # validates batch_size early
+  mesh = mesh if mesh is not None else distributed.data_mesh()
+  procs, writer = jax.process_count(), distributed.is_writer()
+  shards = procs if data_shards is None else data_shards
+  if procs > 1 and shards != procs:
+    raise ValueError(f"data_shards={data_shards!r} is not valid in a run of {procs} processes; give {procs} (one"
+                     " block per process) or leave it unset")
+  local_rows = distributed.local_batch_size(mesh, batch_size)  # validates batch_size against the mesh
+  if procs > 1 and local_rows != batch_size // procs:
+    raise ValueError(f"every process needs as many devices of the mesh: this one holds {local_rows} of the"
+                     f" {batch_size} rows of a batch, not {batch_size // procs}")
+
+  def indices(s: int) -> np.ndarray:
+    """This process's rows of step ``s``'s global batch."""
+    if procs > 1:  # from its own block
+      return batch_indices(len(train_y), batch_size // procs, seed, s, stream=jax.process_index())
+    parts = sharded_batch_indices(len(train_y), batch_size, seed, s, shards)
+    return np.concatenate([distributed.Shard(i, shards).bounds(len(train_y))[0] + p for i, p in enumerate(parts)])
+
+  indices(0)  # validates batch_size and data_shards against the data early
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   tx = make_optimizer(optimizer, learning_rate, steps, schedule)
@@ -231,6 +310,7 @@ def train(
     v = load_variables(init_from)
     state = state.replace(params=v["params"], batch_stats=v.get("batch_stats", state.batch_stats))
     _log(f"initialised from {init_from}")
+  state = distributed.replicate(state, mesh)
   mngr = ocp.CheckpointManager(
       os.path.join(workdir, "checkpoints"),
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
@@ -242,34 +322,38 @@ def train(
     state = flax.serialization.from_state_dict(state, restored["state"])
     _log(f"resumed from step {start}")
   metrics = _read_metrics(metrics_path, start or 0)
-  step_fn = make_train_step(model, method)
+  step_fn = make_train_step(model, method, mesh)
   key = jax.random.key(seed)
-  t0, s0 = time.time(), int(state.step)
+  t0, s0 = time.time(), _item(state.step)
 
   def save(s):
-    if int(state.bad_step) >= 0:
+    if _item(state.bad_step) >= 0:
       return
     mngr.save(s, args=ocp.args.Composite(state=ocp.args.StandardSave(flax.serialization.to_state_dict(state))))
     mngr.wait_until_finished()
 
-  for s in range(int(state.step), steps):
-    idx = batch_indices(len(train_y), batch_size, seed, s)
-    state, loss, acc = step_fn(state, train_x[idx], train_y[idx], jax.random.fold_in(key, s))
+  for s in range(s0, steps):
+    idx = indices(s)
+    x, y = distributed.global_batch(mesh, (train_x[idx], train_y[idx]))  # split over the mesh
+    state, loss, acc = step_fn(state, x, y, jax.random.fold_in(key, s))
     done = s + 1
     if done % log_every == 0 or done % checkpoint_every == 0 or done == steps:
-      bad = int(state.bad_step)
+      bad = _item(state.bad_step)
       if bad >= 0:
         last = mngr.latest_step()
         raise FloatingPointError(
             f"loss is not finite at step {bad}; the last finite checkpoint (step {last}) is kept in"
             f" {os.path.join(workdir, 'checkpoints')}; lower the learning rate and rerun")
       rate = (done - s0) / max(time.time() - t0, 1e-9)
-      row = {"step": done, "loss": float(loss), "train_accuracy": float(acc), "steps_per_s": round(rate, 2)}
+      row = {"step": done, "loss": float(_item(loss)), "train_accuracy": float(_item(acc)),
+             "steps_per_s": round(rate, 2)}
       if done % checkpoint_every == 0 or done == steps:
         if val is not None:
           row["val_accuracy"] = accuracy(model, variables_of(state), *val)
         save(done)
       metrics.append(row)
+      if not writer:
+        continue
       _write_metrics(metrics_path, metrics)
       _log(f"  step {done}/{steps} loss {row['loss']:.4f} acc {row['train_accuracy']:.3f} "
            f"{rate:.1f} steps/s" + (f" val {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""))
