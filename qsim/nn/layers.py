@@ -202,11 +202,19 @@ def conv_general_dilated(lhs, rhs, *args, **kwargs):
       and a.get("dimension_numbers") == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
   ):
     return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
-  kh, kw = rhs.shape[:2]
   pads = a["padding"]
   if isinstance(pads, str):
-    pads = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (1, 1), pads)
-  xp = jnp.pad(lhs, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), pads)
+  return _shifted_sum_conv(lhs, rhs, tuple(tuple(int(p) for p in pad) for pad in pads))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _shifted_sum_conv(lhs, rhs, pads):
+  """One-input-channel convolution as a sum of shifted, scaled copies. Jitted
+  on its own so that op-by-op (eager) calls compile the same fused loop as
+  a jitted model (bit-identical results in every program)."""
+  kh, kw = rhs.shape[:2]
+  xp = jnp.pad(lhs, ((0, 0), pads[0], pads[1], (0, 0)))
   ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
   out = None
   for i in range(kh):
