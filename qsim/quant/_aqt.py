@@ -123,7 +123,11 @@ def scale_and_zero_point(lo, hi, numerics_):
 
   Symmetric (and fp8): ``s = max(|lo|, |hi|) / quant_bound``, ``z = 0``.
   Asymmetric: ``s = (hi - lo) / (2^b - 1)``, ``z = round(qmin - lo / s)``
-  (zero stays exactly representable). A zero range gives ``s = 1``.
+  (zero stays exactly representable). A zero range gives ``s = 1``; a
+  range wider than float32 (``hi - lo`` overflows) is scaled term by term,
+  so finite inputs never give NaN; a NaN or infinite range (from NaN/Inf
+  inputs) gives a NaN or infinite scale, so the group's output is not finite
+  and the engine counts it as 'nonfinite' instead of a prediction.
   """
   lo = jax.lax.stop_gradient(lo).astype(jnp.float32)
   hi = jax.lax.stop_gradient(hi).astype(jnp.float32)
@@ -132,12 +136,13 @@ def scale_and_zero_point(lo, hi, numerics_):
   # with constant bits round differently from the same config with traced bits.
   inv_qb = jax.lax.reciprocal(jnp.asarray(numerics_.get_quant_bound(), jnp.float32))
   if isinstance(numerics_, IntNumerics) and not numerics_.symmetric:
-    scale = (hi - lo) * inv_qb
-    scale = jnp.where(scale > 0, scale, 1.0)
+    width = hi - lo
+    scale = jnp.where(jnp.isfinite(width), width * inv_qb, hi * inv_qb - lo * inv_qb)
+    scale = jnp.where(scale == 0, 1.0, scale)
     qmin, _ = int_grid(numerics_.bits, False)
     return scale, jnp.round(qmin - lo * jax.lax.reciprocal(scale))
   scale = jnp.maximum(jnp.abs(lo), jnp.abs(hi)) * inv_qb
-  return jnp.where(scale > 0, scale, 1.0), jnp.zeros_like(scale)
+  return jnp.where(scale == 0, 1.0, scale), jnp.zeros_like(scale)
 
 
 def _with_zero_point(numerics_, z):
