@@ -227,13 +227,25 @@ def load_variables(workdir: str, step: int | None = None) -> dict:
   # Restored replicated onto this run's devices, whatever devices (and
   # processes) saved it: orbax refuses the saved topology when it differs.
   rep = distributed.replicated(distributed.data_mesh())
-  meta = mngr.item_metadata(step)["state"]
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep), meta.tree)
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+  where = os.path.join(ckpt_dir, str(step))
+  fix = (f"delete {where} to fall back to the previous checkpoint, or retrain"
+         " (python -m experiments.train)")
+  try:
+    meta = mngr.item_metadata(step)["state"]
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep), meta.tree)
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+  except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many kinds
+    detail = (str(e).splitlines() or [""])[0].split(" See full")[0][:200]
+    raise ValueError(f"checkpoint {where} is truncated or corrupted ({type(e).__name__}: {detail}); {fix}") from e
   restored = distributed.host_local(restored)  # this host's copy, on its default device below
   out = {"params": jax.tree.map(jnp.asarray, restored["params"])}
   if restored.get("batch_stats") is not None:
     out["batch_stats"] = jax.tree.map(jnp.asarray, restored["batch_stats"])
+  bad = [jax.tree_util.keystr(p) for p, a in jax.tree_util.tree_flatten_with_path(out)[0]
+         if not bool(jnp.isfinite(a).all())]
+  if bad:  # training never saves non-finite state: these bytes were damaged on disk
+    raise ValueError(f"checkpoint {where} holds NaN/Inf in {bad[:3]}{' ...' if len(bad) > 3 else ''}"
+                     f" (corrupted on disk); {fix}")
   return out
 
 
