@@ -65,8 +65,18 @@ def read_checkpoint(workdir: str) -> dict:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: {workdir!r} is not a training workdir (python -m experiments.train)")
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      cfg = json.load(f)
+    if not isinstance(cfg, dict):
+      raise ValueError("not a JSON object")
+  except ValueError as e:
+    raise ValueError(f"{path} is corrupted ({e}); rerun the training command for {workdir!r} (it resumes from"
+                     " its checkpoints and rewrites config.json)") from e
+  missing = [k for k in ("dataset", "model", "method") if k not in cfg]
+  if missing:
+    raise ValueError(f"{path} lacks {missing}; it is not a qsim training config (python -m experiments.train)")
+  return cfg
 
 
 def resolve_sets(dataset: str, shifts: Sequence[str] | str) -> list[str]:
