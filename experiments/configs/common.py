@@ -55,6 +55,8 @@ def apply_args(c: ml_collections.ConfigDict, arg: str, runlocal: dict,
       raise ValueError(f"config argument {item!r} is not valid; use key=value or one of {sorted(named)}")
     key, value = (s.strip() for s in item.split("=", 1))
     if key == "bits":
+      if not value.isdigit():
+        raise ValueError(f"config key 'bits' takes an int in [2, 16] (short for quant=wNaN), not {value!r}")
       key, value = "quant", f"w{int(value)}a{int(value)}"
     if key not in c:
       raise ValueError(f"config key {key!r} is not valid; valid keys are {sorted(c.keys()) + ['bits'] + sorted(named)}")
@@ -64,7 +66,11 @@ def apply_args(c: ml_collections.ConfigDict, arg: str, runlocal: dict,
         raise ValueError(f"config key {key!r} takes a boolean (true/false), not {value!r}")
       value = value.lower() in ("1", "true", "yes")
     elif isinstance(old, (int, float)):
-      value = type(old)(value)
+      try:
+        value = type(old)(value)
+      except ValueError:
+        raise ValueError(f"config key {key!r} takes a{'n int' if isinstance(old, int) else ' float'}"
+                         f" (default {old!r}), not {value!r}") from None
     c[key] = value
   c.lock()
   return c
