@@ -21,6 +21,7 @@ import jax
 
 from qsim import data as data_lib
 from qsim import distributed
+from qsim.evaluate.results import atomic_write
 from qsim.models import get_model
 from qsim.quant import preset
 from qsim.train.loop import accuracy, train, variables_of
@@ -28,10 +29,9 @@ from qsim.train.methods import MethodConfig
 
 
 def write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  """Writes ``obj`` as JSON atomically (a full disk leaves no partial file)."""
+  body = json.dumps(obj, indent=1, sort_keys=True).encode()
+  atomic_write(path, lambda f: f.write(body))
 
 
 def method_config(c) -> MethodConfig:
@@ -59,7 +59,10 @@ def build_model(c, num_classes: int):
 def run(c, workdir: str) -> dict:
   """Trains per config ``c``; returns the summary (also in summary.json)."""
   mcfg = method_config(c)  # validate before loading anything
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise OSError(f"cannot create workdir {workdir!r}: {e.strerror}; pass a writable --workdir") from e
   if c.dataset not in data_lib.DATASETS:
     raise ValueError(f"dataset={c.dataset!r} is not valid; choose one of {sorted(data_lib.DATASETS)}")
   model = build_model(c, data_lib.DATASETS[c.dataset].num_classes)
