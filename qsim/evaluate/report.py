@@ -21,6 +21,7 @@ import csv
 import math
 import os
 import re
+import zipfile
 from collections import defaultdict
 
 import numpy as np
@@ -145,7 +146,12 @@ def pooled_samples(workdir, quantizer):
   for fname in sorted(os.listdir(store.samples_dir)):
     if not fname.endswith(".npz"):
       continue
-    s = store.samples(fname[:-4])
+    try:
+      s = store.samples(fname[:-4])  # allow_pickle=False: an object array is refused, never unpickled
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+      raise ValueError(f"results file {os.path.join(store.samples_dir, fname)} is corrupted or not a qsim"
+                       f" samples file ({e}); delete it and parts/{fname[:-4]}.json, then rerun the sweep"
+                       " command to recompute that unit") from e
     names = list(s["quantizers"])
     if quantizer not in names:
       continue
