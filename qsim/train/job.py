@@ -21,6 +21,7 @@ import jax
 
 from qsim import data as data_lib
 from qsim import distributed
+from qsim.evaluate.results import atomic_write
 from qsim.models import get_model
 from qsim.quant import preset
 from qsim.train.loop import accuracy, train, variables_of
@@ -28,10 +29,9 @@ from qsim.train.methods import MethodConfig
 
 
 def write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  """Writes ``obj`` as JSON atomically (tmp + fsync + rename)."""
+  body = json.dumps(obj, indent=1, sort_keys=True)
+  atomic_write(path, lambda f: f.write(body.encode()))
 
 
 def method_config(c) -> MethodConfig:
