@@ -197,7 +197,7 @@ def _rows_but_devices(workdir):
   return [{k: v for k, v in r.items() if k != "devices"} for r in _rows(workdir)]
 
 
-RETRAIN_ARGS = ("quantizers=w4a4,strategies=all+random,seeds=0,pool=val[:150],eval_split=test[:100],shifts=c/fog/3,"
+RETRAIN_ARGS = ("quantizers=w4a4,strategies=all,seeds=0,pool=val[:150],eval_split=test[:100],shifts=c/fog/3,"
                 "shift_limit=50,epochs=0.1,train_limit=512,calib_samples=30,eval_batch_size=50")
 
 
@@ -208,7 +208,7 @@ def test_retraining_survives_kills(tmp_path, env, tiny_ckpt):
   check_chain("retrain", cmd, tmp_path, env, 2, seed=3, tables=TABLES, same_files=("report.md",))
 
 
-STUDY_ARGS = "runlocal,train_steps=4,qat_steps=2,severities=2"
+STUDY_ARGS = "runlocal,methods=standard,train_steps=4,severities=2,quantizers=fp16,retrain_strategies=all"
 
 
 def test_study_survives_kills(tmp_path, env):
@@ -216,7 +216,7 @@ def test_study_survives_kills(tmp_path, env):
                     f"--config=experiments/configs/study.py:{STUDY_ARGS}", f"--workdir={wd}"]
   retrain = os.path.join("retrain", "lenet_tiny", "seed0", "results.csv")
   check_chain("study", cmd, tmp_path, env, 3, seed=4, tables=(os.path.join("eval", "results.csv"), retrain),
-              same_files=("report.md", os.path.join("train", "lenet_tiny", "qat", "seed0", "summary.json")))
+              same_files=("report.md", os.path.join("train", "lenet_tiny", "standard", "seed0", "summary.json")))
 
 
 KILLED_SAVE = textwrap.dedent("""
