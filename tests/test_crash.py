@@ -273,3 +273,16 @@ def test_training_on_eight_devices_predicts_like_one(tmp_path, env, train_ref):
   gap = max(float(np.max(np.abs(a - b))) for a, b in zip(_params(tmp_path / "one"), _params(tmp_path / "eight")))
   print(f"DETERMINISM train 1 vs 8 devices: summaries equal, {len(p1)} test predictions equal, max |param gap| {gap:.1e}"
         f" ({jax.__version__})")
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
+  """metrics.jsonl is written atomically now; one written in place (older
+  qsim) or cut by a machine crash can end in a torn line: resume drops it,
+  and a corrupted line before the end is an error naming the file."""
+  from qsim.train.loop import _read_metrics
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "loss": 2.3}\n{"step": 2, "loss": 2.2}\n{"step": 3, "lo')
+  assert [r["step"] for r in _read_metrics(str(path), 2)] == [1, 2]
+  path.write_text('{"step": 1, "loss": 2.3}\n{"st\n{"step": 3, "loss": 2.1}\n')
+  with pytest.raises(ValueError, match="metrics.jsonl line 2 is corrupted"):
+    _read_metrics(str(path), 3)
