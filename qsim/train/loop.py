@@ -35,6 +35,7 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from qsim import distributed
+from qsim.evaluate.results import atomic_write
 from qsim.nn import QUANT_RNG
 from qsim.train.methods import MethodConfig, batch_loss
 
@@ -199,18 +200,26 @@ def variables_of(state: TrainState) -> dict:
 
 
 def _write_metrics(path: str, rows: list[dict]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    for r in rows:
-      f.write(json.dumps(r) + "\n")
-  os.replace(tmp, path)
+  """Rewrites the whole file, tmp + fsync + rename: a kill never leaves a torn line."""
+  atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
 def _read_metrics(path: str, up_to_step: int) -> list[dict]:
+  """The rows up to the checkpoint resumed from (later rows are recomputed).
+  A torn last line (a file written in place by an older qsim, or cut by a
+  crash of the machine before fsync) is dropped; the next write replaces it."""
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f.read().split("\n") if line.strip()]
+  rows = []
+  for i, line in enumerate(lines):
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      if i < len(lines) - 1:
+        raise ValueError(f"{path} line {i + 1} is corrupted; delete the file to rerun with fresh metrics") from None
+      _log(f"dropped a torn last line of {path}")
   return [r for r in rows if r["step"] <= up_to_step]
 
 
@@ -359,14 +368,16 @@ def train(
       rate = (done - s0) / max(time.time() - t0, 1e-9)
       row = {"step": done, "loss": float(_item(loss)), "train_accuracy": float(_item(acc)),
              "steps_per_s": round(rate, 2)}
-      if done % checkpoint_every == 0 or done == steps:
-        if val is not None:
-          row["val_accuracy"] = accuracy(model, variables_of(state), *val)
-        save(done)
+      checkpoint = done % checkpoint_every == 0 or done == steps
+      if checkpoint and val is not None:
+        row["val_accuracy"] = accuracy(model, variables_of(state), *val)
       metrics.append(row)
+      if writer:  # before the checkpoint: a kill between the two recomputes the row, never loses it
+        _write_metrics(metrics_path, metrics)
+      if checkpoint:
+        save(done)
       if not writer:
         continue
-      _write_metrics(metrics_path, metrics)
       _log(f"  step {done}/{steps} loss {row['loss']:.4f} acc {row['train_accuracy']:.3f} "
            f"{rate:.1f} steps/s" + (f" val {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""))
   return state
