@@ -268,3 +268,53 @@ def test_inverse_cdf_poisson_has_the_poisson_law(lam):
   emp = np.bincount(draws.astype(int), minlength=len(k))[: len(k)] / len(draws)
   assert 0.5 * np.abs(emp - stats.poisson.pmf(k, lam)).sum() < 0.01  # total variation
   assert abs(draws.mean() - lam) < 4 * np.sqrt(lam / len(draws)) + 1e-9
+
+
+def test_glass_blur_swap_chain_is_the_reference_loop():
+  """The batch-level swap chain equals MNIST-C's pixel loop (bottom-right to
+  top-left, swap with the pixel at (dy, dx) when the coin says so), run in
+  numpy on the same draws."""
+  sigma, delta, iterations = 0.7, 2, 2
+  images = np.asarray(GRAY[:3])
+  out = np.asarray(image.glass_blur_mnist(
+      jax.vmap(lambda i: jax.random.fold_in(KEY, i))(jnp.arange(3)), jnp.asarray(images), sigma, delta, iterations))
+  rows = range(28 - delta, delta, -1)
+  steps = len(rows) ** 2 * iterations
+  for i in range(3):
+    u = np.asarray(_ops.hash_uniform(jax.random.fold_in(KEY, i), 3 * steps)).reshape(steps, 3)
+    x = np.asarray(_ops.gaussian(jnp.asarray(images[i]), sigma))[..., 0].copy()
+    t = 0
+    for _ in range(iterations):
+      for h in rows:
+        for w in rows:
+          dy, dx = (np.floor(u[t, :2] * 2 * delta) - delta).astype(int)
+          if u[t, 2] < 0.5:
+            x[h, w], x[h + dy, w + dx] = x[h + dy, w + dx], x[h, w]
+          t += 1
+    ref = np.asarray(_ops.gaussian(jnp.asarray(x[..., None]), sigma))
+    np.testing.assert_allclose(out[i], ref, atol=1e-6)
+
+
+def test_motion_blur_equals_the_gather_of_every_tap():
+  rng = np.random.default_rng(0)
+  img = rng.random((28, 20, 2)).astype(np.float32)
+  radius, sigma = 6, 2.5
+  i = np.arange(2 * radius + 1)
+  w = np.exp(-i ** 2 / (2 * sigma ** 2))
+  for angle in (-44.0, -7.3, 0.0, 31.0, -120.0):  # snow's directions reach -135
+    a = np.deg2rad(np.float32(angle))
+    dy = np.ceil(i * np.sin(a) - 0.5).astype(int)
+    dx = np.ceil(i * np.cos(a) - 0.5).astype(int)
+    rows = np.clip(np.arange(28)[None] + dy[:, None], 0, 27)
+    cols = np.clip(np.arange(20)[None] + dx[:, None], 0, 19)
+    ref = np.tensordot(w / w.sum(), img[rows[:, :, None], cols[:, None, :]], 1)
+    np.testing.assert_allclose(_ops.motion_blur(jnp.asarray(img), radius, sigma, angle), ref, atol=1e-5)
+
+
+def test_plasma_fractal_cut_equals_the_whole_map_cut():
+  """The fractal assembles only the cut it returns; its values and its
+  normalisation are those of the whole map."""
+  whole = _ops.plasma_fractal(jax.random.key(3), 64, 1.7)
+  np.testing.assert_allclose(_ops.plasma_fractal(jax.random.key(3), 64, 1.7, (28, 19)), whole[:28, :19], atol=1e-7)
+  with pytest.raises(ValueError, match=r"shape=\(65, 3\) is not valid"):
+    _ops.plasma_fractal(jax.random.key(0), 64, 2.0, (65, 3))

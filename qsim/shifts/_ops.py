@@ -10,6 +10,7 @@ parameters. Border modes use numpy's names: 'edge' (scipy/skimage
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -124,11 +125,17 @@ def motion_blur(img, radius: float, sigma: float, angle_deg):
   a = jnp.deg2rad(angle_deg)
   dx = jnp.ceil(i * jnp.cos(a) - 0.5).astype(jnp.int32)  # columns
   dy = jnp.ceil(i * jnp.sin(a) - 0.5).astype(jnp.int32)  # rows
-  h, wd = img.shape[:2]
-  rows = jnp.clip(jnp.arange(h)[None, :] + dy[:, None], 0, h - 1)  # (width, H)
-  cols = jnp.clip(jnp.arange(wd)[None, :] + dx[:, None], 0, wd - 1)  # (width, W)
-  taps = img[rows[:, :, None], cols[:, None, :]]  # (width, H, W, C)
-  return jnp.tensordot(w, taps, axes=1, precision=HI)
+  # edge padding by the longest offset makes every tap an (H, W) window of
+  # the padded image: a loop of dynamic slices, far faster on CPU than one
+  # gather of every tap's pixels
+  pad = width - 1
+  h, wd, c = img.shape
+  padded = jnp.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+
+  def tap(t, acc):
+    return acc + w[t] * jax.lax.dynamic_slice(padded, (pad + dy[t], pad + dx[t], 0), (h, wd, c))
+
+  return jax.lax.fori_loop(0, width, tap, jnp.zeros_like(img))
 
 
 # ------------------------------------------------------------------ sampling
@@ -238,13 +245,14 @@ def box_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 # ----------------------------------------------------------------- textures
 
-def hash_uniform(key, size: int):
-  """``size`` uniforms in [0, 1) from a fast integer hash of the index,
-  seeded by two threefry words of ``key``: textures need tens of thousands
-  of uniforms per image, and threefry costs ~10x more per number. Uniform
-  and independent enough for noise textures; not a cryptographic stream."""
-  seed = jax.random.bits(key, (2,), jnp.uint32)
+def _hash_seed(key):
+  return jax.random.bits(key, (2,), jnp.uint32)
 
+
+def _hash_at(seed, start: int, shape):
+  """Uniforms in [0, 1) of shape ``shape`` for the flat indices ``start``,
+  ``start + 1``, ... of the stream seeded by ``seed`` (``hash_uniform``'s
+  numbers, computed where they are used so XLA fuses the hash into them)."""
   def mix(x):  # a 32-bit avalanche hash (xor-shift-multiply, "lowbias32")
     x = x ^ (x >> 16)
     x = x * jnp.uint32(0x7FEB352D)
@@ -252,43 +260,72 @@ def hash_uniform(key, size: int):
     x = x * jnp.uint32(0x846CA68B)
     return x ^ (x >> 16)
 
-  x = mix(jnp.arange(size, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9) + seed[0])
+  size = math.prod(shape)
+  idx = jnp.arange(start, start + size, dtype=jnp.uint32).reshape(shape)
+  x = mix(idx * jnp.uint32(0x9E3779B9) + seed[0])
   x = mix(x ^ seed[1])
   return (x >> 8).astype(jnp.float32) * jnp.float32(2.0 ** -24)
 
 
-def plasma_fractal(key, mapsize: int, wibbledecay: float):
+def hash_uniform(key, size: int):
+  """``size`` uniforms in [0, 1) from a fast integer hash of the index,
+  seeded by two threefry words of ``key``: textures need tens of thousands
+  of uniforms per image, and threefry costs ~10x more per number. Uniform
+  and independent enough for noise textures; not a cryptographic stream."""
+  return _hash_at(_hash_seed(key), 0, (size,))
+
+
+def _interleave(corners, top, left, centres):
+  """The grid of side 2k whose even rows alternate corners / top values and
+  whose odd rows alternate left / centre values."""
+  k, j = corners.shape
+  even_rows = jnp.stack([corners, top], axis=-1).reshape(k, 2 * j)
+  odd_rows = jnp.stack([left, centres], axis=-1).reshape(k, 2 * j)
+  return jnp.stack([even_rows, odd_rows], axis=1).reshape(2 * k, 2 * j)
+
+
+def plasma_fractal(key, mapsize: int, wibbledecay: float, shape=None):
   """Diamond-square height map (the ImageNet-C fog generator) of side
-  ``mapsize`` (a power of two), normalised to [0, 1]. Noise at each level
-  is ``wibble * U(-wibble, wibble)``, ``wibble`` starting at 100 and
-  divided by ``wibbledecay`` per level, on a torus (wrap-around).
+  ``mapsize`` (a power of two), normalised to [0, 1] by its own minimum and
+  maximum, and cut to its top-left ``shape`` (H, W) (default: the whole
+  map). Noise at each level is ``wibble * U(-wibble, wibble)``, ``wibble``
+  starting at 100 and divided by ``wibbledecay`` per level, on a torus
+  (wrap-around).
 
   Built coarse to fine by interleaving dense grids (corners, square
   centres, the two kinds of diamond centres), which is the reference's
-  strided in-place update without any scatter."""
+  strided in-place update without any scatter. The finest level, a quarter
+  of whose values are the map, is not interleaved: its minimum and maximum
+  are reduced where its values are made, and only the cut is assembled."""
   if mapsize < 2 or mapsize & (mapsize - 1):
     raise ValueError(f"mapsize={mapsize} is not valid; give a power of two >= 2")
+  h, w = (mapsize, mapsize) if shape is None else shape
+  if not (0 < h <= mapsize and 0 < w <= mapsize):
+    raise ValueError(f"shape={shape} is not valid; give (H, W) with 1 <= H, W <= mapsize={mapsize}")
   levels = (mapsize - 1).bit_length()
-  # one draw for every level (one random-bits computation to compile):
-  # level l (grid side k = 2^l) takes 3 k^2 numbers
-  u = hash_uniform(key, mapsize * mapsize - 1) * 2.0 - 1.0
+  seed = _hash_seed(key)
   corners = jnp.zeros((1, 1), jnp.float32)  # the values at multiples of step
   wibble, used = 100.0, 0
   for level in range(levels):
     k = 1 << level
-    draws = u[used : used + 3 * k * k].reshape(3, k, k) * (wibble * wibble)  # wibble * U(-wibble, wibble)
+    # wibble * U(-wibble, wibble): level l (grid side k = 2^l) takes 3 k^2
+    # numbers of the stream
+    draws = (_hash_at(seed, used, (3, k, k)) * 2.0 - 1.0) * (wibble * wibble)
     used += 3 * k * k
     sq = corners + jnp.roll(corners, -1, axis=0)
     sq = sq + jnp.roll(sq, -1, axis=1)
     centres = sq / 4 + draws[0]  # at (half + i step, half + j step)
     top = (centres + jnp.roll(centres, 1, axis=0) + corners + jnp.roll(corners, -1, axis=1)) / 4 + draws[1]
     left = (centres + jnp.roll(centres, 1, axis=1) + corners + jnp.roll(corners, -1, axis=0)) / 4 + draws[2]
-    even_rows = jnp.stack([corners, top], axis=-1).reshape(k, 2 * k)
-    odd_rows = jnp.stack([left, centres], axis=-1).reshape(k, 2 * k)
-    corners = jnp.stack([even_rows, odd_rows], axis=1).reshape(2 * k, 2 * k)
     wibble = wibble / wibbledecay
-  m = corners - corners.min()
-  return m / m.max()
+    if level < levels - 1:
+      corners = _interleave(corners, top, left, centres)
+  parts = (corners, top, left, centres)
+  lo = functools.reduce(jnp.minimum, [jnp.min(p) for p in parts])
+  hi = functools.reduce(jnp.maximum, [jnp.max(p) for p in parts])
+  hk, wk = -(-h // 2), -(-w // 2)
+  m = _interleave(*(p[:hk, :wk] for p in parts))[:h, :w] - lo
+  return m / (hi - lo)
 
 
 def line_from_points(shape, c0, r0, c1, r1):
@@ -389,10 +426,16 @@ def canny(img2d, sigma: float = 1.0, low: float = 0.1, high: float = 0.2):
   weak = lm & (mag >= low)
   strong = weak & (mag >= high)
 
-  def grow(state):
+  def dilate(e):  # 3x3 (8-connected) dilation from shifted copies: fuses, unlike reduce_window
+    e = jnp.pad(e, 1)
+    rows = e[:-2] | e[1:-1] | e[2:]
+    return rows[:, :-2] | rows[:, 1:-1] | rows[:, 2:]
+
+  def grow(state):  # four dilation steps per loop step, fused into one pass
     edges, _ = state
-    d = jax.lax.reduce_window(edges.astype(jnp.float32), -jnp.inf, jax.lax.max, (3, 3), (1, 1), "SAME") > 0
-    new = weak & d
+    new = edges
+    for _ in range(4):
+      new = weak & dilate(new)
     return new, jnp.any(new != edges)
 
   edges, _ = jax.lax.while_loop(lambda s: s[1], grow, (strong, jnp.array(True)))
