@@ -90,9 +90,9 @@ def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, bat
   model, variables, vocab, calib, kw, text_kw = open_checkpoint(checkpoint, cfg, calib_samples, data_dir)
   t0 = time.time()
   tfl = {}
+  os.makedirs(os.path.join(store.workdir, "models"), exist_ok=True)
   for m in modes:
     tfl[m] = TFLiteModel(export(model, variables, m, calib.x[:1], representative=calib.x))
-    os.makedirs(os.path.join(store.workdir, "models"), exist_ok=True)
     with open(os.path.join(store.workdir, "models", f"{m}.tflite"), "wb") as f:
       f.write(tfl[m].content)
   study_model = None

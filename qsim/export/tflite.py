@@ -172,7 +172,7 @@ def _rnn(tf, model: RNNClassifier, w: _Weights):
       x = tf.gather(w("embed", "embedding"), x)
     elif len(x.shape) == 4:
       x = tf.reshape(x, [-1, x.shape[1], x.shape[2] * x.shape[3]])
-    h = tf.zeros_like(x[:, 0, :1]) * np.zeros((1, model.hidden), np.float32)
+    h = tf.zeros([tf.shape(x)[0], model.hidden], tf.float32)  # the batch is dynamic (inputs are resized)
     c = h
     for t in range(x.shape[1]):
       xt = x[:, t]

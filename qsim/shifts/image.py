@@ -241,10 +241,15 @@ def _glass(keys, images, sigma, delta, iterations, p_swap):
     block = jax.lax.dynamic_slice(x, corner, (side, side, c, n))
     hit = cell == where_to[t]  # the partner of each image
     a = block[delta, delta]  # (c, n)
-    b = jnp.sum(jnp.where(hit, block, 0.0), axis=(0, 1))
+    b = a
+    for i in range(side):  # the partner, selected cell by cell: elementwise, so it fuses (a
+      for j in range(side):  # reduction over the block's leading axes is slow on CPU)
+        b = jnp.where(hit[i, j], block[i, j], b)
     d = do[t]
+    # one update of the block (updating the partner and the pixel separately
+    # let XLA read the old x in the second, which then copied all of x per step)
     block = jnp.where(hit & d, a, block)
-    block = block.at[delta, delta].set(jnp.where(d, b, a))
+    block = jnp.where(cell == delta * side + delta, jnp.where(d, b, a), block)
     return jax.lax.dynamic_update_slice(x, block, corner)
 
   x = jax.lax.fori_loop(0, steps, body, x)
