@@ -250,9 +250,11 @@ def _hash_seed(key):
 
 
 def _hash_at(seed, start: int, shape):
-  """Uniforms in [0, 1) of shape ``shape`` for the flat indices ``start``,
-  ``start + 1``, ... of the stream seeded by ``seed`` (``hash_uniform``'s
-  numbers, computed where they are used so XLA fuses the hash into them)."""
+  """Uniforms in [0, 1) for the flat indices ``start``, ``start + 1``, ...
+  of the stream seeded by ``seed`` (two words): shape ``shape``, or
+  ``shape + (n,)`` for ``n`` streams when ``seed`` is (2, n). These are
+  ``hash_uniform``'s numbers, computed where they are used so XLA fuses the
+  hash into them."""
   def mix(x):  # a 32-bit avalanche hash (xor-shift-multiply, "lowbias32")
     x = x ^ (x >> 16)
     x = x * jnp.uint32(0x7FEB352D)
@@ -261,7 +263,7 @@ def _hash_at(seed, start: int, shape):
     return x ^ (x >> 16)
 
   size = math.prod(shape)
-  idx = jnp.arange(start, start + size, dtype=jnp.uint32).reshape(shape)
+  idx = jnp.arange(start, start + size, dtype=jnp.uint32).reshape(shape + (1,) * (seed.ndim - 1))
   x = mix(idx * jnp.uint32(0x9E3779B9) + seed[0])
   x = mix(x ^ seed[1])
   return (x >> 8).astype(jnp.float32) * jnp.float32(2.0 ** -24)
@@ -277,11 +279,12 @@ def hash_uniform(key, size: int):
 
 def _interleave(corners, top, left, centres):
   """The grid of side 2k whose even rows alternate corners / top values and
-  whose odd rows alternate left / centre values."""
-  k, j = corners.shape
-  even_rows = jnp.stack([corners, top], axis=-1).reshape(k, 2 * j)
-  odd_rows = jnp.stack([left, centres], axis=-1).reshape(k, 2 * j)
-  return jnp.stack([even_rows, odd_rows], axis=1).reshape(2 * k, 2 * j)
+  whose odd rows alternate left / centre values (trailing axes kept)."""
+  k, j = corners.shape[:2]
+  rest = corners.shape[2:]
+  even_rows = jnp.stack([corners, top], axis=2).reshape((k, 2 * j) + rest)
+  odd_rows = jnp.stack([left, centres], axis=2).reshape((k, 2 * j) + rest)
+  return jnp.stack([even_rows, odd_rows], axis=1).reshape((2 * k, 2 * j) + rest)
 
 
 def plasma_fractal(key, mapsize: int, wibbledecay: float, shape=None):
@@ -290,27 +293,34 @@ def plasma_fractal(key, mapsize: int, wibbledecay: float, shape=None):
   maximum, and cut to its top-left ``shape`` (H, W) (default: the whole
   map). Noise at each level is ``wibble * U(-wibble, wibble)``, ``wibble``
   starting at 100 and divided by ``wibbledecay`` per level, on a torus
-  (wrap-around).
+  (wrap-around). ``plasma_fractals`` makes one per key of a batch."""
+  return plasma_fractals(key[None], mapsize, wibbledecay, shape)[0]
+
+
+def plasma_fractals(keys, mapsize: int, wibbledecay: float, shape=None):
+  """``plasma_fractal`` for each of ``keys`` (n,): (n, H, W), the same maps.
 
   Built coarse to fine by interleaving dense grids (corners, square
   centres, the two kinds of diamond centres), which is the reference's
-  strided in-place update without any scatter. The finest level, a quarter
-  of whose values are the map, is not interleaved: its minimum and maximum
-  are reduced where its values are made, and only the cut is assembled."""
+  strided in-place update without any scatter, with the batch as the
+  fastest-varying axis (the grid shifts then move whole vectors). The
+  finest level, a quarter of whose values are the map, is not interleaved:
+  its minimum and maximum are reduced where its values are made, and only
+  the cut is assembled."""
   if mapsize < 2 or mapsize & (mapsize - 1):
     raise ValueError(f"mapsize={mapsize} is not valid; give a power of two >= 2")
   h, w = (mapsize, mapsize) if shape is None else shape
   if not (0 < h <= mapsize and 0 < w <= mapsize):
     raise ValueError(f"shape={shape} is not valid; give (H, W) with 1 <= H, W <= mapsize={mapsize}")
   levels = (mapsize - 1).bit_length()
-  seed = _hash_seed(key)
-  corners = jnp.zeros((1, 1), jnp.float32)  # the values at multiples of step
+  seeds = jax.vmap(_hash_seed)(keys).T  # (2, n)
+  corners = jnp.zeros((1, 1, keys.shape[0]), jnp.float32)  # the values at multiples of step
   wibble, used = 100.0, 0
   for level in range(levels):
     k = 1 << level
     # wibble * U(-wibble, wibble): level l (grid side k = 2^l) takes 3 k^2
     # numbers of the stream
-    draws = (_hash_at(seed, used, (3, k, k)) * 2.0 - 1.0) * (wibble * wibble)
+    draws = (_hash_at(seeds, used, (3, k, k)) * 2.0 - 1.0) * (wibble * wibble)
     used += 3 * k * k
     sq = corners + jnp.roll(corners, -1, axis=0)
     sq = sq + jnp.roll(sq, -1, axis=1)
@@ -321,11 +331,11 @@ def plasma_fractal(key, mapsize: int, wibbledecay: float, shape=None):
     if level < levels - 1:
       corners = _interleave(corners, top, left, centres)
   parts = (corners, top, left, centres)
-  lo = functools.reduce(jnp.minimum, [jnp.min(p) for p in parts])
-  hi = functools.reduce(jnp.maximum, [jnp.max(p) for p in parts])
+  lo = functools.reduce(jnp.minimum, [jnp.min(p, axis=(0, 1)) for p in parts])
+  hi = functools.reduce(jnp.maximum, [jnp.max(p, axis=(0, 1)) for p in parts])
   hk, wk = -(-h // 2), -(-w // 2)
   m = _interleave(*(p[:hk, :wk] for p in parts))[:h, :w] - lo
-  return m / (hi - lo)
+  return jnp.moveaxis(m / (hi - lo), -1, 0)
 
 
 def line_from_points(shape, c0, r0, c1, r1):

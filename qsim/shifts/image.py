@@ -65,14 +65,17 @@ def _batched(one: Callable, table, dynamic: bool = False, block: int | None = No
     idx = offset + jnp.arange(images.shape[0])
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
     if getattr(one, "batch_level", False):
-      out = one(keys, images, *params)
-    elif block is None:
-      out = jax.vmap(lambda k, x: one(k, x, *params))(keys, images)
+      run = lambda k, x: one(k, x, *params)  # noqa: E731
+    else:
+      run = jax.vmap(lambda k, x: one(k, x, *params))
+    if block is None:
+      out = run(keys, images)
     else:
       n = images.shape[0]
       pad = -n % block
-      padded = [jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]) for a in (keys, images)]
-      out = jax.lax.map(lambda kx: one(kx[0], kx[1], *params), tuple(padded), batch_size=block)[:n]
+      k, x = (jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]) for a in (keys, images))
+      out = jax.lax.map(lambda kx: run(*kx), (k.reshape((-1, block)), x.reshape((-1, block) + x.shape[1:])))
+      out = out.reshape((-1,) + images.shape[1:])[:n]
     return jnp.clip(out, 0.0, 1.0).astype(images.dtype)
 
   def params_for(severity):
@@ -297,24 +300,27 @@ def _mapsize(h, w, minimum):
   return max(minimum, 1 << (max(h, w) - 1).bit_length())
 
 
-def _fog(key, img, amount, decay, mapsize):
-  h, w = img.shape[:2]
-  max_val = jnp.max(img)
-  layer = _ops.plasma_fractal(key, _mapsize(h, w, mapsize), decay, (h, w))
-  x = img + amount * layer[..., None]
+def _fog(keys, images, amount, decay, mapsize):
+  h, w = images.shape[1:3]
+  max_val = jnp.max(images, axis=(1, 2, 3), keepdims=True)
+  layer = _ops.plasma_fractals(keys, _mapsize(h, w, mapsize), decay, (h, w))
+  x = images + amount * layer[..., None]
   return x * max_val / (max_val + amount)
 
 
-def fog_cifar(key, img, amount, decay):
+def fog_cifar(keys, images, amount, decay):
   """Adds ``amount`` x a diamond-square plasma fractal (map side 32, or the
   next power of two), rescaled so the brightest value stays put."""
-  return _fog(key, img, amount, decay, 32)
+  return _fog(keys, images, amount, decay, 32)
 
 
-def fog_mnist(key, img, amount, decay):
+def fog_mnist(keys, images, amount, decay):
   """MNIST-C's fog: as CIFAR-10-C's, cut from a 256x256 fractal (coarser
   clouds for the small digits)."""
-  return _fog(key, img, amount, decay, 256)
+  return _fog(keys, images, amount, decay, 256)
+
+
+fog_cifar.batch_level = fog_mnist.batch_level = True
 
 
 def snow(key, img, loc, scale, zoom, threshold, radius, sigma, keep):
