@@ -2,7 +2,8 @@
 #   make study  creates .venv, installs qsim and the offline Fashion-MNIST data,
 #               runs the main job end to end (the study, quick setting).
 #   make demo   the smaller LeNet-5 bit-grid demo.
-#   make test   creates .venv, installs qsim with its test extra, runs pytest.
+#   make test   creates .venv, installs qsim with its test extra, runs pytest
+#               on 2 workers (pytest-xdist), one test file per worker at a time.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -34,7 +35,7 @@ demo: venv data
 	$(PY) -m experiments.demo --workdir=$(OUT)
 
 test: venv data
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench: venv data
 	$(PY) benchmarks/quant_overhead.py
