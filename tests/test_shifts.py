@@ -318,3 +318,17 @@ def test_plasma_fractal_cut_equals_the_whole_map_cut():
   np.testing.assert_allclose(_ops.plasma_fractal(jax.random.key(3), 64, 1.7, (28, 19)), whole[:28, :19], atol=1e-7)
   with pytest.raises(ValueError, match=r"shape=\(65, 3\) is not valid"):
     _ops.plasma_fractal(jax.random.key(0), 64, 2.0, (65, 3))
+
+
+def test_blocked_corruptions_take_raw_keys():
+  """Corruptions run in blocks (fog, motion blur, shot noise) accept an old
+  style uint32 key as every other corruption does, with the same result."""
+  for name in ("fog", "motion_blur", "shot_noise"):
+    np.testing.assert_array_equal(corrupt("mnist_c", name, jax.random.PRNGKey(0), GRAY[:3], 2),
+                                  corrupt("mnist_c", name, jax.random.key(0), GRAY[:3], 2))
+
+
+def test_inverse_cdf_poisson_counts_at_most_kmax_terms():
+  lam = jnp.full((4,), 20.0)  # P(X <= 1) ~ 4e-8: nearly every u lies above it, yet only k = 0, 1 count
+  draws = image._poisson_inverse_cdf(jax.random.key(0), lam, jnp.int32(1))
+  assert int(draws.max()) <= 2

@@ -74,7 +74,7 @@ def _batched(one: Callable, table, dynamic: bool = False, block: int | None = No
       n = images.shape[0]
       pad = -n % block
       k, x = (jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]) for a in (keys, images))
-      out = jax.lax.map(lambda kx: run(*kx), (k.reshape((-1, block)), x.reshape((-1, block) + x.shape[1:])))
+      out = jax.lax.map(lambda kx: run(*kx), tuple(a.reshape((-1, block) + a.shape[1:]) for a in (k, x)))
       out = out.reshape((-1,) + images.shape[1:])[:n]
     return jnp.clip(out, 0.0, 1.0).astype(images.dtype)
 
@@ -112,10 +112,10 @@ def shot_noise(key, img, c):
 
 
 def _poisson_inverse_cdf(key, lam, kmax, unroll: int = 8):
-  """Poisson(lam) samples by inverting the CDF: N = the number of k >= 0
-  with u > P(X <= k), u ~ U(0, 1), summing the terms until every sample has
-  its value or ``kmax`` terms (may be traced) are summed. Exact in law while
-  kmax is far in the tail (the callers use rate + 10 sqrt(rate) + 10, ten
+  """Poisson(lam) samples by inverting the CDF: N = the number of k in
+  0..kmax with u > P(X <= k), u ~ U(0, 1) (``kmax`` may be traced; N <=
+  kmax + 1), stopping early once every sample has its value. Exact in law
+  while kmax is far in the tail (the callers use rate + 10 sqrt(rate) + 10, ten
   standard deviations), and far faster on CPU than rejection sampling.
   ``unroll`` terms are written out per loop step, so XLA fuses them into
   one pass over the pixels."""
@@ -125,9 +125,10 @@ def _poisson_inverse_cdf(key, lam, kmax, unroll: int = 8):
   def body(carry):
     step, p, cdf, n = carry
     for j in range(unroll):
-      p = p * (lam * (1.0 / (step * unroll + j + 1).astype(jnp.float32)))
+      k = step * unroll + j + 1
+      p = p * (lam * (1.0 / k.astype(jnp.float32)))
       cdf = cdf + p
-      n = n + (u > cdf)
+      n = n + ((u > cdf) & (k <= kmax))  # terms past kmax are summed, never counted
     return step + 1, p, cdf, n
 
   def more(carry):
