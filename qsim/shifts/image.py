@@ -637,7 +637,7 @@ MNIST_C: dict[str, Corruption] = {
                                         (0.65, 0.3, 2, 0.68, 0.5), (0.65, 0.3, 1, 0.65, 1.5),
                                         (0.67, 0.4, 1, 0.65, 1.5))),
     "dotted_line": _batched(dotted_line, (1, 2, 3, 4, 5)),
-    "zigzag": _batched(zigzag, (1, 2, 3, 4, 5)),
+    "zigzag": _batched(zigzag, (1, 2, 3, 4, 5), block=32),
     "canny_edges": _batched(canny_edges, (0.2, 0.4, 0.6, 0.8, 1.0), dynamic=True),
 }
 
