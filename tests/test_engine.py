@@ -125,8 +125,12 @@ SHARD_SCRIPT = textwrap.dedent("""
     qs = build_quantizers(model, v, ["w4a4", "tflite_int8", "w8", "fp16"], calib.x)
     eight = Engine(model, v, qs, batch_size=64).run(test.x, test.y)
     one = Engine(model, v, qs, batch_size=64, mesh=Mesh(np.asarray(jax.devices()[:1]), ("data",))).run(test.x, test.y)
-    for f in ("float_pred", "quant_pred", "float_scores", "quant_scores"):
+    for f in ("float_pred", "quant_pred", "float_finite", "quant_finite"):
       np.testing.assert_array_equal(getattr(eight, f), getattr(one, f))
+    # XLA's CPU kernels for 8 vs 64 rows per device may round differently
+    # (AMD EPYC: 3 of 1,015 float scores 1 ulp apart): scores to 1e-6.
+    for f in ("float_scores", "quant_scores"):
+      np.testing.assert_allclose(getattr(eight, f), getattr(one, f), rtol=1e-6, atol=1e-6)
     assert eight.rows() == one.rows() or all(
         all((a[k] == b[k]) or (a[k] != a[k] and b[k] != b[k]) for k in a) for a, b in zip(eight.rows(), one.rows()))
     print("SAME", int((eight.quant_pred != eight.float_pred).sum()))

@@ -38,6 +38,13 @@ def test_other_bad_fields():
     TensorSpec(format="fp16", range="static")
   with pytest.raises(ValueError, match="weight.range='static'"):
     LayerSpec(weight=TensorSpec(range="static"))
+  with pytest.raises(ValueError, match="const.range='static'"):
+    LayerSpec(const=TensorSpec(range="static"))
+  for flag in ("fold_bn", "inplace_ranges"):
+    with pytest.raises(ValueError, match=f"LayerSpec.{flag}=1 is not valid; give True or False"):
+      LayerSpec(**{flag: 1})
+  with pytest.raises(ValueError, match="inplace_ranges=True needs output.calibration='absmax'.*'mse'"):
+    LayerSpec(output=TensorSpec(range="static", calibration="mse"), inplace_ranges=True)
 
 
 def test_unknown_keys_are_named_with_valid_keys():
@@ -97,5 +104,7 @@ def test_bits_are_the_only_leaves():
   assert len({structure(c) for c in cfgs}) == 1
   assert jax.tree.leaves(cfgs[0]) == [2, 4]
   assert structure(preset("tflite_int8")) != structure(preset("w8a8"))
-  assert jax.tree.leaves(preset("fp16")) == [8]  # unused bits leaf of a float format
+  # fp16 weights and fp16 constants (biases, unfolded BN vectors): the unused
+  # bits leaf of each float format.
+  assert jax.tree.leaves(preset("fp16")) == [8, 8]
   assert jax.tree.leaves(preset("float32")) == []

@@ -30,9 +30,10 @@ from typing import Callable
 import numpy as np
 
 from qsim.models import LeNet, NiN, ResNetV2, RNNClassifier
+from qsim.models.cnn import BN_EPSILON as BN_EPS
+from qsim.nn.layers import batch_norm_constants
 
 MODES = {"int8": "tflite_int8", "dynamic": "tflite_dynamic", "float16": "fp16", "float32": "float32"}
-BN_EPS = 1e-5  # qsim's BatchNorm epsilon (qsim.models.cnn._bn)
 
 
 def tensorflow():
@@ -86,12 +87,11 @@ class _Weights:
     except ValueError:
       return False
 
-  def bn(self, path: str):
-    """Inference BatchNorm as ``(mean, scale / sqrt(var + eps), bias)``."""
-    st = self._at(self.stats, path)
-    mean, var = np.asarray(st["mean"], np.float32), np.asarray(st["var"], np.float32)
-    mul = self(path, "scale") / np.sqrt(var + np.float32(BN_EPS))
-    return mean, mul.astype(np.float32), self(path, "bias")
+  def batch_norm(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """An inference BatchNorm's ``(mul, offset)``, computed as qsim computes
+    them (:func:`qsim.nn.layers.batch_norm_constants`)."""
+    mul, offset = batch_norm_constants(self._at(self.params, path), self._at(self.stats, path), BN_EPS)
+    return np.asarray(mul, np.float32), np.asarray(offset, np.float32)
 
 
 def _ops(tf, w: _Weights):
@@ -106,8 +106,10 @@ def _ops(tf, w: _Weights):
     return y + w(path, "bias") if w.has(path, "bias") else y
 
   def bn(x, path):
-    mean, mul, bias = w.bn(path)
-    return (x - mean) * mul + bias
+    # x * mul + offset: the converter's own lowering of an inference BatchNorm (a Keras layer's
+    # FusedBatchNormV3), with qsim's constants (tf's fused op would raise epsilon to 1.001e-5).
+    mul, offset = w.batch_norm(path)
+    return x * mul + offset
 
   return conv, dense, bn
 

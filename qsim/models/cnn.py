@@ -2,8 +2,12 @@
 
 NiN and ResNet-20 (CIFAR-10), ResNet-50 and DenseNet-121 (iWildCam
 backbones + global pool + dense), each with a tiny variant for tests.
-BatchNorm stays float (a deployment folds it into the preceding conv before
-quantizing; qsim does not fold yet: see BUILD_NOTES.md). Every layer has a
+Deployment structure is part of the model, injected by the quantization
+config: a BatchNorm after a conv is folded into it under a spec with
+``fold_bn``; a BatchNorm with nothing to fold into (pre-activation) runs as
+the converter's MUL/ADD; ``qsim.nn.Output`` points mark the tensors an
+integer runtime requantizes (residual ADDs, pooled features, conv outputs
+feeding an ADD or a concatenation). Float models are unchanged. Every layer has a
 stable explicit name (``block1_conv1``, ``stage2_block0/conv2``, ``head``)
 for per-layer quantization rules. ``train`` switches BatchNorm to batch
 statistics and enables dropout (needs a 'dropout' PRNG stream).
@@ -19,15 +23,27 @@ import jax.numpy as jnp
 from qsim import nn as qnn
 
 
-def _bn(train: bool, name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+BN_EPSILON = 1e-5
+
+
+def _bn(module: nn.Module, train: bool, name: str, *, act=nn.relu, after: str | None = None) -> qnn.BatchNorm:
+  """BatchNorm ``name`` (+ ``act``) in ``module``'s scope; ``after``: the conv
+  it follows (folded into it under ``fold_bn``)."""
+  return qnn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON, quant=module.quant,
+                       act=act, folded_into=after, name=name)
+
+
+def _conv_bn(module: nn.Module, x, features: int, kernel, train: bool, conv: str, bn: str, *, act=nn.relu, **kw):
+  """Conv ``conv`` then BatchNorm ``bn`` (+ ``act``), the pair a converter
+  folds into one convolution."""
+  x = qnn.Conv(features, kernel, quant=module.quant, batch_norm=(bn, BN_EPSILON), name=conv, **kw)(x)
+  return _bn(module, train, bn, act=act, after=conv)(x)
 
 
 def _imagenet_stem(module: nn.Module, x, width: int, train: bool):
   """7x7/2 conv ('stem') - BatchNorm ('bn_stem') - ReLU - 3x3/2 max-pool,
   created inside ``module``'s compact scope."""
-  x = qnn.Conv(width, (7, 7), strides=2, padding="SAME", use_bias=False, quant=module.quant, name="stem")(x)
-  x = nn.relu(_bn(train, "bn_stem")(x))
+  x = _conv_bn(module, x, width, (7, 7), train, "stem", "bn_stem", strides=2, padding="SAME", use_bias=False)
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
 
 
@@ -49,8 +65,8 @@ class NiN(nn.Module):
       feats = list(widths) + ([self.num_classes] if last else [])
       for i, f in enumerate(feats):
         size = (k, k) if i == 0 else (1, 1)
-        x = qnn.Conv(f, size, padding="SAME", quant=self.quant, name=f"block{b + 1}_conv{i + 1}")(x)
-        x = nn.relu(_bn(train, f"block{b + 1}_bn{i + 1}")(x))
+        x = _conv_bn(self, x, f, size, train, f"block{b + 1}_conv{i + 1}", f"block{b + 1}_bn{i + 1}",
+                     padding="SAME")
       if not last:
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -66,14 +82,26 @@ class PreActBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    h = nn.relu(_bn(train, "bn1")(x))
+    """``x``: the residual stream as the previous ADD (or the stem) wrote
+    it, stored int8 here (point ``in``); returns the float sum, which the
+    next block (or the final BatchNorm) stores."""
+    stream = qnn.Output(quant=self.quant, name="in")
+    x = stream(x)
+    bn1 = _bn(self, train, "bn1")
+    h = bn1(x)
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
+      # the projection reads the pre-activated h: bn1's MUL is the stream's only reader and runs in place
+      stream.overwritten_by(bn1.product(x))
       shortcut = qnn.Conv(self.features, (1, 1), strides=self.strides, use_bias=False, quant=self.quant, name="shortcut")(h)
-    h = qnn.Conv(self.features, (3, 3), strides=self.strides, padding="SAME", use_bias=False, quant=self.quant, name="conv1")(h)
-    h = nn.relu(_bn(train, "bn2")(h))
+      shortcut = qnn.Output(quant=self.quant, name="shortcut_out")(shortcut)
+    h = _conv_bn(self, h, self.features, (3, 3), train, "conv1", "bn2", strides=self.strides, padding="SAME",
+                 use_bias=False)
     h = qnn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, quant=self.quant, name="conv2")(h)
-    return h + shortcut
+    conv2_out = qnn.Output(quant=self.quant, name="conv2_out")
+    y = conv2_out(h) + shortcut
+    conv2_out.overwritten_by(y)  # the ADD runs in place on its first operand, used only there
+    return y
 
 
 class ResNetV2(nn.Module):
@@ -91,8 +119,13 @@ class ResNetV2(nn.Module):
       for b in range(self.blocks_per_stage):
         strides = 2 if (s > 0 and b == 0) else 1
         x = PreActBlock(f, strides, quant=self.quant, name=f"stage{s + 1}_block{b}")(x, train)
-    x = nn.relu(_bn(train, "bn_final")(x))
-    x = jnp.mean(x, axis=(1, 2))
+    stream = qnn.Output(quant=self.quant, name="final_in")
+    x = stream(x)
+    bn_final = _bn(self, train, "bn_final")
+    y = bn_final(x)
+    stream.overwritten_by(bn_final.product(x))  # bn_final's MUL is the last ADD's only reader
+    x = y
+    x = qnn.Output(quant=self.quant, name="pool")(jnp.mean(x, axis=(1, 2)))
     x = qnn.Dense(self.num_classes, quant=self.quant, name="head")(x)
     return qnn.Output(quant=self.quant, name="logits")(x)
 
@@ -107,14 +140,18 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     out = self.features * 4
-    h = nn.relu(_bn(train, "bn1")(qnn.Conv(self.features, (1, 1), use_bias=False, quant=self.quant, name="conv1")(x)))
-    h = qnn.Conv(self.features, (3, 3), strides=self.strides, padding="SAME", use_bias=False, quant=self.quant, name="conv2")(h)
-    h = nn.relu(_bn(train, "bn2")(h))
-    h = _bn(train, "bn3")(qnn.Conv(out, (1, 1), use_bias=False, quant=self.quant, name="conv3")(h))
+    h = _conv_bn(self, x, self.features, (1, 1), train, "conv1", "bn1", use_bias=False)
+    h = _conv_bn(self, h, self.features, (3, 3), train, "conv2", "bn2", strides=self.strides, padding="SAME",
+                 use_bias=False)
+    h = qnn.Conv(out, (1, 1), quant=self.quant, batch_norm=("bn3", BN_EPSILON), use_bias=False, name="conv3")(h)
+    bn3 = _bn(self, train, "bn3", act=None, after="conv3")
+    h = bn3(h)
     if self.strides != 1 or x.shape[-1] != out:
-      x = qnn.Conv(out, (1, 1), strides=self.strides, use_bias=False, quant=self.quant, name="shortcut")(x)
-      x = _bn(train, "bn_shortcut")(x)
-    return nn.relu(h + x)
+      x = _conv_bn(self, x, out, (1, 1), train, "shortcut", "bn_shortcut", act=None, strides=self.strides,
+                   use_bias=False)
+    y = nn.relu(h + x)
+    bn3.overwritten_by(y)  # the ADD (ReLU fused) runs in place on its first operand, used only there
+    return qnn.Output(quant=self.quant, name="add")(y)
 
 
 class ResNet50(nn.Module):
@@ -133,7 +170,7 @@ class ResNet50(nn.Module):
       for b in range(n):
         strides = 2 if (s > 0 and b == 0) else 1
         x = Bottleneck(self.width * 2**s, strides, quant=self.quant, name=f"stage{s + 1}_block{b}")(x, train)
-    x = jnp.mean(x, axis=(1, 2))
+    x = qnn.Output(quant=self.quant, name="pool")(jnp.mean(x, axis=(1, 2)))
     x = qnn.Dense(self.num_classes, quant=self.quant, name="head")(x)
     return qnn.Output(quant=self.quant, name="logits")(x)
 
@@ -146,11 +183,11 @@ class DenseLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    h = nn.relu(_bn(train, "bn1")(x))
-    h = qnn.Conv(4 * self.growth, (1, 1), use_bias=False, quant=self.quant, name="conv1")(h)
-    h = nn.relu(_bn(train, "bn2")(h))
+    h = _bn(self, train, "bn1")(x)
+    h = _conv_bn(self, h, 4 * self.growth, (1, 1), train, "conv1", "bn2", use_bias=False)
     h = qnn.Conv(self.growth, (3, 3), padding="SAME", use_bias=False, quant=self.quant, name="conv2")(h)
-    return jnp.concatenate([x, h], axis=-1)
+    h = qnn.Output(quant=self.quant, name="conv2_out")(h)
+    return qnn.Output(quant=self.quant, name="concat")(jnp.concatenate([x, h], axis=-1))
 
 
 class DenseNet(nn.Module):
@@ -170,10 +207,11 @@ class DenseNet(nn.Module):
       for i in range(n):
         x = DenseLayer(self.growth, quant=self.quant, name=f"dense{s + 1}_layer{i}")(x, train)
       if s < len(self.block_sizes) - 1:
-        x = nn.relu(_bn(train, f"transition{s + 1}_bn")(x))
+        x = _bn(self, train, f"transition{s + 1}_bn")(x)
         x = qnn.Conv(x.shape[-1] // 2, (1, 1), use_bias=False, quant=self.quant, name=f"transition{s + 1}_conv")(x)
+        x = qnn.Output(quant=self.quant, name=f"transition{s + 1}_out")(x)
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-    x = nn.relu(_bn(train, "bn_final")(x))
-    x = jnp.mean(x, axis=(1, 2))
+    x = _bn(self, train, "bn_final")(x)
+    x = qnn.Output(quant=self.quant, name="pool")(jnp.mean(x, axis=(1, 2)))
     x = qnn.Dense(self.num_classes, quant=self.quant, name="head")(x)
     return qnn.Output(quant=self.quant, name="logits")(x)

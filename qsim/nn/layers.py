@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
+from flax.linen import dtypes as flax_dtypes
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -38,9 +39,12 @@ QUANT_RNG = "quant"
 Quant = QuantConfig | LayerSpec | None
 
 
-def layer_name(module: nn.Module, drop_last: int = 0) -> str:
+def layer_name(module: nn.Module, drop_last: int = 0, then: str | None = None) -> str:
+  """``module``'s path joined by '/', less its last ``drop_last`` parts,
+  with ``then`` appended (e.g. a sibling's name)."""
   path = module.scope.path if module.scope is not None else ()
-  return "/".join(path[: len(path) - drop_last])
+  path = tuple(path[: len(path) - drop_last]) + ((then,) if then else ())
+  return "/".join(path)
 
 
 def resolve(quant: Quant, name: str) -> LayerSpec | None:
@@ -137,39 +141,94 @@ class _QuantOperands(nn.Module):
 
   ``lhs`` is the activation (dynamic ranges per example, batch axis 0),
   ``rhs`` the kernel. The layer's name is the parent's path (the hook is the
-  flax layer's child). With ``int_bias``, the parent layer's bias is moved
-  onto the int32 grid of the accumulator (see :class:`LayerSpec`).
+  flax layer's child). The hook also owns the layer's bias as the runtime
+  stores it: with ``int_bias`` on the int32 grid of the accumulator, else
+  in the ``const`` format (see :class:`LayerSpec`). The hook adds the bias;
+  the flax layer adds zeros (:func:`_bias_to_hook`).
+
+  ``batch_norm``: ``(name, epsilon)`` of the sibling BatchNorm that follows
+  the layer.
+  Under a spec with ``fold_bn`` (inference only) the BatchNorm is folded into
+  the kernel and bias before they are quantized, and :class:`BatchNorm`
+  skips its own arithmetic.
   """
 
   quant: Any = None
+  batch_norm: tuple[str, float] | None = None
 
   def quantized_op(self, op, lhs, rhs, *args, **kwargs):
     name = layer_name(self, drop_last=1)
     spec = resolve(self.quant, name)
+    flax_bias = self.parent.get_variable("params", "bias") if self.parent.has_variable("params", "bias") else None
+    bias = flax_bias
+    folded = _fold(self, spec, self.batch_norm)
+    if folded is not None:  # as the converter folds: kernel * mul, bias * mul + (beta - mean * mul)
+      mul, offset = folded
+      rhs = rhs * mul  # the kernel's last axis is the output channel (HWIO, (in, out))
+      bias = offset if flax_bias is None else flax_bias * mul + offset
     if spec is None or rhs.size < spec.min_weights:
-      return op(lhs, rhs, *args, **kwargs)
-    lq = quantize_tensor(self, lhs, spec.act, slot="act", where=name, batch_axes=(0,))
-    rq = quantize_tensor(self, rhs, spec.weight, slot="weight", where=name)
-    y = op(lq, rq, *args, **kwargs)
-    if spec.int_bias and _quantizing(self) and self.parent.has_variable("params", "bias"):
-      y = y + self._bias_rounding(lhs, rhs, spec, name)
-    return y
+      y = op(lhs, rhs, *args, **kwargs)
+    else:
+      lq = quantize_tensor(self, lhs, spec.act, slot="act", where=name, batch_axes=(0,))
+      rq = quantize_tensor(self, rhs, spec.weight, slot="weight", where=name)
+      y = op(lq, rq, *args, **kwargs)
+      if bias is not None and _quantizing(self):
+        if spec.int_bias:
+          bias = _accumulator_bias(self, lhs, rhs, bias, spec, name)
+        elif spec.const is not None:
+          bias = fake_quant.quantize(bias, spec.const, where=f"{name}.bias")
+    # flax adds zeros in place of its bias (see _bias_to_hook): y + bias is
+    # the runtime's one float add, bit for bit.
+    return y if bias is None else y + bias.astype(y.dtype)
 
-  def _bias_rounding(self, lhs, rhs, spec: LayerSpec, name: str):
-    """``round(b / s) * s - b`` for the parent's bias ``b`` at the
-    accumulator scale ``s = act scale * weight scale`` (no gradient: the
-    bias itself, added by the flax layer, keeps its own)."""
-    bias = self.parent.get_variable("params", "bias")
-    s_in = fake_quant.int_scale(
-        lhs, spec.act, lo=self.get_variable(QUANT_STATS, "act_lo"),
-        hi=self.get_variable(QUANT_STATS, "act_hi"), where=f"{name}.act")
-    s_w = fake_quant.int_scale(rhs, spec.weight, where=f"{name}.weight").reshape(-1)
-    if s_in.size != 1 or s_w.size not in (1, bias.size):
-      raise ValueError(
-          f"{name}: int_bias needs a per-tensor activation scale and a per-tensor or per-output-channel"
-          f" weight scale; got {s_in.size} activation and {s_w.size} weight scales for {bias.size} outputs")
-    s = s_in.reshape(()) * s_w
-    return jax.lax.stop_gradient(jnp.round(bias / s) * s - bias)
+
+def _bias_to_hook(*args, dtype=None, inexact=True):
+  """A flax ``promote_dtype`` for Dense/Conv whose quantization hook adds the
+  bias itself: the layer's own bias add then adds zeros (exact)."""
+  inputs, kernel, bias = flax_dtypes.promote_dtype(*args, dtype=dtype, inexact=inexact)
+  return inputs, kernel, None if bias is None else jnp.zeros_like(bias)
+
+
+def batch_norm_constants(params, stats, epsilon: float):
+  """An inference BatchNorm as ``x * mul + offset``, the form the TFLite
+  converter lowers it to: ``mul = gamma / sqrt(var + eps)``, ``offset = beta
+  - mean * mul``."""
+  mul = params["scale"] * jax.lax.rsqrt(stats["var"] + jnp.float32(epsilon))
+  return mul, params["bias"] - stats["mean"] * mul
+
+
+def _fold(module: nn.Module, spec: LayerSpec | None, batch_norm: tuple[str, float] | None):
+  """``(mul, offset)`` of the BatchNorm ``batch_norm`` (a sibling of
+  ``module``'s layer) when ``spec`` folds it, else None. Folding happens in
+  inference (and calibration, which observes the converter's folded float
+  graph), never while training or initializing."""
+  if not (batch_norm and spec is not None and spec.fold_bn) or module.is_initializing() \
+      or module.is_mutable_collection("batch_stats"):
+    return None
+  bn, epsilon = batch_norm
+  block = module.parent.parent
+  params, stats = block.variables["params"].get(bn), block.variables.get("batch_stats", {}).get(bn)
+  if params is None or stats is None:
+    raise ValueError(f"{layer_name(module, drop_last=1)}: fold_bn needs the BatchNorm {bn!r} beside it;"
+                     " it has no variables there")
+  return batch_norm_constants(params, stats, epsilon)
+
+
+def _accumulator_bias(module: nn.Module, lhs, rhs, bias, spec: LayerSpec, name: str):
+  """``bias`` rounded onto the int32 grid of the accumulator, scale ``act
+  scale * weight scale`` per output channel, clipped to int32 (no gradient
+  through the rounding: straight-through)."""
+  s_in = fake_quant.int_scale(
+      lhs, spec.act, lo=module.get_variable(QUANT_STATS, "act_lo"),
+      hi=module.get_variable(QUANT_STATS, "act_hi"), where=f"{name}.act")
+  s_w = fake_quant.int_scale(rhs, spec.weight, where=f"{name}.weight").reshape(-1)
+  if s_in.size != 1 or s_w.size not in (1, bias.size):
+    raise ValueError(
+        f"{name}: int_bias needs a per-tensor activation scale and a per-tensor or per-output-channel"
+        f" weight scale; got {s_in.size} activation and {s_w.size} weight scales for {bias.size} outputs")
+  s = s_in.reshape(()) * s_w
+  q = jnp.clip(jnp.round(bias / s), -(2.0**31), 2.0**31 - 1)
+  return bias + jax.lax.stop_gradient(q * s - bias)
 
 
 class QuantDotGeneral(_QuantOperands):
@@ -238,10 +297,11 @@ class QuantConv(_QuantOperands):
 
 
 class Output(nn.Module):
-  """A model's output point (qsim's models name it ``logits``): quantized
-  by its resolved spec's ``output`` tensor (e.g. ``tflite_int8``: int8 with
-  a calibrated static range, as the runtime emits int8 logits); identity
-  otherwise."""
+  """A tensor an integer runtime stores between ops (a residual ADD, pooled
+  features, a conv output that feeds an ADD; qsim's models name their last
+  one ``logits``): quantized by its resolved spec's ``output`` tensor with a
+  calibrated static range (``tflite_int8``: int8, as the runtime requantizes
+  every op's output); identity when that is ``None``."""
 
   quant: Any = None
 
@@ -252,26 +312,127 @@ class Output(nn.Module):
       return x
     return quantize_tensor(self, x, spec.output, slot="output", batch_axes=(0,))
 
+  def overwritten_by(self, y) -> None:
+    """Declares ``y`` the output of an elementwise op that overwrites this
+    point's tensor in place (its only consumer): under ``inplace_ranges``
+    calibration widens the range to cover ``y`` too."""
+    _widen(self, resolve(self.quant, layer_name(self)), y, "output")
 
-def Dense(features: int, *, quant: Quant = None, **kwargs) -> nn.Dense:  # pylint: disable=invalid-name
+
+def _widen(module: nn.Module, spec: LayerSpec | None, y, slot: str) -> None:
+  """Calibration under ``spec.inplace_ranges``: the static range of
+  ``slot`` (already observed this batch) also covers ``y``: the union, as
+  min/max calibration records a buffer seen twice."""
+  if spec is None or spec.output is None or not spec.inplace_ranges:
+    return
+  if module.is_mutable_collection(QUANT_STATS) and not module.is_initializing():
+    where = f"{layer_name(module)}.{slot}"
+    blo, bhi = fake_quant.calibrated_range(y, spec.output, default_axis=-1, where=where)
+    for end, new, pick in (("lo", blo, jnp.minimum), ("hi", bhi, jnp.maximum)):
+      module.put_variable(QUANT_STATS, f"{slot}_{end}", pick(module.get_variable(QUANT_STATS, f"{slot}_{end}"), new))
+
+
+class BatchNorm(nn.BatchNorm):
+  """``flax.linen.BatchNorm`` (same variables) as a deployment runs it, with
+  its fused activation.
+
+  ``folded_into``: the sibling Conv/Dense the BatchNorm follows. Under a spec
+  (resolved by that layer's name) with ``fold_bn``, the layer already applied
+  the folded BatchNorm (see :class:`QuantConv`): only the activation and the
+  output point remain. Otherwise (no layer before it, e.g. the
+  pre-activation BatchNorm of a ResNet, or a spec without ``fold_bn``), a
+  spec with ``output`` or ``const`` runs it as the converter's elementwise
+  ops: ``x * mul`` (MUL, requantized to its own range), ``+ offset`` (ADD
+  with the fused activation, requantized), ``mul``/``offset`` stored in the
+  ``const`` format. The BatchNorm's output (after ``act``) is quantized by
+  ``output``. Training, and ``quant=None``, are exactly flax's BatchNorm
+  followed by ``act``.
+  """
+
+  quant: Any = None
+  act: Callable[[jax.Array], jax.Array] | None = None
+  folded_into: str | None = None
+
+  @nn.compact
+  def __call__(self, x, use_running_average: bool | None = None, **kwargs):  # pylint: disable=arguments-differ
+    own = layer_name(self)
+    spec = self._spec()
+    folded = spec is not None and spec.fold_bn and self.folded_into is not None
+    train = not nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+    act = self.act or (lambda v: v)
+    if spec is None or train or self.is_initializing():
+      y = act(super().__call__(x, use_running_average=use_running_average, **kwargs))
+      if spec is not None and self.is_initializing():  # create the points' range variables
+        if not folded:
+          self._point(y, spec, "mul")
+        self._point(y, spec, "output")
+      return y
+    if folded:
+      y = x
+    elif not spec.fold_bn and spec.output is None and spec.const is None:
+      y = super().__call__(x, use_running_average=use_running_average, **kwargs)
+    elif spec.output is None and spec.const is None:  # the converter's float MUL and ADD
+      mul, offset = batch_norm_constants(self.variables["params"], self.variables["batch_stats"], self.epsilon)
+      y = x * mul + offset
+    else:
+      mul, offset = batch_norm_constants(self.variables["params"], self.variables["batch_stats"], self.epsilon)
+      y = self._point(x * self._const(mul, spec, own), spec, "mul")
+      y = act(y + self._const(offset, spec, own))
+      _widen(self, spec, y, "mul")  # the ADD overwrites the product in place
+      return self._point(y, spec, "output")
+    return self._point(act(y), spec, "output")
+
+  def overwritten_by(self, y) -> None:
+    """As :meth:`Output.overwritten_by`, for this BatchNorm's output."""
+    _widen(self, self._spec(), y, "output")
+
+  def product(self, x):
+    """``x * mul`` in float: what the converter's MUL writes when this
+    BatchNorm is not folded (for :meth:`Output.overwritten_by` of the
+    tensor it reads, when it is that tensor's only consumer)."""
+    return x * batch_norm_constants(self.variables["params"], self.variables["batch_stats"], self.epsilon)[0]
+
+  def _spec(self) -> LayerSpec | None:
+    """The spec of the folded layer (``folded_into``), else this one's."""
+    return resolve(self.quant, layer_name(self, drop_last=1, then=self.folded_into) if self.folded_into
+                   else layer_name(self))
+
+  def _const(self, v, spec: LayerSpec, name: str):
+    if spec.const is None or not _quantizing(self):
+      return v
+    return fake_quant.quantize(v, spec.const, where=f"{name}.const")
+
+  def _point(self, y, spec: LayerSpec, slot: str):
+    if spec.output is None:
+      return y
+    return quantize_tensor(self, y, spec.output, slot=slot, batch_axes=(0,))
+
+
+def Dense(features: int, *, quant: Quant = None, batch_norm: tuple[str, float] | None = None,
+          **kwargs) -> nn.Dense:  # pylint: disable=invalid-name
   """A ``flax.linen.Dense`` whose matmul is quantized by ``quant``.
 
   Args:
     features: output features.
     quant: a QuantConfig (looked up by this layer's name), a LayerSpec, or
       None (the plain flax layer).
+    batch_norm: ``(name, epsilon)`` of the sibling :class:`BatchNorm` that
+      follows this layer (folded into it under ``fold_bn``).
     **kwargs: any ``flax.linen.Dense`` argument (``name``, ``use_bias``...).
   """
   if quant is not None:
-    kwargs["dot_general_cls"] = functools.partial(QuantDotGeneral, quant=quant)
+    kwargs["dot_general_cls"] = functools.partial(QuantDotGeneral, quant=quant, batch_norm=batch_norm)
+    kwargs["promote_dtype"] = _bias_to_hook
   return nn.Dense(features, **kwargs)
 
 
-def Conv(features: int, kernel_size, *, quant: Quant = None, **kwargs) -> nn.Conv:  # pylint: disable=invalid-name
+def Conv(features: int, kernel_size, *, quant: Quant = None, batch_norm: tuple[str, float] | None = None,
+         **kwargs) -> nn.Conv:  # pylint: disable=invalid-name
   """A ``flax.linen.Conv`` whose convolution is quantized by ``quant``
-  (``None``: float), lowered by :func:`conv_general_dilated`."""
-  kwargs["conv_general_dilated_cls"] = functools.partial(QuantConv, quant=quant)
-  return nn.Conv(features, kernel_size, **kwargs)
+  (``None``: float), lowered by :func:`conv_general_dilated`; ``batch_norm``
+  as for :func:`Dense`."""
+  kwargs["conv_general_dilated_cls"] = functools.partial(QuantConv, quant=quant, batch_norm=batch_norm)
+  return nn.Conv(features, kernel_size, promote_dtype=_bias_to_hook, **kwargs)
 
 
 class Embed(nn.Embed):

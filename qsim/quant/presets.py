@@ -4,19 +4,25 @@
 preset                    what it is
 ========================  ====================================================
 ``float32``               no quantization (every layer float)
-``fp16``                  fp16 weights, float activations (TFLite float16 /
-                          CoreML fp16 weight quantization)
+``fp16``                  fp16 weights, biases and BatchNorm constants
+                          (BatchNorm folded first), float activations
+                          (TFLite float16 / CoreML fp16 weights)
 ``bf16``                  bf16 weights and activations (TPU bf16 inference)
-``tflite_int8``           TFLite full integer: int8 symmetric per-channel
+``tflite_int8``           TFLite full integer: BatchNorm folded into the
+                          conv before quantizing, int8 symmetric per-channel
                           absmax weights, int8 asymmetric per-tensor *static*
                           activations (calibrated ranges), int32 biases
-                          at scale act x weight, int8 logits (static
-                          range), as the TFLite int8 kernels compute
+                          at scale act x weight, every stored tensor int8
+                          (residual ADDs, unfolded BatchNorm as int8
+                          MUL/ADD with int8 constants, pooled features,
+                          logits; a tensor an in-place ADD/MUL overwrites
+                          calibrated on the union with that op's output),
+                          as the TFLite converter and int8 kernels compute
 ``tflite_dynamic``        TFLite dynamic range: int8 symmetric per-channel
                           weights, int8 asymmetric per-tensor activations
-                          quantized on the fly (dynamic); layers with
-                          kernels under 1,024 weights stay float, as the
-                          converter leaves them
+                          quantized on the fly (dynamic); BatchNorm
+                          folded first; layers with kernels under 1,024
+                          weights stay float, as the converter leaves them
 ``weight_only_int8``      CoreML-style weight-only: int8 asymmetric (affine
                           min/max) per-channel weights, float activations
 ``wXaY`` (X, Y in 2..16)  int-X symmetric per-channel absmax weights, int-Y
@@ -45,15 +51,16 @@ def int_act(bits: int, **kw) -> TensorSpec:
 
 _FIXED: dict[str, LayerSpec | None] = {
     "float32": None,
-    "fp16": LayerSpec(weight=TensorSpec(format="fp16")),
+    "fp16": LayerSpec(weight=TensorSpec(format="fp16"), const=TensorSpec(format="fp16"), fold_bn=True),
     "bf16": LayerSpec(
         weight=TensorSpec(format="bf16"), act=TensorSpec(format="bf16")
     ),
     "tflite_int8": LayerSpec(
         weight=int_weight(8), act=int_act(8, range="static"),
-        output=int_act(8, range="static"), int_bias=True,
+        output=int_act(8, range="static"), const=int_act(8), int_bias=True,
+        fold_bn=True, inplace_ranges=True,
     ),
-    "tflite_dynamic": LayerSpec(weight=int_weight(8), act=int_act(8), min_weights=1024),
+    "tflite_dynamic": LayerSpec(weight=int_weight(8), act=int_act(8), min_weights=1024, fold_bn=True),
     "weight_only_int8": LayerSpec(
         weight=TensorSpec(bits=8, granularity="per_channel", symmetric=False)
     ),

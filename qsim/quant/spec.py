@@ -211,9 +211,13 @@ class LayerSpec:
     state: recurrent cells only: the new carry (h, and c for LSTM) is
       quantized before it is passed to the next step, as an integer RNN
       runtime stores it.
-    output: the model's output where a model emits it (the ``logits``
-      point at the end of every qsim model; other layers ignore it): an
-      integer runtime hands out integer logits, so near ties collapse.
+    output: the tensors an integer runtime stores between its ops, each
+      with its own calibrated range: the output points of a model
+      (``qsim.nn.Output``: residual ADDs, pooled features, convolution
+      outputs that feed an ADD, the ``logits``), the output of a BatchNorm
+      (with its fused activation; after a folded conv, that conv's output)
+      and the product inside an unfolded one. ``None``: those tensors stay
+      float (only the layers' inputs are quantized).
     int_bias: Dense/Conv biases are rounded to int32 at the scale
       ``act scale * weight scale`` (per output channel) and added to the
       integer accumulator, as TFLite's integer kernels do. Needs integer
@@ -223,14 +227,32 @@ class LayerSpec:
       float (weights and activations), as TFLite's dynamic-range converter
       leaves kernels under 1,024 elements float and CoreML's 8-bit
       conversion convolutions under 4,096.
+    const: the constant operands that are not kernels, as the converter
+      stores them: Dense/Conv biases (unless ``int_bias`` puts them on the
+      accumulator grid) and the multiplier and offset vectors of a BatchNorm
+      that cannot be folded (TFLite int8: per-tensor asymmetric int8 with
+      the vector's own range; float16: fp16). Always its own (dynamic) range.
+    fold_bn: a BatchNorm that follows a Conv/Dense is folded into the
+      kernel and bias before they are quantized (kernel * gamma/sqrt(var+eps)
+      per output channel, bias (b - mean) * that + beta), as TFLite's
+      converter rewrites the graph; inference only (training keeps batch
+      statistics).
+    inplace_ranges: a stored tensor that an elementwise ADD/MUL overwrites
+      in place (its only consumer) is calibrated on the union of its own
+      range and that op's output, as TFLite's calibrator records it (its
+      float interpreter runs such ops in place and logs an op's inputs after
+      the op ran; measured in BUILD_NOTES, "Deployment fidelity").
   """
 
   weight: TensorSpec | None = None
   act: TensorSpec | None = None
   state: TensorSpec | None = None
   output: TensorSpec | None = None
+  const: TensorSpec | None = None
   int_bias: bool = False
   min_weights: int = 0
+  fold_bn: bool = False
+  inplace_ranges: bool = False
 
   def __post_init__(self):
     for name in _LAYER_TENSORS:
@@ -242,8 +264,18 @@ class LayerSpec:
           "LayerSpec.weight.range='static' is not valid; weights are known at"
           " conversion time and always use their own range ('dynamic')"
       )
-    if not isinstance(self.int_bias, bool):
-      raise ValueError(f"LayerSpec.int_bias={self.int_bias!r} is not valid; give True or False")
+    if self.const is not None and self.const.range == "static":
+      raise ValueError(
+          "LayerSpec.const.range='static' is not valid; constants are known at"
+          " conversion time and always use their own range ('dynamic')"
+      )
+    for flag in ("int_bias", "fold_bn", "inplace_ranges"):
+      if not isinstance(getattr(self, flag), bool):
+        raise ValueError(f"LayerSpec.{flag}={getattr(self, flag)!r} is not valid; give True or False")
+    if self.inplace_ranges and self.output is not None and self.output.calibration != "absmax":
+      raise ValueError(
+          f"LayerSpec.inplace_ranges=True needs output.calibration='absmax' (a union of min/max ranges);"
+          f" got {self.output.calibration!r}")
     if not (isinstance(self.min_weights, (int, np.integer)) and not isinstance(self.min_weights, bool)
             and self.min_weights >= 0):
       raise ValueError(f"LayerSpec.min_weights={self.min_weights!r} is not valid; give an int >= 0")
@@ -264,7 +296,7 @@ class LayerSpec:
     return cls(**d)
 
   def tensors(self) -> tuple[TensorSpec | None, ...]:
-    """Every tensor spec of the layer (weight, act, state, output)."""
+    """Every tensor spec of the layer (weight, act, state, output, const)."""
     return tuple(getattr(self, name) for name in _LAYER_TENSORS)
 
   @property
@@ -272,19 +304,20 @@ class LayerSpec:
     return all(t is None for t in self.tensors())
 
 
-_LAYER_TENSORS = ("weight", "act", "state", "output")
+_LAYER_TENSORS = ("weight", "act", "state", "output", "const")
+_LAYER_META = ("int_bias", "min_weights", "fold_bn", "inplace_ranges")
 
 
 def _layer_flatten(s: LayerSpec):
-  return s.tensors(), (s.int_bias, s.min_weights)
+  return s.tensors(), tuple(getattr(s, name) for name in _LAYER_META)
 
 
 def _layer_unflatten(meta, children):
   s = object.__new__(LayerSpec)
   for name, value in zip(_LAYER_TENSORS, children):
     object.__setattr__(s, name, value)
-  object.__setattr__(s, "int_bias", meta[0])
-  object.__setattr__(s, "min_weights", meta[1])
+  for name, value in zip(_LAYER_META, meta):
+    object.__setattr__(s, name, value)
   return s
 
 

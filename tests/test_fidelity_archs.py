@@ -1,0 +1,103 @@
+"""Deployment fidelity on checkpoints trained for real (Fashion-MNIST, a few
+hundred steps, cached per pytest run): qsim's presets predict what the real
+TFLite models output, per architecture, and each converter mechanism that
+qsim simulates is needed (off: the outputs part from the runtime's; on:
+they meet again). Needs the qsim[tflite] extra, which the test command
+installs."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+from qsim import data
+from qsim.evaluate import sweep
+from qsim.evaluate.engine import build_quantizers
+from qsim.export import fidelity, tflite
+from qsim.quant import presets
+from qsim.quant.spec import QuantConfig
+
+from conftest import FMNIST_DIR
+
+# Steps per architecture: enough for a model well above chance (real
+# weights and BatchNorm statistics), few enough for the suite.
+STEPS = {"lenet5": 150, "nin_tiny": 200, "resnet20_tiny": 200}
+# Agreement floors of qsim vs TFLite (XNNPACK kernels) on 300 clean test
+# images and 300 of MNIST-C fog/1, measured on these checkpoints (see
+# BUILD_NOTES, "Deployment fidelity"): one disagreement in 300 is 0.9967.
+FLOOR = {"int8": 0.9967, "dynamic": 0.9967, "float16": 0.9967}
+
+_CACHE: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """``trained(name)``: the workdir of ``name`` trained ``STEPS[name]`` steps
+  (batch 64, seed 0), trained once per pytest run."""
+  if not os.path.exists(FMNIST_DIR):
+    pytest.skip("make test installs dataset-fashion-mnist")
+  from experiments.configs import mnist
+  from qsim.train import job
+
+  def get(name):
+    if name not in _CACHE:
+      path = tmp_path_factory.mktemp(name)
+      job.run(mnist.get_config(f"runlocal,model={name},steps={STEPS[name]},batch_size=64,train_limit=4096,"
+                                f"log_every=50,checkpoint_every=100"),
+              str(path))
+      _CACHE[name] = str(path)
+    return _CACHE[name]
+  return get
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_presets_predict_the_tflite_models(trained, tmp_path, name):
+  ckpt = trained(name)
+  summary = sweep.read_checkpoint(ckpt)
+  assert summary["model"] == name
+  fidelity.run_fidelity(ckpt, str(tmp_path), modes=("int8", "dynamic", "float16"), shifts="c/fog/1", limit=300,
+                        calib_samples=100, batch_size=150, study=False)
+  rows = fidelity.ResultsStore(str(tmp_path)).rows()
+  assert len(rows) == 6
+  for r in rows:
+    assert r["n"] == 300
+    assert r["agreement"] >= FLOOR[r["mode"]], r
+
+
+def test_each_mechanism_is_needed(trained):
+  """On a trained ResNet-20 (folded and unfolded BatchNorm, residual ADDs):
+  the full ``tflite_int8`` gives the int8 model's logits exactly on nearly
+  every image; switching off any one
+  mechanism (BatchNorm folding, in-place calibration ranges, int32 bias,
+  int8 residual ADDs, int8 logits) moves many of them off."""
+  ckpt = trained("resnet20_tiny")
+  cfg = sweep.read_checkpoint(ckpt)
+  model, variables, _, calib, _, _ = sweep.open_checkpoint(ckpt, cfg, 100, None)
+  x = data.load("fashion_mnist_debian", "test", limit=200).x
+  t = tflite.TFLiteModel(tflite.export(model, variables, "int8", calib.x[:1], representative=calib.x))
+  tlogits = t.outputs(x)
+  full = presets.preset("tflite_int8")
+  spec = full.default
+  variants = {
+      "full": full,
+      "no BatchNorm folding": QuantConfig(default=dataclasses.replace(spec, fold_bn=False)),
+      "no in-place ranges": QuantConfig(default=dataclasses.replace(spec, inplace_ranges=False)),
+      "no int32 bias": QuantConfig(default=dataclasses.replace(spec, int_bias=False)),
+      "float residual ADDs": QuantConfig(default=spec, rules=((r"(/in|final_in)$", dataclasses.replace(spec, output=None)),)),
+      "float logits": QuantConfig(default=spec, rules=((r"^logits$", dataclasses.replace(spec, output=None)),)),
+  }
+  qs = build_quantizers(model, variables, list(variants.items()), calib.x)
+  r = qs[0].quant_stats["logits"]
+  step = float(r["output_hi"].max() - r["output_lo"].min()) / 255  # the int8 logits' scale
+  exact = {}
+  for q in qs:
+    qlogits = np.asarray(model.clone(quant=q.config).apply({**variables, "quant_stats": q.quant_stats}, x))
+    # the same int8 logit (dequantized: equal up to float rounding); a float
+    # logit is never that close to the grid but within half a step of it
+    exact[q.name] = float(np.mean(np.abs(qlogits - tlogits) < 0.01 * step))
+  print("exact int8 logits per variant:", exact)
+  assert exact["full"] >= 0.99, exact
+  for name, frac in exact.items():
+    if name != "full":
+      assert frac < exact["full"] - 0.05, (name, exact)
