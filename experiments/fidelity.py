@@ -23,9 +23,10 @@ def main(argv):
   if not c.checkpoint:
     raise app.UsageError("give the checkpoint: --config=experiments/configs/fidelity.py:checkpoint=<train workdir>")
   from qsim.export import fidelity  # pylint: disable=g-import-not-at-top
-  path = fidelity.run_fidelity(c.checkpoint, _WORKDIR.value, modes=sweep.split(c.modes), shifts=sweep.split(c.shifts),
-                               limit=c.limit or None, calib_samples=c.calib_samples, batch_size=c.batch_size,
-                               seed=c.seed, data_dir=c.data_dir or None, study=c.study)
+  path = fidelity.run_fidelity(c.checkpoint, _WORKDIR.value, modes=sweep.split(c.modes),
+                               kernels=sweep.split(c.kernels), shifts=sweep.split(c.shifts), limit=c.limit or None,
+                               calib_samples=c.calib_samples, batch_size=c.batch_size, seed=c.seed,
+                               data_dir=c.data_dir or None, study=c.study)
   print(path)
   print(fidelity.write_report(_WORKDIR.value))
 

@@ -66,6 +66,25 @@ def test_int8_matches_the_tflite_int8_preset():
   assert np.mean(np.abs(plogits - tlogits) / step > 0.5) > np.mean(steps > 0.5)
 
 
+def test_builtin_kernels_are_another_kernel_family(monkeypatch):
+  """kernels='builtin' runs TFLite's own kernels, not XNNPACK: the int8
+  model's requantization differs (some logit moves), float32 does not."""
+  x = RNG.uniform(0, 1, (400, 28, 28, 1)).astype(np.float32)
+  x[:, 8:20, 8:20] *= 3.0
+  x = np.clip(x, 0, 1)
+  model, variables = _init("lenet5", x)
+  calib, test = x[:100], x[100:]
+  int8 = tflite.export(model, variables, "int8", calib[:1], representative=calib)
+  xnn, builtin = (tflite.TFLiteModel(int8, kernels=k).outputs(test) for k in ("xnnpack", "builtin"))
+  assert np.any(xnn != builtin)
+  f32 = tflite.export(model, variables, "float32", calib[:1])
+  want = tflite.TFLiteModel(f32).outputs(test)
+  np.testing.assert_allclose(tflite.TFLiteModel(f32, kernels="builtin").outputs(test), want, rtol=1e-4, atol=1e-4)
+  # TensorFlow's own interpreter (the fallback without LiteRT) takes its own enum and gives the same kernels
+  monkeypatch.setattr(tflite, "_interpreter_cls", lambda: tflite.tensorflow().lite.Interpreter)
+  np.testing.assert_array_equal(tflite.TFLiteModel(int8, kernels="builtin").outputs(test), builtin)
+
+
 def test_study_way_truncates_uint8_input():
   x = np.full((4, 28, 28, 1), 0.5, np.float32)
   model, variables = _init("lenet_tiny", x)
@@ -92,16 +111,24 @@ def test_export_bad_input():
     tflite.export(big, bv, "float32", RGB[:1])
   with pytest.raises(ValueError, match="no 'conv1'"):
     tflite.export(model, {"params": {}}, "float32", IMAGES[:1])
+  blob = tflite.export(model, variables, "float32", IMAGES[:1])
   with pytest.raises(ValueError, match="batch_size=0"):
-    tflite.TFLiteModel(tflite.export(model, variables, "float32", IMAGES[:1])).outputs(IMAGES, batch_size=0)
+    tflite.TFLiteModel(blob).outputs(IMAGES, batch_size=0)
+  with pytest.raises(ValueError, match=r"kernels='xnn' is not valid; choose one of \['xnnpack', 'builtin'\]"):
+    tflite.TFLiteModel(blob, kernels="xnn")
+
+
+def _short(name):
+  return name.split("/")[-2] if "/" in name else name
 
 
 def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
   kw = dict(modes=("int8", "float32"), shifts="c/fog/1", limit=120, calib_samples=40, batch_size=60)
-  path = fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), **kw)
+  path = fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("xnnpack",), **kw)
   rows = fidelity.ResultsStore(str(tmp_path)).rows()
-  assert sorted((r["set"].split("/")[-2] if "/" in r["set"] else r["set"], r["mode"]) for r in rows) == [
-      ("clean", "float32"), ("clean", "int8"), ("fog", "float32"), ("fog", "int8")]
+  assert sorted((_short(r["set"]), r["mode"], r["kernels"]) for r in rows) == [
+      ("clean", "float32", "xnnpack"), ("clean", "int8", "xnnpack"),
+      ("fog", "float32", "xnnpack"), ("fog", "int8", "xnnpack")]
   by = {(r["set"], r["mode"]): r for r in rows}
   assert by[("clean", "float32")]["agreement"] == 1.0 and by[("clean", "float32")]["tflite_disagreements"] == 0
   assert by[("clean", "int8")]["agreement"] >= 0.99
@@ -109,13 +136,44 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
   assert os.path.getsize(tmp_path / "models" / "int8.tflite") > 0
   parts = sorted(os.listdir(tmp_path / "parts"))
   mtimes = [os.path.getmtime(tmp_path / "parts" / p) for p in parts]
-  assert fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), **kw) == path  # resumes: nothing recomputed
+  assert fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("xnnpack",), **kw) == path  # nothing recomputed
   assert [os.path.getmtime(tmp_path / "parts" / p) for p in parts] == mtimes
+
+  # resumed with the built-in kernels too: exactly their rows are added, the XNNPACK units stay as they are
+  fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("xnnpack", "builtin"), **kw)
+  assert [os.path.getmtime(tmp_path / "parts" / p) for p in parts] == mtimes
+  assert len(os.listdir(tmp_path / "parts")) == len(parts) + 2  # (clean, builtin), (fog, builtin)
+  rows2 = fidelity.ResultsStore(str(tmp_path)).rows()
+  assert sorted((_short(r["set"]), r["mode"], r["kernels"]) for r in rows2) == sorted(
+      (_short(r["set"]), r["mode"], k) for r in rows for k in ("xnnpack", "builtin"))
+  bb = {(r["set"], r["mode"]): r for r in rows2 if r["kernels"] == "builtin"}
+  assert bb[("clean", "float32")]["agreement"] == 1.0 and "study_disagreements" not in bb[("clean", "int8")]
+  table = open(path).read().splitlines()
+  assert "kernels" in table[0].split(",") and len(table) == 1 + 8
+
+  # a part written before the kernels option (no column) is read as xnnpack, and is not recomputed
+  old = next(p for p in parts if p.startswith("clean"))
+  with open(tmp_path / "parts" / old) as f:
+    legacy = [{k: v for k, v in r.items() if k != "kernels"} for r in json.load(f)]
+  with open(tmp_path / "parts" / old, "w") as f:
+    json.dump(legacy, f)
+  fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("builtin", "xnnpack"), **kw)
+  rows3 = fidelity.ResultsStore(str(tmp_path)).rows()
+  assert len(rows3) == 8 and sum(r["kernels"] == "xnnpack" for r in rows3) == 4
+  assert [r["kernels"] for r in json.load(open(tmp_path / "parts" / old))] == ["xnnpack", "xnnpack"]
+
   report = open(fidelity.write_report(str(tmp_path))).read()
-  assert "| int8 | tflite_int8 |" in report and os.path.exists(tmp_path / "fidelity.png")
+  assert "| int8 | xnnpack | tflite_int8 |" in report and "| int8 | builtin | tflite_int8 |" in report
+  assert os.path.exists(tmp_path / "fidelity.png")
   with pytest.raises(ValueError, match="lists a mode twice"):
     fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), modes=("int8", "int8"))
-  json.dumps(rows)  # rows are plain JSON
+  with pytest.raises(ValueError, match="lists a kernel family twice"):
+    fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("builtin", "builtin"))
+  with pytest.raises(ValueError, match="kernels is empty"):
+    fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=())
+  with pytest.raises(ValueError, match=r"kernels='gpu' is not valid; choose one of \['xnnpack', 'builtin'\]"):
+    fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("xnnpack", "gpu"))
+  json.dumps(rows2)  # rows are plain JSON
 
 
 def test_jaccard_and_compare():

@@ -22,11 +22,11 @@ from conftest import FMNIST_DIR
 
 # Steps per architecture: enough for a model well above chance (real
 # weights and BatchNorm statistics), few enough for the suite.
-STEPS = {"lenet5": 150, "nin_tiny": 200, "resnet20_tiny": 200}
+STEPS = {"lenet5": 150, "nin_tiny": 200, "resnet20_tiny": 200, "gru_rows_tiny": 200, "lstm_rows_tiny": 200}
 # Agreement floors of qsim vs TFLite (XNNPACK kernels) on 300 clean test
 # images and 300 of MNIST-C fog/1, measured on these checkpoints (see
-# BUILD_NOTES, "Deployment fidelity"): one disagreement in 300 is 0.9967.
-FLOOR = {"int8": 0.9967, "dynamic": 0.9967, "float16": 0.9967}
+# BUILD_NOTES, "Deployment fidelity"): at most one disagreement in 300.
+FLOOR = {"int8": 299 / 300, "dynamic": 299 / 300, "float16": 299 / 300}
 
 _CACHE: dict[str, str] = {}
 

@@ -143,7 +143,8 @@ def test_static_ranges_calibrate_then_quantize():
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_static_ranges_calibrate_through_recurrent_scan(cell):
-  model = RNNClassifier(cell=cell, hidden=4, num_classes=3, quant=preset("tflite_int8"))
+  static = LayerSpec(weight=TensorSpec(bits=8, granularity="per_channel"), act=TensorSpec(bits=8, range="static"))
+  model = RNNClassifier(cell=cell, hidden=4, num_classes=3, quant=static)
   x = jax.random.normal(KEY, (2, 5, 3))
   v = qnn.calibrate(model, model.init(KEY, x), [x])
   qnn.require_calibrated(v)
@@ -153,6 +154,32 @@ def test_static_ranges_calibrate_through_recurrent_scan(cell):
   np.testing.assert_allclose(stats["act_x_hi"].ravel(), [float(x.max())])
   out = model.apply(v, x)
   assert out.shape == (2, 3) and np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_tflite_int8_cells_run_the_unrolled_int8_graph(cell):
+  """tflite_int8: one input range for the sequence, every op's int8 range
+  per time step, operands overwritten in place widened, LOGISTIC/TANH on
+  their fixed grids."""
+  model = RNNClassifier(cell=cell, hidden=4, num_classes=3, quant=preset("tflite_int8"))
+  x = jax.random.normal(KEY, (2, 5, 3))
+  v = qnn.calibrate(model, model.init(KEY, x), [x])
+  qnn.require_calibrated(v)
+  rnn = v[qnn.QUANT_STATS]["rnn"]
+  np.testing.assert_allclose([rnn["input_lo"].min(), rnn["input_hi"].max()], [float(x.min()), float(x.max())])
+  stats = rnn["cell"]
+  assert stats["new_h_count"].shape == (5,) and np.all(stats["new_h_count"] == 1)  # its own range per step
+  assert not np.allclose(stats["new_h_hi"][0], stats["new_h_hi"][-1])
+  gate = "r" if cell == "gru" else "f"
+  assert np.all(stats[f"fc_i{gate}_hi"] >= stats[f"add_{gate}_hi"])  # in place: the union
+  assert np.all(stats[f"fc_i{gate}_lo"] <= stats[f"add_{gate}_lo"])
+  out = model.apply(v, x)
+  assert out.shape == (2, 3) and np.all(np.isfinite(out))
+  # the gates' fixed grids, used only in inference
+  y = jnp.linspace(-6, 6, 101)
+  from qsim.nn import recurrent
+  np.testing.assert_allclose(recurrent._sigmoid_int8(jax.nn.sigmoid(y)) * 256 % 1, 0, atol=1e-4)
+  np.testing.assert_allclose(recurrent._tanh_int8(jnp.tanh(y)) * 128 % 1, 0, atol=1e-4)
 
 
 def test_state_quantization_and_stochastic_rounding_need_rng():

@@ -5,12 +5,16 @@
 
 Needs the optional extra: pip install 'qsim[tflite]'. ``modes``: '+'-separated
 TFLite modes (int8, dynamic, float16, float32); each is compared with the qsim
-preset that simulates it (qsim.export.tflite.MODES). ``shifts`` as in
+preset that simulates it (qsim.export.tflite.MODES). ``kernels``: '+'-separated
+interpreter kernel families each mode runs on (qsim.export.tflite.KERNELS):
+xnnpack (the interpreter's default delegate) and builtin (TFLite's built-in
+kernels, fixed-point int8 requantization as in TFLite Micro). ``shifts`` as in
 experiments/configs/evaluate.py. ``study``: also run the int8 model the
-study's way (uint8 input truncated, one sample at a time). Writes
-workdir/results.csv (a row per set x mode), fidelity.md and fidelity.png,
-and the .tflite files in workdir/models/. Rerunning resumes. Expected
-(2-core CPU): LeNet-5, 3 modes, 1,000 images x 76 sets in about 5 minutes.
+study's way (uint8 input truncated, one sample at a time; XNNPACK only).
+Writes workdir/results.csv (a row per set x mode x kernels), fidelity.md and
+fidelity.png, and the .tflite files in workdir/models/. Rerunning resumes,
+also with kernel families added. Expected (2-core CPU): LeNet-5, 3 modes on
+XNNPACK, 1,000 images x 76 sets in about 5 minutes.
 """
 
 from experiments.configs import common
@@ -23,6 +27,7 @@ def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
   c.checkpoint = ""
   c.modes = "int8+dynamic+float16"
+  c.kernels = "xnnpack+builtin"
   c.shifts = "c"
   c.limit = 1000  # images per set (0 = the whole split)
   c.calib_samples = 100  # the representative dataset: the first N training samples

@@ -3,19 +3,28 @@
 For a checkpoint, each TFLite mode is exported (:mod:`qsim.export.tflite`)
 and run by the interpreter on the clean test split and every shifted set;
 qsim runs the matching preset (``MODES``) in its engine on the same inputs.
-Per (set, mode) the rows give top-1 agreement between qsim and TFLite, and
+Per (set, mode, kernels) the rows give top-1 agreement between qsim and TFLite, and
 the Jaccard overlap between the disagreement sets (samples whose prediction
 differs from the float model's) qsim predicts and TFLite produces. With
 ``study=True`` the int8 model is also run the study's way (uint8 input cast
 by truncation, one sample at a time, argmax of the uint8 softmax) to show
 that pipeline's artefacts.
 
-Rows are committed per set (:class:`qsim.evaluate.results.ResultsStore`): a
-killed run resumes where it stopped.
+Each TFLite model can run on either of the interpreter's kernel families
+(``kernels``, :data:`qsim.export.tflite.KERNELS`): ``xnnpack``, the Python
+interpreter's default delegate, and ``builtin``, TFLite's built-in kernels
+(fixed-point int8 requantization, as TFLite Micro and many NPU paths do). A
+row is one (set, mode, kernels); qsim runs once per set for all of them.
+
+Rows are committed per (set, kernels) (:class:`qsim.evaluate.results.ResultsStore`):
+a killed run resumes where it stopped, and a run resumed with more kernel
+families computes only the missing ones. XNNPACK units keep the set-only key
+of runs made before the kernels option, whose rows read as ``xnnpack``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -28,9 +37,10 @@ import qsim
 from qsim.evaluate.engine import Engine, build_quantizers
 from qsim.evaluate.results import ResultsStore
 from qsim.evaluate.sweep import load_set, open_checkpoint, read_checkpoint, resolve_sets
-from qsim.export.tflite import MODES, TFLiteModel, check_mode, export
+from qsim.export.tflite import KERNELS, MODES, TFLiteModel, check_kernels, check_mode, export
 
-SORT_KEYS = ("set_index", "mode")
+SORT_KEYS = ("set_index", "mode", "kernels")
+LEGACY_KERNELS = "xnnpack"  # what rows written before the kernels option ran on (the interpreter's default)
 
 
 def _log(msg: str) -> None:
@@ -53,11 +63,60 @@ def compare(float_pred: np.ndarray, qsim_pred: np.ndarray, tflite_pred: np.ndarr
   }
 
 
+def _checked(values: Sequence[str] | str, check, valid: Sequence[str], what: str, one: str) -> list[str]:
+  """``values`` (a name or names) validated by ``check``: non-empty, no name twice."""
+  values = [values] if isinstance(values, str) else list(values)
+  values = [check(v) for v in values]
+  if not values:
+    raise ValueError(f"{what} is empty; give some of {list(valid)}")
+  if len(set(values)) != len(values):
+    raise ValueError(f"{what}={values} lists a {one} twice")
+  return values
+
+
+def unit_key(store: ResultsStore, name: str, kernels: str) -> str:
+  """The part-file key of one unit of work, (set ``name``, ``kernels``).
+  XNNPACK units keep the set-only key that runs made before the kernels
+  option, so those runs' parts count as their XNNPACK units."""
+  return store.key(name) if kernels == LEGACY_KERNELS else store.key(name, kernels)
+
+
+def _add_kernels_column(store: ResultsStore) -> None:
+  """Rewrites parts written before the kernels option (rows without a
+  ``kernels`` value) with ``kernels='xnnpack'``, the kernels they ran on, so
+  results.csv has the column on every row. Parts that have it are untouched."""
+  for fname in sorted(os.listdir(store.parts_dir)):
+    if not fname.endswith(".json"):
+      continue
+    try:
+      with open(os.path.join(store.parts_dir, fname)) as f:
+        rows = json.load(f)
+    except ValueError:
+      continue  # corrupted: left as is, store.rows() says how to fix it
+    if not isinstance(rows, list) or all(not isinstance(r, dict) or "kernels" in r for r in rows):
+      continue  # up to date, or corrupted
+    store.put(fname[: -len(".json")], [_with_kernels(r) for r in rows])
+
+
+def _with_kernels(row: dict) -> dict:
+  """``row`` with ``kernels`` (default ``xnnpack``) right after ``mode``."""
+  if "kernels" in row:
+    return row
+  out = {}
+  for k, v in row.items():
+    out[k] = v
+    if k == "mode":
+      out["kernels"] = LEGACY_KERNELS
+  out.setdefault("kernels", LEGACY_KERNELS)
+  return out
+
+
 def run_fidelity(
     checkpoint: str,
     workdir: str,
     *,
     modes: Sequence[str] = ("int8", "dynamic", "float16"),
+    kernels: Sequence[str] = ("xnnpack",),
     shifts: Sequence[str] | str = "c",
     limit: int | None = None,
     calib_samples: int = 100,
@@ -66,20 +125,30 @@ def run_fidelity(
     data_dir: str | None = None,
     study: bool = True,
 ) -> str:
-  """Measures qsim vs TFLite for ``checkpoint``; returns the CSV path."""
-  modes = [check_mode(m) for m in modes]
-  if not modes:
-    raise ValueError(f"modes is empty; give some of {list(MODES)}")
-  if len(set(modes)) != len(modes):
-    raise ValueError(f"modes={list(modes)} lists a mode twice")
+  """Measures qsim vs TFLite for ``checkpoint``; returns the CSV path.
+
+  Each TFLite mode in ``modes`` runs on each kernel family in ``kernels``
+  (``xnnpack``, ``builtin``); the study-way comparison (``study``) runs on
+  XNNPACK only, as the study did. A unit of work is (set, kernels), holding
+  one row per mode: a resumed run computes the missing units only (a unit
+  already stored is not extended by modes added later).
+  """
+  modes = _checked(modes, check_mode, MODES, "modes", "mode")
+  kernels = _checked(kernels, check_kernels, KERNELS, "kernels", "kernel family")
   if calib_samples < 1:
     raise ValueError(f"calib_samples={calib_samples} is not valid; give an int >= 1")
   cfg = read_checkpoint(checkpoint)
   sets = resolve_sets(cfg["dataset"], shifts)
   store = ResultsStore(workdir)
-  todo = [s for s in sets if not store.has(store.key(s))]
-  _log(f"fidelity {checkpoint}: {cfg['model']} on {cfg['dataset']}, modes {modes}: {len(sets)} sets,"
-       f" {len(sets) - len(todo)} already done")
+  _add_kernels_column(store)
+  todo = {}  # set -> the kernel families it still needs
+  for s in sets:
+    missing = [k for k in kernels if not store.has(unit_key(store, s, k))]
+    if missing:
+      todo[s] = missing
+  units = len(sets) * len(kernels)
+  _log(f"fidelity {checkpoint}: {cfg['model']} on {cfg['dataset']}, modes {modes} on kernels {kernels}:"
+       f" {len(sets)} sets, {units - sum(map(len, todo.values()))} of {units} (set, kernels) units already done")
   if todo:
     _run(cfg, checkpoint, store, sets, todo, modes, limit=limit, calib_samples=calib_samples,
          batch_size=batch_size, seed=seed, data_dir=data_dir, study=study)
@@ -89,17 +158,21 @@ def run_fidelity(
 def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, batch_size, seed, data_dir, study):
   model, variables, vocab, calib, kw, text_kw = open_checkpoint(checkpoint, cfg, calib_samples, data_dir)
   t0 = time.time()
-  tfl = {}
+  needed = [k for k in KERNELS if any(k in ks for ks in todo.values())]
+  tfl = {}  # (mode, kernels) -> the model on that interpreter
   os.makedirs(os.path.join(store.workdir, "models"), exist_ok=True)
   for m in modes:
-    tfl[m] = TFLiteModel(export(model, variables, m, calib.x[:1], representative=calib.x))
+    content = export(model, variables, m, calib.x[:1], representative=calib.x)
     with open(os.path.join(store.workdir, "models", f"{m}.tflite"), "wb") as f:
-      f.write(tfl[m].content)
+      f.write(content)
+    for k in needed:
+      tfl[m, k] = TFLiteModel(content, kernels=k)
   study_model = None
-  if study and "int8" in modes and np.issubdtype(calib.x.dtype, np.floating):
+  if study and "int8" in modes and "xnnpack" in needed and np.issubdtype(calib.x.dtype, np.floating):
     study_model = TFLiteModel(export(model, variables, "int8", calib.x[:1], representative=calib.x,
                                      softmax=True, io_type="uint8"))
-  _log(f"  exported {modes}{' + study int8 (uint8 io, softmax)' if study_model else ''} in {time.time() - t0:.1f} s")
+  _log(f"  exported {modes} for kernels {needed}{' + study int8 (uint8 io, softmax, xnnpack)' if study_model else ''}"
+       f" in {time.time() - t0:.1f} s")
   engine = Engine(model, variables, build_quantizers(model, variables, [MODES[m] for m in modes], calib.x),
                   batch_size=batch_size)
   for i, name in enumerate(sets):
@@ -107,41 +180,50 @@ def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, bat
       continue
     d = load_set(name, cfg["dataset"], seed=seed, limit=limit, vocab=vocab, kw=kw, text_kw=text_kw)
     res = engine.run(d.x, d.y, name)
-    rows = []
-    for k, m in enumerate(modes):
-      tp = tfl[m].predict(d.x, batch_size)
-      row = {"set": name, "set_index": f"{i:05d}", "mode": m, "quantizer": MODES[m],
-             **compare(res.float_pred, res.quant_pred[k], tp),
-             "qsim_accuracy": float(np.mean(res.quant_pred[k] == d.y)),
-             "tflite_accuracy": float(np.mean(tp == d.y)), "float_accuracy": float(np.mean(res.float_pred == d.y))}
-      if m == "int8" and study_model is not None:
-        sp = study_model.predict_study(d.x)
-        row.update(study_disagreements=int((sp != res.float_pred).sum()),
-                   study_vs_tflite_agreement=float(np.mean(sp == tp)))
-      row.update(checkpoint=os.path.abspath(checkpoint), model=cfg["model"], method=cfg["method"],
-                 dataset=cfg["dataset"], limit=limit, calib_samples=calib_samples, eval_seed=seed,
-                 qsim_version=qsim.__version__, jax_version=jax.__version__)
-      rows.append(row)
-    store.put(store.key(name), rows)
-    worst = min(rows, key=lambda r: r["agreement"])
-    _log(f"  [{i + 1}/{len(sets)}] {name}: {len(d.y)} samples; lowest agreement {worst['mode']}"
-         f" {worst['agreement']:.4f} (jaccard {worst['jaccard']:.2f})")
+    lowest = []
+    for kern in todo[name]:
+      rows = []
+      for j, m in enumerate(modes):
+        tp = tfl[m, kern].predict(d.x, batch_size)
+        row = {"set": name, "set_index": f"{i:05d}", "mode": m, "kernels": kern, "quantizer": MODES[m],
+               **compare(res.float_pred, res.quant_pred[j], tp),
+               "qsim_accuracy": float(np.mean(res.quant_pred[j] == d.y)),
+               "tflite_accuracy": float(np.mean(tp == d.y)), "float_accuracy": float(np.mean(res.float_pred == d.y))}
+        if m == "int8" and kern == "xnnpack" and study_model is not None:
+          sp = study_model.predict_study(d.x)
+          row.update(study_disagreements=int((sp != res.float_pred).sum()),
+                     study_vs_tflite_agreement=float(np.mean(sp == tp)))
+        row.update(checkpoint=os.path.abspath(checkpoint), model=cfg["model"], method=cfg["method"],
+                   dataset=cfg["dataset"], limit=limit, calib_samples=calib_samples, eval_seed=seed,
+                   qsim_version=qsim.__version__, jax_version=jax.__version__)
+        rows.append(row)
+      store.put(unit_key(store, name, kern), rows)
+      worst = min(rows, key=lambda r: r["agreement"])
+      lowest.append(f"{worst['mode']}/{kern} {worst['agreement']:.4f} (jaccard {worst['jaccard']:.2f})")
+    _log(f"  [{i + 1}/{len(sets)}] {name}: {len(d.y)} samples; lowest agreement {', '.join(lowest)}")
+
+
+def _kernels(row: dict) -> str:
+  return row.get("kernels") or LEGACY_KERNELS
 
 
 def write_report(workdir: str) -> str:
-  """``fidelity.md``: per mode, agreement and Jaccard on the clean set and
-  over the shifted sets (min and mean), with a plot of both per set."""
-  rows = sorted(ResultsStore(workdir).rows(), key=lambda r: (r["set_index"], r["mode"]))
+  """``fidelity.md``: per (mode, kernels), agreement and Jaccard on the clean
+  set and over the shifted sets (min and mean), with a plot of both per set."""
+  rows = sorted(ResultsStore(workdir).rows(),
+                key=lambda r: (r["set_index"], r["mode"], KERNELS.index(_kernels(r))))
   if not rows:
     raise ValueError(f"no fidelity rows in {workdir!r}; run experiments.fidelity first")
   lines = ["# Fidelity: qsim vs the real TFLite model", "",
-           f"Checkpoint `{rows[0]['checkpoint']}` ({rows[0]['model']}, {rows[0]['dataset']}).", "",
-           "| mode | qsim preset | clean agreement | clean Jaccard | shifted sets | min agreement | mean agreement"
-           " | min Jaccard | mean Jaccard | disagreements qsim / TFLite (all sets) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-  modes = list(dict.fromkeys(r["mode"] for r in rows))
-  for m in modes:
-    rs = [r for r in rows if r["mode"] == m]
+           f"Checkpoint `{rows[0]['checkpoint']}` ({rows[0]['model']}, {rows[0]['dataset']}). Kernels: `xnnpack`"
+           " is the interpreter's default (XNNPACK delegate), `builtin` TFLite's built-in kernels (fixed-point"
+           " requantization).", "",
+           "| mode | kernels | qsim preset | clean agreement | clean Jaccard | shifted sets | min agreement"
+           " | mean agreement | min Jaccard | mean Jaccard | disagreements qsim / TFLite (all sets) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  groups = sorted({(r["mode"], _kernels(r)) for r in rows}, key=lambda g: (g[0], KERNELS.index(g[1])))
+  for m, k in groups:
+    rs = [r for r in rows if r["mode"] == m and _kernels(r) == k]
     clean = [r for r in rs if r["set"] == "clean"]
     shifted = [r for r in rs if r["set"] != "clean"]
     c = clean[0] if clean else {"agreement": float("nan"), "jaccard": float("nan")}
@@ -149,18 +231,18 @@ def write_report(workdir: str) -> str:
     jc = [r["jaccard"] for r in shifted]
     f = lambda xs, fn: f"{fn(xs):.4f}" if xs else "-"  # noqa: E731
     lines.append(
-        f"| {m} | {rs[0]['quantizer']} | {c['agreement']:.4f} | {c['jaccard']:.3f} | {len(shifted)} | "
+        f"| {m} | {k} | {rs[0]['quantizer']} | {c['agreement']:.4f} | {c['jaccard']:.3f} | {len(shifted)} | "
         f"{f(ag, min)} | {f(ag, np.mean)} | {f(jc, min)} | {f(jc, np.mean)} | "
         f"{sum(r['qsim_disagreements'] for r in rs)} / {sum(r['tflite_disagreements'] for r in rs)} |")
   study = [r for r in rows if r.get("study_disagreements") is not None]
   if study:
     lines += ["", "The study's own way (uint8 input truncated, one sample at a time, argmax of the uint8 softmax)"
-              " against the same int8 model run with rounded input and dequantized logits:", "",
+              " against the same int8 model run with rounded input and dequantized logits, both on XNNPACK:", "",
               "| set | TFLite disagreements | study-way disagreements | study-way agreement with TFLite |",
               "|---|---|---|---|"]
     lines += [f"| {r['set']} | {r['tflite_disagreements']} | {r['study_disagreements']} |"
               f" {r['study_vs_tflite_agreement']:.4f} |" for r in study]
-  if _plot(rows, modes, os.path.join(workdir, "fidelity.png")):
+  if _plot(rows, groups, os.path.join(workdir, "fidelity.png")):
     lines += ["", "![agreement and Jaccard per set](fidelity.png)"]
   path = os.path.join(workdir, "fidelity.md")
   with open(path, "w") as fh:
@@ -168,15 +250,19 @@ def write_report(workdir: str) -> str:
   return path
 
 
-def _plot(rows, modes, path) -> bool:
+def _plot(rows, groups, path) -> bool:
+  """Agreement and Jaccard per set, a series per (mode, kernels) labelled
+  'int8/builtin'; XNNPACK as dots, built-in kernels as crosses."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
-  for m in modes:
-    rs = [r for r in rows if r["mode"] == m]
-    axes[0].plot([r["agreement"] for r in rs], ".", label=m)
-    axes[1].plot([r["jaccard"] for r in rs], ".", label=m)
+  for m, k in groups:
+    rs = [r for r in rows if r["mode"] == m and _kernels(r) == k]
+    x = [int(r["set_index"]) for r in rs]
+    marker = "." if k == "xnnpack" else "x"
+    axes[0].plot(x, [r["agreement"] for r in rs], marker, linestyle="none", label=f"{m}/{k}")
+    axes[1].plot(x, [r["jaccard"] for r in rs], marker, linestyle="none", label=f"{m}/{k}")
   for ax, t in zip(axes, ("top-1 agreement qsim vs TFLite", "Jaccard of disagreement sets")):
     ax.set_title(t)
     ax.set_xlabel("set (0 = clean)")

@@ -25,6 +25,7 @@ take token ids). TensorFlow is the optional extra ``qsim[tflite]``.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Callable
 
 import numpy as np
@@ -58,6 +59,28 @@ def check_mode(mode: str) -> str:
   if mode not in MODES:
     raise ValueError(f"mode={mode!r} is not valid; choose one of {list(MODES)}")
   return mode
+
+
+# The interpreter's kernel families. ``xnnpack``: the Python interpreter's default, the XNNPACK
+# delegate on the ops it takes (int8 requantization by an fp32 multiply). ``builtin``: TFLite's
+# built-in kernels with no default delegate (int8 requantization by a 32-bit fixed-point multiplier
+# and shift, gemmlowp rounding), the arithmetic TFLite Micro and many NPU paths follow.
+KERNELS = ("xnnpack", "builtin")
+
+
+def check_kernels(kernels: str) -> str:
+  if kernels not in KERNELS:
+    raise ValueError(f"kernels={kernels!r} is not valid; choose one of {list(KERNELS)}")
+  return kernels
+
+
+def _op_resolver_type(interpreter_cls, kernels: str):
+  """The ``experimental_op_resolver_type`` that selects ``kernels``, from the
+  interpreter's own module (LiteRT and TensorFlow each define, and check
+  against, their own ``OpResolverType``); None for the default (XNNPACK)."""
+  if kernels == "xnnpack":
+    return None
+  return sys.modules[interpreter_cls.__module__].OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
 
 
 # --- the forward pass in TensorFlow ops -------------------------------------
@@ -270,13 +293,24 @@ def export(
 
 @dataclasses.dataclass
 class TFLiteModel:
-  """A TFLite model and its interpreter (LiteRT where installed)."""
+  """A TFLite model and its interpreter (LiteRT where installed).
+
+  ``kernels`` picks the kernel family (``KERNELS``): ``'xnnpack'``, the
+  interpreter's default (the XNNPACK delegate), or ``'builtin'``, TFLite's
+  built-in kernels with the default delegates off; the two requantize int8
+  differently, so the same model can give different int8 outputs.
+  """
 
   content: bytes
   num_threads: int | None = None
+  kernels: str = "xnnpack"
 
   def __post_init__(self):
-    self._interp = _interpreter_cls()(model_content=self.content, num_threads=self.num_threads)
+    check_kernels(self.kernels)
+    cls = _interpreter_cls()
+    resolver = _op_resolver_type(cls, self.kernels)
+    extra = {} if resolver is None else {"experimental_op_resolver_type": resolver}
+    self._interp = cls(model_content=self.content, num_threads=self.num_threads, **extra)
     self._in = self._interp.get_input_details()[0]
     self._out = self._interp.get_output_details()[0]
     self._shape = None

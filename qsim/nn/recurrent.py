@@ -8,6 +8,17 @@ own name. The input and the hidden state are quantized once with
 both the input kernels and the recurrent kernels are quantized with
 ``spec.weight``; the new carry with ``spec.state`` (optional). flax's cells do not expose ``dot_general``, which
 is why they are rebuilt here.
+
+Under a spec with ``output`` (``tflite_int8``) a cell runs as TFLite's int8
+graph of the unrolled recurrence (read from the converted GRU/LSTM models):
+every gate matmul, ADD, SUB and MUL writes an int8 tensor with its own
+calibrated range *per time step* (the RNN keeps one set of ranges per step),
+LOGISTIC and TANH write int8 on their fixed grids (scale 1/256, zero point
+-128; scale 1/128, zero point 0), the hidden state is the last ADD's int8
+output, and the input sequence is quantized once, on one range (the
+model's input QUANTIZE; time steps are slices of it). Ranges of operands
+that an ADD/MUL overwrites in place are widened as the converter's
+calibrator records them (``LayerSpec.inplace_ranges``).
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qsim.nn.layers import QUANT_RNG, QUANT_STATS, Dense, layer_name, quantize_tensor, resolve
+from qsim.nn.layers import QUANT_RNG, QUANT_STATS, Dense, _quantizing, _widen, layer_name, quantize_tensor, resolve
 from qsim.quant.spec import LayerSpec
 
 
@@ -44,9 +55,61 @@ def _quantize_inputs(cell, spec, x, h):
   """
   if spec is None:
     return x, h, None
-  x = quantize_tensor(cell, x, spec.act, slot="act_x", batch_axes=(0,))
-  h = quantize_tensor(cell, h, spec.act, slot="act_h", batch_axes=(0,))
-  return x, h, LayerSpec(weight=spec.weight)
+  n = h.shape[-1]
+  # a side whose kernels are under min_weights stays float (as the converter leaves them)
+  if x.shape[-1] * n >= spec.min_weights:
+    x = quantize_tensor(cell, x, spec.act, slot="act_x", batch_axes=(0,))
+  if n * n >= spec.min_weights:
+    h = quantize_tensor(cell, h, spec.act, slot="act_h", batch_axes=(0,))
+  return x, h, LayerSpec(weight=spec.weight, min_weights=spec.min_weights)
+
+
+def int8_graph(spec: LayerSpec | None) -> bool:
+  """Whether a cell under ``spec`` runs as the converter's unrolled int8
+  graph (every op's output stored int8, ranges per time step)."""
+  return spec is not None and spec.output is not None
+
+
+def _sigmoid_int8(y):
+  """TFLite int8 LOGISTIC's output grid: scale 1/256, zero point -128."""
+  return y + jax.lax.stop_gradient(jnp.clip(jnp.round(y * 256.0), 0.0, 255.0) / 256.0 - y)
+
+
+def _tanh_int8(y):
+  """TFLite int8 TANH's output grid: scale 1/128, zero point 0."""
+  return y + jax.lax.stop_gradient(jnp.clip(jnp.round(y * 128.0), -128.0, 127.0) / 128.0 - y)
+
+
+class _Int8Graph:
+  """The int8 tensors of one cell step: ``store(y, slot)`` quantizes an op's
+  output on its own (per-step) calibrated range; ``in_place(slot, y)``
+  declares that the op writing ``y`` overwrites ``slot`` in place."""
+
+  def __init__(self, cell: nn.Module, spec: LayerSpec):
+    self.cell, self.spec = cell, spec
+
+  def sigmoid(self, y):
+    """LOGISTIC (float while calibrating, as the converter calibrates)."""
+    y = jax.nn.sigmoid(y)
+    return _sigmoid_int8(y) if _quantizing(self.cell) else y
+
+  def tanh(self, y):
+    """TANH (float while calibrating)."""
+    y = jnp.tanh(y)
+    return _tanh_int8(y) if _quantizing(self.cell) else y
+
+  def store(self, y, slot: str):
+    return quantize_tensor(self.cell, y, self.spec.output, slot=slot, batch_axes=(0,))
+
+  def in_place(self, slot: str, y) -> None:
+    _widen(self.cell, self.spec, y, slot)
+
+  def gate_sum(self, x_part, h_part, gate: str):
+    """``x_part + h_part`` (ADD; the x-side matmul, read only here, is
+    overwritten in place)."""
+    y = self.store(x_part + h_part, f"add_{gate}")
+    self.in_place(f"fc_i{gate}", y)
+    return y
 
 
 class LSTMCell(nn.LSTMCell):
@@ -58,6 +121,8 @@ class LSTMCell(nn.LSTMCell):
   def __call__(self, carry, inputs):
     spec = resolve(self.quant, layer_name(self))
     c, h = carry
+    if int8_graph(spec):
+      return self._int8(spec, c, h, inputs)
     inputs, h_in, gate_spec = _quantize_inputs(self, spec, inputs, h)
     n = h.shape[-1]
     dense_h = _gate_dense(gate_spec, n, True, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
@@ -73,6 +138,28 @@ class LSTMCell(nn.LSTMCell):
       new_h = quantize_tensor(self, new_h, spec.state, slot="state_h", batch_axes=(0,))
     return (new_c, new_h), new_h
 
+  def _int8(self, spec: LayerSpec, c, h, x):
+    """One step of TFLite's int8 LSTM graph (``x``: already int8; ``c``,
+    ``h``: the previous step's int8 outputs, or zeros)."""
+    g8 = _Int8Graph(self, spec)
+    n = h.shape[-1]
+    gate_spec = LayerSpec(weight=spec.weight)
+    dense_h = _gate_dense(gate_spec, n, True, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
+    dense_i = _gate_dense(gate_spec, n, False, self.kernel_init, self.bias_init, self.dtype, self.param_dtype)
+
+    def gate(g, fn):
+      xi = g8.store(dense_i(name=f"i{g}")(x), f"fc_i{g}")
+      hh = g8.store(dense_h(name=f"h{g}")(h), f"fc_h{g}")
+      return fn(g8.gate_sum(xi, hh, g))
+
+    i, f, g, o = gate("i", g8.sigmoid), gate("f", g8.sigmoid), gate("g", g8.tanh), gate("o", g8.sigmoid)
+    fc = g8.store(f * c, "mul_fc")  # in place on f (a fixed grid: no range to widen)
+    ig = g8.store(i * g, "mul_ig")
+    new_c = g8.store(fc + ig, "new_c")
+    g8.in_place("mul_fc", new_c)
+    new_h = g8.store(o * g8.tanh(new_c), "new_h")
+    return (new_c, new_h), new_h
+
 
 class GRUCell(nn.GRUCell):
   """``flax.linen.GRUCell`` with quantized gate matmuls and carry."""
@@ -83,6 +170,8 @@ class GRUCell(nn.GRUCell):
   def __call__(self, carry, inputs):
     spec = resolve(self.quant, layer_name(self))
     h = carry
+    if int8_graph(spec):
+      return self._int8(spec, h, inputs)
     inputs, h_in, gate_spec = _quantize_inputs(self, spec, inputs, h)
     n = h.shape[-1]
     dense_h = _gate_dense(gate_spec, n, False, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
@@ -94,6 +183,29 @@ class GRUCell(nn.GRUCell):
     new_h = (1.0 - z) * n_ + z * h
     if spec is not None and spec.state is not None:
       new_h = quantize_tensor(self, new_h, spec.state, slot="state_h", batch_axes=(0,))
+    return new_h, new_h
+
+  def _int8(self, spec: LayerSpec, h, x):
+    """One step of TFLite's int8 GRU graph (``x``: already int8; ``h``: the
+    previous step's int8 output, or zeros)."""
+    g8 = _Int8Graph(self, spec)
+    n = h.shape[-1]
+    gate_spec = LayerSpec(weight=spec.weight)
+    dense_h = _gate_dense(gate_spec, n, False, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
+    dense_i = _gate_dense(gate_spec, n, True, self.kernel_init, self.bias_init, self.dtype, self.param_dtype)
+    xi = {g: g8.store(dense_i(name=f"i{g}")(x), f"fc_i{g}") for g in ("r", "z", "n")}
+    hh = {g: g8.store(dense_h(name=f"h{g}")(h), f"fc_h{g}") for g in ("r", "z")}
+    r = g8.sigmoid(g8.gate_sum(xi["r"], hh["r"], "r"))
+    z = g8.sigmoid(g8.gate_sum(xi["z"], hh["z"], "z"))
+    hn = g8.store(dense_h(name="hn", use_bias=True)(h), "fc_hn")
+    rh = g8.store(r * hn, "mul_rh")
+    g8.in_place("fc_hn", rh)  # r, operand 0, is a LOGISTIC output (fixed grid); hn is read only here
+    n_ = g8.tanh(g8.gate_sum(xi["n"], rh, "n"))
+    one_minus_z = g8.store(1.0 - z, "sub_z")
+    kept = g8.store(one_minus_z * n_, "mul_n")
+    g8.in_place("sub_z", kept)
+    new_h = g8.store(kept + g8.store(z * h, "mul_h"), "new_h")
+    g8.in_place("mul_n", new_h)
     return new_h, new_h
 
 
@@ -124,6 +236,10 @@ class RNN(nn.Module):
           inputs[:, 0].shape,
       )
     calibrating = self.is_mutable_collection(QUANT_STATS) and not self.is_initializing()
+    spec = resolve(self.cell.quant, f"{layer_name(self)}/cell") if hasattr(self.cell, "quant") else None
+    per_step = int8_graph(spec)
+    if per_step:  # the model's input QUANTIZE: one range for the whole sequence
+      inputs = quantize_tensor(self, inputs, spec.act, slot="input", batch_axes=(0,))
 
     def body(cell, carry, xs):
       x, t = xs
@@ -135,10 +251,14 @@ class RNN(nn.Module):
         )
       return new_carry, y
 
+    if per_step:  # one set of ranges per time step (the converter unrolls the loop)
+      kw = dict(variable_broadcast="params", variable_axes={QUANT_STATS: 0})
+    else:
+      kw = dict(variable_broadcast="params" if calibrating else ["params", QUANT_STATS],
+                variable_carry=QUANT_STATS if calibrating else False)
     scan = nn.scan(
         body,
-        variable_broadcast="params" if calibrating else ["params", QUANT_STATS],
-        variable_carry=QUANT_STATS if calibrating else False,
+        **kw,
         split_rngs={"params": False, QUANT_RNG: True},
         in_axes=0,
         out_axes=0,
