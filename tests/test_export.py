@@ -130,7 +130,7 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
       ("clean", "float32", "xnnpack"), ("clean", "int8", "xnnpack"),
       ("fog", "float32", "xnnpack"), ("fog", "int8", "xnnpack")]
   by = {(r["set"], r["mode"]): r for r in rows}
-  assert by[("clean", "float32")]["agreement"] == 1.0 and by[("clean", "float32")]["tflite_disagreements"] == 0
+  assert by[("clean", "float32")]["agreement"] == 1.0 and by[("clean", "float32")]["runtime_disagreements"] == 0
   assert by[("clean", "int8")]["agreement"] >= 0.99
   assert by[("clean", "int8")]["study_disagreements"] is not None
   assert os.path.getsize(tmp_path / "models" / "int8.tflite") > 0
@@ -151,19 +151,23 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
   table = open(path).read().splitlines()
   assert "kernels" in table[0].split(",") and len(table) == 1 + 8
 
-  # a part written before the kernels option (no column) is read as xnnpack, and is not recomputed
+  # a part written before the kernels option (no column; TFLite-only columns) is read as xnnpack, and is not
+  # recomputed
   old = next(p for p in parts if p.startswith("clean"))
   with open(tmp_path / "parts" / old) as f:
-    legacy = [{k: v for k, v in r.items() if k != "kernels"} for r in json.load(f)]
+    legacy = [{k.replace("runtime_", "tflite_"): v for k, v in r.items() if k not in ("kernels", "runtime")}
+              for r in json.load(f)]
   with open(tmp_path / "parts" / old, "w") as f:
     json.dump(legacy, f)
   fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("builtin", "xnnpack"), **kw)
   rows3 = fidelity.ResultsStore(str(tmp_path)).rows()
   assert len(rows3) == 8 and sum(r["kernels"] == "xnnpack" for r in rows3) == 4
-  assert [r["kernels"] for r in json.load(open(tmp_path / "parts" / old))] == ["xnnpack", "xnnpack"]
+  migrated = json.load(open(tmp_path / "parts" / old))
+  assert [(r["runtime"], r["kernels"]) for r in migrated] == [("tflite", "xnnpack")] * 2
+  assert all("runtime_disagreements" in r and not any(k.startswith("tflite_") for k in r) for r in migrated)
 
   report = open(fidelity.write_report(str(tmp_path))).read()
-  assert "| int8 | xnnpack | tflite_int8 |" in report and "| int8 | builtin | tflite_int8 |" in report
+  assert "| tflite | int8 | xnnpack | tflite_int8 |" in report and "| tflite | int8 | builtin | tflite_int8 |" in report
   assert os.path.exists(tmp_path / "fidelity.png")
   with pytest.raises(ValueError, match="lists a mode twice"):
     fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), modes=("int8", "int8"))
@@ -171,7 +175,7 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
     fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("builtin", "builtin"))
   with pytest.raises(ValueError, match="kernels is empty"):
     fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=())
-  with pytest.raises(ValueError, match=r"kernels='gpu' is not valid; choose one of \['xnnpack', 'builtin'\]"):
+  with pytest.raises(ValueError, match=r"kernels='gpu' is not valid; choose one of \['xnnpack', 'builtin', 'mlas', 'reference'\]"):
     fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("xnnpack", "gpu"))
   json.dumps(rows2)  # rows are plain JSON
 
@@ -179,6 +183,6 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
 def test_jaccard_and_compare():
   f = np.array([0, 1, 2, 3])
   c = fidelity.compare(f, np.array([0, 1, 0, 0]), np.array([0, 2, 0, 3]))
-  assert c["agreement"] == 0.5 and c["qsim_disagreements"] == 2 and c["tflite_disagreements"] == 2
+  assert c["agreement"] == 0.5 and c["qsim_disagreements"] == 2 and c["runtime_disagreements"] == 2
   assert c["both_disagree"] == 1 and c["jaccard"] == pytest.approx(1 / 3)
   assert fidelity.jaccard(np.zeros(3, bool), np.zeros(3, bool)) == 1.0

@@ -1,18 +1,22 @@
-"""qsim vs the real TFLite model, on clean and shifted data.
+"""qsim vs the real runtimes (TFLite, ONNX Runtime), on clean and shifted data.
 
   python -m experiments.fidelity --config=experiments/configs/fidelity.py:checkpoint=runs/lenet5 --workdir=runs/fidelity
   python -m experiments.fidelity --config=experiments/configs/fidelity.py:checkpoint=runs/lenet5,runlocal --workdir=/tmp/fid
 
-Needs the optional extra: pip install 'qsim[tflite]'. ``modes``: '+'-separated
-TFLite modes (int8, dynamic, float16, float32); each is compared with the qsim
-preset that simulates it (qsim.export.tflite.MODES). ``kernels``: '+'-separated
-interpreter kernel families each mode runs on (qsim.export.tflite.KERNELS):
+Needs the optional extras: pip install 'qsim[tflite,onnx]' (qsim[onnx] only for
+the ort_* modes). ``modes``: '+'-separated deployment modes, TFLite's (int8,
+dynamic, float16, float32; qsim.export.tflite.MODES) and ONNX Runtime's
+(ort_int8, ort_dynamic, ort_dynamic_u8; qsim.export.onnx.ORT_MODES); each is
+compared with the qsim preset that simulates it. ``kernels``: '+'-separated
+kernel families each mode runs on, for TFLite (qsim.export.tflite.KERNELS):
 xnnpack (the interpreter's default delegate) and builtin (TFLite's built-in
-kernels, fixed-point int8 requantization as in TFLite Micro). ``shifts`` as in
+kernels, fixed-point int8 requantization as in TFLite Micro); for ONNX Runtime
+(qsim.export.onnx.ORT_KERNELS): mlas (the default session, fused integer
+kernels) and reference (graph optimizations off: the QDQ graph as written). ``shifts`` as in
 experiments/configs/evaluate.py. ``study``: also run the int8 model the
 study's way (uint8 input truncated, one sample at a time; XNNPACK only).
 Writes workdir/results.csv (a row per set x mode x kernels), fidelity.md and
-fidelity.png, and the .tflite files in workdir/models/. Rerunning resumes,
+fidelity.png, and the .tflite / .onnx files in workdir/models/. Rerunning resumes,
 also with kernel families added. Expected (2-core CPU): LeNet-5, 3 modes on
 XNNPACK, 1,000 images x 76 sets in about 5 minutes.
 """
@@ -26,8 +30,8 @@ def get_config(arg: str = ""):
   import ml_collections
   c = ml_collections.ConfigDict()
   c.checkpoint = ""
-  c.modes = "int8+dynamic+float16"
-  c.kernels = "xnnpack+builtin"
+  c.modes = "int8+dynamic+float16+ort_int8+ort_dynamic+ort_dynamic_u8"
+  c.kernels = "xnnpack+builtin+mlas+reference"
   c.shifts = "c"
   c.limit = 1000  # images per set (0 = the whole split)
   c.calib_samples = 100  # the representative dataset: the first N training samples

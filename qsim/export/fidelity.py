@@ -1,11 +1,13 @@
-"""Fidelity: does qsim's simulation predict what the real TFLite model does?
+"""Fidelity: does qsim's simulation predict what the real runtimes do?
 
-For a checkpoint, each TFLite mode is exported (:mod:`qsim.export.tflite`)
-and run by the interpreter on the clean test split and every shifted set;
-qsim runs the matching preset (``MODES``) in its engine on the same inputs.
-Per (set, mode, kernels) the rows give top-1 agreement between qsim and TFLite, and
-the Jaccard overlap between the disagreement sets (samples whose prediction
-differs from the float model's) qsim predicts and TFLite produces. With
+For a checkpoint, each deployment mode is exported, to TFLite
+(:mod:`qsim.export.tflite`, ``MODES``) or to ONNX quantized by ONNX Runtime
+(:mod:`qsim.export.onnx`, ``ORT_MODES``), and run by that runtime on the
+clean test split and every shifted set; qsim runs the matching preset in its
+engine on the same inputs. Per (set, mode, kernels) the rows give top-1
+agreement between qsim and the runtime, and the Jaccard overlap between the
+disagreement sets (samples whose prediction differs from the float model's)
+qsim predicts and the runtime produces. With
 ``study=True`` the int8 model is also run the study's way (uint8 input cast
 by truncation, one sample at a time, argmax of the uint8 softmax) to show
 that pipeline's artefacts.
@@ -13,8 +15,12 @@ that pipeline's artefacts.
 Each TFLite model can run on either of the interpreter's kernel families
 (``kernels``, :data:`qsim.export.tflite.KERNELS`): ``xnnpack``, the Python
 interpreter's default delegate, and ``builtin``, TFLite's built-in kernels
-(fixed-point int8 requantization, as TFLite Micro and many NPU paths do). A
-row is one (set, mode, kernels); qsim runs once per set for all of them.
+(fixed-point int8 requantization, as TFLite Micro and many NPU paths do);
+each ONNX Runtime model on ``mlas`` (the default session: fused integer
+kernels) or ``reference`` (graph optimizations off: the QDQ graph as written)
+(:data:`qsim.export.onnx.ORT_KERNELS`). A mode runs on the listed kernel
+families of its own runtime. A row is one (set, mode, kernels); qsim runs
+once per set for all of them.
 
 Rows are committed per (set, kernels) (:class:`qsim.evaluate.results.ResultsStore`):
 a killed run resumes where it stopped, and a run resumed with more kernel
@@ -37,9 +43,25 @@ import qsim
 from qsim.evaluate.engine import Engine, build_quantizers
 from qsim.evaluate.results import ResultsStore
 from qsim.evaluate.sweep import load_set, open_checkpoint, read_checkpoint, resolve_sets
-from qsim.export.tflite import KERNELS, MODES, TFLiteModel, check_kernels, check_mode, export
+from qsim.export.onnx import ORT_KERNELS, ORT_MODES, ORTModel, export_onnx, onnx_modules
+from qsim.export.tflite import KERNELS, MODES, TFLiteModel, export
 
 SORT_KEYS = ("set_index", "mode", "kernels")
+ALL_MODES = (*MODES, *ORT_MODES)
+ALL_KERNELS = (*KERNELS, *ORT_KERNELS)
+
+
+def runtime_of(name: str) -> str:
+  """'onnxruntime' for an ONNX Runtime mode or kernel family, else 'tflite'."""
+  return "onnxruntime" if name in ORT_MODES or name in ORT_KERNELS else "tflite"
+
+
+def _check_in(valid: Sequence[str], what: str):
+  def check(v: str) -> str:
+    if v not in valid:
+      raise ValueError(f"{what}={v!r} is not valid; choose one of {list(valid)}")
+    return v
+  return check
 LEGACY_KERNELS = "xnnpack"  # what rows written before the kernels option ran on (the interpreter's default)
 
 
@@ -53,12 +75,12 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
   return 1.0 if union == 0 else int((a & b).sum()) / union
 
 
-def compare(float_pred: np.ndarray, qsim_pred: np.ndarray, tflite_pred: np.ndarray) -> dict:
-  """Agreement of qsim and TFLite, and the overlap of their disagreement sets."""
-  dq, dt = qsim_pred != float_pred, tflite_pred != float_pred
+def compare(float_pred: np.ndarray, qsim_pred: np.ndarray, runtime_pred: np.ndarray) -> dict:
+  """Agreement of qsim and the runtime, and the overlap of their disagreement sets."""
+  dq, dt = qsim_pred != float_pred, runtime_pred != float_pred
   return {
-      "n": len(float_pred), "agreement": float(np.mean(qsim_pred == tflite_pred)) if len(float_pred) else float("nan"),
-      "jaccard": jaccard(dq, dt), "qsim_disagreements": int(dq.sum()), "tflite_disagreements": int(dt.sum()),
+      "n": len(float_pred), "agreement": float(np.mean(qsim_pred == runtime_pred)) if len(float_pred) else float("nan"),
+      "jaccard": jaccard(dq, dt), "qsim_disagreements": int(dq.sum()), "runtime_disagreements": int(dt.sum()),
       "both_disagree": int((dq & dt).sum()),
   }
 
@@ -83,8 +105,10 @@ def unit_key(store: ResultsStore, name: str, kernels: str) -> str:
 
 def _add_kernels_column(store: ResultsStore) -> None:
   """Rewrites parts written before the kernels option (rows without a
-  ``kernels`` value) with ``kernels='xnnpack'``, the kernels they ran on, so
-  results.csv has the column on every row. Parts that have it are untouched."""
+  ``kernels`` value) with ``kernels='xnnpack'``, the kernels they ran on, and
+  parts written before ONNX Runtime (``tflite_*`` columns, no ``runtime``)
+  with ``runtime='tflite'`` and ``runtime_*`` columns, so results.csv has one
+  schema. Parts that have it are untouched."""
   for fname in sorted(os.listdir(store.parts_dir)):
     if not fname.endswith(".json"):
       continue
@@ -93,21 +117,26 @@ def _add_kernels_column(store: ResultsStore) -> None:
         rows = json.load(f)
     except ValueError:
       continue  # corrupted: left as is, store.rows() says how to fix it
-    if not isinstance(rows, list) or all(not isinstance(r, dict) or "kernels" in r for r in rows):
+    if not isinstance(rows, list) or all(not isinstance(r, dict) or {"runtime", "kernels"} <= r.keys() for r in rows):
       continue  # up to date, or corrupted
     store.put(fname[: -len(".json")], [_with_kernels(r) for r in rows])
 
 
 def _with_kernels(row: dict) -> dict:
-  """``row`` with ``kernels`` (default ``xnnpack``) right after ``mode``."""
-  if "kernels" in row:
+  """``row`` with ``runtime`` and ``kernels`` (defaults ``tflite``,
+  ``xnnpack``) right after ``mode``, and ``tflite_*`` columns as ``runtime_*``."""
+  if not isinstance(row, dict) or {"runtime", "kernels"} <= row.keys():
     return row
   out = {}
   for k, v in row.items():
-    out[k] = v
+    if k in ("kernels", "runtime"):
+      continue
+    out[k.replace("tflite_", "runtime_", 1) if k.startswith("tflite_") else k] = v
     if k == "mode":
-      out["kernels"] = LEGACY_KERNELS
-  out.setdefault("kernels", LEGACY_KERNELS)
+      out["runtime"] = row.get("runtime", "tflite")
+      out["kernels"] = row.get("kernels", LEGACY_KERNELS)
+  out.setdefault("runtime", row.get("runtime", "tflite"))
+  out.setdefault("kernels", row.get("kernels", LEGACY_KERNELS))
   return out
 
 
@@ -125,16 +154,25 @@ def run_fidelity(
     data_dir: str | None = None,
     study: bool = True,
 ) -> str:
-  """Measures qsim vs TFLite for ``checkpoint``; returns the CSV path.
+  """Measures qsim vs the runtimes for ``checkpoint``; returns the CSV path.
 
-  Each TFLite mode in ``modes`` runs on each kernel family in ``kernels``
-  (``xnnpack``, ``builtin``); the study-way comparison (``study``) runs on
-  XNNPACK only, as the study did. A unit of work is (set, kernels), holding
-  one row per mode: a resumed run computes the missing units only (a unit
+  Each mode in ``modes`` (TFLite's ``MODES``, ONNX Runtime's
+  ``ORT_MODES``) runs on each kernel family of its runtime in
+  ``kernels`` (TFLite: ``xnnpack``, ``builtin``; ONNX Runtime: ``mlas``,
+  ``reference``); the study-way comparison (``study``) runs on XNNPACK only,
+  as the study did. A unit of work is (set, kernels), holding one row per
+  mode of that runtime: a resumed run computes the missing units only (a unit
   already stored is not extended by modes added later).
   """
-  modes = _checked(modes, check_mode, MODES, "modes", "mode")
-  kernels = _checked(kernels, check_kernels, KERNELS, "kernels", "kernel family")
+  modes = _checked(modes, _check_in(ALL_MODES, "mode"), ALL_MODES, "modes", "mode")
+  kernels = _checked(kernels, _check_in(ALL_KERNELS, "kernels"), ALL_KERNELS, "kernels", "kernel family")
+  for rt in {runtime_of(m) for m in modes}:
+    if not any(runtime_of(k) == rt for k in kernels):
+      raise ValueError(f"modes {[m for m in modes if runtime_of(m) == rt]} run on {rt}, but kernels={kernels}"
+                       f" names none of its kernel families {[k for k in ALL_KERNELS if runtime_of(k) == rt]}")
+  kernels = [k for k in kernels if any(runtime_of(m) == runtime_of(k) for m in modes)]
+  if any(runtime_of(m) == "onnxruntime" for m in modes):
+    onnx_modules()  # the extra is installed, or an error naming it, before any work
   if calib_samples < 1:
     raise ValueError(f"calib_samples={calib_samples} is not valid; give an int >= 1")
   cfg = read_checkpoint(checkpoint)
@@ -155,25 +193,47 @@ def run_fidelity(
   return store.write_table(SORT_KEYS)
 
 
+def _export_all(model, variables, calib, modes, needed, models_dir) -> dict:
+  """(mode, kernels) -> the runtime's model, for each mode on each needed
+  kernel family of its runtime; each exported file is kept in ``models_dir``
+  (written whole, then renamed)."""
+  os.makedirs(models_dir, exist_ok=True)
+  out = {}
+  for m in modes:
+    kerns = [k for k in needed if runtime_of(k) == runtime_of(m)]
+    if not kerns:
+      continue
+    if runtime_of(m) == "onnxruntime":
+      content, ext = export_onnx(model, variables, m, calib.x[:1], representative=calib.x), "onnx"
+      make = lambda c, k: ORTModel(c, kernels=k)  # noqa: E731
+    else:
+      content, ext = export(model, variables, m, calib.x[:1], representative=calib.x), "tflite"
+      make = lambda c, k: TFLiteModel(c, kernels=k)  # noqa: E731
+    path = os.path.join(models_dir, f"{m}.{ext}")
+    with open(path + ".tmp", "wb") as f:
+      f.write(content)
+    os.replace(path + ".tmp", path)
+    for k in kerns:
+      out[m, k] = make(content, k)
+  return out
+
+
+def _preset(mode: str) -> str:
+  return {**MODES, **ORT_MODES}[mode]
+
+
 def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, batch_size, seed, data_dir, study):
   model, variables, vocab, calib, kw, text_kw = open_checkpoint(checkpoint, cfg, calib_samples, data_dir)
   t0 = time.time()
-  needed = [k for k in KERNELS if any(k in ks for ks in todo.values())]
-  tfl = {}  # (mode, kernels) -> the model on that interpreter
-  os.makedirs(os.path.join(store.workdir, "models"), exist_ok=True)
-  for m in modes:
-    content = export(model, variables, m, calib.x[:1], representative=calib.x)
-    with open(os.path.join(store.workdir, "models", f"{m}.tflite"), "wb") as f:
-      f.write(content)
-    for k in needed:
-      tfl[m, k] = TFLiteModel(content, kernels=k)
+  needed = [k for k in ALL_KERNELS if any(k in ks for ks in todo.values())]
+  tfl = _export_all(model, variables, calib, modes, needed, os.path.join(store.workdir, "models"))
   study_model = None
   if study and "int8" in modes and "xnnpack" in needed and np.issubdtype(calib.x.dtype, np.floating):
     study_model = TFLiteModel(export(model, variables, "int8", calib.x[:1], representative=calib.x,
                                      softmax=True, io_type="uint8"))
   _log(f"  exported {modes} for kernels {needed}{' + study int8 (uint8 io, softmax, xnnpack)' if study_model else ''}"
        f" in {time.time() - t0:.1f} s")
-  engine = Engine(model, variables, build_quantizers(model, variables, [MODES[m] for m in modes], calib.x),
+  engine = Engine(model, variables, build_quantizers(model, variables, [_preset(m) for m in modes], calib.x),
                   batch_size=batch_size)
   for i, name in enumerate(sets):
     if name not in todo:
@@ -184,11 +244,13 @@ def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, bat
     for kern in todo[name]:
       rows = []
       for j, m in enumerate(modes):
+        if runtime_of(m) != runtime_of(kern):
+          continue
         tp = tfl[m, kern].predict(d.x, batch_size)
-        row = {"set": name, "set_index": f"{i:05d}", "mode": m, "kernels": kern, "quantizer": MODES[m],
-               **compare(res.float_pred, res.quant_pred[j], tp),
+        row = {"set": name, "set_index": f"{i:05d}", "mode": m, "runtime": runtime_of(m), "kernels": kern,
+               "quantizer": _preset(m), **compare(res.float_pred, res.quant_pred[j], tp),
                "qsim_accuracy": float(np.mean(res.quant_pred[j] == d.y)),
-               "tflite_accuracy": float(np.mean(tp == d.y)), "float_accuracy": float(np.mean(res.float_pred == d.y))}
+               "runtime_accuracy": float(np.mean(tp == d.y)), "float_accuracy": float(np.mean(res.float_pred == d.y))}
         if m == "int8" and kern == "xnnpack" and study_model is not None:
           sp = study_model.predict_study(d.x)
           row.update(study_disagreements=int((sp != res.float_pred).sum()),
@@ -210,18 +272,20 @@ def _kernels(row: dict) -> str:
 def write_report(workdir: str) -> str:
   """``fidelity.md``: per (mode, kernels), agreement and Jaccard on the clean
   set and over the shifted sets (min and mean), with a plot of both per set."""
-  rows = sorted(ResultsStore(workdir).rows(),
-                key=lambda r: (r["set_index"], r["mode"], KERNELS.index(_kernels(r))))
+  rows = sorted((_with_kernels(r) for r in ResultsStore(workdir).rows()),
+                key=lambda r: (r["set_index"], r["mode"], ALL_KERNELS.index(_kernels(r))))
   if not rows:
     raise ValueError(f"no fidelity rows in {workdir!r}; run experiments.fidelity first")
-  lines = ["# Fidelity: qsim vs the real TFLite model", "",
+  lines = ["# Fidelity: qsim vs the real runtimes (TFLite, ONNX Runtime)", "",
            f"Checkpoint `{rows[0]['checkpoint']}` ({rows[0]['model']}, {rows[0]['dataset']}). Kernels: `xnnpack`"
-           " is the interpreter's default (XNNPACK delegate), `builtin` TFLite's built-in kernels (fixed-point"
-           " requantization).", "",
-           "| mode | kernels | qsim preset | clean agreement | clean Jaccard | shifted sets | min agreement"
-           " | mean agreement | min Jaccard | mean Jaccard | disagreements qsim / TFLite (all sets) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
-  groups = sorted({(r["mode"], _kernels(r)) for r in rows}, key=lambda g: (g[0], KERNELS.index(g[1])))
+           " is the TFLite interpreter's default (XNNPACK delegate), `builtin` TFLite's built-in kernels"
+           " (fixed-point requantization); `mlas` ONNX Runtime's default session (fused integer kernels),"
+           " `reference` the QDQ graph run as written (graph optimizations off).", "",
+           "| runtime | mode | kernels | qsim preset | clean agreement | clean Jaccard | shifted sets | min agreement"
+           " | mean agreement | min Jaccard | mean Jaccard | disagreements qsim / runtime (all sets) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  groups = sorted({(r["mode"], _kernels(r)) for r in rows},
+                  key=lambda g: (runtime_of(g[0]), g[0], ALL_KERNELS.index(g[1])))
   for m, k in groups:
     rs = [r for r in rows if r["mode"] == m and _kernels(r) == k]
     clean = [r for r in rs if r["set"] == "clean"]
@@ -231,16 +295,16 @@ def write_report(workdir: str) -> str:
     jc = [r["jaccard"] for r in shifted]
     f = lambda xs, fn: f"{fn(xs):.4f}" if xs else "-"  # noqa: E731
     lines.append(
-        f"| {m} | {k} | {rs[0]['quantizer']} | {c['agreement']:.4f} | {c['jaccard']:.3f} | {len(shifted)} | "
+        f"| {runtime_of(m)} | {m} | {k} | {rs[0]['quantizer']} | {c['agreement']:.4f} | {c['jaccard']:.3f} | {len(shifted)} | "
         f"{f(ag, min)} | {f(ag, np.mean)} | {f(jc, min)} | {f(jc, np.mean)} | "
-        f"{sum(r['qsim_disagreements'] for r in rs)} / {sum(r['tflite_disagreements'] for r in rs)} |")
+        f"{sum(r['qsim_disagreements'] for r in rs)} / {sum(r['runtime_disagreements'] for r in rs)} |")
   study = [r for r in rows if r.get("study_disagreements") is not None]
   if study:
     lines += ["", "The study's own way (uint8 input truncated, one sample at a time, argmax of the uint8 softmax)"
               " against the same int8 model run with rounded input and dequantized logits, both on XNNPACK:", "",
               "| set | TFLite disagreements | study-way disagreements | study-way agreement with TFLite |",
               "|---|---|---|---|"]
-    lines += [f"| {r['set']} | {r['tflite_disagreements']} | {r['study_disagreements']} |"
+    lines += [f"| {r['set']} | {r['runtime_disagreements']} | {r['study_disagreements']} |"
               f" {r['study_vs_tflite_agreement']:.4f} |" for r in study]
   if _plot(rows, groups, os.path.join(workdir, "fidelity.png")):
     lines += ["", "![agreement and Jaccard per set](fidelity.png)"]
@@ -252,7 +316,8 @@ def write_report(workdir: str) -> str:
 
 def _plot(rows, groups, path) -> bool:
   """Agreement and Jaccard per set, a series per (mode, kernels) labelled
-  'int8/builtin'; XNNPACK as dots, built-in kernels as crosses."""
+  'int8/builtin'; XNNPACK as dots, built-in kernels as crosses, ONNX Runtime's
+  MLAS and reference kernels as up and down triangles."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -260,10 +325,10 @@ def _plot(rows, groups, path) -> bool:
   for m, k in groups:
     rs = [r for r in rows if r["mode"] == m and _kernels(r) == k]
     x = [int(r["set_index"]) for r in rs]
-    marker = "." if k == "xnnpack" else "x"
+    marker = {"xnnpack": ".", "builtin": "x", "mlas": "^", "reference": "v"}[k]
     axes[0].plot(x, [r["agreement"] for r in rs], marker, linestyle="none", label=f"{m}/{k}")
     axes[1].plot(x, [r["jaccard"] for r in rs], marker, linestyle="none", label=f"{m}/{k}")
-  for ax, t in zip(axes, ("top-1 agreement qsim vs TFLite", "Jaccard of disagreement sets")):
+  for ax, t in zip(axes, ("top-1 agreement qsim vs runtime", "Jaccard of disagreement sets")):
     ax.set_title(t)
     ax.set_xlabel("set (0 = clean)")
     ax.legend()

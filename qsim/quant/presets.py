@@ -23,6 +23,20 @@ preset                    what it is
                           quantized on the fly (dynamic); BatchNorm
                           folded first; layers with kernels under 1,024
                           weights stay float, as the converter leaves them
+``ort_int8``              ONNX Runtime static QDQ (``quantize_static``
+                          defaults): as ``tflite_int8`` (folded BatchNorm,
+                          per-channel int8 weights, static asymmetric 8-bit
+                          activations, int32 biases, 8-bit ADD/MUL
+                          outputs and logits) without TFLite's in-place
+                          calibration ranges (ORT calibrates every tensor
+                          as its own graph output); ORT's uint8 grid is
+                          this int8 grid shifted by 128
+``ort_dynamic``           ONNX Runtime ``quantize_dynamic`` defaults:
+                          per-tensor symmetric int8 weights, asymmetric
+                          8-bit activations quantized on the fly
+                          (BatchNorm folded by ORT's pre-processing)
+``ort_dynamic_u8``        the same with per-tensor asymmetric 8-bit weights
+                          (ORT's U8U8 form)
 ``weight_only_int8``      CoreML-style weight-only: int8 asymmetric (affine
                           min/max) per-channel weights, float activations
 ``wXaY`` (X, Y in 2..16)  int-X symmetric per-channel absmax weights, int-Y
@@ -61,6 +75,14 @@ _FIXED: dict[str, LayerSpec | None] = {
         fold_bn=True, inplace_ranges=True,
     ),
     "tflite_dynamic": LayerSpec(weight=int_weight(8), act=int_act(8), min_weights=1024, fold_bn=True),
+    "ort_int8": LayerSpec(
+        weight=int_weight(8), act=int_act(8, range="static"),
+        output=int_act(8, range="static"), const=int_act(8), int_bias=True, fold_bn=True,
+    ),
+    "ort_dynamic": LayerSpec(weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=True), act=int_act(8),
+                             fold_bn=True),
+    "ort_dynamic_u8": LayerSpec(weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=False), act=int_act(8),
+                                fold_bn=True),
     "weight_only_int8": LayerSpec(
         weight=TensorSpec(bits=8, granularity="per_channel", symmetric=False)
     ),

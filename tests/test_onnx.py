@@ -1,0 +1,148 @@
+"""ONNX Runtime as the second runtime (the optional extra qsim[onnx], which the
+test command installs): the exported float graph is the qsim model, ORT's
+quantizers produce the models the ort_* presets simulate, the fidelity run
+covers both runtimes, and bad input fails before any work."""
+
+import builtins
+import json
+
+import flax
+import jax
+import numpy as np
+import pytest
+
+from qsim.evaluate.engine import build_quantizers
+from qsim.export import fidelity
+from qsim.export import onnx as onnx_export
+from qsim.models import get_model
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.uniform(0, 1, (16, 28, 28, 1)).astype(np.float32)
+RGB = RNG.uniform(0, 1, (16, 32, 32, 3)).astype(np.float32)
+TOKENS = RNG.integers(0, 50, (16, 12)).astype(np.int32)
+
+
+def _init(name, x):
+  model = get_model(name, num_classes=5)
+  variables = model.init(jax.random.key(1), x[:1])
+  if "batch_stats" in variables:  # non-trivial running statistics, as after training
+    variables = dict(variables)
+    variables["batch_stats"] = jax.tree.map(lambda a: a + RNG.uniform(0.1, 0.5, a.shape).astype(np.float32),
+                                            variables["batch_stats"])
+  return model, variables
+
+
+@pytest.mark.parametrize("name,x", [("lenet_tiny", IMAGES), ("nin_tiny", RGB), ("resnet20_tiny", RGB),
+                                    ("gru_rows_tiny", IMAGES), ("lstm_tiny", TOKENS)])
+def test_float_onnx_export_is_the_qsim_model(name, x):
+  model, variables = _init(name, x)
+  ort = onnx_export.ORTModel(onnx_export.export_onnx(model, variables, "ort_float32", x[:1]))
+  got = ort.outputs(x, batch_size=5)  # batches of 5, 5, 5, 1
+  np.testing.assert_allclose(got, np.asarray(model.apply(variables, x)), rtol=1e-4, atol=1e-4)
+
+
+def _structured(n):
+  x = RNG.uniform(0, 1, (n, 28, 28, 1)).astype(np.float32)
+  x[:, 8:20, 8:20] *= 3.0  # some structure beyond noise
+  return np.clip(x, 0, 1)
+
+
+def test_ort_int8_preset_is_the_qdq_model():
+  """Same calibration samples, same ranges: qsim's ort_int8 gives the QDQ
+  model's outputs, run as written (reference kernels), up to one output step
+  on a rounding tie (1.0% of these random-weight logits; 0.1% on a trained
+  LeNet-5, see test_fidelity_archs); without the int32 bias and 8-bit logits
+  it is further off."""
+  x = _structured(300)
+  model, variables = _init("lenet5", x)
+  calib, test = x[:100], x[100:]
+  blob = onnx_export.export_onnx(model, variables, "ort_int8", calib[:1], representative=calib)
+  ref = onnx_export.ORTModel(blob, kernels="reference")
+  assert not ref.per_sample
+  (q,) = build_quantizers(model, variables, ["ort_int8"], calib)
+  qlogits = np.asarray(model.clone(quant=q.config).apply({**variables, "quant_stats": q.quant_stats}, test))
+  rlogits = ref.outputs(test)
+  r = q.quant_stats["logits"]
+  step = float(r["output_hi"].max() - r["output_lo"].min()) / 255  # the 8-bit logits' scale
+  steps = np.abs(qlogits - rlogits) / step
+  assert steps.max() <= 1.01
+  assert np.mean(qlogits.argmax(1) == rlogits.argmax(1)) >= 0.99
+  plain = build_quantizers(model, variables, ["w8a8"], calib)[0]
+  plogits = np.asarray(model.clone(quant=plain.config).apply(variables, test))
+  assert np.mean(np.abs(plogits - rlogits) / step > 0.5) > np.mean(steps > 0.5)
+
+
+def test_dynamic_models_run_one_sample_at_a_time():
+  """DynamicQuantizeLinear ranges over the whole input tensor: batched, a
+  sample's output depends on its batch mates; ORTModel runs a dynamic model
+  one sample at a time, which is what qsim's per-example ranges simulate."""
+  x = _structured(64)
+  model, variables = _init("lenet5", x)
+  blob = onnx_export.export_onnx(model, variables, "ort_dynamic_u8", x[:1])
+  ort = onnx_export.ORTModel(blob)
+  assert ort.per_sample
+  one_by_one = ort.outputs(x, batch_size=64)
+  alone = np.concatenate([ort.outputs(x[i : i + 1]) for i in range(len(x))])
+  np.testing.assert_array_equal(one_by_one, alone)
+  x2 = x.copy()
+  x2[0] *= 0  # a batch mate with another range changes the others' outputs when batched
+  batched = ort._sess.run(None, {"x": x2})[0]  # pylint: disable=protected-access
+  assert not np.array_equal(batched[1:], one_by_one[1:])
+  (q,) = build_quantizers(model, variables, ["ort_dynamic_u8"], x)
+  qlogits = np.asarray(model.clone(quant=q.config).apply(variables, x))
+  assert np.mean(qlogits.argmax(1) == one_by_one.argmax(1)) >= 0.98
+
+
+def test_onnx_bad_input(monkeypatch):
+  model, variables = _init("lenet_tiny", IMAGES)
+  with pytest.raises(ValueError, match=r"mode='int8' is not valid; choose one of \['ort_int8'"):
+    onnx_export.export_onnx(model, variables, "int8", IMAGES[:1])
+  with pytest.raises(ValueError, match="representative"):
+    onnx_export.export_onnx(model, variables, "ort_int8", IMAGES[:1])
+  with pytest.raises(ValueError, match="export: Dense is not supported"):  # before any conversion work
+    onnx_export.export_onnx(flax.linen.Dense(3), {}, "ort_float32", RGB[:1])
+  blob = onnx_export.export_onnx(model, variables, "ort_float32", IMAGES[:1])
+  with pytest.raises(ValueError, match=r"kernels='cuda' is not valid; choose one of \['mlas', 'reference'\]"):
+    onnx_export.ORTModel(blob, kernels="cuda")
+  with pytest.raises(ValueError, match="batch_size=0"):
+    onnx_export.ORTModel(blob).outputs(IMAGES, batch_size=0)
+  real_import = builtins.__import__
+
+  def no_ort(name, *a, **kw):
+    if name == "onnxruntime":
+      raise ImportError("No module named 'onnxruntime'", name="onnxruntime")
+    return real_import(name, *a, **kw)
+
+  monkeypatch.setattr(builtins, "__import__", no_ort)
+  with pytest.raises(ImportError, match=r"pip install 'qsim\[onnx\]'"):
+    onnx_export.export_onnx(model, variables, "ort_float32", IMAGES[:1])
+
+
+def test_fidelity_run_covers_both_runtimes(tiny_ckpt, tmp_path, monkeypatch):
+  kw = dict(shifts="c/fog/1", limit=100, calib_samples=40, batch_size=50, study=False)
+  with pytest.raises(ValueError, match=r"run on onnxruntime, but kernels=\['xnnpack'\] names none"):
+    fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), modes=("int8", "ort_int8"), kernels=("xnnpack",), **kw)
+  path = fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), modes=("int8", "ort_int8", "ort_float32"),
+                               kernels=("xnnpack", "mlas", "reference"), **kw)
+  rows = fidelity.ResultsStore(str(tmp_path)).rows()
+  got = sorted((r["set"].split("/")[-2] if "/" in r["set"] else r["set"], r["runtime"], r["mode"], r["kernels"])
+               for r in rows)
+  want = sorted((s, rt, m, k) for s in ("clean", "fog")
+                for rt, m, k in [("tflite", "int8", "xnnpack"), ("onnxruntime", "ort_int8", "mlas"),
+                                 ("onnxruntime", "ort_int8", "reference"), ("onnxruntime", "ort_float32", "mlas"),
+                                 ("onnxruntime", "ort_float32", "reference")])
+  assert got == want
+  by = {(r["set"], r["mode"], r["kernels"]): r for r in rows}
+  assert by["clean", "ort_float32", "reference"]["agreement"] == 1.0
+  assert by["clean", "ort_int8", "reference"]["agreement"] >= 0.99
+  assert all(r["quantizer"] == {"int8": "tflite_int8", "ort_int8": "ort_int8", "ort_float32": "float32"}[r["mode"]]
+             for r in rows)
+  assert (tmp_path / "models" / "ort_int8.onnx").stat().st_size > 0
+  assert not list((tmp_path / "models").glob("*.tmp"))
+  report = open(fidelity.write_report(str(tmp_path))).read()
+  assert "| onnxruntime | ort_int8 | reference | ort_int8 |" in report and "| tflite | int8 | xnnpack |" in report
+  # resumed: nothing recomputed, so a missing runtime is not even needed
+  monkeypatch.setattr(fidelity, "export_onnx", lambda *a, **k: pytest.fail("re-exported"))
+  assert fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), modes=("int8", "ort_int8", "ort_float32"),
+                               kernels=("xnnpack", "mlas", "reference"), **kw) == path
+  json.dumps(rows)
