@@ -5,6 +5,7 @@ qsim's tflite_int8 preset reproduces the real int8 model's outputs."""
 import json
 import os
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -39,6 +40,21 @@ def test_float32_export_is_the_qsim_model(name, x):
   got = tflite.TFLiteModel(blob).outputs(x, batch_size=5)  # batches of 5, 5, 5, 1
   want = np.asarray(model.apply(variables, x))
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,x", [("resnet50_tiny", IMAGES), ("densenet_tiny", IMAGES), ("densenet121_tiny", RGB)])
+def test_float32_export_of_resnet50_and_densenet(name, x):
+  """ResNet-50 (stem, bottlenecks, projection shortcuts) and DenseNet (dense
+  blocks, transitions with average pooling), with random weights large
+  enough that every layer passes a signal (at init ReLUs silence them)."""
+  model, variables = _init(name, x)
+  rng = np.random.default_rng(2)
+  variables = {**variables, "params": jax.tree.map(lambda a: a + rng.normal(0, 0.3, a.shape).astype(np.float32),
+                                                   variables["params"])}
+  got = tflite.TFLiteModel(tflite.export(model, variables, "float32", x[:1])).outputs(x, batch_size=5)
+  want = np.asarray(model.apply(variables, x))
+  assert np.std(want) > 0.01
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
 def test_int8_matches_the_tflite_int8_preset():
@@ -106,9 +122,9 @@ def test_export_bad_input():
     tflite.export(model, variables, "int8", IMAGES[:1])
   with pytest.raises(ValueError, match="io_type='uint8' needs mode='int8'"):
     tflite.export(model, variables, "float16", IMAGES[:1], io_type="uint8")
-  big, bv = _init("resnet50_tiny", RGB)
-  with pytest.raises(ValueError, match="ResNet50 is not supported"):
-    tflite.export(big, bv, "float32", RGB[:1])
+  other = flax.linen.Dense(5)
+  with pytest.raises(ValueError, match="Dense is not supported"):
+    tflite.export(other, other.init(jax.random.key(0), IMAGES[:1, 0, 0]), "float32", IMAGES[:1, 0, 0])
   with pytest.raises(ValueError, match="no 'conv1'"):
     tflite.export(model, {"params": {}}, "float32", IMAGES[:1])
   blob = tflite.export(model, variables, "float32", IMAGES[:1])

@@ -8,6 +8,7 @@ extras, which the test command installs."""
 import dataclasses
 import os
 
+import flax
 import numpy as np
 import pytest
 
@@ -22,11 +23,16 @@ from conftest import FMNIST_DIR
 
 # Steps per architecture: enough for a model well above chance (real
 # weights and BatchNorm statistics), few enough for the suite.
-STEPS = {"lenet5": 150, "nin_tiny": 200, "resnet20_tiny": 200, "gru_rows_tiny": 200, "lstm_rows_tiny": 200}
+STEPS = {"lenet5": 150, "nin_tiny": 200, "resnet20_tiny": 200, "gru_rows_tiny": 200, "lstm_rows_tiny": 200,
+         "resnet50_tiny": 200, "densenet_tiny": 200}
 # Agreement floors of qsim vs TFLite (XNNPACK kernels) on 300 clean test
 # images and 300 of MNIST-C fog/1, measured on these checkpoints (see
 # BUILD_NOTES, "Deployment fidelity"): at most one disagreement in 300.
 FLOOR = {"int8": 299 / 300, "dynamic": 299 / 300, "float16": 299 / 300}
+# ResNet-50-tiny's dynamic-range model on XNNPACK: 296 of 300 on fog/1 (qsim
+# matches TFLite's built-in hybrid kernels there; XNNPACK's dynamically
+# quantized convolutions round differently and are not simulated yet).
+MODEL_FLOOR = {("resnet50_tiny", "dynamic"): 295 / 300}
 
 _CACHE: dict[str, str] = {}
 
@@ -62,7 +68,7 @@ def test_presets_predict_the_tflite_models(trained, tmp_path, name):
   assert len(rows) == 6
   for r in rows:
     assert r["n"] == 300
-    assert r["agreement"] >= FLOOR[r["mode"]], r
+    assert r["agreement"] >= MODEL_FLOOR.get((name, r["mode"]), FLOOR[r["mode"]]), r
 
 
 # Floors of qsim vs ONNX Runtime on the same 300 + 300 images, on the kernel
@@ -138,3 +144,54 @@ def test_each_mechanism_is_needed(trained):
   for name, frac in exact.items():
     if name != "full":
       assert frac < exact["full"] - 0.05, (name, exact)
+
+
+def test_densenet_mechanisms_are_needed(trained, monkeypatch):
+  """On a trained DenseNet (concatenations, average-pooled transitions):
+  ``tflite_int8`` gives the int8 model's logits exactly on nearly every
+  image; storing each concatenated tensor with its own range instead of
+  its dense block's shared one (``Output.range_of``), or rounding the
+  average pool's mean half to even instead of TFLite's half away from zero
+  (``qsim.nn.AvgPool``), moves many of them off."""
+  from qsim import nn as qnn
+  from qsim.nn import layers
+  from qsim.quant import fake_quant
+
+  ckpt = trained("densenet_tiny")
+  cfg = sweep.read_checkpoint(ckpt)
+  model, variables, _, calib, _, _ = sweep.open_checkpoint(ckpt, cfg, 100, None)
+  x = data.load("fashion_mnist_debian", "test", limit=200).x
+  t = tflite.TFLiteModel(tflite.export(model, variables, "int8", calib.x[:1], representative=calib.x))
+  tlogits = t.outputs(x)
+
+  def exact():
+    (q,) = build_quantizers(model, variables, ["tflite_int8"], calib.x)
+    r = q.quant_stats["logits"]
+    step = float(r["output_hi"].max() - r["output_lo"].min()) / 255
+    qlogits = np.asarray(model.clone(quant=q.config).apply({**variables, "quant_stats": q.quant_stats}, x))
+    return float(np.mean(np.abs(qlogits - tlogits) < 0.01 * step))
+
+  full = exact()
+  with monkeypatch.context() as m:
+    plain = layers.quantize_tensor
+    m.setattr(layers, "quantize_tensor", lambda *a, range_of=None, **k: plain(*a, **k))
+    own_ranges = exact()
+
+  class HalfEvenPool(layers.AvgPool):
+    """The float mean requantized onto the same grid, rounded half to even."""
+
+    @flax.linen.compact
+    def __call__(self, v):
+      y = flax.linen.avg_pool(v, self.window, strides=self.strides)
+      if not layers._quantizing(self):  # pylint: disable=protected-access
+        return y
+      spec = layers.resolve(self.quant, layers.layer_name(self))
+      lo, hi = (self.range_of.get_variable(layers.QUANT_STATS, f"output_{e}") for e in ("lo", "hi"))
+      return fake_quant.quantize(y, spec.output, lo=lo, hi=hi)
+
+  with monkeypatch.context() as m:
+    m.setattr(qnn, "AvgPool", HalfEvenPool)
+    half_even = exact()
+  print("exact int8 logits: full", full, "own ranges", own_ranges, "half-even pool", half_even)
+  assert full >= 0.99
+  assert own_ranges < full - 0.05 and half_even < full - 0.05

@@ -18,8 +18,9 @@ mode        TFLite converter setting                    qsim preset
 ==========  =========================================  ==================
 
 Supported architectures: LeNet (1, 5, tiny), NiN, pre-activation ResNet
-(ResNet-20) and the LSTM/GRU classifiers (unrolled over time; text models
-take token ids). TensorFlow is the optional extra ``qsim[tflite]``.
+(ResNet-20), ResNet-50, DenseNet (121 and the tiny variants) and the
+LSTM/GRU classifiers (unrolled over time; text models take token ids).
+TensorFlow is the optional extra ``qsim[tflite]``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from qsim.models import LeNet, NiN, ResNetV2, RNNClassifier
+from qsim.models import DenseNet, LeNet, NiN, ResNet50, ResNetV2, RNNClassifier
 from qsim.models.cnn import BN_EPSILON as BN_EPS
 from qsim.nn.layers import batch_norm_constants
 
@@ -185,6 +186,54 @@ def _resnet_v2(tf, model: ResNetV2, w: _Weights):
   return fwd
 
 
+def _imagenet_stem(tf, conv, bn, x):
+  """7x7/2 conv - BatchNorm - ReLU - 3x3/2 max-pool (SAME), as ``qsim.models.cnn._imagenet_stem``."""
+  x = tf.nn.relu(bn(conv(x, "stem", 2), "bn_stem"))
+  return tf.nn.max_pool2d(x, 3, 2, "SAME")
+
+
+def _resnet50(tf, model: ResNet50, w: _Weights):
+  conv, dense, bn = _ops(tf, w)
+
+  def fwd(x):
+    x = _imagenet_stem(tf, conv, bn, x)
+    for s, n in enumerate(model.stage_sizes):
+      for b in range(n):
+        p = f"stage{s + 1}_block{b}"
+        strides = 2 if (s > 0 and b == 0) else 1
+        h = tf.nn.relu(bn(conv(x, f"{p}/conv1"), f"{p}/bn1"))
+        h = tf.nn.relu(bn(conv(h, f"{p}/conv2", strides), f"{p}/bn2"))
+        h = bn(conv(h, f"{p}/conv3"), f"{p}/bn3")
+        if w.has(f"{p}/shortcut", "kernel"):  # 1x1: SAME pads nothing, as flax's
+          x = bn(conv(x, f"{p}/shortcut", strides), f"{p}/bn_shortcut")
+        x = tf.nn.relu(h + x)
+    x = tf.reduce_mean(x, axis=[1, 2])
+    return dense(x, "head")
+
+  return fwd
+
+
+def _densenet(tf, model: DenseNet, w: _Weights):
+  conv, dense, bn = _ops(tf, w)
+
+  def fwd(x):
+    x = _imagenet_stem(tf, conv, bn, x)
+    for s, n in enumerate(model.block_sizes):
+      for i in range(n):
+        p = f"dense{s + 1}_layer{i}"
+        h = tf.nn.relu(bn(x, f"{p}/bn1"))
+        h = tf.nn.relu(bn(conv(h, f"{p}/conv1"), f"{p}/bn2"))
+        x = tf.concat([x, conv(h, f"{p}/conv2")], axis=-1)
+      if s < len(model.block_sizes) - 1:
+        p = f"transition{s + 1}"
+        x = conv(tf.nn.relu(bn(x, f"{p}_bn")), f"{p}_conv")
+        x = tf.nn.avg_pool2d(x, 2, 2, "VALID")
+    x = tf.reduce_mean(tf.nn.relu(bn(x, "bn_final")), axis=[1, 2])
+    return dense(x, "head")
+
+  return fwd
+
+
 def _rnn(tf, model: RNNClassifier, w: _Weights):
   _, dense, _ = _ops(tf, w)
   cell = "rnn/cell"
@@ -215,7 +264,8 @@ def _rnn(tf, model: RNNClassifier, w: _Weights):
   return fwd
 
 
-_BUILDERS: dict[type, Callable] = {LeNet: _lenet, NiN: _nin, ResNetV2: _resnet_v2, RNNClassifier: _rnn}
+_BUILDERS: dict[type, Callable] = {LeNet: _lenet, NiN: _nin, ResNetV2: _resnet_v2, ResNet50: _resnet50,
+                                   DenseNet: _densenet, RNNClassifier: _rnn}
 
 
 def tf_forward(model, variables: dict) -> Callable:

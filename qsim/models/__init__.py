@@ -29,6 +29,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet50_tiny": _P(ResNet50, stage_sizes=(1, 1, 1, 1), width=4),
     "densenet121": DenseNet,
     "densenet121_tiny": _P(DenseNet, growth=4, block_sizes=(1, 1, 1, 1), stem_width=8),
+    # Three dense blocks of two layers: 28x28 inputs (Fashion-MNIST) keep one pixel after the stem's
+    # /4 and two transitions (densenet121_tiny's three transitions pool them to nothing).
+    "densenet_tiny": _P(DenseNet, growth=4, block_sizes=(2, 2, 2), stem_width=8),
     # The study's IMDb models: Embedding(20000, 128) -> LSTM(50) / GRU(75).
     "lstm": _P(RNNClassifier, cell="lstm", hidden=50, vocab_size=20000, embed_dim=128),
     "gru": _P(RNNClassifier, cell="gru", hidden=75, vocab_size=20000, embed_dim=128),

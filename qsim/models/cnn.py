@@ -26,24 +26,29 @@ from qsim import nn as qnn
 BN_EPSILON = 1e-5
 
 
-def _bn(module: nn.Module, train: bool, name: str, *, act=nn.relu, after: str | None = None) -> qnn.BatchNorm:
+def _bn(module: nn.Module, train: bool, name: str, *, act=nn.relu, after: str | None = None,
+        range_of=None) -> qnn.BatchNorm:
   """BatchNorm ``name`` (+ ``act``) in ``module``'s scope; ``after``: the conv
-  it follows (folded into it under ``fold_bn``)."""
+  it follows (folded into it under ``fold_bn``); ``range_of``: the Output
+  point whose range its output is stored with (a same-scale group)."""
   return qnn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON, quant=module.quant,
-                       act=act, folded_into=after, name=name)
+                       act=act, folded_into=after, range_of=range_of, name=name)
 
 
-def _conv_bn(module: nn.Module, x, features: int, kernel, train: bool, conv: str, bn: str, *, act=nn.relu, **kw):
+def _conv_bn(module: nn.Module, x, features: int, kernel, train: bool, conv: str, bn: str, *, act=nn.relu,
+             range_of=None, **kw):
   """Conv ``conv`` then BatchNorm ``bn`` (+ ``act``), the pair a converter
   folds into one convolution."""
   x = qnn.Conv(features, kernel, quant=module.quant, batch_norm=(bn, BN_EPSILON), name=conv, **kw)(x)
-  return _bn(module, train, bn, act=act, after=conv)(x)
+  return _bn(module, train, bn, act=act, after=conv, range_of=range_of)(x)
 
 
-def _imagenet_stem(module: nn.Module, x, width: int, train: bool):
+def _imagenet_stem(module: nn.Module, x, width: int, train: bool, range_of=None):
   """7x7/2 conv ('stem') - BatchNorm ('bn_stem') - ReLU - 3x3/2 max-pool,
-  created inside ``module``'s compact scope."""
-  x = _conv_bn(module, x, width, (7, 7), train, "stem", "bn_stem", strides=2, padding="SAME", use_bias=False)
+  created inside ``module``'s compact scope; ``range_of``: the point whose
+  range the stem's output takes (the max-pool shares its input's scale)."""
+  x = _conv_bn(module, x, width, (7, 7), train, "stem", "bn_stem", strides=2, padding="SAME", use_bias=False,
+               range_of=range_of)
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
 
 
@@ -176,23 +181,36 @@ class ResNet50(nn.Module):
 
 
 class DenseLayer(nn.Module):
-  """DenseNet-BC layer: BN-ReLU-1x1 (4k) - BN-ReLU-3x3 (k), concatenated."""
+  """DenseNet-BC layer: BN-ReLU-1x1 (4k) - BN-ReLU-3x3 (k), concatenated.
+
+  ``out``: the dense block's output point (:class:`DenseNet`). TFLite's
+  CONCATENATION keeps its inputs' scale, so the new features (``conv2_out``)
+  and the concatenation (``concat``) are stored with the block's range."""
 
   growth: int
   quant: Any = None
+  out: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    h = _bn(self, train, "bn1")(x)
+    h = _bn(self, train, "bn1")(x)  # its MUL is not in place: x is also read by the concatenation
     h = _conv_bn(self, h, 4 * self.growth, (1, 1), train, "conv1", "bn2", use_bias=False)
     h = qnn.Conv(self.growth, (3, 3), padding="SAME", use_bias=False, quant=self.quant, name="conv2")(h)
-    h = qnn.Output(quant=self.quant, name="conv2_out")(h)
-    return qnn.Output(quant=self.quant, name="concat")(jnp.concatenate([x, h], axis=-1))
+    h = qnn.Output(quant=self.quant, range_of=self.out, name="conv2_out")(h)
+    return qnn.Output(quant=self.quant, range_of=self.out, name="concat")(jnp.concatenate([x, h], axis=-1))
 
 
 class DenseNet(nn.Module):
   """DenseNet-121 (growth 32, blocks [6, 12, 24, 16], compression 0.5)
-  + global average pool + dense classifier."""
+  + global average pool + dense classifier.
+
+  Under an integer spec, each dense block is one same-scale group, as the
+  TFLite converter quantizes it: the tensor entering the block (the stem's
+  output before its max-pool; a transition's conv output before its
+  average pool, and the pooled tensor), every layer's new features and
+  every concatenation are stored with the range of the block's last
+  concatenation (point ``dense<s>_out``), which the next BatchNorm's MUL
+  overwrites in place (its only reader)."""
 
   growth: int = 32
   block_sizes: Sequence[int] = (6, 12, 24, 16)
@@ -202,16 +220,22 @@ class DenseNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = _imagenet_stem(self, x, self.stem_width, train)
+    outs = [qnn.Output(quant=self.quant, name=f"dense{s + 1}_out") for s in range(len(self.block_sizes))]
+    x = _imagenet_stem(self, x, self.stem_width, train, range_of=outs[0])
     for s, n in enumerate(self.block_sizes):
       for i in range(n):
-        x = DenseLayer(self.growth, quant=self.quant, name=f"dense{s + 1}_layer{i}")(x, train)
-      if s < len(self.block_sizes) - 1:
-        x = _bn(self, train, f"transition{s + 1}_bn")(x)
+        x = DenseLayer(self.growth, quant=self.quant, out=outs[s], name=f"dense{s + 1}_layer{i}")(x, train)
+      x = outs[s](x)  # the group's range: the block's last concatenation
+      last = s == len(self.block_sizes) - 1
+      bn = _bn(self, train, "bn_final" if last else f"transition{s + 1}_bn")
+      y = bn(x)
+      outs[s].overwritten_by(bn.product(x))  # the BatchNorm's MUL is the block output's only reader
+      x = y
+      if not last:
         x = qnn.Conv(x.shape[-1] // 2, (1, 1), use_bias=False, quant=self.quant, name=f"transition{s + 1}_conv")(x)
-        x = qnn.Output(quant=self.quant, name=f"transition{s + 1}_out")(x)
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-    x = _bn(self, train, "bn_final")(x)
+        x = qnn.Output(quant=self.quant, range_of=outs[s + 1], name=f"transition{s + 1}_out")(x)
+        # AVERAGE_POOL_2D keeps its input's scale: the mean is rounded back onto the same grid
+        x = qnn.AvgPool((2, 2), (2, 2), quant=self.quant, range_of=outs[s + 1], name=f"transition{s + 1}_pool")(x)
     x = qnn.Output(quant=self.quant, name="pool")(jnp.mean(x, axis=(1, 2)))
     x = qnn.Dense(self.num_classes, quant=self.quant, name="head")(x)
     return qnn.Output(quant=self.quant, name="logits")(x)

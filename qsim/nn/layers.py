@@ -69,6 +69,7 @@ def quantize_tensor(
     default_axis: int = -1,
     where: str = "",
     batch_axes: tuple[int, ...] = (),
+    range_of: nn.Module | None = None,
 ) -> jax.Array:
   """Fake-quantizes ``x`` inside ``module``, handling static ranges.
 
@@ -81,6 +82,9 @@ def quantize_tensor(
     where: the layer's name, for errors.
     batch_axes: for activations, the batch axis: a dynamic range is computed
       per example (a static range is shared by all examples).
+    range_of: a static range is still calibrated on ``x`` (its own, for
+      inspection), but inference quantizes with ``range_of``'s range of the
+      same ``slot`` (a tensor of a same-scale group: see :class:`Output`).
   """
   if spec is None:
     return x
@@ -120,12 +124,16 @@ def quantize_tensor(
     hi.value = jnp.where(n == 0, bhi, new_hi)
     count.value = n + 1
     return x
+  if range_of is not None:
+    lo, hi = (range_of.get_variable(QUANT_STATS, f"{slot}_{end}") for end in ("lo", "hi"))
+  else:
+    lo, hi = lo.value, hi.value
   return fake_quant.quantize(
       x,
       spec,
       default_axis=default_axis,
-      lo=lo.value,
-      hi=hi.value,
+      lo=lo,
+      hi=hi,
       key=_key(module, spec),
       where=where,
   )
@@ -301,22 +309,62 @@ class Output(nn.Module):
   features, a conv output that feeds an ADD; qsim's models name their last
   one ``logits``): quantized by its resolved spec's ``output`` tensor with a
   calibrated static range (``tflite_int8``: int8, as the runtime requantizes
-  every op's output); identity when that is ``None``."""
+  every op's output); identity when that is ``None``.
+
+  ``range_of``: another ``Output`` whose range this tensor is stored with.
+  The TFLite converter gives every tensor of a chain of same-scale ops
+  (CONCATENATION, AVERAGE_POOL_2D, MAX_POOL_2D: inputs and output share one
+  scale) the calibrated range of the chain's last output; its members name
+  that point here (their own range is still calibrated, not used)."""
 
   quant: Any = None
+  range_of: Any = None
 
   @nn.compact
   def __call__(self, x):
     spec = resolve(self.quant, layer_name(self))
     if spec is None or spec.output is None:
       return x
-    return quantize_tensor(self, x, spec.output, slot="output", batch_axes=(0,))
+    return quantize_tensor(self, x, spec.output, slot="output", batch_axes=(0,), range_of=self.range_of)
 
   def overwritten_by(self, y) -> None:
     """Declares ``y`` the output of an elementwise op that overwrites this
     point's tensor in place (its only consumer): under ``inplace_ranges``
     calibration widens the range to cover ``y`` too."""
     _widen(self, resolve(self.quant, layer_name(self)), y, "output")
+
+
+class AvgPool(nn.Module):
+  """``flax.linen.avg_pool`` (VALID) as TFLite's int8 AVERAGE_POOL_2D
+  computes it, under a spec with an integer ``output`` in inference: the
+  op keeps its input's scale and zero point (those of ``range_of``, the
+  input's point), and each output is the window's sum of the int8 values
+  (zero point included) divided by the window size, rounded half away from
+  zero (a float mean rounded to nearest even differs on ties: 10% of a
+  2x2 pool's outputs). Otherwise (float, calibration) flax's op; the
+  gradient is flax's."""
+
+  window: tuple[int, int]
+  strides: tuple[int, int]
+  quant: Any = None
+  range_of: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.avg_pool(x, self.window, strides=self.strides)
+    spec = resolve(self.quant, layer_name(self))
+    if spec is None or spec.output is None or not spec.output.is_int or self.range_of is None \
+        or not _quantizing(self):
+      return y
+    lo, hi = (self.range_of.get_variable(QUANT_STATS, f"output_{end}") for end in ("lo", "hi"))
+    s, z = fake_quant.scale_and_zero_point(spec.output, lo, hi)
+    q = jnp.round(x / s) + z  # the int8 values (x is on this grid)
+    n = 1
+    for w in self.window:
+      n *= w
+    total = nn.pool(q, 0.0, lax.add, self.window, self.strides, "VALID")
+    q_out = jnp.sign(total) * jnp.floor((jnp.abs(total) + n // 2) / n)
+    return y + jax.lax.stop_gradient((q_out - z) * s - y)
 
 
 def _widen(module: nn.Module, spec: LayerSpec | None, y, slot: str) -> None:
@@ -352,6 +400,7 @@ class BatchNorm(nn.BatchNorm):
   quant: Any = None
   act: Callable[[jax.Array], jax.Array] | None = None
   folded_into: str | None = None
+  range_of: Any = None  # an Output whose range the output takes (a same-scale group: see Output)
 
   @nn.compact
   def __call__(self, x, use_running_average: bool | None = None, **kwargs):  # pylint: disable=arguments-differ
@@ -405,7 +454,8 @@ class BatchNorm(nn.BatchNorm):
   def _point(self, y, spec: LayerSpec, slot: str):
     if spec.output is None:
       return y
-    return quantize_tensor(self, y, spec.output, slot=slot, batch_axes=(0,))
+    return quantize_tensor(self, y, spec.output, slot=slot, batch_axes=(0,),
+                           range_of=self.range_of if slot == "output" else None)
 
 
 def Dense(features: int, *, quant: Quant = None, batch_norm: tuple[str, float] | None = None,

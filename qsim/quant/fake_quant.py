@@ -74,6 +74,15 @@ def int_scale(
   return _aqt.int_scale(x, spec, axes, lo=lo, hi=hi)
 
 
+def scale_and_zero_point(spec: TensorSpec, lo: jax.Array, hi: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(scale, zero_point)`` of the integer grid ``quantize`` puts a tensor
+  on under ``spec`` with the stored range ``lo``/``hi``: value ``x`` is the
+  integer ``round(x / scale) + zero_point``."""
+  if not spec.is_int:
+    raise ValueError(f"scale_and_zero_point needs an integer spec; got format={spec.format!r}")
+  return _aqt.scale_and_zero_point(lo, hi, _aqt._int_numerics(spec))  # pylint: disable=protected-access
+
+
 def calibrated_range(
     x: jax.Array,
     spec: TensorSpec,
