@@ -37,7 +37,7 @@ import qsim
 from qsim.evaluate.engine import Engine, build_quantizers
 from qsim.evaluate.results import ResultsStore
 from qsim.evaluate.sweep import load_set, open_checkpoint, read_checkpoint, resolve_sets
-from qsim.export.tflite import KERNELS, MODES, TFLiteModel, check_kernels, check_mode, export
+from qsim.export.tflite import KERNELS, MODES, TFLiteModel, check_kernels, check_mode, export, preset_for
 
 SORT_KEYS = ("set_index", "mode", "kernels")
 LEGACY_KERNELS = "xnnpack"  # what rows written before the kernels option ran on (the interpreter's default)
@@ -173,8 +173,8 @@ def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, bat
                                      softmax=True, io_type="uint8"))
   _log(f"  exported {modes} for kernels {needed}{' + study int8 (uint8 io, softmax, xnnpack)' if study_model else ''}"
        f" in {time.time() - t0:.1f} s")
-  engine = Engine(model, variables, build_quantizers(model, variables, [MODES[m] for m in modes], calib.x),
-                  batch_size=batch_size)
+  presets = list(dict.fromkeys(preset_for(m, k) for m in modes for k in needed))  # qsim runs each once
+  engine = Engine(model, variables, build_quantizers(model, variables, presets, calib.x), batch_size=batch_size)
   for i, name in enumerate(sets):
     if name not in todo:
       continue
@@ -183,9 +183,10 @@ def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, bat
     lowest = []
     for kern in todo[name]:
       rows = []
-      for j, m in enumerate(modes):
+      for m in modes:
         tp = tfl[m, kern].predict(d.x, batch_size)
-        row = {"set": name, "set_index": f"{i:05d}", "mode": m, "kernels": kern, "quantizer": MODES[m],
+        j = presets.index(preset_for(m, kern))
+        row = {"set": name, "set_index": f"{i:05d}", "mode": m, "kernels": kern, "quantizer": presets[j],
                **compare(res.float_pred, res.quant_pred[j], tp),
                "qsim_accuracy": float(np.mean(res.quant_pred[j] == d.y)),
                "tflite_accuracy": float(np.mean(tp == d.y)), "float_accuracy": float(np.mean(res.float_pred == d.y))}
