@@ -164,6 +164,7 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
       (_short(r["set"]), r["mode"], k) for r in rows for k in ("xnnpack", "builtin"))
   bb = {(r["set"], r["mode"]): r for r in rows2 if r["kernels"] == "builtin"}
   assert bb[("clean", "float32")]["agreement"] == 1.0 and "study_disagreements" not in bb[("clean", "int8")]
+  assert bb[("clean", "int8")]["quantizer"] == "tflite_int8_builtin" and bb[("clean", "int8")]["agreement"] >= 0.99
   table = open(path).read().splitlines()
   assert "kernels" in table[0].split(",") and len(table) == 1 + 8
 
@@ -183,7 +184,8 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
   assert all("runtime_disagreements" in r and not any(k.startswith("tflite_") for k in r) for r in migrated)
 
   report = open(fidelity.write_report(str(tmp_path))).read()
-  assert "| tflite | int8 | xnnpack | tflite_int8 |" in report and "| tflite | int8 | builtin | tflite_int8 |" in report
+  # int8 on the built-in kernels is compared with the fixed-point preset
+  assert "| tflite | int8 | xnnpack | tflite_int8 |" in report and "| tflite | int8 | builtin | tflite_int8_builtin |" in report
   assert os.path.exists(tmp_path / "fidelity.png")
   with pytest.raises(ValueError, match="lists a mode twice"):
     fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), modes=("int8", "int8"))

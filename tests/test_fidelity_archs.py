@@ -195,3 +195,28 @@ def test_densenet_mechanisms_are_needed(trained, monkeypatch):
   print("exact int8 logits: full", full, "own ranges", own_ranges, "half-even pool", half_even)
   assert full >= 0.99
   assert own_ranges < full - 0.05 and half_even < full - 0.05
+
+
+def test_builtin_preset_predicts_the_builtin_kernels(trained):
+  """On a trained ResNet-20 (CONV_2D, MUL, ADD, MEAN, FULLY_CONNECTED):
+  ``tflite_int8_builtin`` (fixed-point requantization) gives the int8 logits
+  of TFLite's built-in kernels; ``tflite_int8`` (XNNPACK's fp32
+  requantization) misses many of them, so the fixed-point mechanism is what
+  closes the gap."""
+  ckpt = trained("resnet20_tiny")
+  cfg = sweep.read_checkpoint(ckpt)
+  model, variables, _, calib, _, _ = sweep.open_checkpoint(ckpt, cfg, 100, None)
+  x = data.load("fashion_mnist_debian", "test", limit=200).x
+  t = tflite.TFLiteModel(tflite.export(model, variables, "int8", calib.x[:1], representative=calib.x),
+                         kernels="builtin")
+  tlogits = t.outputs(x)
+  qs = build_quantizers(model, variables, ["tflite_int8_builtin", "tflite_int8"], calib.x)
+  r = qs[0].quant_stats["logits"]
+  step = float(r["output_hi"].max() - r["output_lo"].min()) / 255
+  exact = {}
+  for q in qs:
+    qlogits = np.asarray(model.clone(quant=q.config).apply({**variables, "quant_stats": q.quant_stats}, x))
+    exact[q.name] = float(np.mean(np.abs(qlogits - tlogits) < 0.01 * step))
+  print("exact builtin int8 logits per preset:", exact)
+  assert exact["tflite_int8_builtin"] >= 0.99, exact
+  assert exact["tflite_int8"] < exact["tflite_int8_builtin"] - 0.05, exact

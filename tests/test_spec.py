@@ -1,5 +1,7 @@
 """Specs, presets and rules: validation and documented contents."""
 
+import dataclasses
+
 import jax
 import pytest
 
@@ -79,6 +81,9 @@ def test_presets_produce_documented_specs():
   t8 = layer_preset("tflite_int8")
   assert (t8.weight.bits, t8.weight.granularity, t8.weight.symmetric) == (8, "per_channel", True)
   assert (t8.act.bits, t8.act.granularity, t8.act.symmetric, t8.act.range) == (8, "per_tensor", False, "static")
+  tb = layer_preset("tflite_int8_builtin")
+  assert tb.requant == "fixed_point" and t8.requant == "fp32"
+  assert dataclasses.replace(tb, requant="fp32") == t8  # the same tensors, only the requantization differs
   td = layer_preset("tflite_dynamic")
   assert (td.weight.bits, td.weight.granularity, td.weight.symmetric) == (8, "per_channel", True)
   assert (td.act.bits, td.act.symmetric, td.act.range) == (8, False, "dynamic")
@@ -108,3 +113,10 @@ def test_bits_are_the_only_leaves():
   # bits leaf of each float format.
   assert jax.tree.leaves(preset("fp16")) == [8, 8]
   assert jax.tree.leaves(preset("float32")) == []
+
+
+def test_requant_is_validated():
+  with pytest.raises(ValueError, match="requant"):
+    LayerSpec(requant="double")
+  with pytest.raises(ValueError, match="needs int_bias=True"):
+    dataclasses.replace(layer_preset("tflite_int8"), requant="fixed_point", int_bias=False)

@@ -44,7 +44,7 @@ from qsim.evaluate.engine import Engine, build_quantizers
 from qsim.evaluate.results import ResultsStore
 from qsim.evaluate.sweep import load_set, open_checkpoint, read_checkpoint, resolve_sets
 from qsim.export.onnx import ORT_KERNELS, ORT_MODES, ORTModel, export_onnx, onnx_modules
-from qsim.export.tflite import KERNELS, MODES, TFLiteModel, export
+from qsim.export.tflite import KERNELS, MODES, TFLiteModel, export, preset_for
 
 SORT_KEYS = ("set_index", "mode", "kernels")
 ALL_MODES = (*MODES, *ORT_MODES)
@@ -218,8 +218,9 @@ def _export_all(model, variables, calib, modes, needed, models_dir) -> dict:
   return out
 
 
-def _preset(mode: str) -> str:
-  return {**MODES, **ORT_MODES}[mode]
+def _preset(mode: str, kernels: str) -> str:
+  """The qsim preset that simulates ``mode`` on the kernel family ``kernels``."""
+  return ORT_MODES[mode] if runtime_of(mode) == "onnxruntime" else preset_for(mode, kernels)
 
 
 def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, batch_size, seed, data_dir, study):
@@ -233,8 +234,9 @@ def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, bat
                                      softmax=True, io_type="uint8"))
   _log(f"  exported {modes} for kernels {needed}{' + study int8 (uint8 io, softmax, xnnpack)' if study_model else ''}"
        f" in {time.time() - t0:.1f} s")
-  engine = Engine(model, variables, build_quantizers(model, variables, [_preset(m) for m in modes], calib.x),
-                  batch_size=batch_size)
+  presets = list(dict.fromkeys(_preset(m, k) for m in modes for k in needed
+                                if runtime_of(m) == runtime_of(k)))  # qsim runs each once
+  engine = Engine(model, variables, build_quantizers(model, variables, presets, calib.x), batch_size=batch_size)
   for i, name in enumerate(sets):
     if name not in todo:
       continue
@@ -243,12 +245,13 @@ def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, bat
     lowest = []
     for kern in todo[name]:
       rows = []
-      for j, m in enumerate(modes):
+      for m in modes:
         if runtime_of(m) != runtime_of(kern):
           continue
         tp = tfl[m, kern].predict(d.x, batch_size)
+        j = presets.index(_preset(m, kern))
         row = {"set": name, "set_index": f"{i:05d}", "mode": m, "runtime": runtime_of(m), "kernels": kern,
-               "quantizer": _preset(m), **compare(res.float_pred, res.quant_pred[j], tp),
+               "quantizer": presets[j], **compare(res.float_pred, res.quant_pred[j], tp),
                "qsim_accuracy": float(np.mean(res.quant_pred[j] == d.y)),
                "runtime_accuracy": float(np.mean(tp == d.y)), "float_accuracy": float(np.mean(res.float_pred == d.y))}
         if m == "int8" and kern == "xnnpack" and study_model is not None:

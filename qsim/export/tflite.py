@@ -69,6 +69,16 @@ def check_mode(mode: str) -> str:
 KERNELS = ("xnnpack", "builtin")
 
 
+# The qsim preset that simulates a (mode, kernels) pair where it is not the mode's own (MODES):
+# int8 on the built-in kernels requantizes in fixed point.
+KERNEL_PRESETS = {("int8", "builtin"): "tflite_int8_builtin"}
+
+
+def preset_for(mode: str, kernels: str = "xnnpack") -> str:
+  """The qsim preset that simulates TFLite ``mode`` on the kernel family ``kernels``."""
+  return KERNEL_PRESETS.get((check_mode(mode), check_kernels(kernels)), MODES[mode])
+
+
 def check_kernels(kernels: str) -> str:
   if kernels not in KERNELS:
     raise ValueError(f"kernels={kernels!r} is not valid; choose one of {list(KERNELS)}")

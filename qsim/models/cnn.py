@@ -75,7 +75,7 @@ class NiN(nn.Module):
       if not last:
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return qnn.Output(quant=self.quant, name="logits")(jnp.mean(x, axis=(1, 2)))
+    return qnn.Output(quant=self.quant, name="logits")(qnn.global_mean(self, x))
 
 
 class PreActBlock(nn.Module):
@@ -130,7 +130,7 @@ class ResNetV2(nn.Module):
     y = bn_final(x)
     stream.overwritten_by(bn_final.product(x))  # bn_final's MUL is the last ADD's only reader
     x = y
-    x = qnn.Output(quant=self.quant, name="pool")(jnp.mean(x, axis=(1, 2)))
+    x = qnn.Output(quant=self.quant, name="pool")(qnn.global_mean(self, x))
     x = qnn.Dense(self.num_classes, quant=self.quant, name="head")(x)
     return qnn.Output(quant=self.quant, name="logits")(x)
 
@@ -175,7 +175,7 @@ class ResNet50(nn.Module):
       for b in range(n):
         strides = 2 if (s > 0 and b == 0) else 1
         x = Bottleneck(self.width * 2**s, strides, quant=self.quant, name=f"stage{s + 1}_block{b}")(x, train)
-    x = qnn.Output(quant=self.quant, name="pool")(jnp.mean(x, axis=(1, 2)))
+    x = qnn.Output(quant=self.quant, name="pool")(qnn.global_mean(self, x))
     x = qnn.Dense(self.num_classes, quant=self.quant, name="head")(x)
     return qnn.Output(quant=self.quant, name="logits")(x)
 
@@ -236,6 +236,6 @@ class DenseNet(nn.Module):
         x = qnn.Output(quant=self.quant, range_of=outs[s + 1], name=f"transition{s + 1}_out")(x)
         # AVERAGE_POOL_2D keeps its input's scale: the mean is rounded back onto the same grid
         x = qnn.AvgPool((2, 2), (2, 2), quant=self.quant, range_of=outs[s + 1], name=f"transition{s + 1}_pool")(x)
-    x = qnn.Output(quant=self.quant, name="pool")(jnp.mean(x, axis=(1, 2)))
+    x = qnn.Output(quant=self.quant, name="pool")(qnn.global_mean(self, x))
     x = qnn.Dense(self.num_classes, quant=self.quant, name="head")(x)
     return qnn.Output(quant=self.quant, name="logits")(x)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from qsim.quant import fake_quant
+from qsim.quant import fixed_point
 from qsim.quant.spec import LayerSpec, QuantConfig, TensorSpec
 
 QUANT_STATS = "quant_stats"
@@ -128,7 +129,7 @@ def quantize_tensor(
     lo, hi = (range_of.get_variable(QUANT_STATS, f"{slot}_{end}") for end in ("lo", "hi"))
   else:
     lo, hi = lo.value, hi.value
-  return fake_quant.quantize(
+  y = fake_quant.quantize(
       x,
       spec,
       default_axis=default_axis,
@@ -137,6 +138,98 @@ def quantize_tensor(
       key=_key(module, spec),
       where=where,
   )
+  if spec.is_int and spec.granularity == "per_tensor":
+    y = _stored_tensor(module, x, y, spec, lo, hi, where)
+  return y
+
+
+# --- TFLite built-in requantization (LayerSpec.requant='fixed_point') -------
+#
+# An int8 runtime writes each op's int32 result to the next stored int8
+# tensor. qsim's op (conv, matmul, MUL, MEAN) runs where its inputs' scales are
+# known, the stored tensor's range lives where it is stored (the next
+# layer's input, an Output or BatchNorm point), after any fused ReLU, max-pool
+# or reshape (all commute with a monotone per-channel requantization). The
+# op therefore leaves a *pending requantization* (its accumulator scale and
+# recipe) in a registry of the current ``apply``; the next static per-tensor
+# integer point (in program order) consumes it: it recovers the exact int32
+# accumulator from its float input and requantizes it with the built-in
+# kernel's fixed-point arithmetic. Every point also records its grid, which a
+# MUL or MEAN reads as its input's scale. Only in inference, only under
+# ``requant='fixed_point'``; the gradient is the float quantizer's
+# (straight-through).
+
+
+def _registry(module: nn.Module) -> dict:
+  root = module.scope.root
+  reg = getattr(root, "_qsim_requant", None)
+  if reg is None:
+    reg = {"pending": None, "grid": None}
+    object.__setattr__(root, "_qsim_requant", reg)
+  return reg
+
+
+def _set_pending(module: nn.Module, **pending) -> None:
+  reg = _registry(module)
+  if reg["pending"] is not None:
+    raise ValueError(f"{layer_name(module)}: the int32 result of {reg['pending']['where']} was never stored"
+                     " (requant='fixed_point' needs every op's output to reach an int8 point)")
+  reg["pending"] = pending
+
+
+def _stored_tensor(module: nn.Module, x, y, spec: TensorSpec, lo, hi, where: str):
+  """``y`` (``x`` fake-quantized on ``spec``'s static per-tensor grid), or,
+  when an op left a pending fixed-point requantization, that op's built-in
+  int8 result on the same grid. Records the grid for the next MUL/MEAN."""
+  reg = _registry(module)
+  scale, z, qmin, qmax = fake_quant.int_grid_params(x, spec, lo=lo, hi=hi, where=where)
+  scale, z = scale.reshape(()), z.reshape(())
+  reg["grid"] = (scale, z)
+  pending, reg["pending"] = reg["pending"], None
+  if pending is None:
+    return y
+  xs = jax.lax.stop_gradient(x)
+  if pending["kind"] == "mean":
+    # TFLite's int8 MEAN (reference QuantizedMeanOrSum): the int32 sum of q - zp,
+    # times the multiplier of in_scale/out_scale with 1/N folded into it
+    n, s_in = pending["n"], pending["scale"]
+    acc = jnp.round(xs * (n * jax.lax.reciprocal(s_in))).astype(jnp.int32)
+    m, e = fixed_point.quantize_multiplier(s_in, jnp.float32(1.0), scale)
+    sh = jnp.minimum(jnp.minimum(n.bit_length() - 1, 32), 31 + e)
+    m = (m // n) * (jnp.int32(1) << sh) + ((m % n) * (jnp.int32(1) << sh)) // n  # floor(m * 2^sh / n), exact
+    q = fixed_point.multiply_by_quantized_multiplier(acc, m, e - sh, "half_away")
+  else:
+    a, b = pending["a"], pending["b"]
+    if x.shape[-1] % b.size:
+      raise ValueError(f"{where}: cannot requantize the output of {pending['where']}: {b.size} channel scales"
+                       f" for a last axis of {x.shape[-1]}")
+    b = jnp.tile(b.reshape(-1), x.shape[-1] // b.size)  # a flattened NHWC map keeps channels last
+    acc = jnp.round(xs * jax.lax.reciprocal(a * b)).astype(jnp.int32)
+    m, e = fixed_point.quantize_multiplier(a, b, scale)
+    q = fixed_point.multiply_by_quantized_multiplier(acc, m, e, pending["rounding"])
+  q = jnp.clip(q.astype(jnp.float32) + z, qmin, qmax)
+  return y + jax.lax.stop_gradient((q - z) * scale - y)
+
+
+def _fixed_point(spec: LayerSpec | None, module: nn.Module) -> bool:
+  return spec is not None and spec.requant == "fixed_point" and _quantizing(module)
+
+
+def global_mean(module: nn.Module, x, axis=(1, 2)):
+  """``jnp.mean(x, axis)``, the model's global average pool; under
+  ``requant='fixed_point'`` (resolved by ``module``'s name) the point that
+  stores it applies TFLite's int8 MEAN recipe to the last stored tensor
+  (``x``'s grid)."""
+  spec = resolve(module.quant, layer_name(module))
+  if _fixed_point(spec, module):
+    grid = _registry(module)["grid"]
+    if grid is None:
+      raise ValueError(f"{layer_name(module)}: global_mean under requant='fixed_point' needs x stored int8 first")
+    n = 1
+    for a in axis:
+      n *= x.shape[a]
+    _set_pending(module, kind="mean", n=n, scale=grid[0], where=f"{layer_name(module)} MEAN")
+  return jnp.mean(x, axis=axis)
 
 
 def _quantizing(module: nn.Module) -> bool:
@@ -185,6 +278,8 @@ class _QuantOperands(nn.Module):
           bias = _accumulator_bias(self, lhs, rhs, bias, spec, name)
         elif spec.const is not None:
           bias = fake_quant.quantize(bias, spec.const, where=f"{name}.bias")
+      if _fixed_point(spec, self):
+        return _exact_accumulator(self, op, (lhs, lq), (rhs, rq), y, bias, spec, name, args, kwargs)
     # flax adds zeros in place of its bias (see _bias_to_hook): y + bias is
     # the runtime's one float add, bit for bit.
     return y if bias is None else y + bias.astype(y.dtype)
@@ -220,6 +315,26 @@ def _fold(module: nn.Module, spec: LayerSpec | None, batch_norm: tuple[str, floa
     raise ValueError(f"{layer_name(module, drop_last=1)}: fold_bn needs the BatchNorm {bn!r} beside it;"
                      " it has no variables there")
   return batch_norm_constants(params, stats, epsilon)
+
+
+def _exact_accumulator(module, op, lhs, rhs, y, bias, spec: LayerSpec, name: str, args, kwargs):
+  """Under ``requant='fixed_point'``: the layer's output as the exact int32
+  accumulator (integer operands, int32 bias) times its scale, and a pending
+  requantization (optimized CONV_2D / FULLY_CONNECTED: rounding shift half
+  up) for the point that stores it. Forward exact, gradient that of ``y``."""
+  (lhs, lq), (rhs, rq) = lhs, rhs  # (float, fake-quantized); scales as _accumulator_bias takes them
+  s_in = fake_quant.int_scale(lhs, spec.act, lo=module.get_variable(QUANT_STATS, "act_lo"),
+                              hi=module.get_variable(QUANT_STATS, "act_hi"), where=f"{name}.act").reshape(())
+  s_w = fake_quant.int_scale(rhs, spec.weight, where=f"{name}.weight").reshape(-1)
+  xi = jnp.round(jax.lax.stop_gradient(lq) * jax.lax.reciprocal(s_in))
+  wi = jnp.round(jax.lax.stop_gradient(rq) * jax.lax.reciprocal(s_w))
+  acc = op(xi, wi, *args, **kwargs)  # integers below 2^24: exact in float32
+  s_acc = s_in * s_w
+  if bias is not None:
+    acc = acc + jnp.round(jax.lax.stop_gradient(bias) * jax.lax.reciprocal(s_acc))
+    y = y + bias.astype(y.dtype)
+  _set_pending(module, kind="acc", a=s_in, b=s_w, rounding="half_up", where=name)
+  return y + jax.lax.stop_gradient(acc * s_acc - y)
 
 
 def _accumulator_bias(module: nn.Module, lhs, rhs, bias, spec: LayerSpec, name: str):
@@ -425,7 +540,15 @@ class BatchNorm(nn.BatchNorm):
       y = x * mul + offset
     else:
       mul, offset = batch_norm_constants(self.variables["params"], self.variables["batch_stats"], self.epsilon)
-      y = self._point(x * self._const(mul, spec, own), spec, "mul")
+      c = self._const(mul, spec, own)
+      if _fixed_point(spec, self) and spec.const is not None and spec.const.is_int:
+        # the built-in int8 MUL: (qx - zx) * (qc - zc), requantized (reference kernel: half away)
+        grid = _registry(self)["grid"]
+        if grid is None:
+          raise ValueError(f"{own}: requant='fixed_point' needs the BatchNorm's input stored int8 first")
+        s_c = fake_quant.int_scale(mul, spec.const, where=f"{own}.const").reshape(())
+        _set_pending(self, kind="acc", a=grid[0], b=s_c.reshape(1), rounding="half_away", where=f"{own} MUL")
+      y = self._point(x * c, spec, "mul")
       y = act(y + self._const(offset, spec, own))
       _widen(self, spec, y, "mul")  # the ADD overwrites the product in place
       return self._point(y, spec, "output")

@@ -83,6 +83,27 @@ def scale_and_zero_point(spec: TensorSpec, lo: jax.Array, hi: jax.Array) -> tupl
   return _aqt.scale_and_zero_point(lo, hi, _aqt._int_numerics(spec))  # pylint: disable=protected-access
 
 
+def int_grid_params(
+    x: jax.Array,
+    spec: TensorSpec,
+    *,
+    default_axis: int = -1,
+    lo: jax.Array | None = None,
+    hi: jax.Array | None = None,
+    where: str = "tensor",
+):
+  """``(scale, zero_point, qmin, qmax)`` of the integer grid ``quantize``
+  puts ``x`` on (``zero_point`` an integer-valued float; 0 if symmetric)."""
+  if not spec.is_int:
+    raise ValueError(f"{where}: int_grid_params needs an integer spec; got format={spec.format!r}")
+  axes = ranges.shared_axes(x.ndim, spec, default_axis, where)
+  if lo is None:
+    lo, hi = _aqt.calibrated_range(x, spec, axes)
+  scale, z = scale_and_zero_point(spec, lo, hi)
+  qmin, qmax = _aqt.int_grid(spec.bits, spec.symmetric)
+  return scale, z, qmin, qmax
+
+
 def calibrated_range(
     x: jax.Array,
     spec: TensorSpec,

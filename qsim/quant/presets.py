@@ -18,6 +18,10 @@ preset                    what it is
                           logits; a tensor an in-place ADD/MUL overwrites
                           calibrated on the union with that op's output),
                           as the TFLite converter and int8 kernels compute
+``tflite_int8_builtin``   ``tflite_int8`` requantized as TFLite's built-in
+                          kernels do (no XNNPACK delegate): Q31 fixed-point
+                          multiplier and shift, rounded twice; the built-in
+                          MUL and MEAN recipes (``requant='fixed_point'``)
 ``tflite_dynamic``        TFLite dynamic range: int8 symmetric per-channel
                           weights, int8 asymmetric per-tensor activations
                           quantized on the fly (dynamic); BatchNorm
@@ -73,6 +77,11 @@ _FIXED: dict[str, LayerSpec | None] = {
         weight=int_weight(8), act=int_act(8, range="static"),
         output=int_act(8, range="static"), const=int_act(8), int_bias=True,
         fold_bn=True, inplace_ranges=True,
+    ),
+    "tflite_int8_builtin": LayerSpec(
+        weight=int_weight(8), act=int_act(8, range="static"),
+        output=int_act(8, range="static"), const=int_act(8), int_bias=True,
+        fold_bn=True, inplace_ranges=True, requant="fixed_point",
     ),
     "tflite_dynamic": LayerSpec(weight=int_weight(8), act=int_act(8), min_weights=1024, fold_bn=True),
     "ort_int8": LayerSpec(

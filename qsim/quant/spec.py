@@ -38,6 +38,7 @@ GRANULARITIES = ("per_tensor", "per_channel")
 CALIBRATIONS = ("absmax", "percentile", "mse")
 ROUNDINGS = ("nearest_even", "stochastic")
 RANGES = ("dynamic", "static")
+REQUANTS = ("fp32", "fixed_point")
 MIN_BITS, MAX_BITS = 2, 16
 
 
@@ -242,6 +243,12 @@ class LayerSpec:
       range and that op's output, as TFLite's calibrator records it (its
       float interpreter runs such ops in place and logs an op's inputs after
       the op ran; measured in BUILD_NOTES, "Deployment fidelity").
+    requant: how an int32 accumulator becomes the next stored int8 tensor
+      (needs ``int_bias`` and ``output``): 'fp32' (``(acc + bias) *
+      float32(in_scale * w_scale / out_scale)``, one rounding, half to even:
+      TFLite's XNNPACK delegate) or 'fixed_point' (TFLite's built-in kernels:
+      a Q31 multiplier and shift, two roundings, see
+      :mod:`qsim.quant.fixed_point`; also the built-in MUL and MEAN recipes).
   """
 
   weight: TensorSpec | None = None
@@ -253,6 +260,7 @@ class LayerSpec:
   min_weights: int = 0
   fold_bn: bool = False
   inplace_ranges: bool = False
+  requant: str = "fp32"
 
   def __post_init__(self):
     for name in _LAYER_TENSORS:
@@ -272,6 +280,10 @@ class LayerSpec:
     for flag in ("int_bias", "fold_bn", "inplace_ranges"):
       if not isinstance(getattr(self, flag), bool):
         raise ValueError(f"LayerSpec.{flag}={getattr(self, flag)!r} is not valid; give True or False")
+    _choice("LayerSpec", "requant", self.requant, REQUANTS)
+    if self.requant == "fixed_point" and not (self.int_bias and self.output is not None):
+      raise ValueError("LayerSpec.requant='fixed_point' needs int_bias=True and an int8 output spec (the"
+                       " accumulator scale and every stored tensor's scale); use requant='fp32' otherwise")
     if self.inplace_ranges and self.output is not None and self.output.calibration != "absmax":
       raise ValueError(
           f"LayerSpec.inplace_ranges=True needs output.calibration='absmax' (a union of min/max ranges);"
@@ -305,7 +317,7 @@ class LayerSpec:
 
 
 _LAYER_TENSORS = ("weight", "act", "state", "output", "const")
-_LAYER_META = ("int_bias", "min_weights", "fold_bn", "inplace_ranges")
+_LAYER_META = ("int_bias", "min_weights", "fold_bn", "inplace_ranges", "requant")
 
 
 def _layer_flatten(s: LayerSpec):

@@ -1,0 +1,120 @@
+"""TFLite's built-in int8 requantization: a Q31 multiplier and a shift.
+
+TFLite's built-in kernels (``OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES``)
+rescale an int32 accumulator to int8 in integer arithmetic: the converter's
+double-precision ratio ``real = in_scale * w_scale / out_scale`` becomes
+``real = m * 2^shift`` with ``m`` in [0.5, 1) stored as the int32 ``round(m *
+2^31)``, and the kernel computes
+
+    ``rounding_right_shift(high_mul(acc * 2^max(shift, 0), m31), max(-shift, 0))``
+
+where ``high_mul`` is gemmlowp's saturating rounding doubling high multiply
+(``(a * b + nudge) / 2^31``, rounded half away from zero) and the right shift
+rounds again: half away from zero in the reference kernels (MUL, MEAN), half
+up (towards +inf) in the optimized convolution (measured: BUILD_NOTES,
+"Deployment fidelity"). Rounding twice differs from rounding ``acc * real``
+once when the product lies within ``2^-(k+1)`` of a half (``k`` = the right
+shift, 7-12 here): about 0.1% of a layer's outputs move by one step, which is
+what the XNNPACK-exact ``tflite_int8`` preset misses on these kernels.
+
+Everything here is int32/uint32 arithmetic (JAX runs without x64): the 62-bit
+product is built from 16-bit halves, and the multiplier is derived from
+float32 scales with an exact two-float product and quotient, so it equals
+the converter's double-precision ``QuantizeMultiplier`` (to within one unit
+in the 2^-48 place of the ratio).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+ROUNDINGS = ("half_up", "half_away")
+
+_U16 = jnp.uint32(0xFFFF)
+
+
+def _split(a):
+  """Dekker's split of float32 ``a`` into two 12-bit halves (exact sum)."""
+  c = a * jnp.float32(4097.0)
+  hi = c - (c - a)
+  return hi, a - hi
+
+
+def _two_product(a, b):
+  """``a * b = p + e`` exactly (float32, no FMA needed)."""
+  p = a * b
+  ah, al = _split(a)
+  bh, bl = _split(b)
+  e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+  return p, e
+
+
+def quantize_multiplier(a, b, c):
+  """TFLite's ``QuantizeMultiplier(double(a) * double(b) / double(c))``.
+
+  ``a``, ``b``, ``c``: positive float32 scales (broadcast together). Returns
+  ``(m31, shift)``, int32: ``a * b / c = m31 * 2^(shift - 31)``, ``m31`` in
+  ``[2^30, 2^31)`` (0 and shift 0 for a zero ratio).
+  """
+  a, b, c = (jnp.asarray(v, jnp.float32) for v in (a, b, c))
+  p, pe = _two_product(a, b)  # a*b = p + pe exactly
+  q = p / c
+  t, te = _two_product(q, c)  # q*c = t + te exactly; p - t is exact (Sterbenz)
+  ql = (((p - t) - te) + pe) / c  # a*b/c = q + ql to ~48 bits
+  mant, exp = jnp.frexp(q)  # q = mant * 2^exp, mant in [0.5, 1)
+  hi = mant * jnp.float32(2.0**31) - jnp.float32(2.0**31)  # in [-2^30, 0], a multiple of 2^7: exact
+  lo = jnp.ldexp(ql, 31 - exp)  # |lo| <= 2^6
+  d = hi.astype(jnp.int32) + jnp.floor(lo + jnp.float32(0.5)).astype(jnp.int32)  # round(m * 2^31) - 2^31
+  full = d >= 0  # rounded up to 2^31: m31 = 2^30, one more in the exponent
+  m31 = jnp.where(full, jnp.int32(1 << 30), (d.astype(jnp.uint32) + jnp.uint32(1 << 31)).astype(jnp.int32))
+  shift = jnp.where(full, exp + 1, exp).astype(jnp.int32)
+  zero = q == 0
+  return jnp.where(zero, 0, m31), jnp.where(zero, 0, shift)
+
+
+def high_mul(a, b):
+  """gemmlowp's ``SaturatingRoundingDoublingHighMul(a, b)`` for int32 ``a``
+  and ``0 <= b < 2^31``: ``a * b / 2^31`` rounded half away from zero (the
+  saturating case ``a = b = -2^31`` cannot occur with ``b >= 0``)."""
+  a = jnp.asarray(a, jnp.int32)
+  b = jnp.asarray(b, jnp.int32)
+  neg = a < 0
+  ua = jnp.where(neg, -a, a).astype(jnp.uint32)  # -(-2^31) wraps to 2^31 as uint32: right
+  ub = b.astype(jnp.uint32)
+  a1, a0 = ua >> 16, ua & _U16
+  b1, b0 = ub >> 16, ub & _U16
+  p00, p01, p10, p11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1  # each < 2^32
+  mid = (p00 >> 16) + (p01 & _U16) + (p10 & _U16)
+  lo = (p00 & _U16) | (mid << 16)
+  hi = p11 + (p01 >> 16) + (p10 >> 16) + (mid >> 16)  # |a*b| = hi * 2^32 + lo, hi < 2^30
+  # |result| = floor((|a*b| + 2^30 - [a*b < 0]) / 2^31) (C's division truncates towards zero)
+  nudge = jnp.where(neg, jnp.uint32((1 << 30) - 1), jnp.uint32(1 << 30))
+  lo2 = lo + nudge
+  hi2 = hi + (lo2 < lo).astype(jnp.uint32)
+  mag = (hi2 << 1) | (lo2 >> 31)  # <= 2^31 - 1
+  mag = mag.astype(jnp.int32)
+  return jnp.where(neg, -mag, mag)
+
+
+def rounding_right_shift(x, s, rounding: str):
+  """``x / 2^s`` for int32 ``x`` and ``0 <= s <= 31``, rounded half up
+  (``'half_up'``, the optimized kernels' rounding shift) or half away from
+  zero (``'half_away'``, gemmlowp's ``RoundingDivideByPOT``)."""
+  if rounding not in ROUNDINGS:
+    raise ValueError(f"rounding={rounding!r} is not valid; choose one of {list(ROUNDINGS)}")
+  x = jnp.asarray(x, jnp.int32)
+  s = jnp.asarray(s, jnp.int32)
+  floor = x >> s
+  if rounding == "half_up":
+    half_bit = (x >> jnp.maximum(s - 1, 0)) & 1
+    return jnp.where(s > 0, floor + half_bit, x)
+  mask = (jnp.int32(1) << s) - 1  # s = 31 wraps to 2^31 - 1: right
+  threshold = (mask >> 1) + (x < 0).astype(jnp.int32)
+  return floor + ((x & mask) > threshold).astype(jnp.int32)
+
+
+def multiply_by_quantized_multiplier(acc, m31, shift, rounding: str = "half_away"):
+  """TFLite's ``MultiplyByQuantizedMultiplier(acc, m31, shift)`` (int32)."""
+  shift = jnp.asarray(shift, jnp.int32)
+  x = jnp.asarray(acc, jnp.int32) << jnp.maximum(shift, 0)
+  return rounding_right_shift(high_mul(x, m31), jnp.maximum(-shift, 0), rounding)
