@@ -71,6 +71,36 @@ def test_presets_predict_the_tflite_models(trained, tmp_path, name):
     assert r["agreement"] >= MODEL_FLOOR.get((name, r["mode"]), FLOOR[r["mode"]]), r
 
 
+def _opened(ckpt, images=200):
+  """A checkpoint's model, variables, calibration samples and ``images`` test images."""
+  model, variables, _, calib, _, _ = sweep.open_checkpoint(ckpt, sweep.read_checkpoint(ckpt), 100, None)
+  return model, variables, calib, data.load("fashion_mnist_debian", "test", limit=images).x
+
+
+def _tflite_int8_logits(model, variables, calib, x, kernels="xnnpack"):
+  blob = tflite.export(model, variables, "int8", calib.x[:1], representative=calib.x)
+  return tflite.TFLiteModel(blob, kernels=kernels).outputs(x)
+
+
+def _logit_step(q) -> float:
+  """The step of quantizer ``q``'s 8-bit logits (the runtime's output scale)."""
+  r = q.quant_stats["logits"]
+  return float(r["output_hi"].max() - r["output_lo"].min()) / 255
+
+
+def _logit_steps(model, variables, q, x, ref, step):
+  """|qsim's logits under quantizer ``q`` - ``ref``| in logit steps."""
+  qlogits = np.asarray(model.clone(quant=q.config).apply({**variables, "quant_stats": q.quant_stats}, x))
+  return np.abs(qlogits - ref) / step
+
+
+def _exact(model, variables, q, x, ref, step) -> float:
+  """The fraction of ``ref``'s 8-bit logits qsim gives exactly (dequantized:
+  equal up to float rounding; a float logit is never that close to the grid
+  but within half a step of it)."""
+  return float(np.mean(_logit_steps(model, variables, q, x, ref, step) < 0.01))
+
+
 # Floors of qsim vs ONNX Runtime on the same 300 + 300 images, on the kernel
 # families the ort_* presets simulate: the QDQ graph as written (reference)
 # for static int8; MLAS for U8U8 dynamic. ORT's U8S8 MLAS kernels on AVX2
@@ -96,14 +126,11 @@ def test_ort_int8_logits_are_the_qdq_models(trained):
   8-bit values (reference kernels) but for rare one-step rounding ties."""
   from qsim.export import onnx as onnx_export
   ckpt = trained("lenet5")
-  model, variables, _, calib, _, _ = sweep.open_checkpoint(ckpt, sweep.read_checkpoint(ckpt), 100, None)
-  x = data.load("fashion_mnist_debian", "test", limit=300).x
+  model, variables, calib, x = _opened(ckpt, 300)
   ref = onnx_export.ORTModel(onnx_export.export_onnx(model, variables, "ort_int8", calib.x[:1],
                                                      representative=calib.x), kernels="reference")
   (q,) = build_quantizers(model, variables, ["ort_int8"], calib.x)
-  qlogits = np.asarray(model.clone(quant=q.config).apply({**variables, "quant_stats": q.quant_stats}, x))
-  r = q.quant_stats["logits"]
-  steps = np.abs(qlogits - ref.outputs(x)) / (float(r["output_hi"].max() - r["output_lo"].min()) / 255)
+  steps = _logit_steps(model, variables, q, x, ref.outputs(x), _logit_step(q))
   print("ort_int8 logits off by a step:", np.mean(steps > 0.5))
   assert steps.max() <= 1.01 and np.mean(steps > 0.5) < 0.01
 
@@ -114,12 +141,8 @@ def test_each_mechanism_is_needed(trained):
   every image; switching off any one
   mechanism (BatchNorm folding, in-place calibration ranges, int32 bias,
   int8 residual ADDs, int8 logits) moves many of them off."""
-  ckpt = trained("resnet20_tiny")
-  cfg = sweep.read_checkpoint(ckpt)
-  model, variables, _, calib, _, _ = sweep.open_checkpoint(ckpt, cfg, 100, None)
-  x = data.load("fashion_mnist_debian", "test", limit=200).x
-  t = tflite.TFLiteModel(tflite.export(model, variables, "int8", calib.x[:1], representative=calib.x))
-  tlogits = t.outputs(x)
+  model, variables, calib, x = _opened(trained("resnet20_tiny"))
+  tlogits = _tflite_int8_logits(model, variables, calib, x)
   full = presets.preset("tflite_int8")
   spec = full.default
   variants = {
@@ -131,14 +154,8 @@ def test_each_mechanism_is_needed(trained):
       "float logits": QuantConfig(default=spec, rules=((r"^logits$", dataclasses.replace(spec, output=None)),)),
   }
   qs = build_quantizers(model, variables, list(variants.items()), calib.x)
-  r = qs[0].quant_stats["logits"]
-  step = float(r["output_hi"].max() - r["output_lo"].min()) / 255  # the int8 logits' scale
-  exact = {}
-  for q in qs:
-    qlogits = np.asarray(model.clone(quant=q.config).apply({**variables, "quant_stats": q.quant_stats}, x))
-    # the same int8 logit (dequantized: equal up to float rounding); a float
-    # logit is never that close to the grid but within half a step of it
-    exact[q.name] = float(np.mean(np.abs(qlogits - tlogits) < 0.01 * step))
+  step = _logit_step(qs[0])  # the int8 logits' scale (a variant may have float logits)
+  exact = {q.name: _exact(model, variables, q, x, tlogits, step) for q in qs}
   print("exact int8 logits per variant:", exact)
   assert exact["full"] >= 0.99, exact
   for name, frac in exact.items():
@@ -157,19 +174,12 @@ def test_densenet_mechanisms_are_needed(trained, monkeypatch):
   from qsim.nn import layers
   from qsim.quant import fake_quant
 
-  ckpt = trained("densenet_tiny")
-  cfg = sweep.read_checkpoint(ckpt)
-  model, variables, _, calib, _, _ = sweep.open_checkpoint(ckpt, cfg, 100, None)
-  x = data.load("fashion_mnist_debian", "test", limit=200).x
-  t = tflite.TFLiteModel(tflite.export(model, variables, "int8", calib.x[:1], representative=calib.x))
-  tlogits = t.outputs(x)
+  model, variables, calib, x = _opened(trained("densenet_tiny"))
+  tlogits = _tflite_int8_logits(model, variables, calib, x)
 
   def exact():
     (q,) = build_quantizers(model, variables, ["tflite_int8"], calib.x)
-    r = q.quant_stats["logits"]
-    step = float(r["output_hi"].max() - r["output_lo"].min()) / 255
-    qlogits = np.asarray(model.clone(quant=q.config).apply({**variables, "quant_stats": q.quant_stats}, x))
-    return float(np.mean(np.abs(qlogits - tlogits) < 0.01 * step))
+    return _exact(model, variables, q, x, tlogits, _logit_step(q))
 
   full = exact()
   with monkeypatch.context() as m:
@@ -203,20 +213,11 @@ def test_builtin_preset_predicts_the_builtin_kernels(trained):
   of TFLite's built-in kernels; ``tflite_int8`` (XNNPACK's fp32
   requantization) misses many of them, so the fixed-point mechanism is what
   closes the gap."""
-  ckpt = trained("resnet20_tiny")
-  cfg = sweep.read_checkpoint(ckpt)
-  model, variables, _, calib, _, _ = sweep.open_checkpoint(ckpt, cfg, 100, None)
-  x = data.load("fashion_mnist_debian", "test", limit=200).x
-  t = tflite.TFLiteModel(tflite.export(model, variables, "int8", calib.x[:1], representative=calib.x),
-                         kernels="builtin")
-  tlogits = t.outputs(x)
+  model, variables, calib, x = _opened(trained("resnet20_tiny"))
+  tlogits = _tflite_int8_logits(model, variables, calib, x, kernels="builtin")
   qs = build_quantizers(model, variables, ["tflite_int8_builtin", "tflite_int8"], calib.x)
-  r = qs[0].quant_stats["logits"]
-  step = float(r["output_hi"].max() - r["output_lo"].min()) / 255
-  exact = {}
-  for q in qs:
-    qlogits = np.asarray(model.clone(quant=q.config).apply({**variables, "quant_stats": q.quant_stats}, x))
-    exact[q.name] = float(np.mean(np.abs(qlogits - tlogits) < 0.01 * step))
+  step = _logit_step(qs[0])
+  exact = {q.name: _exact(model, variables, q, x, tlogits, step) for q in qs}
   print("exact builtin int8 logits per preset:", exact)
   assert exact["tflite_int8_builtin"] >= 0.99, exact
   assert exact["tflite_int8"] < exact["tflite_int8_builtin"] - 0.05, exact

@@ -7,29 +7,14 @@ import builtins
 import json
 
 import flax
-import jax
 import numpy as np
 import pytest
 
 from qsim.evaluate.engine import build_quantizers
 from qsim.export import fidelity
 from qsim.export import onnx as onnx_export
-from qsim.models import get_model
 
-RNG = np.random.default_rng(0)
-IMAGES = RNG.uniform(0, 1, (16, 28, 28, 1)).astype(np.float32)
-RGB = RNG.uniform(0, 1, (16, 32, 32, 3)).astype(np.float32)
-TOKENS = RNG.integers(0, 50, (16, 12)).astype(np.int32)
-
-
-def _init(name, x):
-  model = get_model(name, num_classes=5)
-  variables = model.init(jax.random.key(1), x[:1])
-  if "batch_stats" in variables:  # non-trivial running statistics, as after training
-    variables = dict(variables)
-    variables["batch_stats"] = jax.tree.map(lambda a: a + RNG.uniform(0.1, 0.5, a.shape).astype(np.float32),
-                                            variables["batch_stats"])
-  return model, variables
+from test_export import IMAGES, RGB, RNG, TOKENS, _init  # the same random models and inputs
 
 
 @pytest.mark.parametrize("name,x", [("lenet_tiny", IMAGES), ("nin_tiny", RGB), ("resnet20_tiny", RGB),

@@ -120,3 +120,19 @@ def test_requant_is_validated():
     LayerSpec(requant="double")
   with pytest.raises(ValueError, match="needs int_bias=True"):
     dataclasses.replace(layer_preset("tflite_int8"), requant="fixed_point", int_bias=False)
+
+
+def test_layer_spec_pytree_keeps_every_field():
+  """Every LayerSpec field survives flatten/unflatten (what nn.scan and jit do
+  to a module's spec): a field missing from the pytree's metadata would come
+  back as its default inside a scanned recurrent cell."""
+  spec = LayerSpec(weight=TensorSpec(bits=4), act=TensorSpec(bits=8, symmetric=False, range="static"),
+                   output=TensorSpec(bits=8, symmetric=False, range="static"), int_bias=True, min_weights=7,
+                   fold_bn=True, inplace_ranges=True, requant="fixed_point", calibrated_gates=True)
+  leaves, tree = jax.tree_util.tree_flatten(spec)
+  back = jax.tree_util.tree_unflatten(tree, leaves)
+  for f in dataclasses.fields(LayerSpec):
+    assert getattr(back, f.name) == getattr(spec, f.name), f.name
+    default = LayerSpec().__getattribute__(f.name)
+    if f.name not in ("state", "const"):
+      assert getattr(spec, f.name) != default, f"the test should set {f.name} away from its default"

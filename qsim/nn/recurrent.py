@@ -88,14 +88,19 @@ class _Int8Graph:
   def __init__(self, cell: nn.Module, spec: LayerSpec):
     self.cell, self.spec = cell, spec
 
-  def sigmoid(self, y):
-    """LOGISTIC (float while calibrating, as the converter calibrates)."""
+  def sigmoid(self, y, slot: str):
+    """LOGISTIC (float while calibrating, as the converter calibrates), on
+    its fixed grid, or on its own range (``calibrated_gates``)."""
     y = jax.nn.sigmoid(y)
+    if self.spec.calibrated_gates:
+      return self.store(y, slot)
     return _sigmoid_int8(y) if _quantizing(self.cell) else y
 
-  def tanh(self, y):
-    """TANH (float while calibrating)."""
+  def tanh(self, y, slot: str):
+    """TANH (float while calibrating), as ``sigmoid``."""
     y = jnp.tanh(y)
+    if self.spec.calibrated_gates:
+      return self.store(y, slot)
     return _tanh_int8(y) if _quantizing(self.cell) else y
 
   def store(self, y, slot: str):
@@ -150,14 +155,14 @@ class LSTMCell(nn.LSTMCell):
     def gate(g, fn):
       xi = g8.store(dense_i(name=f"i{g}")(x), f"fc_i{g}")
       hh = g8.store(dense_h(name=f"h{g}")(h), f"fc_h{g}")
-      return fn(g8.gate_sum(xi, hh, g))
+      return fn(g8.gate_sum(xi, hh, g), f"gate_{g}")
 
     i, f, g, o = gate("i", g8.sigmoid), gate("f", g8.sigmoid), gate("g", g8.tanh), gate("o", g8.sigmoid)
     fc = g8.store(f * c, "mul_fc")  # in place on f (a fixed grid: no range to widen)
     ig = g8.store(i * g, "mul_ig")
     new_c = g8.store(fc + ig, "new_c")
     g8.in_place("mul_fc", new_c)
-    new_h = g8.store(o * g8.tanh(new_c), "new_h")
+    new_h = g8.store(o * g8.tanh(new_c, "tanh_c"), "new_h")
     return (new_c, new_h), new_h
 
 
@@ -195,12 +200,12 @@ class GRUCell(nn.GRUCell):
     dense_i = _gate_dense(gate_spec, n, True, self.kernel_init, self.bias_init, self.dtype, self.param_dtype)
     xi = {g: g8.store(dense_i(name=f"i{g}")(x), f"fc_i{g}") for g in ("r", "z", "n")}
     hh = {g: g8.store(dense_h(name=f"h{g}")(h), f"fc_h{g}") for g in ("r", "z")}
-    r = g8.sigmoid(g8.gate_sum(xi["r"], hh["r"], "r"))
-    z = g8.sigmoid(g8.gate_sum(xi["z"], hh["z"], "z"))
+    r = g8.sigmoid(g8.gate_sum(xi["r"], hh["r"], "r"), "gate_r")
+    z = g8.sigmoid(g8.gate_sum(xi["z"], hh["z"], "z"), "gate_z")
     hn = g8.store(dense_h(name="hn", use_bias=True)(h), "fc_hn")
     rh = g8.store(r * hn, "mul_rh")
     g8.in_place("fc_hn", rh)  # r, operand 0, is a LOGISTIC output (fixed grid); hn is read only here
-    n_ = g8.tanh(g8.gate_sum(xi["n"], rh, "n"))
+    n_ = g8.tanh(g8.gate_sum(xi["n"], rh, "n"), "gate_n")
     one_minus_z = g8.store(1.0 - z, "sub_z")
     kept = g8.store(one_minus_z * n_, "mul_n")
     g8.in_place("sub_z", kept)

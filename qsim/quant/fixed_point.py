@@ -27,10 +27,12 @@ in the 2^-48 place of the ratio).
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 ROUNDINGS = ("half_up", "half_away")
 
-_U16 = jnp.uint32(0xFFFF)
+_U16 = np.uint32(0xFFFF)  # numpy, not jnp: a jnp constant at import would start the XLA backend (and
+# jax.distributed.initialize must run before that)
 
 
 def _split(a):

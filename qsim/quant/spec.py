@@ -249,6 +249,10 @@ class LayerSpec:
       TFLite's XNNPACK delegate) or 'fixed_point' (TFLite's built-in kernels:
       a Q31 multiplier and shift, two roundings, see
       :mod:`qsim.quant.fixed_point`; also the built-in MUL and MEAN recipes).
+    calibrated_gates: in a recurrent cell's int8 graph (``output`` set), the
+      sigmoid and tanh outputs are stored on their own calibrated ranges, as
+      ONNX Runtime's QDQ quantizer calibrates them; False: on TFLite's fixed
+      int8 grids (LOGISTIC 1/256 with zero point -128, TANH 1/128).
   """
 
   weight: TensorSpec | None = None
@@ -261,6 +265,7 @@ class LayerSpec:
   fold_bn: bool = False
   inplace_ranges: bool = False
   requant: str = "fp32"
+  calibrated_gates: bool = False
 
   def __post_init__(self):
     for name in _LAYER_TENSORS:
@@ -277,7 +282,7 @@ class LayerSpec:
           "LayerSpec.const.range='static' is not valid; constants are known at"
           " conversion time and always use their own range ('dynamic')"
       )
-    for flag in ("int_bias", "fold_bn", "inplace_ranges"):
+    for flag in ("int_bias", "fold_bn", "inplace_ranges", "calibrated_gates"):
       if not isinstance(getattr(self, flag), bool):
         raise ValueError(f"LayerSpec.{flag}={getattr(self, flag)!r} is not valid; give True or False")
     _choice("LayerSpec", "requant", self.requant, REQUANTS)
@@ -317,7 +322,7 @@ class LayerSpec:
 
 
 _LAYER_TENSORS = ("weight", "act", "state", "output", "const")
-_LAYER_META = ("int_bias", "min_weights", "fold_bn", "inplace_ranges", "requant")
+_LAYER_META = ("int_bias", "min_weights", "fold_bn", "inplace_ranges", "requant", "calibrated_gates")
 
 
 def _layer_flatten(s: LayerSpec):
