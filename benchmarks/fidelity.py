@@ -48,7 +48,7 @@ from qsim.export.onnx import ORTModel, export_onnx  # noqa: E402
 from qsim.export.tflite import TFLiteModel, export  # noqa: E402
 
 ARCHS = {"lenet5": 600, "nin_tiny": 400, "resnet20_tiny": 400, "gru_rows_tiny": 400}  # model -> training steps
-SHIFTS = "c/fog/1+c/shot_noise/1+c/rotate/1+c/brightness/1+c/canny_edges/1"
+SHIFTS = ("c/fog/1", "c/shot_noise/1", "c/rotate/1", "c/brightness/1", "c/canny_edges/1")
 TFLITE_MODES = ("int8", "dynamic", "float16")
 ORT_MODES = ("ort_int8", "ort_dynamic", "ort_dynamic_u8")
 
@@ -98,6 +98,7 @@ def main():
   ap.add_argument("--cache", default="runs/bench_fidelity")
   args = ap.parse_args()
   rows = []
+  works = {}
   secs = np.zeros(4)
   for name, steps in ARCHS.items():
     ckpt = _trained(args.cache, name, steps)
@@ -105,12 +106,14 @@ def main():
     fidelity.run_fidelity(ckpt, work, modes=TFLITE_MODES + ORT_MODES,
                           kernels=("xnnpack", "builtin", "mlas", "reference"), shifts=SHIFTS, limit=args.images,
                           study=False)
+    works[name] = work
     rows += [dict(r, arch=name) for r in fidelity.ResultsStore(work).rows()]
     s = np.array(_speed(ckpt, args.images))
     print(f"{name}: qsim {s[0]:.2f} s vs TFLite {s[1]:.2f} s (3 modes); qsim {s[2]:.2f} s vs ORT {s[3]:.2f} s"
           f" (3 modes), {args.images} images", flush=True)
     secs += s
 
+  print(f"per architecture: {fidelity.write_summary(works, args.cache)}")
   print(f"\n| runtime | mode | kernels | min agreement | mean agreement | mean Jaccard | archs x sets |")
   print("|---|---|---|---|---|---|---|")
   groups = sorted({(r["runtime"], r["mode"], r["kernels"]) for r in rows})

@@ -204,3 +204,49 @@ def test_jaccard_and_compare():
   assert c["agreement"] == 0.5 and c["qsim_disagreements"] == 2 and c["runtime_disagreements"] == 2
   assert c["both_disagree"] == 1 and c["jaccard"] == pytest.approx(1 / 3)
   assert fidelity.jaccard(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+
+
+def _fid_rows(model, per_set):
+  """Fidelity rows of one run: ``per_set`` maps (set, mode, kernels) -> (agreement, jaccard, dq, dt)."""
+  return [{"set": s, "set_index": f"{i:05d}", "mode": m, "kernels": k, "runtime": fidelity.runtime_of(m),
+           "quantizer": fidelity._preset(m, k), "agreement": a, "jaccard": j, "qsim_disagreements": dq,  # pylint: disable=protected-access
+           "runtime_disagreements": dt, "checkpoint": f"runs/{model}", "model": model, "dataset": "fashion_mnist"}
+          for i, ((s, m, k), (a, j, dq, dt)) in enumerate(per_set.items())]
+
+
+def test_summary_across_architectures(tmp_path):
+  runs = {"lenet5": str(tmp_path / "lenet5"), "resnet20": str(tmp_path / "resnet20")}
+  fidelity.ResultsStore(runs["lenet5"]).put("a", _fid_rows("lenet5", {
+      ("clean", "int8", "xnnpack"): (1.0, 1.0, 5, 5), ("c/fog/1", "int8", "xnnpack"): (0.99, 0.5, 7, 6),
+      ("c/rotate/1", "int8", "xnnpack"): (0.995, 0.75, 3, 4), ("clean", "ort_int8", "reference"): (0.98, 0.2, 2, 9)}))
+  fidelity.ResultsStore(runs["resnet20"]).put("a", _fid_rows("resnet20", {
+      ("clean", "int8", "builtin"): (0.97, 0.1, 1, 2), ("c/fog/1", "int8", "builtin"): (0.999, 0.9, 0, 1)}))
+  s = fidelity.summarize(fidelity.ResultsStore(runs["lenet5"]).rows())
+  assert [(x["runtime"], x["mode"], x["kernels"]) for x in s] == [("onnxruntime", "ort_int8", "reference"),
+                                                                 ("tflite", "int8", "xnnpack")]
+  ort, tfl = s
+  assert (tfl["clean_agreement"], tfl["min_agreement"], tfl["shifted_sets"]) == (1.0, 0.99, 2)
+  assert tfl["mean_agreement"] == pytest.approx(0.9925) and tfl["mean_jaccard"] == pytest.approx(0.625)
+  assert (tfl["qsim_disagreements"], tfl["runtime_disagreements"], tfl["quantizer"]) == (15, 15, "tflite_int8")
+  assert ort["shifted_sets"] == 0 and np.isnan(ort["min_agreement"]) and ort["quantizer"] == "ort_int8"
+  text = open(fidelity.write_summary(runs, str(tmp_path))).read()
+  assert "| lenet5 (lenet5) | tflite | int8 | xnnpack | tflite_int8 | 1.0000 | 1.000 | 2 | 0.9900 | 0.9925 |" in text
+  assert "| lenet5 (lenet5) | onnxruntime | ort_int8 | reference | ort_int8 | 0.9800 | 0.200 | 0 | - | - |" in text
+  assert "| resnet20 (resnet20) | tflite | int8 | builtin | tflite_int8_builtin | 0.9700 |" in text
+  assert fidelity._lowest(fidelity.summarize(fidelity.ResultsStore(runs["resnet20"]).rows())[0]) == 0.97  # pylint: disable=protected-access
+  assert (tmp_path / "summary.png").stat().st_size > 0
+  with pytest.raises(ValueError, match="runs is empty"):
+    fidelity.write_summary({}, str(tmp_path))
+  with pytest.raises(ValueError, match=r"no fidelity rows in '.*empty'; run experiments.fidelity first"):
+    fidelity.write_summary({"x": str(tmp_path / "empty")}, str(tmp_path))
+
+
+def test_launcher_refuses_checkpoints_sharing_a_folder_name(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  out = subprocess.run([sys.executable, "-m", "experiments.fidelity",
+                        "--config=experiments/configs/fidelity.py:checkpoint=a/lenet5+b/lenet5",
+                        f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=300,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert out.returncode != 0 and "share a folder name" in out.stderr + out.stdout
+  assert os.listdir(tmp_path) == []  # refused before any work

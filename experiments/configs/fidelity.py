@@ -2,6 +2,12 @@
 
   python -m experiments.fidelity --config=experiments/configs/fidelity.py:checkpoint=runs/lenet5 --workdir=runs/fidelity
   python -m experiments.fidelity --config=experiments/configs/fidelity.py:checkpoint=runs/lenet5,runlocal --workdir=/tmp/fid
+  python -m experiments.fidelity --config=experiments/configs/fidelity.py:checkpoint=runs/lenet5+runs/resnet20 --workdir=runs/fid_all
+
+``checkpoint``: a train workdir, or several '+'-separated: each runs in
+workdir/<its folder name> (fidelity.md there), and workdir/summary.md (with
+summary.png, a heatmap of the lowest agreement) compares them per mode and
+kernel family.
 
 Needs the optional extras: pip install 'qsim[tflite,onnx]' (qsim[onnx] only for
 the ort_* modes). ``modes``: '+'-separated deployment modes, TFLite's (int8,

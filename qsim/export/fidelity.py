@@ -41,7 +41,7 @@ import numpy as np
 
 import qsim
 from qsim.evaluate.engine import Engine, build_quantizers
-from qsim.evaluate.results import ResultsStore
+from qsim.evaluate.results import ResultsStore, atomic_write
 from qsim.evaluate.sweep import load_set, open_checkpoint, read_checkpoint, resolve_sets
 from qsim.export.onnx import ORT_KERNELS, ORT_MODES, ORTModel, export_onnx, onnx_modules
 from qsim.export.tflite import KERNELS, MODES, TFLiteModel, export, preset_for
@@ -272,35 +272,67 @@ def _kernels(row: dict) -> str:
   return row.get("kernels") or LEGACY_KERNELS
 
 
-def write_report(workdir: str) -> str:
-  """``fidelity.md``: per (mode, kernels), agreement and Jaccard on the clean
-  set and over the shifted sets (min and mean), with a plot of both per set."""
+KERNEL_DOC = ("Kernels: `xnnpack` is the TFLite interpreter's default (XNNPACK delegate), `builtin` TFLite's built-in"
+              " kernels (fixed-point requantization); `mlas` ONNX Runtime's default session (fused integer kernels),"
+              " `reference` the QDQ graph run as written (graph optimizations off).")
+
+
+def _sorted_rows(workdir: str) -> list[dict]:
   rows = sorted((_with_kernels(r) for r in ResultsStore(workdir).rows()),
                 key=lambda r: (r["set_index"], r["mode"], ALL_KERNELS.index(_kernels(r))))
   if not rows:
     raise ValueError(f"no fidelity rows in {workdir!r}; run experiments.fidelity first")
-  lines = ["# Fidelity: qsim vs the real runtimes (TFLite, ONNX Runtime)", "",
-           f"Checkpoint `{rows[0]['checkpoint']}` ({rows[0]['model']}, {rows[0]['dataset']}). Kernels: `xnnpack`"
-           " is the TFLite interpreter's default (XNNPACK delegate), `builtin` TFLite's built-in kernels"
-           " (fixed-point requantization); `mlas` ONNX Runtime's default session (fused integer kernels),"
-           " `reference` the QDQ graph run as written (graph optimizations off).", "",
-           "| runtime | mode | kernels | qsim preset | clean agreement | clean Jaccard | shifted sets | min agreement"
-           " | mean agreement | min Jaccard | mean Jaccard | disagreements qsim / runtime (all sets) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  return rows
+
+
+def summarize(rows: Sequence[dict]) -> list[dict]:
+  """One dict per (mode, kernels) of ``rows`` (a fidelity run's rows), in
+  report order: runtime, mode, kernels, quantizer (the qsim preset),
+  clean agreement and Jaccard (NaN without a clean row), the number of
+  shifted sets, min / mean agreement and Jaccard over them (NaN without
+  any), and the disagreements of qsim and of the runtime summed over all
+  sets."""
+  rows = [_with_kernels(r) for r in rows]
   groups = sorted({(r["mode"], _kernels(r)) for r in rows},
                   key=lambda g: (runtime_of(g[0]), g[0], ALL_KERNELS.index(g[1])))
+  out = []
+  nan = float("nan")
   for m, k in groups:
     rs = [r for r in rows if r["mode"] == m and _kernels(r) == k]
     clean = [r for r in rs if r["set"] == "clean"]
-    shifted = [r for r in rs if r["set"] != "clean"]
-    c = clean[0] if clean else {"agreement": float("nan"), "jaccard": float("nan")}
-    ag = [r["agreement"] for r in shifted]
-    jc = [r["jaccard"] for r in shifted]
-    f = lambda xs, fn: f"{fn(xs):.4f}" if xs else "-"  # noqa: E731
-    lines.append(
-        f"| {runtime_of(m)} | {m} | {k} | {rs[0]['quantizer']} | {c['agreement']:.4f} | {c['jaccard']:.3f} | {len(shifted)} | "
-        f"{f(ag, min)} | {f(ag, np.mean)} | {f(jc, min)} | {f(jc, np.mean)} | "
-        f"{sum(r['qsim_disagreements'] for r in rs)} / {sum(r['runtime_disagreements'] for r in rs)} |")
+    ag = [r["agreement"] for r in rs if r["set"] != "clean"]
+    jc = [r["jaccard"] for r in rs if r["set"] != "clean"]
+    out.append({
+        "runtime": runtime_of(m), "mode": m, "kernels": k, "quantizer": rs[0]["quantizer"],
+        "clean_agreement": clean[0]["agreement"] if clean else nan, "clean_jaccard": clean[0]["jaccard"] if clean else nan,
+        "shifted_sets": len(ag), "min_agreement": min(ag) if ag else nan, "mean_agreement": float(np.mean(ag)) if ag else nan,
+        "min_jaccard": min(jc) if jc else nan, "mean_jaccard": float(np.mean(jc)) if jc else nan,
+        "qsim_disagreements": sum(r["qsim_disagreements"] for r in rs),
+        "runtime_disagreements": sum(r["runtime_disagreements"] for r in rs)})
+  return out
+
+
+def _summary_line(s: dict, prefix: str = "") -> str:
+  f = lambda v, d=4: "-" if np.isnan(v) else f"{v:.{d}f}"  # noqa: E731
+  return (f"| {prefix}{s['runtime']} | {s['mode']} | {s['kernels']} | {s['quantizer']} | {f(s['clean_agreement'])} |"
+          f" {f(s['clean_jaccard'], 3)} | {s['shifted_sets']} | {f(s['min_agreement'])} | {f(s['mean_agreement'])} |"
+          f" {f(s['min_jaccard'], 3)} | {f(s['mean_jaccard'], 3)} | {s['qsim_disagreements']} /"
+          f" {s['runtime_disagreements']} |")
+
+
+_SUMMARY_HEADER = ("runtime | mode | kernels | qsim preset | clean agreement | clean Jaccard | shifted sets | min agreement"
+                   " | mean agreement | min Jaccard | mean Jaccard | disagreements qsim / runtime (all sets) |")
+
+
+def write_report(workdir: str) -> str:
+  """``fidelity.md``: per (mode, kernels), agreement and Jaccard on the clean
+  set and over the shifted sets (min and mean), with a plot of both per set."""
+  rows = _sorted_rows(workdir)
+  lines = ["# Fidelity: qsim vs the real runtimes (TFLite, ONNX Runtime)", "",
+           f"Checkpoint `{rows[0]['checkpoint']}` ({rows[0]['model']}, {rows[0]['dataset']}). {KERNEL_DOC}", "",
+           "| " + _SUMMARY_HEADER, "|---" * 12 + "|"]
+  summary = summarize(rows)
+  lines += [_summary_line(s) for s in summary]
   study = [r for r in rows if r.get("study_disagreements") is not None]
   if study:
     lines += ["", "The study's own way (uint8 input truncated, one sample at a time, argmax of the uint8 softmax)"
@@ -309,12 +341,66 @@ def write_report(workdir: str) -> str:
               "|---|---|---|---|"]
     lines += [f"| {r['set']} | {r['runtime_disagreements']} | {r['study_disagreements']} |"
               f" {r['study_vs_tflite_agreement']:.4f} |" for r in study]
-  if _plot(rows, groups, os.path.join(workdir, "fidelity.png")):
+  if _plot(rows, [(s["mode"], s["kernels"]) for s in summary], os.path.join(workdir, "fidelity.png")):
     lines += ["", "![agreement and Jaccard per set](fidelity.png)"]
   path = os.path.join(workdir, "fidelity.md")
   with open(path, "w") as fh:
     fh.write("\n".join(lines) + "\n")
   return path
+
+
+def write_summary(runs: dict[str, str], out_dir: str) -> str:
+  """``out_dir/summary.md`` and ``summary.png`` over several fidelity runs
+  (``runs``: a label, e.g. the architecture, -> that run's workdir): the
+  per (mode, kernels) figures of :func:`summarize` for every run in one
+  table, and a heatmap of the lowest agreement over all sets (clean
+  included) per run and (mode, kernels). Returns the markdown's path."""
+  if not runs:
+    raise ValueError("runs is empty; give at least one label -> fidelity workdir")
+  per = {label: summarize(_sorted_rows(wd)) for label, wd in runs.items()}
+  os.makedirs(out_dir, exist_ok=True)
+  lines = ["# Fidelity across architectures: qsim vs the real runtimes", "",
+           KERNEL_DOC + " The plot's lowest agreement is the minimum over the clean set and every shifted set.", "",
+           "| run (model) | " + _SUMMARY_HEADER, "|---" * 13 + "|"]
+  for label, summary in per.items():
+    model = ResultsStore(runs[label]).rows()[0].get("model", "?")
+    lines += [_summary_line(s, prefix=f"{label} ({model}) | ") for s in summary]
+  if _heatmap(per, os.path.join(out_dir, "summary.png")):
+    lines += ["", "![lowest agreement per run and mode](summary.png)"]
+  path = os.path.join(out_dir, "summary.md")
+  atomic_write(path, lambda fh: fh.write(("\n".join(lines) + "\n").encode()))
+  return path
+
+
+def _lowest(s: dict) -> float:
+  vals = [v for v in (s["clean_agreement"], s["min_agreement"]) if not np.isnan(v)]
+  return min(vals) if vals else float("nan")
+
+
+def _heatmap(per: dict[str, list[dict]], path: str) -> bool:
+  """Lowest agreement per run (rows) and (mode/kernels) (columns), annotated."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  cols = list(dict.fromkeys(f"{s['mode']}/{s['kernels']}" for summary in per.values() for s in summary))
+  grid = np.full((len(per), len(cols)), np.nan)
+  for i, summary in enumerate(per.values()):
+    for s in summary:
+      grid[i, cols.index(f"{s['mode']}/{s['kernels']}")] = _lowest(s)
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cols) + 2.5), 0.5 * len(per) + 2.2))
+  im = ax.imshow(grid, vmin=min(0.95, np.nanmin(grid)) if np.isfinite(grid).any() else 0.95, vmax=1.0,
+                 cmap="RdYlGn", aspect="auto")
+  ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+  ax.set_yticks(range(len(per)), list(per))
+  for (i, j), v in np.ndenumerate(grid):
+    if np.isfinite(v):
+      ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7)
+  ax.set_title("lowest top-1 agreement, qsim vs runtime\n(clean and shifted sets)", fontsize=10)
+  fig.colorbar(im, ax=ax)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return True
 
 
 def _plot(rows, groups, path) -> bool:
