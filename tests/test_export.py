@@ -42,12 +42,14 @@ def test_float32_export_is_the_qsim_model(name, x):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name,x", [("resnet50_tiny", IMAGES), ("densenet_tiny", IMAGES), ("densenet121_tiny", RGB)])
-def test_float32_export_of_resnet50_and_densenet(name, x):
+@pytest.mark.parametrize("name,x,kw", [("resnet50_tiny", IMAGES, {}), ("densenet_tiny", IMAGES, {}),
+                                       ("densenet121_tiny", RGB, {}), ("densenet121_tiny", IMAGES, {"input_pad": 2})])
+def test_float32_export_of_resnet50_and_densenet(name, x, kw):
   """ResNet-50 (stem, bottlenecks, projection shortcuts) and DenseNet (dense
   blocks, transitions with average pooling), with random weights large
-  enough that every layer passes a signal (at init ReLUs silence them)."""
-  model, variables = _init(name, x)
+  enough that every layer passes a signal (at init ReLUs silence them).
+  ``input_pad``: DenseNet-121's depth on 28x28 inputs, padded to 32x32."""
+  model, variables = _init(name, x, **kw)
   rng = np.random.default_rng(2)
   variables = {**variables, "params": jax.tree.map(lambda a: a + rng.normal(0, 0.3, a.shape).astype(np.float32),
                                                    variables["params"])}

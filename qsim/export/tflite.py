@@ -227,6 +227,9 @@ def _densenet(tf, model: DenseNet, w: _Weights):
   conv, dense, bn = _ops(tf, w)
 
   def fwd(x):
+    if model.input_pad:
+      p = model.input_pad
+      x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
     x = _imagenet_stem(tf, conv, bn, x)
     for s, n in enumerate(model.block_sizes):
       for i in range(n):

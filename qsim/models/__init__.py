@@ -32,6 +32,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     # Three dense blocks of two layers: 28x28 inputs (Fashion-MNIST) keep one pixel after the stem's
     # /4 and two transitions (densenet121_tiny's three transitions pool them to nothing).
     "densenet_tiny": _P(DenseNet, growth=4, block_sizes=(2, 2, 2), stem_width=8),
+    # Full-width DenseNet-121 for 28x28 inputs (Fashion-MNIST): zero-padded to 32x32 first.
+    "densenet121_pad2": _P(DenseNet, input_pad=2),
     # The study's IMDb models: Embedding(20000, 128) -> LSTM(50) / GRU(75).
     "lstm": _P(RNNClassifier, cell="lstm", hidden=50, vocab_size=20000, embed_dim=128),
     "gru": _P(RNNClassifier, cell="gru", hidden=75, vocab_size=20000, embed_dim=128),

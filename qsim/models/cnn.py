@@ -210,17 +210,26 @@ class DenseNet(nn.Module):
   average pool, and the pooled tensor), every layer's new features and
   every concatenation are stored with the range of the block's last
   concatenation (point ``dense<s>_out``), which the next BatchNorm's MUL
-  overwrites in place (its only reader)."""
+  overwrites in place (its only reader).
+
+  ``input_pad`` zero-pads the input by that many pixels on each side first
+  (2 turns 28x28 Fashion-MNIST into 32x32, the smallest size whose /32 keeps
+  a pixel through DenseNet-121's stem and three transitions: 28x28 is
+  pooled to nothing and gives NaN)."""
 
   growth: int = 32
   block_sizes: Sequence[int] = (6, 12, 24, 16)
   stem_width: int = 64
   num_classes: int = 182
+  input_pad: int = 0
   quant: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     outs = [qnn.Output(quant=self.quant, name=f"dense{s + 1}_out") for s in range(len(self.block_sizes))]
+    if self.input_pad:
+      p = self.input_pad
+      x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
     x = _imagenet_stem(self, x, self.stem_width, train, range_of=outs[0])
     for s, n in enumerate(self.block_sizes):
       for i in range(n):
