@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from qsim import data
-from qsim.evaluate import metrics, predict_grid
+from qsim.evaluate import metrics
 from qsim.evaluate.engine import Engine, build_quantizers, check_variables
 from qsim.models import get_model
 
@@ -38,9 +38,10 @@ def test_engine_equals_the_grid_path_and_compiles_once(setup):
   model, variables, qs, test = setup
   engine = Engine(model, variables, qs, batch_size=64)
   res = engine.run(test.x, test.y, "clean")
-  items = [q.config if q.quant_stats is None else (q.config, q.quant_stats) for q in qs]
-  ref = predict_grid(model, variables, items, test.x, batch_size=50)
-  np.testing.assert_array_equal(res.quant_pred, ref)
+  # each quantizer alone, the plain flax way (its own apply, its own calibrated ranges, the whole set at once)
+  ref = [np.argmax(np.asarray(model.clone(quant=q.config).apply(
+      variables if q.quant_stats is None else {**variables, "quant_stats": q.quant_stats}, test.x)), -1) for q in qs]
+  np.testing.assert_array_equal(res.quant_pred, np.stack(ref))
   float_ref = np.argmax(np.asarray(model.apply(variables, test.x)), -1)
   np.testing.assert_array_equal(res.float_pred, float_ref)
   assert res.quant_pred.shape == (len(NAMES), 230) and res.quant_scores.shape == (len(NAMES), 230, 5)

@@ -224,13 +224,13 @@ def test_calibration_observes_the_float_model():
   np.testing.assert_allclose(stats["act_hi"].ravel(), [float(float_h.max())], rtol=1e-6)
 
 
-def test_predict_grid_refuses_uncalibrated_static_ranges():
-  from qsim.evaluate import predict_grid
+def test_engine_refuses_uncalibrated_static_ranges():
+  from qsim.evaluate import Engine, Quantizer
   model = lenet_tiny(quant=preset("tflite_int8"))
   x = np.asarray(jax.random.uniform(KEY, (4, 28, 28, 1)))
   v = model.init(KEY, x)
-  with pytest.raises(ValueError, match="not calibrated"):
-    predict_grid(lenet_tiny(), {"params": v["params"]}, [(preset("tflite_int8"), v[qnn.QUANT_STATS])], x)
+  with pytest.raises(ValueError, match="quantizer 'int8': static activation ranges are not calibrated"):
+    Engine(lenet_tiny(), {"params": v["params"]}, [Quantizer("int8", preset("tflite_int8"), v[qnn.QUANT_STATS])])
 
 
 @pytest.mark.parametrize("padding", ["SAME", "VALID", [(1, 2), (0, 3)]])

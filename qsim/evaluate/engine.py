@@ -205,6 +205,12 @@ class Engine:
     self._step = jax.jit(self._compute)
 
   def _place(self, variables: dict, quantizers: Sequence[Quantizer]) -> None:
+    for q in quantizers:  # an uncalibrated range (0, 0) would quantize silently with scale 1
+      if q.quant_stats is not None:
+        try:
+          require_calibrated({QUANT_STATS: q.quant_stats})
+        except ValueError as e:
+          raise ValueError(f"quantizer {q.name!r}: {e}") from None
     stacked, order, sizes = ConfigGrid.prepare([(q.config, q.quant_stats) for q in quantizers])
     if self._order is not None and (order, sizes) != (self._order, self._sizes):
       raise ValueError("the new quantizers group differently from the engine's; build a new Engine")

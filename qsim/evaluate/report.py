@@ -253,3 +253,28 @@ def write_report(workdir: str) -> str:
   path = os.path.join(workdir, "report.md")
   atomic_write(path, lambda f: f.write("\n".join(lines).encode()))
   return path
+
+
+def plot_bit_grid(counts: np.ndarray, weight_bits, act_bits, path: str, n: int) -> None:
+  """A weight-bits x activation-bits heatmap of disagreement counts (of
+  ``n`` samples); ``counts[i, j]`` is the count at ``weight_bits[i]`` and
+  ``act_bits[j]`` (``None`` = float activations). The caller indexes the
+  grid by the bits it built the quantizers from (no name parsing)."""
+  counts = np.asarray(counts)
+  if counts.shape != (len(weight_bits), len(act_bits)):
+    raise ValueError(f"counts has shape {counts.shape}; expected (len(weight_bits), len(act_bits))"
+                     f" = {(len(weight_bits), len(act_bits))}")
+  plt = _plt()
+  scaled = np.log10(counts + 1)
+  fig, ax = plt.subplots(figsize=(1.4 + 1.1 * len(act_bits), 1.2 + 0.6 * len(weight_bits)))
+  im = ax.imshow(scaled, cmap="magma_r", aspect="auto")
+  for (i, j), c in np.ndenumerate(counts):
+    ax.text(j, i, f"{c}", ha="center", va="center", color="white" if scaled[i, j] > scaled.max() * 0.6 else "black")
+  ax.set_xticks(range(len(act_bits)), ["float" if a is None else str(a) for a in act_bits])
+  ax.set_yticks(range(len(weight_bits)), [str(w) for w in weight_bits])
+  ax.set_xlabel("activation bits")
+  ax.set_ylabel("weight bits")
+  ax.set_title(f"Predictions flipped vs float (of {n})")
+  fig.colorbar(im, ax=ax, label="log10(disagreements + 1)")
+  fig.tight_layout()
+  _save(fig, path)
