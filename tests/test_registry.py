@@ -112,7 +112,7 @@ def test_text_sets():
 
 
 def test_show_shifts_writes_a_contact_sheet(tmp_path):
-  from experiments import show_shifts
+  from qsim.shifts import sheets as show_shifts
   path = show_shifts.contact_sheet("fashion_mnist_debian", str(tmp_path / "sheet.png"), samples=2,
                                   corruptions=["stripe", "brightness", "canny_edges"])
   from PIL import Image
@@ -126,7 +126,7 @@ def test_show_shifts_writes_a_contact_sheet(tmp_path):
 
 
 def test_show_shifts_text_sheet(tmp_path):
-  from experiments import show_shifts
+  from qsim.shifts import sheets as show_shifts
   with tfds.testing.mock_data(num_examples=3):
     path = show_shifts.text_sheet("imdb_reviews", str(tmp_path / "t.md"))
   body = open(path).read()
