@@ -1,6 +1,8 @@
 """Quantized layers: exact flax equivalence when off, gradients when on,
 static calibration, per-layer rules."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -52,13 +54,22 @@ def _cos(a, b):
   return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def _dynamic_everywhere():
+  """``tflite_dynamic`` with every kernel quantized: the test layers' kernels
+  are under the preset's 1,024-weight threshold, which would leave them float
+  (and the gradient test comparing float with float)."""
+  cfg = preset("tflite_dynamic")
+  return dataclasses.replace(cfg, default=dataclasses.replace(cfg.default, min_weights=0))
+
+
 @pytest.mark.parametrize("kind", list(_pairs()))
-@pytest.mark.parametrize("config", ["w8a8", "tflite_dynamic", "w8"])
+@pytest.mark.parametrize("config", ["w8a8", "tflite_dynamic_everywhere", "w8"])
 def test_gradients_nonzero_and_close_to_float_at_8_bits(kind, config):
   make, ref, x = _pairs()[kind]
-  q = make(preset(config))
+  q = make(_dynamic_everywhere() if config == "tflite_dynamic_everywhere" else preset(config))
   v = ref.init(KEY, x)
   params = v["params"]
+  assert not np.array_equal(q.apply(v, x), ref.apply(v, x)), f"{kind}/{config}: nothing is quantized"
 
   def loss(model, p, x):
     return jnp.sum(jnp.sin(model.apply({"params": p}, x)))
@@ -135,10 +146,29 @@ def test_static_ranges_calibrate_then_quantize():
   out = model.apply(v, x)
   float_out = lenet_tiny().apply({"params": v["params"]}, x)
   assert 0 < float(jnp.max(jnp.abs(out - float_out))) < 0.05 * float(jnp.max(jnp.abs(float_out)))
-  # inputs outside the calibrated range are clipped: a static range is static
+  # inputs outside the calibrated range are clipped: a static range is static. Compared with the same
+  # layers quantized with dynamic (per-batch) ranges, so that only the range differs
   big = model.apply(v, x * 10)
-  dyn = lenet_tiny(quant=preset("tflite_dynamic")).apply({"params": v["params"]}, x * 10)
+  dyn = lenet_tiny(quant=_dynamic_everywhere()).apply({"params": v["params"]}, x * 10)
   assert not np.allclose(big, dyn, atol=1e-3)
+  inside = model.apply(v, x)
+  np.testing.assert_allclose(inside, lenet_tiny(quant=_dynamic_everywhere()).apply({"params": v["params"]}, x),
+                             atol=0.05 * float(jnp.max(jnp.abs(inside))))
+
+
+def test_static_range_gradient_is_zero_where_the_input_is_clipped():
+  """A layer's straight-through estimator masks the inputs its static range
+  clips (an unmasked STE would pass the gradient through unchanged)."""
+  spec = LayerSpec(weight=TensorSpec(bits=8, granularity="per_channel"), act=TensorSpec(bits=8, range="static"))
+  layer = qnn.Dense(5, quant=spec)
+  v = qnn.calibrate(layer, layer.init(KEY, X_VEC), [X_VEC])
+  lo = float(v[qnn.QUANT_STATS]["QuantDotGeneral_0"]["act_lo"].min())
+  hi = float(v[qnn.QUANT_STATS]["QuantDotGeneral_0"]["act_hi"].max())
+  x = X_VEC * 3  # a third of the values fall outside the calibrated range
+  g = np.asarray(jax.grad(lambda x: jnp.sum(jnp.sin(layer.apply(v, x))))(x))
+  clipped = (np.asarray(x) < lo) | (np.asarray(x) > hi)
+  assert 0.1 < clipped.mean() < 0.9
+  assert np.all(g[clipped] == 0) and np.all(g[~clipped] != 0)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
