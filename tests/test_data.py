@@ -81,3 +81,21 @@ def test_bad_sizes():
       data.load("mnist", "train", val_size=5)
     with pytest.raises(ValueError, match=r"limit=0 is not valid"):
       data.load("mnist", "test", limit=0)
+
+
+def test_ci_refuses_to_skip_the_dataset_tests(tmp_path):
+  """In CI a missing Fashion-MNIST fails the run at start-up instead of skipping ~40% of the suite."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "--collect-only",
+         "tests/test_spec.py"]
+  env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_XDIST_WORKER")}
+  missing = str(tmp_path / "no-such-dir")
+  ci = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
+                      env={**env, "CI": "true", "QSIM_FMNIST_DIR": missing})
+  assert ci.returncode != 0 and f"missing from {missing}" in ci.stdout + ci.stderr
+  assert "apt-get install -y dataset-fashion-mnist" in ci.stdout + ci.stderr
+  local = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
+                         env={**env, "QSIM_FMNIST_DIR": missing})
+  assert local.returncode == 0, local.stdout + local.stderr
