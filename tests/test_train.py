@@ -55,6 +55,72 @@ def test_pgd_stays_in_eps_ball_and_input_box_and_raises_loss():
   assert ce(adv) > ce(jnp.asarray(X[:16]))
 
 
+def _recording_linear(w):
+  """A linear model as a method's forward, recording every input it is given."""
+  seen = []
+
+  def forward(x, key):
+    del key
+    if not isinstance(x, jax.core.Tracer):  # the attack's inner steps are traced; keep the inputs trained on
+      seen.append(np.asarray(x))
+    return x.reshape(x.shape[0], -1) @ w, None
+  return forward, seen
+
+
+def test_mixup_trains_on_convex_combinations_with_the_drawn_lambda():
+  """Each input row is lam * x_i + (1 - lam) * x_perm(i), one lam for the batch, perm a permutation, and the
+  loss mixes the two labels' cross-entropies with the same lam."""
+  from qsim.train.methods import batch_loss, cross_entropy  # pylint: disable=g-import-not-at-top
+  n = 12
+  x = jnp.eye(n, dtype=jnp.float32) * 2.0  # row i = 2 e_i: a mixed row shows both its sources and lam
+  y = jnp.arange(n) % 3
+  w = jax.random.normal(KEY, (n, 3))
+  forward, seen = _recording_linear(w)
+  loss, _ = batch_loss(forward, x, y, jax.random.key(7), MethodConfig(method="mixup", mixup_alpha=0.4), None)
+  mixed = seen[-1] / 2.0
+  perm = np.array([max((j for j in np.flatnonzero(mixed[i]) if j != i), default=i) for i in range(n)])
+  assert sorted(perm) == list(range(n)) and (perm != np.arange(n)).any()
+  lam = float(mixed[perm != np.arange(n)][0][np.flatnonzero(perm != np.arange(n))[0]])
+  assert 0 < lam < 1
+  for i in range(n):
+    want_row = np.zeros(n)
+    want_row[i] += lam
+    want_row[perm[i]] += 1 - lam
+    np.testing.assert_allclose(mixed[i], want_row, rtol=1e-6, atol=1e-7)
+  logits = forward(jnp.asarray(seen[-1]), None)[0]
+  want = lam * cross_entropy(logits, y) + (1 - lam) * cross_entropy(logits, y[perm])
+  np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
+  assert abs(float(loss) - float(cross_entropy(logits, y))) > 1e-4
+
+
+def test_fgsm_perturbs_the_adversarial_fraction_by_eps_times_the_gradient_sign():
+  from qsim.train.methods import batch_loss, cross_entropy  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(X[:8].reshape(8, -1)[:, :20])
+  y = jnp.asarray(Y[:8]) % 3
+  w = jax.random.normal(KEY, (20, 3))
+  forward, seen = _recording_linear(w)
+  cfg = MethodConfig(method="fgsm", eps=0.05, adv_fraction=0.5)
+  batch_loss(forward, x, y, jax.random.key(3), cfg, (0.0, 1.0))
+  g = jax.grad(lambda v: cross_entropy(v @ w, y[:4]))(x[:4])
+  want = jnp.clip(x[:4] + 0.05 * jnp.sign(g), 0.0, 1.0)
+  got = seen[-1]
+  np.testing.assert_allclose(got[:4], want, atol=1e-6)  # the first half attacked, one signed step, in the box
+  np.testing.assert_array_equal(got[4:], x[4:])  # the rest clean
+  assert float(cross_entropy(got[:4] @ w, y[:4])) > float(cross_entropy(x[:4] @ w, y[:4]))
+
+
+def test_qat_step_trains_the_quantized_forward():
+  """The QAT step's loss is the quantized model's cross-entropy, not the float model's."""
+  from qsim.train.methods import cross_entropy  # pylint: disable=g-import-not-at-top
+  model = get_model("lenet_tiny", num_classes=10, quant=preset("w4a4"))
+  state = init_state(model, X[:1], make_optimizer("adam", 1e-2, 10), 0)
+  _, loss, _ = make_train_step(model, MethodConfig(method="standard"))(state, X[:16], Y[:16], KEY)
+  quant = cross_entropy(model.apply({"params": state.params}, X[:16]), Y[:16])
+  flt = cross_entropy(model.clone(quant=None).apply({"params": state.params}, X[:16]), Y[:16])
+  np.testing.assert_allclose(float(loss), float(quant), rtol=1e-6)
+  assert abs(float(quant) - float(flt)) > 1e-4
+
+
 def test_bad_method_config():
   with pytest.raises(ValueError, match=r"method='cutmix' is not valid; choose one of"):
     MethodConfig(method="cutmix")
