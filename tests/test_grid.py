@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from qsim import nn as qnn
-from qsim.evaluate import predict_grid
+from qsim.evaluate import Engine, Quantizer
 from qsim.models import RNNClassifier, lenet_tiny
 from qsim.quant import ConfigGrid, bit_grid, make_config, preset
 
@@ -68,14 +68,21 @@ def test_new_bits_do_not_recompile():
   assert len(traces) == 3  # a new structure group: traced once more (+1 for the bits group's new layout)
 
 
-def test_vmap_mapping_matches_map():
+def test_vmap_mapping_is_within_float_rounding_of_each_config_alone():
+  """What the README states for ``vmap`` (the GPU/TPU default): batching the configs lets XLA reorder
+  float sums, so outputs equal each config run alone within float32 rounding (relative 1e-6 of the logits'
+  scale), not bit for bit as with ``map``; quantized values themselves stay on their grids (ties aside), so
+  predictions agree. Measured here on lenet_tiny, bit_grid([2, 4, 8], [4, 8, None]) + presets."""
   model = lenet_tiny()
   variables = model.init(KEY, X)
-  items = bit_grid([4, 8], [None]) + [preset("fp16"), preset("float32")]
-  fn = lambda c, p, x: model.clone(quant=c).apply({"params": p}, x)
-  a = ConfigGrid(fn, mapping="map")(items, variables["params"], X)
-  b = ConfigGrid(fn, mapping="vmap")(items, variables["params"], X)
-  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  items = _items(model, variables)
+  fn = lambda c, p, x: _apply(model, c, p, x)
+  v = ConfigGrid(fn, mapping="vmap")(items, variables["params"], X)
+  scale = float(np.max(np.abs(v)))
+  for i, item in enumerate(items):
+    alone = jax.jit(lambda p, x: _apply(model, item, p, x))(variables["params"], X)
+    np.testing.assert_allclose(v[i], alone, rtol=0, atol=1e-6 * scale, err_msg=f"config {i}")
+    np.testing.assert_array_equal(np.argmax(v[i], -1), np.argmax(alone, -1))
 
 
 def test_bad_grid_arguments():
@@ -85,15 +92,14 @@ def test_bad_grid_arguments():
     ConfigGrid(lambda c: c)([])
 
 
-def test_predict_grid_pads_last_batch_exactly():
+def test_engine_pads_the_last_batch_exactly():
   model = lenet_tiny()
   variables = model.init(KEY, X)
   x = np.asarray(jax.random.uniform(jax.random.key(2), (11, 28, 28, 1)))
-  items = [preset("float32"), preset("w2a4")]
-  preds = predict_grid(model, variables, items, x, batch_size=4)
+  y = np.zeros(11, np.int32)
+  qs = [Quantizer("float32", preset("float32")), Quantizer("w2a4", preset("w2a4"))]
+  preds = Engine(model, variables, qs, batch_size=4).run(x, y).quant_pred  # batches of 4, 4, 3 (padded to 4)
   assert preds.shape == (2, 11)
-  full = predict_grid(model, variables, items, x, batch_size=11)
+  full = Engine(model, variables, qs, batch_size=11).run(x, y).quant_pred
   np.testing.assert_array_equal(preds, full)
   np.testing.assert_array_equal(preds[0], np.argmax(model.apply(variables, x), -1))
-  with pytest.raises(ValueError, match="batch_size=0"):
-    predict_grid(model, variables, items, x, batch_size=0)
