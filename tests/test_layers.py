@@ -278,3 +278,14 @@ def test_one_channel_conv_lowering_equals_flax(padding):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   strided = qnn.Conv(4, (5, 5), strides=2, padding=padding)  # other shapes keep XLA's op
   assert "conv_general_dilated" in str(jax.make_jaxpr(strided.apply)(v, x))
+
+
+@pytest.mark.parametrize("vocab,quantized", [(50, False), (200, True)])
+def test_embedding_tables_under_min_weights_stay_float(vocab, quantized):
+  """tflite_dynamic leaves kernels under 1,024 elements float, gather tables included (the converter keeps
+  lstm_tiny's 50 x 8 table float and stores a 200 x 8 one as int8)."""
+  ours, ref = qnn.Embed(vocab, 8, quant=preset("tflite_dynamic")), nn.Embed(vocab, 8)
+  tokens = jnp.arange(vocab)[None]
+  v = ref.init(KEY, tokens)
+  same = np.array_equal(ours.apply(v, tokens), ref.apply(v, tokens))
+  assert same != quantized

@@ -251,3 +251,18 @@ def test_nan_and_inf_inputs_are_never_turned_into_finite_values(x, row, col, bad
   if spec.granularity == "per_channel":  # other channels have their own range: untouched
     others = np.delete(np.arange(EDGE_SHAPE[1]), col)
     np.testing.assert_array_equal(y[:, others], np.asarray(jq(jnp.asarray(x[:, others]), spec)))
+
+
+@given(lo=st.floats(-100, 100, width=32), width=st.floats(0, 100, width=32), bits=st.integers(2, 16))
+def test_asymmetric_range_always_holds_zero_and_the_zero_point_is_on_the_grid(lo, width, bits):
+  """A range that excludes 0 (a user-supplied or calibrated [0.5, 1]) is widened to hold it, as the TFLite
+  and ONNX Runtime quantizers do: the zero point lies on the grid and 0 quantizes to exactly 0."""
+  from qsim.quant.fake_quant import scale_and_zero_point  # pylint: disable=g-import-not-at-top
+  spec = TensorSpec(bits=bits, symmetric=False)
+  lo, hi = np.float32(lo), np.float32(lo + width)
+  scale, z = (float(v) for v in scale_and_zero_point(spec, jnp.float32(lo), jnp.float32(hi)))
+  qmin, qmax = (float(v) for v in int_grid(bits, False))
+  assert qmin <= z <= qmax
+  y = np.asarray(jq(jnp.asarray([0.0, lo, hi], jnp.float32), spec, lo=jnp.float32(lo), hi=jnp.float32(hi)))
+  assert y[0] == 0.0
+  assert abs(y[1] - lo) <= scale / 2 + 1e-6 * abs(lo) and abs(y[2] - hi) <= scale / 2 + 1e-6 * abs(hi)

@@ -122,8 +122,10 @@ def scale_and_zero_point(lo, hi, numerics_):
   """Scale ``s`` and integer zero point ``z`` mapping [lo, hi] onto the grid.
 
   Symmetric (and fp8): ``s = max(|lo|, |hi|) / quant_bound``, ``z = 0``.
-  Asymmetric: ``s = (hi - lo) / (2^b - 1)``, ``z = round(qmin - lo / s)``
-  (zero stays exactly representable). A zero range gives ``s = 1``; a
+  Asymmetric: the range is first widened to hold 0 (``lo = min(lo, 0)``,
+  ``hi = max(hi, 0)``, as the TFLite and ONNX Runtime quantizers do), then
+  ``s = (hi - lo) / (2^b - 1)``, ``z = round(qmin - lo / s)`` (zero stays
+  exactly representable, ``z`` on the grid). A zero range gives ``s = 1``; a
   range wider than float32 (``hi - lo`` overflows) is scaled term by term,
   so finite inputs never give NaN; a NaN or infinite range (from NaN/Inf
   inputs) gives a NaN or infinite scale, so the group's output is not finite
@@ -136,6 +138,9 @@ def scale_and_zero_point(lo, hi, numerics_):
   # with constant bits round differently from the same config with traced bits.
   inv_qb = jax.lax.reciprocal(jnp.asarray(numerics_.get_quant_bound(), jnp.float32))
   if isinstance(numerics_, IntNumerics) and not numerics_.symmetric:
+    # the range always holds zero (TFLite's and ONNX Runtime's quantizers nudge it so): with lo > 0 or
+    # hi < 0 the zero point would fall outside the grid and 0 (padding, ReLU zeros) would not be representable
+    lo, hi = jnp.minimum(lo, 0.0), jnp.maximum(hi, 0.0)
     width = hi - lo
     scale = jnp.where(jnp.isfinite(width), width * inv_qb, hi * inv_qb - lo * inv_qb)
     scale = jnp.where(scale == 0, 1.0, scale)
