@@ -131,3 +131,68 @@ def test_fidelity_run_covers_both_runtimes(tiny_ckpt, tmp_path, monkeypatch):
   assert fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), modes=("int8", "ort_int8", "ort_float32"),
                                kernels=("xnnpack", "mlas", "reference"), **kw) == path
   json.dumps(rows)
+
+
+def test_pair_saturation_excess_is_numpy_int16_pairs():
+  """``pair_saturation_excess``: adjacent products along K summed, clipped to
+  int16, summed (odd K: the last product alone), minus the exact sum."""
+  from qsim.nn.layers import pair_saturation_excess
+  rng = np.random.default_rng(0)
+  for k in (1, 2, 7, 16, 33):
+    u = rng.integers(0, 256, (37, k)).astype(np.int64)
+    u[:5] = 255
+    w = rng.integers(-127, 128, (k, 6)).astype(np.int64)
+    w[:, 0], w[:, 1] = 127, -127
+    up, wp = np.pad(u, ((0, 0), (0, k % 2))), np.pad(w, ((0, k % 2), (0, 0)))
+    pairs = (up[:, :, None] * wp[None]).reshape(37, -1, 2, 6).sum(2)
+    want = np.clip(pairs, -32768, 32767).sum(1) - u @ w
+    for chunk in (1 << 22, 50):  # one block; rows in chunks (lax.map)
+      got = np.asarray(pair_saturation_excess(u.astype(np.float32), w.astype(np.float32), chunk_elems=chunk))
+      np.testing.assert_array_equal(got, want)
+    if k > 1:
+      assert (want[:5, :2] != 0).all()  # the forced pairs saturate
+
+
+def test_mlas_u8s8_detection(monkeypatch):
+  monkeypatch.delenv("QSIM_ORT_U8S8_SATURATES", raising=False)
+  assert onnx_export.mlas_u8s8_saturates("flags : fpu sse avx avx2 fma")
+  assert not onnx_export.mlas_u8s8_saturates("flags : fpu avx avx2 avx512f avx512_vnni")
+  assert not onnx_export.mlas_u8s8_saturates("flags : fpu avx avx2 avx_vnni")
+  assert not onnx_export.mlas_u8s8_saturates("flags : fpu sse4_2")
+  assert onnx_export.ort_preset("ort_int8", "mlas", saturates=True) == "ort_int8_avx2"
+  assert onnx_export.ort_preset("ort_int8", "reference", saturates=True) == "ort_int8"
+  assert onnx_export.ort_preset("ort_dynamic", "reference", saturates=True) == "ort_dynamic_avx2"
+  assert onnx_export.ort_preset("ort_dynamic_u8", "mlas", saturates=True) == "ort_dynamic_u8"
+  assert onnx_export.ort_preset("ort_int8", "mlas", saturates=False) == "ort_int8"
+  monkeypatch.setenv("QSIM_ORT_U8S8_SATURATES", "0")
+  assert onnx_export.ort_preset("ort_int8", "mlas") == "ort_int8"
+
+
+@pytest.mark.skipif(not onnx_export.mlas_u8s8_saturates(),
+                    reason="MLAS saturates U8S8 pairs only on x86 AVX2 without VNNI (or set QSIM_ORT_U8S8_SATURATES=1)")
+def test_ort_int8_avx2_preset_is_the_fused_mlas_model():
+  """A LeNet-5 whose convolution kernels are all positive (per-channel int8
+  weights near 127) on inputs near the top of their uint8 range: MLAS's
+  fused QLinearConv/QGemm saturate the int16 pair sums. ort_int8_avx2 gives
+  the default (mlas) session's logits to one output step on rounding ties;
+  plain ort_int8 is far off."""
+  import jax
+  x = np.clip(_structured(160) * 2.0, 0, 1)
+  model, variables = _init("lenet5", x)
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, v: np.abs(v) if "conv" in jax.tree_util.keystr(p) and "kernel" in jax.tree_util.keystr(p) else v,
+      flax.core.unfreeze(variables["params"]))
+  variables = {**variables, "params": params}
+  calib, test = x[:100], x[100:]
+  blob = onnx_export.export_onnx(model, variables, "ort_int8", calib[:1], representative=calib)
+  rlogits = onnx_export.ORTModel(blob, kernels="mlas").outputs(test)
+  sat, plain = build_quantizers(model, variables, ["ort_int8_avx2", "ort_int8"], calib)
+  r = sat.quant_stats["logits"]
+  step = float(r["output_hi"].max() - r["output_lo"].min()) / 255
+  off = {}
+  for name, q in (("sat", sat), ("plain", plain)):
+    lg = np.asarray(model.clone(quant=q.config).apply({**variables, "quant_stats": q.quant_stats}, test))
+    off[name] = np.abs(lg - rlogits) / step
+  assert off["sat"].max() <= 1.01, off["sat"].max()
+  assert np.mean(off["sat"] > 0.5) <= 0.02
+  assert np.mean(off["plain"] > 0.5) > 0.2, np.mean(off["plain"] > 0.5)
