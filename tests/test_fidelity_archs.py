@@ -104,7 +104,9 @@ def _exact(model, variables, q, x, ref, step) -> float:
 # Floors of qsim vs ONNX Runtime on the same 300 + 300 images, on the kernel
 # families the ort_* presets simulate: the QDQ graph as written (reference)
 # for static int8; MLAS for U8U8 dynamic. ORT's U8S8 MLAS kernels on AVX2
-# CPUs without VNNI saturate int16 pair sums (not simulated; BUILD_NOTES).
+# CPUs without VNNI saturate int16 pair sums (simulated by the *_avx2
+# presets, tested in test_onnx.py; no floor here yet: this test was not
+# rerun with them).
 ORT_FLOOR = {("ort_int8", "reference"): 299 / 300, ("ort_dynamic_u8", "mlas"): 299 / 300}
 
 

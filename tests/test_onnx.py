@@ -131,3 +131,134 @@ def test_fidelity_run_covers_both_runtimes(tiny_ckpt, tmp_path, monkeypatch):
   assert fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), modes=("int8", "ort_int8", "ort_float32"),
                                kernels=("xnnpack", "mlas", "reference"), **kw) == path
   json.dumps(rows)
+
+
+def test_pair_saturation_excess_is_numpy_int16_pairs():
+  """``pair_saturation_excess``: adjacent products along K summed, clipped to
+  int16, summed (odd K: the last product alone), minus the exact sum."""
+  from qsim.nn.layers import pair_saturation_excess
+  rng = np.random.default_rng(0)
+  for k in (1, 2, 7, 16, 33):
+    u = rng.integers(0, 256, (37, k)).astype(np.int64)
+    u[:5] = 255
+    w = rng.integers(-127, 128, (k, 6)).astype(np.int64)
+    w[:, 0], w[:, 1] = 127, -127
+    up, wp = np.pad(u, ((0, 0), (0, k % 2))), np.pad(w, ((0, k % 2), (0, 0)))
+    pairs = (up[:, :, None] * wp[None]).reshape(37, -1, 2, 6).sum(2)
+    want = np.clip(pairs, -32768, 32767).sum(1) - u @ w
+    for chunk in (1 << 22, 50):  # one block; rows in chunks (lax.map)
+      got = np.asarray(pair_saturation_excess(u.astype(np.float32), w.astype(np.float32), chunk_elems=chunk))
+      np.testing.assert_array_equal(got, want)
+    if k > 1:
+      assert (want[:5, :2] != 0).all()  # the forced pairs saturate
+
+
+def test_mlas_u8s8_detection(monkeypatch):
+  monkeypatch.delenv("QSIM_ORT_U8S8_SATURATES", raising=False)
+  assert onnx_export.mlas_u8s8_saturates("flags : fpu sse avx avx2 fma")
+  assert not onnx_export.mlas_u8s8_saturates("flags : fpu avx avx2 avx512f avx512_vnni")
+  assert not onnx_export.mlas_u8s8_saturates("flags : fpu avx avx2 avx_vnni")
+  assert not onnx_export.mlas_u8s8_saturates("flags : fpu sse4_2")
+  assert onnx_export.ort_preset("ort_int8", "mlas", saturates=True) == "ort_int8_avx2"
+  assert onnx_export.ort_preset("ort_int8", "reference", saturates=True) == "ort_int8"
+  assert onnx_export.ort_preset("ort_dynamic", "reference", saturates=True) == "ort_dynamic_avx2"
+  assert onnx_export.ort_preset("ort_dynamic_u8", "mlas", saturates=True) == "ort_dynamic_u8"
+  assert onnx_export.ort_preset("ort_int8", "mlas", saturates=False) == "ort_int8"
+  monkeypatch.setenv("QSIM_ORT_U8S8_SATURATES", "0")
+  assert onnx_export.ort_preset("ort_int8", "mlas") == "ort_int8"
+
+
+@pytest.mark.skipif(not onnx_export.mlas_u8s8_saturates(),
+                    reason="MLAS saturates U8S8 pairs only on x86 AVX2 without VNNI (or set QSIM_ORT_U8S8_SATURATES=1)")
+def test_ort_int8_avx2_preset_is_the_fused_mlas_model():
+  """A LeNet-5 whose convolution kernels are all positive (per-channel int8
+  weights near 127) on inputs near the top of their uint8 range: MLAS's
+  fused QLinearConv/QGemm saturate the int16 pair sums. ort_int8_avx2 gives
+  the default (mlas) session's logits to one output step on rounding ties;
+  plain ort_int8 is far off."""
+  import jax
+  x = np.clip(_structured(160) * 2.0, 0, 1)
+  model, variables = _init("lenet5", x)
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, v: np.abs(v) if "conv" in jax.tree_util.keystr(p) and "kernel" in jax.tree_util.keystr(p) else v,
+      flax.core.unfreeze(variables["params"]))
+  variables = {**variables, "params": params}
+  calib, test = x[:100], x[100:]
+  blob = onnx_export.export_onnx(model, variables, "ort_int8", calib[:1], representative=calib)
+  rlogits = onnx_export.ORTModel(blob, kernels="mlas").outputs(test)
+  sat, plain = build_quantizers(model, variables, ["ort_int8_avx2", "ort_int8"], calib)
+  r = sat.quant_stats["logits"]
+  step = float(r["output_hi"].max() - r["output_lo"].min()) / 255
+  off = {}
+  for name, q in (("sat", sat), ("plain", plain)):
+    lg = np.asarray(model.clone(quant=q.config).apply({**variables, "quant_stats": q.quant_stats}, test))
+    off[name] = np.abs(lg - rlogits) / step
+  assert off["sat"].max() <= 1.01, off["sat"].max()
+  assert np.mean(off["sat"] > 0.5) <= 0.02
+  assert np.mean(off["plain"] > 0.5) > 0.2, np.mean(off["plain"] > 0.5)
+
+
+def _satsum(p):
+  """Pair-saturated sum over the last axis (adjacent pairs, odd: last alone)."""
+  p = np.pad(p, [(0, 0)] * (p.ndim - 1) + [(0, p.shape[-1] % 2)])
+  return np.clip(p.reshape(p.shape[:-1] + (-1, 2)).sum(-1), -32768, 32767).sum(-1)
+
+
+@pytest.mark.skipif(not onnx_export.mlas_u8s8_saturates(),
+                    reason="MLAS saturates U8S8 pairs only on x86 AVX2 without VNNI (or set QSIM_ORT_U8S8_SATURATES=1)")
+def test_mlas_u8s8_recipe_on_single_ops():
+  """The recipe u8s8_pairs simulates, on single ORT ops with inputs that force
+  saturation: MatMulInteger pairs adjacent K on raw uint8 (zero point
+  subtracted after, exactly); QLinearConv pairs in NHWC im2col order (kh, kw,
+  cin) with the padding holding the zero point, then fp32 requantization
+  rounded half to even (NCHW order (cin, kh, kw) does not match);
+  ConvInteger does not saturate."""
+  import onnxruntime as ort
+  from onnx import TensorProto as T, helper as h, numpy_helper as nh
+  rng = np.random.default_rng(1)
+
+  def run(nodes, inputs, inits, feed, out_type):
+    g = h.make_graph(nodes, "g", inputs, [h.make_tensor_value_info("Y", out_type, None)],
+                     [nh.from_array(np.asarray(v), k) for k, v in inits.items()])
+    blob = h.make_model(g, opset_imports=[h.make_opsetid("", 13)]).SerializeToString()
+    return ort.InferenceSession(blob, providers=["CPUExecutionProvider"]).run(None, feed)[0].astype(np.int64)
+
+  # MatMulInteger, odd K, zero point 17
+  a = rng.integers(0, 256, (3, 33)).astype(np.uint8)
+  a[0] = 255
+  b = rng.integers(-128, 128, (33, 5)).astype(np.int8)
+  b[:, 0] = 127
+  y = run([h.make_node("MatMulInteger", ["A", "B", "za"], ["Y"])], [h.make_tensor_value_info("A", T.UINT8, [3, 33])],
+          {"B": b, "za": np.uint8(17)}, {"A": a}, T.INT32)
+  ai, bi = a.astype(np.int64), b.astype(np.int64)
+  np.testing.assert_array_equal(y, _satsum(ai[:, :, None].transpose(0, 2, 1) * bi.T[None]) - 17 * bi.sum(0))
+  assert (y != (ai - 17) @ bi).any()
+
+  # QLinearConv / ConvInteger, 3 input channels, 3x3, padding 1, zero point 10
+  c, o, k, hw, xz = 3, 4, 3, 8, 10
+  x = rng.integers(0, 256, (1, c, hw, hw)).astype(np.uint8)
+  x[0, :, : hw // 2] = 255
+  w = rng.integers(-127, 128, (o, c, k, k)).astype(np.int8)
+  w[0] = 127
+  xs, ws, ys, bias = np.float32(0.05), np.full(o, 0.01, np.float32), np.float32(0.02), np.arange(o, dtype=np.int32)
+  xin = [h.make_tensor_value_info("X", T.UINT8, [1, c, hw, hw])]
+  yq = run([h.make_node("QLinearConv", ["X", "xs", "xz", "W", "ws", "wz", "ys", "yz", "B"], ["Y"], pads=[1] * 4,
+                        kernel_shape=[k, k])], xin,
+           {"xs": xs, "xz": np.uint8(xz), "W": w, "ws": ws, "wz": np.zeros(o, np.int8), "ys": ys,
+            "yz": np.uint8(128), "B": bias}, {"X": x}, T.UINT8)[0]
+  yi = run([h.make_node("ConvInteger", ["X", "W", "xz"], ["Y"], pads=[1] * 4, kernel_shape=[k, k])], xin,
+           {"W": w, "xz": np.uint8(xz)}, {"X": x}, T.INT32)[0]
+  xp = np.pad(x[0].astype(np.int64), ((0, 0), (1, 1), (1, 1)), constant_values=xz)
+  patches = np.stack([xp[:, i:i + hw, j:j + hw] for i in range(k) for j in range(k)], 1)  # c, kk, h, w
+  prod = patches[None] * w.astype(np.int64).reshape(o, c, k * k)[:, :, :, None, None]  # o, c, kk, h, w
+  corr = xz * w.astype(np.int64).sum((1, 2, 3))[:, None, None]
+  nhwc = _satsum(np.moveaxis(prod.transpose(0, 2, 1, 3, 4).reshape(o, -1, hw, hw), 1, -1)) - corr
+  nchw = _satsum(np.moveaxis(prod.reshape(o, -1, hw, hw), 1, -1)) - corr
+  np.testing.assert_array_equal(yi, prod.sum((1, 2)) - corr)  # ConvInteger: exact
+
+  def requant(acc):
+    scale = (xs * ws / ys).astype(np.float32)[:, None, None]
+    return np.clip(np.rint((acc + bias[:, None, None]).astype(np.float32) * scale).astype(np.int64) + 128, 0, 255)
+
+  np.testing.assert_array_equal(yq, requant(nhwc))
+  assert (yq != requant(nchw)).any() and (yq != requant(prod.sum((1, 2)) - corr)).any()

@@ -126,9 +126,10 @@ def test_layer_spec_pytree_keeps_every_field():
   """Every LayerSpec field survives flatten/unflatten (what nn.scan and jit do
   to a module's spec): a field missing from the pytree's metadata would come
   back as its default inside a scanned recurrent cell."""
-  spec = LayerSpec(weight=TensorSpec(bits=4), act=TensorSpec(bits=8, symmetric=False, range="static"),
+  spec = LayerSpec(weight=TensorSpec(bits=8), act=TensorSpec(bits=8, symmetric=False, range="static"),
                    output=TensorSpec(bits=8, symmetric=False, range="static"), int_bias=True, min_weights=7,
-                   fold_bn=True, inplace_ranges=True, requant="fixed_point", calibrated_gates=True)
+                   fold_bn=True, inplace_ranges=True, requant="fixed_point", calibrated_gates=True,
+                   u8s8_pairs="all")
   leaves, tree = jax.tree_util.tree_flatten(spec)
   back = jax.tree_util.tree_unflatten(tree, leaves)
   for f in dataclasses.fields(LayerSpec):
@@ -136,3 +137,12 @@ def test_layer_spec_pytree_keeps_every_field():
     default = LayerSpec().__getattribute__(f.name)
     if f.name not in ("state", "const"):
       assert getattr(spec, f.name) != default, f"the test should set {f.name} away from its default"
+
+
+def test_u8s8_pairs_needs_uint8_activations_and_int8_weights():
+  with pytest.raises(ValueError, match="u8s8_pairs"):
+    LayerSpec(weight=TensorSpec(bits=4), act=TensorSpec(bits=8, symmetric=False), u8s8_pairs="all")
+  with pytest.raises(ValueError, match="u8s8_pairs"):
+    LayerSpec(weight=TensorSpec(bits=8), act=TensorSpec(bits=8, symmetric=True), u8s8_pairs="dense")
+  with pytest.raises(ValueError, match="u8s8_pairs"):
+    LayerSpec(weight=TensorSpec(bits=8), act=TensorSpec(bits=8, symmetric=False), u8s8_pairs="yes")

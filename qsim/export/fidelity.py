@@ -43,7 +43,7 @@ import qsim
 from qsim.evaluate.engine import Engine, build_quantizers
 from qsim.evaluate.results import ResultsStore, atomic_write
 from qsim.evaluate.sweep import load_set, open_checkpoint, read_checkpoint, resolve_sets
-from qsim.export.onnx import ORT_KERNELS, ORT_MODES, ORTModel, export_onnx, onnx_modules
+from qsim.export.onnx import ORT_KERNELS, ORT_MODES, ORTModel, export_onnx, onnx_modules, ort_preset
 from qsim.export.tflite import KERNELS, MODES, TFLiteModel, export, preset_for
 
 SORT_KEYS = ("set_index", "mode", "kernels")
@@ -220,7 +220,7 @@ def _export_all(model, variables, calib, modes, needed, models_dir) -> dict:
 
 def _preset(mode: str, kernels: str) -> str:
   """The qsim preset that simulates ``mode`` on the kernel family ``kernels``."""
-  return ORT_MODES[mode] if runtime_of(mode) == "onnxruntime" else preset_for(mode, kernels)
+  return ort_preset(mode, kernels) if runtime_of(mode) == "onnxruntime" else preset_for(mode, kernels)
 
 
 def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, batch_size, seed, data_dir, study):

@@ -58,6 +58,34 @@ from qsim.export.tflite import tensorflow, tf_forward
 ORT_MODES = {"ort_int8": "ort_int8", "ort_dynamic": "ort_dynamic", "ort_dynamic_u8": "ort_dynamic_u8",
              "ort_float32": "float32"}
 ORT_KERNELS = ("mlas", "reference")
+
+
+def mlas_u8s8_saturates(flags: str | None = None) -> bool:
+  """True where MLAS runs U8S8 GEMMs with VPMADDUBSW (saturating int16 pair
+  sums): x86 with AVX2 and without AVX-VNNI / AVX512-VNNI. ``flags``: a
+  /proc/cpuinfo flags line (default: this machine's). Override with the
+  environment variable QSIM_ORT_U8S8_SATURATES=1 or 0."""
+  env = os.environ.get("QSIM_ORT_U8S8_SATURATES")
+  if env is not None and flags is None:
+    return env.strip().lower() in ("1", "true", "yes")
+  if flags is None:
+    try:
+      with open("/proc/cpuinfo") as f:
+        flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+      return False
+  fl = set(flags.split())
+  return "avx2" in fl and not ({"avx_vnni", "avx512_vnni"} & fl)
+
+
+def ort_preset(mode: str, kernels: str, saturates: bool | None = None) -> str:
+  """The qsim preset that simulates ORT ``mode`` on ``kernels``: the U8S8
+  modes that run on MLAS (``ort_int8`` fused, ``ort_dynamic`` always) get
+  the ``_avx2`` preset where :func:`mlas_u8s8_saturates`."""
+  saturates = mlas_u8s8_saturates() if saturates is None else saturates
+  if saturates and ((mode == "ort_int8" and kernels == "mlas") or mode == "ort_dynamic"):
+    return ORT_MODES[mode] + "_avx2"
+  return ORT_MODES[mode]
 OPSET = 17
 
 

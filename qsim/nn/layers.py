@@ -273,6 +273,9 @@ class _QuantOperands(nn.Module):
       lq = quantize_tensor(self, lhs, spec.act, slot="act", where=name, batch_axes=(0,))
       rq = quantize_tensor(self, rhs, spec.weight, slot="weight", where=name)
       y = op(lq, rq, *args, **kwargs)
+      if (spec.u8s8_pairs == "all" or (spec.u8s8_pairs == "dense" and op is lax.dot_general)) \
+          and _quantizing(self):
+        y = y + _u8s8_saturation(self, op, lhs, lq, rhs, rq, spec, name, args, kwargs)
       if bias is not None and _quantizing(self):
         if spec.int_bias:
           bias = _accumulator_bias(self, lhs, rhs, bias, spec, name)
@@ -335,6 +338,68 @@ def _exact_accumulator(module, op, lhs, rhs, y, bias, spec: LayerSpec, name: str
     y = y + bias.astype(y.dtype)
   _set_pending(module, kind="acc", a=s_in, b=s_w, rounding="half_up", where=name)
   return y + jax.lax.stop_gradient(acc * s_acc - y)
+
+
+def pair_saturation_excess(u, w, chunk_elems: int = 1 << 22):
+  """``sum(clip16(pairs)) - sum(pairs)`` of ``u @ w`` (``u`` [M, K] raw
+  uint8 values, ``w`` [K, N] int8 values, both integer-valued floats): the
+  products of each adjacent pair along K (0-1, 2-3, ...; odd K padded with a
+  zero product) summed and saturated to int16, as VPMADDUBSW does. [M, N],
+  exact in float32 (|pair| <= 64,770). Rows in chunks (bounded memory)."""
+  m, k = u.shape
+  if k % 2:
+    u, w = jnp.pad(u, ((0, 0), (0, 1))), jnp.pad(w, ((0, 1), (0, 0)))
+  we, wo = w[0::2], w[1::2]
+
+  def rows(uc):
+    p = uc[:, 0::2, None] * we + uc[:, 1::2, None] * wo  # [rows, K/2, N]
+    return (jnp.clip(p, -32768.0, 32767.0) - p).sum(1)
+
+  per = max(1, chunk_elems // max(1, (k + 1) // 2 * w.shape[1]))
+  if m <= per:
+    return rows(u)
+  n = -(-m // per)
+  up = jnp.pad(u, ((0, n * per - m), (0, 0))).reshape(n, per, -1)
+  return lax.map(rows, up).reshape(n * per, -1)[:m]
+
+
+def _u8s8_saturation(module, op, lhs, lq, rhs, rq, spec: LayerSpec, name: str, args, kwargs):
+  """The change MLAS's U8S8 pair saturation (``LayerSpec.u8s8_pairs``) makes
+  to the layer's float output ``op(lq, rq)``, no gradient."""
+  # LayerSpec checked the operands: asymmetric 8-bit activations, symmetric 8-bit weights.
+  if spec.act.range == "static":
+    s_in, z, _, _ = fake_quant.int_grid_params(lhs, spec.act, lo=module.get_variable(QUANT_STATS, "act_lo"),
+                                               hi=module.get_variable(QUANT_STATS, "act_hi"), where=f"{name}.act")
+  else:  # per example
+    axes = fake_quant.ranges.shared_axes(lhs.ndim, spec.act, -1, f"{name}.act", (0,))
+    lo, hi = fake_quant._aqt.calibrated_range(lhs, spec.act, axes)  # pylint: disable=protected-access
+    s_in, z = fake_quant.scale_and_zero_point(spec.act, lo, hi)
+  s_w = fake_quant.int_scale(rhs, spec.weight, where=f"{name}.weight").reshape(-1)
+  lq, rq = lax.stop_gradient(lq), lax.stop_gradient(rq)
+  centered = jnp.round(lq / s_in)  # q - z
+  zu8 = jnp.broadcast_to(z + 128.0, s_in.shape)  # ORT's uint8 zero point
+  w = jnp.round(rq / s_w)
+  if op is lax.dot_general:
+    u = (centered + zu8).reshape(-1, lhs.shape[-1])
+    ex = pair_saturation_excess(u, w.reshape(w.shape[0], -1)).reshape(lhs.shape[:-1] + (w.shape[-1],))
+  else:
+    a = _CONV_ARGS.bind(lhs, rhs, *args, **kwargs).arguments
+    if any(a.get(d) is not None and any(int(v) != 1 for v in a[d]) for d in ("lhs_dilation", "rhs_dilation")) \
+        or a.get("feature_group_count", 1) != 1 or a.get("batch_group_count", 1) != 1:
+      raise ValueError(f"{name}: u8s8_pairs supports undilated, ungrouped convolutions only")
+    kh, kw = rhs.shape[:2]
+    strides = a["window_strides"] or (1, 1)
+    pads = a["padding"]
+    if isinstance(pads, str):
+      pads = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), strides, pads)
+    xp = jnp.pad(centered, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0))) + zu8.reshape(-1, 1, 1, 1)
+    ho = (xp.shape[1] - kh) // strides[0] + 1
+    wo = (xp.shape[2] - kw) // strides[1] + 1
+    cols = [xp[:, i:i + (ho - 1) * strides[0] + 1:strides[0], j:j + (wo - 1) * strides[1] + 1:strides[1], :]
+            for i in range(kh) for j in range(kw)]
+    u = jnp.stack(cols, 3).reshape(-1, kh * kw * rhs.shape[2])  # NHWC im2col: (kh, kw, cin)
+    ex = pair_saturation_excess(u, w.reshape(-1, w.shape[-1])).reshape(lhs.shape[0], ho, wo, -1)
+  return ex * (s_in.reshape((-1,) + (1,) * (ex.ndim - 1)) * s_w)
 
 
 def _accumulator_bias(module: nn.Module, lhs, rhs, bias, spec: LayerSpec, name: str):

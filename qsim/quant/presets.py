@@ -39,6 +39,14 @@ preset                    what it is
                           per-tensor symmetric int8 weights, asymmetric
                           8-bit activations quantized on the fly
                           (BatchNorm folded by ORT's pre-processing)
+``ort_int8_avx2``         ``ort_int8`` as ORT's fused QLinearConv/QGemm
+                          compute it on x86 CPUs with AVX2 and without
+                          VNNI (e.g. AMD EPYC Zen 1-3, Intel Haswell to
+                          Skylake): MLAS's VPMADDUBSW sums adjacent
+                          uint8 x int8 products into saturating int16
+                          (``LayerSpec.u8s8_pairs``)
+``ort_dynamic_avx2``      ``ort_dynamic`` on such CPUs (MatMulInteger runs
+                          on MLAS U8S8 and saturates; ConvInteger does not)
 ``ort_dynamic_u8``        the same with per-tensor asymmetric 8-bit weights
                           (ORT's U8U8 form)
 ``weight_only_int8``      CoreML-style weight-only: int8 asymmetric (affine
@@ -91,6 +99,13 @@ _FIXED: dict[str, LayerSpec | None] = {
     ),
     "ort_dynamic": LayerSpec(weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=True), act=int_act(8),
                              fold_bn=True),
+    "ort_int8_avx2": LayerSpec(
+        weight=int_weight(8), act=int_act(8, range="static"),
+        output=int_act(8, range="static"), const=int_act(8), int_bias=True, fold_bn=True,
+        calibrated_gates=True, u8s8_pairs="all",
+    ),
+    "ort_dynamic_avx2": LayerSpec(weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=True),
+                                  act=int_act(8), fold_bn=True, u8s8_pairs="dense"),
     "ort_dynamic_u8": LayerSpec(weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=False), act=int_act(8),
                                 fold_bn=True),
     "weight_only_int8": LayerSpec(

@@ -253,6 +253,17 @@ class LayerSpec:
       sigmoid and tanh outputs are stored on their own calibrated ranges, as
       ONNX Runtime's QDQ quantizer calibrates them; False: on TFLite's fixed
       int8 grids (LOGISTIC 1/256 with zero point -128, TANH 1/128).
+    u8s8_pairs: 'all' (Dense and Conv) or 'dense' (Dense only; 'none': off):
+      the accumulators as ONNX Runtime's MLAS computes
+      uint8 x int8 (U8S8) GEMMs on x86 CPUs with AVX2 and without VNNI
+      (VPMADDUBSW): the raw uint8 activations (int8 grid + 128, zero point
+      included) times the int8 weights, each adjacent pair of products
+      along the reduction axis summed into a saturating int16, the zero
+      point subtracted afterwards (exact). Reduction order: Dense the input
+      features; Conv the NHWC im2col order (kh, kw, cin), padding holding
+      the zero point (fused QLinearConv; ORT's ConvInteger, the dynamic
+      quantizer's conv, does not saturate: 'dense'). Forward only (the
+      gradient is the unsaturated one).
   """
 
   weight: TensorSpec | None = None
@@ -266,6 +277,7 @@ class LayerSpec:
   inplace_ranges: bool = False
   requant: str = "fp32"
   calibrated_gates: bool = False
+  u8s8_pairs: str = "none"
 
   def __post_init__(self):
     for name in _LAYER_TENSORS:
@@ -286,6 +298,13 @@ class LayerSpec:
       if not isinstance(getattr(self, flag), bool):
         raise ValueError(f"LayerSpec.{flag}={getattr(self, flag)!r} is not valid; give True or False")
     _choice("LayerSpec", "requant", self.requant, REQUANTS)
+    _choice("LayerSpec", "u8s8_pairs", self.u8s8_pairs, U8S8_PAIRS)
+    if self.u8s8_pairs != "none" and not (
+        self.act is not None and self.act.is_int and self.act.bits == 8 and not self.act.symmetric
+        and self.act.granularity == "per_tensor"
+        and self.weight is not None and self.weight.is_int and self.weight.bits == 8 and self.weight.symmetric):
+      raise ValueError("LayerSpec.u8s8_pairs needs per-tensor asymmetric 8-bit activations (ORT's uint8)"
+                       f" and symmetric 8-bit weights (int8); got weight={self.weight}, act={self.act}")
     if self.requant == "fixed_point" and not (self.int_bias and self.output is not None):
       raise ValueError("LayerSpec.requant='fixed_point' needs int_bias=True and an int8 output spec (the"
                        " accumulator scale and every stored tensor's scale); use requant='fp32' otherwise")
@@ -321,8 +340,10 @@ class LayerSpec:
     return all(t is None for t in self.tensors())
 
 
+U8S8_PAIRS = ("none", "all", "dense")
 _LAYER_TENSORS = ("weight", "act", "state", "output", "const")
-_LAYER_META = ("int_bias", "min_weights", "fold_bn", "inplace_ranges", "requant", "calibrated_gates")
+_LAYER_META = ("int_bias", "min_weights", "fold_bn", "inplace_ranges", "requant", "calibrated_gates",
+               "u8s8_pairs")
 
 
 def _layer_flatten(s: LayerSpec):
