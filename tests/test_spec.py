@@ -128,7 +128,8 @@ def test_layer_spec_pytree_keeps_every_field():
   back as its default inside a scanned recurrent cell."""
   spec = LayerSpec(weight=TensorSpec(bits=4), act=TensorSpec(bits=8, symmetric=False, range="static"),
                    output=TensorSpec(bits=8, symmetric=False, range="static"), int_bias=True, min_weights=7,
-                   fold_bn=True, inplace_ranges=True, requant="fixed_point", calibrated_gates=True)
+                   fold_bn=True, inplace_ranges=True, requant="fixed_point", calibrated_gates=True,
+                   gemm_gates=True)
   leaves, tree = jax.tree_util.tree_flatten(spec)
   back = jax.tree_util.tree_unflatten(tree, leaves)
   for f in dataclasses.fields(LayerSpec):
