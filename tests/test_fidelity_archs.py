@@ -223,3 +223,30 @@ def test_builtin_preset_predicts_the_builtin_kernels(trained):
   print("exact builtin int8 logits per preset:", exact)
   assert exact["tflite_int8_builtin"] >= 0.99, exact
   assert exact["tflite_int8"] < exact["tflite_int8_builtin"] - 0.05, exact
+
+
+@pytest.mark.parametrize("name", ["gru_rows_tiny", "lstm_rows_tiny"])
+def test_ort_int8_recurrent_gemm_gates(trained, name):
+  """On the trained GRU/LSTM-rows-tiny, ort_int8 (reference kernels) gives
+  the QDQ model's predictions on >= 299 of 300 images and most of its 8-bit
+  logits exactly; without ``gemm_gates`` (each gate's two matmuls stored
+  apart, the recurrent bias in float: TFLite's graph) fewer logits are exact.
+  ORT fuses MatMul + Add into one Gemm per gate and quantizes the recurrent
+  bias to int32 at h scale x weight scale, h0's empty range giving scale 1."""
+  from qsim.export import onnx as onnx_export
+  model, variables, calib, x = _opened(trained(name), 300)
+  ref = onnx_export.ORTModel(onnx_export.export_onnx(model, variables, "ort_int8", calib.x[:1],
+                                                     representative=calib.x), kernels="reference")
+  rlogits = ref.outputs(x)
+  full = presets.preset("ort_int8")
+  variants = {"full": full,
+              "no gemm_gates": QuantConfig(default=dataclasses.replace(full.default, gemm_gates=False))}
+  qs = build_quantizers(model, variables, list(variants.items()), calib.x)
+  step = _logit_step(qs[0])
+  exact = {q.name: _exact(model, variables, q, x, rlogits, step) for q in qs}
+  qpred = np.argmax(np.asarray(model.clone(quant=qs[0].config).apply(
+      {**variables, "quant_stats": qs[0].quant_stats}, x)), -1)
+  agree = float(np.mean(qpred == np.argmax(rlogits, -1)))
+  print(f"{name}: exact 8-bit logits per variant: {exact}; prediction agreement {agree}")
+  assert agree >= 299 / 300, agree
+  assert exact["full"] > exact["no gemm_gates"] + 0.05, exact

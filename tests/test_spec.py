@@ -129,7 +129,7 @@ def test_layer_spec_pytree_keeps_every_field():
   spec = LayerSpec(weight=TensorSpec(bits=8), act=TensorSpec(bits=8, symmetric=False, range="static"),
                    output=TensorSpec(bits=8, symmetric=False, range="static"), int_bias=True, min_weights=7,
                    fold_bn=True, inplace_ranges=True, requant="fixed_point", calibrated_gates=True,
-                   u8s8_pairs="all")
+                   u8s8_pairs="all", gemm_gates=True)
   leaves, tree = jax.tree_util.tree_flatten(spec)
   back = jax.tree_util.tree_unflatten(tree, leaves)
   for f in dataclasses.fields(LayerSpec):

@@ -152,7 +152,14 @@ class LSTMCell(nn.LSTMCell):
     dense_h = _gate_dense(gate_spec, n, True, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
     dense_i = _gate_dense(gate_spec, n, False, self.kernel_init, self.bias_init, self.dtype, self.param_dtype)
 
+    if spec.gemm_gates:  # ORT: Gemm(h, W_h, int32 bias) stored, then Gemm(x, W_i, C=it)
+      dense_h = _gate_dense(LayerSpec(weight=spec.weight, act=spec.output, int_bias=True), n, True,
+                            self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
+
     def gate(g, fn):
+      if spec.gemm_gates:
+        hh = g8.store(dense_h(name=f"h{g}")(h), f"fc_h{g}")
+        return fn(g8.store(dense_i(name=f"i{g}")(x) + hh, f"add_{g}"), f"gate_{g}")
       xi = g8.store(dense_i(name=f"i{g}")(x), f"fc_i{g}")
       hh = g8.store(dense_h(name=f"h{g}")(h), f"fc_h{g}")
       return fn(g8.gate_sum(xi, hh, g), f"gate_{g}")
@@ -199,10 +206,21 @@ class GRUCell(nn.GRUCell):
     dense_h = _gate_dense(gate_spec, n, False, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
     dense_i = _gate_dense(gate_spec, n, True, self.kernel_init, self.bias_init, self.dtype, self.param_dtype)
     xi = {g: g8.store(dense_i(name=f"i{g}")(x), f"fc_i{g}") for g in ("r", "z", "n")}
-    hh = {g: g8.store(dense_h(name=f"h{g}")(h), f"fc_h{g}") for g in ("r", "z")}
-    r = g8.sigmoid(g8.gate_sum(xi["r"], hh["r"], "r"), "gate_r")
-    z = g8.sigmoid(g8.gate_sum(xi["z"], hh["z"], "z"), "gate_z")
-    hn = g8.store(dense_h(name="hn", use_bias=True)(h), "fc_hn")
+    if spec.gemm_gates:  # ORT: Gemm(h, W_h, C=x-side), one stored output per gate
+      r = g8.sigmoid(g8.store(xi["r"] + dense_h(name="hr")(h), "add_r"), "gate_r")
+      z = g8.sigmoid(g8.store(xi["z"] + dense_h(name="hz")(h), "add_z"), "gate_z")
+      # hn's bias is int32 at (h's own per-step scale) x (weight scale): h is
+      # re-stored on its calibrated range (the previous new_h's: a no-op), and
+      # the zero state's empty range gives scale 1
+      hn_spec = LayerSpec(weight=spec.weight, act=spec.output, int_bias=True)
+      hn = _gate_dense(hn_spec, n, True, self.recurrent_kernel_init, self.bias_init, self.dtype,
+                       self.param_dtype)(name="hn")(h)
+      hn = g8.store(hn, "fc_hn")
+    else:
+      hh = {g: g8.store(dense_h(name=f"h{g}")(h), f"fc_h{g}") for g in ("r", "z")}
+      r = g8.sigmoid(g8.gate_sum(xi["r"], hh["r"], "r"), "gate_r")
+      z = g8.sigmoid(g8.gate_sum(xi["z"], hh["z"], "z"), "gate_z")
+      hn = g8.store(dense_h(name="hn", use_bias=True)(h), "fc_hn")
     rh = g8.store(r * hn, "mul_rh")
     g8.in_place("fc_hn", rh)  # r, operand 0, is a LOGISTIC output (fixed grid); hn is read only here
     n_ = g8.tanh(g8.gate_sum(xi["n"], rh, "n"), "gate_n")

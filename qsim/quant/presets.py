@@ -95,7 +95,7 @@ _FIXED: dict[str, LayerSpec | None] = {
     "ort_int8": LayerSpec(
         weight=int_weight(8), act=int_act(8, range="static"),
         output=int_act(8, range="static"), const=int_act(8), int_bias=True, fold_bn=True,
-        calibrated_gates=True,
+        calibrated_gates=True, gemm_gates=True,
     ),
     "ort_dynamic": LayerSpec(weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=True), act=int_act(8),
                              fold_bn=True),

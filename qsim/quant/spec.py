@@ -264,6 +264,13 @@ class LayerSpec:
       the zero point (fused QLinearConv; ORT's ConvInteger, the dynamic
       quantizer's conv, does not saturate: 'dense'). Forward only (the
       gradient is the unsaturated one).
+    gemm_gates: in a recurrent cell's int8 graph, the cell is ONNX Runtime's
+      QDQ graph: each gate sum ``x-side + h @ W_h`` is one Gemm whose C input
+      is the stored x-side output (ORT's MatMulAddFusion), so the h-side
+      matmul is not stored on its own; a recurrent matmul with a bias (GRU's
+      hn) quantizes that bias to int32 at ``h scale x weight scale``, where
+      the zero initial state has scale 1 (so at step 0 the bias lands on the
+      weight's grid). False: TFLite's graph (every matmul output stored).
   """
 
   weight: TensorSpec | None = None
@@ -278,6 +285,7 @@ class LayerSpec:
   requant: str = "fp32"
   calibrated_gates: bool = False
   u8s8_pairs: str = "none"
+  gemm_gates: bool = False
 
   def __post_init__(self):
     for name in _LAYER_TENSORS:
@@ -294,7 +302,7 @@ class LayerSpec:
           "LayerSpec.const.range='static' is not valid; constants are known at"
           " conversion time and always use their own range ('dynamic')"
       )
-    for flag in ("int_bias", "fold_bn", "inplace_ranges", "calibrated_gates"):
+    for flag in ("int_bias", "fold_bn", "inplace_ranges", "calibrated_gates", "gemm_gates"):
       if not isinstance(getattr(self, flag), bool):
         raise ValueError(f"LayerSpec.{flag}={getattr(self, flag)!r} is not valid; give True or False")
     _choice("LayerSpec", "requant", self.requant, REQUANTS)
@@ -342,7 +350,7 @@ class LayerSpec:
 
 U8S8_PAIRS = ("none", "all", "dense")
 _LAYER_TENSORS = ("weight", "act", "state", "output", "const")
-_LAYER_META = ("int_bias", "min_weights", "fold_bn", "inplace_ranges", "requant", "calibrated_gates",
+_LAYER_META = ("int_bias", "min_weights", "fold_bn", "inplace_ranges", "requant", "calibrated_gates", "gemm_gates",
                "u8s8_pairs")
 
 
