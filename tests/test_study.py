@@ -82,7 +82,7 @@ def test_the_sweep_engine_shared_across_checkpoints_gives_each_its_own_results(s
   from qsim import data
   from qsim.evaluate.engine import Engine, build_quantizers
   from qsim.models import get_model
-  from qsim.train.loop import load_variables
+  from qsim.runs import load_variables
   wd, _, c = study
   rows = read_rows(os.path.join(wd, "eval", "results.csv"))
   qat = [r for r in rows if r["method"] == "qat" and r["family"] == "clean"]
