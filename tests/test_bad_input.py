@@ -17,6 +17,7 @@ from qsim.data.fashion_mnist import load_fashion_mnist
 from qsim.evaluate import report
 from qsim.evaluate.results import ResultsStore
 from qsim.runs import load_variables, read_config, write_json
+from qsim.train import job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
