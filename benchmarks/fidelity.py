@@ -78,12 +78,12 @@ def _timed(fn, repeats: int = 3) -> float:
 
 def _speed(ckpt: str, images: int) -> tuple[float, float, float, float]:
   """(qsim s, TFLite s, qsim s, ORT s) for the TFLite modes and the ORT modes on ``images`` clean images."""
-  cfg = sweep.read_checkpoint(ckpt)
-  model, variables, vocab, calib, kw, text_kw = sweep.open_checkpoint(ckpt, cfg, 100)
-  d = sweep.load_set("clean", cfg["dataset"], seed=0, limit=images, vocab=vocab, kw=kw, text_kw=text_kw)
+  run, calib = sweep.open_run(ckpt, None, 100)
+  model, variables = run.model, run.variables
+  d = sweep.load_set(run, "clean", seed=0, limit=images)
   out = []
   for modes, presets, make in [
-      (TFLITE_MODES, [fidelity._preset(m, "xnnpack") for m in TFLITE_MODES],  # pylint: disable=protected-access
+      (TFLITE_MODES, [fidelity.preset_of(m, "xnnpack") for m in TFLITE_MODES],
        lambda m: TFLiteModel(export(model, variables, m, calib.x[:1], representative=calib.x), num_threads=1)),
       (ORT_MODES, list(ORT_MODES),
        lambda m: ORTModel(export_onnx(model, variables, m, calib.x[:1], representative=calib.x), num_threads=1))]:

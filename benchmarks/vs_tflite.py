@@ -34,7 +34,7 @@ from qsim.evaluate.engine import Engine, build_quantizers  # noqa: E402
 from qsim.export.tflite import TFLiteModel, export  # noqa: E402
 from qsim.models import lenet5  # noqa: E402
 from qsim.shifts import MNIST_C, corrupt  # noqa: E402
-from qsim.train.loop import load_variables  # noqa: E402
+from qsim.runs import load_variables  # noqa: E402
 
 QUANTIZERS = ["tflite_int8", "tflite_dynamic", "weight_only_int8", "fp16"]
 

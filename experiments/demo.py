@@ -34,6 +34,7 @@ def bit_grid_counts(by_quantizer: dict, weight_bits, act_bits) -> np.ndarray:
 def run(c, workdir: str) -> list[dict]:
   """Runs the demo; returns the sweep's rows (one per quantizer, clean set)."""
   from qsim.evaluate import report, sweep  # pylint: disable=g-import-not-at-top
+  from qsim.results import read_rows  # pylint: disable=g-import-not-at-top
   from qsim.train import job  # pylint: disable=g-import-not-at-top
   acts = [None if a == 0 else a for a in c.act_bits]
   grid = sweep.bit_grid_names(c.weight_bits, acts)
@@ -49,7 +50,7 @@ def run(c, workdir: str) -> list[dict]:
   print(f"[2/3] {len(quantizers)} quantizers on the clean test split, one compiled grid -> {eval_dir}", flush=True)
   path = sweep.run_sweep([train_dir], quantizers, [], eval_dir, limit=c.test_limit or None,
                          batch_size=c.eval_batch_size, calib_samples=c.calib_samples, seed=c.seed, mapping=c.mapping)
-  rows = report.read_rows(path)
+  rows = read_rows(path)
   by = {r["quantizer"]: r for r in rows}
   n = int(rows[0]["n"])
   report.plot_bit_grid(bit_grid_counts(by, c.weight_bits, acts), list(c.weight_bits), acts,

@@ -16,9 +16,8 @@ from experiments.configs import mnist
 from qsim.data.fashion_mnist import load_fashion_mnist
 from qsim.evaluate import report
 from qsim.evaluate.results import ResultsStore
-from qsim.evaluate.sweep import read_checkpoint
+from qsim.runs import load_variables, read_config, write_json
 from qsim.train import job
-from qsim.train.loop import load_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,7 +82,7 @@ def test_checkpoint_holding_nan_is_refused(tmp_path):
 def test_damaged_training_config_json(tmp_path, body, problem):
   (tmp_path / "config.json").write_text(body)
   with pytest.raises(ValueError, match=problem + ".*(rerun the training command|python -m experiments.train)"):
-    read_checkpoint(str(tmp_path))
+    read_config(str(tmp_path))
 
 
 @pytest.mark.parametrize("arg,msg", [("steps=ten", r"config key 'steps' takes an int \(default \d+\), not 'ten'"),
@@ -126,12 +125,12 @@ def test_disk_full_during_a_write_leaves_no_partial_file(tmp_path, monkeypatch):
     store.put("unit", rows, samples)
   monkeypatch.undo()
   (tmp_path / "cfg").mkdir()
-  job.write_json(str(tmp_path / "cfg" / "config.json"), {"old": 1})
+  write_json(str(tmp_path / "cfg" / "config.json"), {"old": 1})
   monkeypatch.setattr(os, "fsync", _enospc)  # the rows' commit fails too, and a rewrite of config.json
   with pytest.raises(OSError, match="No space left on device"):
     store.put("unit", rows)
   with pytest.raises(OSError, match="No space left on device"):
-    job.write_json(str(tmp_path / "cfg" / "config.json"), {"model": "lenet_tiny"})
+    write_json(str(tmp_path / "cfg" / "config.json"), {"model": "lenet_tiny"})
   monkeypatch.undo()
   left = sorted(os.path.relpath(p, tmp_path) for p in glob.glob(str(tmp_path / "**" / "*"), recursive=True)
                 if os.path.isfile(p))

@@ -142,7 +142,7 @@ def _metrics(path):
 
 def _params(workdir):
   import jax
-  from qsim.train.loop import load_variables
+  from qsim.runs import load_variables
   return jax.tree.leaves(load_variables(str(workdir)))
 
 
@@ -259,7 +259,8 @@ def test_training_on_eight_devices_predicts_like_one(tmp_path, env, train_ref):
   import jax
   from qsim import data
   from qsim.models import get_model
-  from qsim.train.loop import load_variables, predict
+  from qsim.runs import load_variables
+  from qsim.train.loop import predict
   os.symlink(train_ref, tmp_path / "one")
   run_to_end(_train_cmd(tmp_path / "eight"), env, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
   one, eight = (json.load(open(tmp_path / d / "summary.json")) for d in ("one", "eight"))

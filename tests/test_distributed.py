@@ -162,7 +162,8 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
     pytest.skip("make test installs dataset-fashion-mnist")
   from experiments.configs import mnist
   from qsim.evaluate import sweep
-  from qsim.train import job, load_variables
+  from qsim.runs import load_variables
+  from qsim.train import job
   script = TWO.replace("QUANTIZERS", repr(QUANTIZERS)).replace("SETS", repr(SETS)).replace("SWEEP_KW", repr(SWEEP_KW))
   port, work = _free_port(), tmp_path / "two"
   env = {**os.environ, "PYTHONPATH": ROOT}

@@ -13,6 +13,7 @@ import pytest
 from qsim.evaluate.engine import build_quantizers
 from qsim.export import fidelity, tflite
 from qsim.models import get_model
+from tests import golden
 
 RNG = np.random.default_rng(0)
 
@@ -143,6 +144,8 @@ def _short(name):
 def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
   kw = dict(modes=("int8", "float32"), shifts="c/fog/1", limit=120, calib_samples=40, batch_size=60)
   path = fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("xnnpack",), **kw)
+  # the table is byte-identical to the recorded one (tests/golden.py)
+  golden.check("fidelity/results.csv", path, {"<WORKDIR>": tmp_path, "<CHECKPOINT>": tiny_ckpt})
   rows = fidelity.ResultsStore(str(tmp_path)).rows()
   assert sorted((_short(r["set"]), r["mode"], r["kernels"]) for r in rows) == [
       ("clean", "float32", "xnnpack"), ("clean", "int8", "xnnpack"),
@@ -211,7 +214,7 @@ def test_jaccard_and_compare():
 def _fid_rows(model, per_set):
   """Fidelity rows of one run: ``per_set`` maps (set, mode, kernels) -> (agreement, jaccard, dq, dt)."""
   return [{"set": s, "set_index": f"{i:05d}", "mode": m, "kernels": k, "runtime": fidelity.runtime_of(m),
-           "quantizer": fidelity._preset(m, k), "agreement": a, "jaccard": j, "qsim_disagreements": dq,  # pylint: disable=protected-access
+           "quantizer": fidelity.preset_of(m, k), "agreement": a, "jaccard": j, "qsim_disagreements": dq,  # pylint: disable=protected-access
            "runtime_disagreements": dt, "checkpoint": f"runs/{model}", "model": model, "dataset": "fashion_mnist"}
           for i, ((s, m, k), (a, j, dq, dt)) in enumerate(per_set.items())]
 

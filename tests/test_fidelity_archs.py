@@ -18,6 +18,7 @@ from qsim.evaluate.engine import build_quantizers
 from qsim.export import fidelity, tflite
 from qsim.quant import presets
 from qsim.quant.spec import QuantConfig
+from qsim.runs import read_config
 
 from conftest import FMNIST_DIR
 
@@ -60,7 +61,7 @@ def trained(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(STEPS))
 def test_presets_predict_the_tflite_models(trained, tmp_path, name):
   ckpt = trained(name)
-  summary = sweep.read_checkpoint(ckpt)
+  summary = read_config(ckpt)
   assert summary["model"] == name
   fidelity.run_fidelity(ckpt, str(tmp_path), modes=("int8", "dynamic", "float16"), shifts="c/fog/1", limit=300,
                         calib_samples=100, batch_size=150, study=False)
@@ -73,8 +74,8 @@ def test_presets_predict_the_tflite_models(trained, tmp_path, name):
 
 def _opened(ckpt, images=200):
   """A checkpoint's model, variables, calibration samples and ``images`` test images."""
-  model, variables, _, calib, _, _ = sweep.open_checkpoint(ckpt, sweep.read_checkpoint(ckpt), 100, None)
-  return model, variables, calib, data.load("fashion_mnist_debian", "test", limit=images).x
+  run, calib = sweep.open_run(ckpt, None, 100)
+  return run.model, run.variables, calib, data.load("fashion_mnist_debian", "test", limit=images).x
 
 
 def _tflite_int8_logits(model, variables, calib, x, kernels="xnnpack"):

@@ -13,7 +13,7 @@ from qsim.evaluate.results import ResultsStore
 from qsim.models import get_model
 from qsim.retrain import RetrainConfig, check_disjoint, parse_split, run_retrain, select
 from qsim.retrain import report
-from qsim.train.loop import load_variables
+from qsim.runs import load_variables
 
 SMALL = dict(quantizers=("w4a4", "float32"), strategies=("all", "margin", "random"), seeds=(0,), rounds=1,
              pool="val[:200]", eval_split="test[:150]", shifts=("c/fog/3",), shift_limit=80, epochs=0.1,

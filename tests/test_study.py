@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import study as study_config
+from tests import golden
 from qsim.evaluate.report import read_rows
 from qsim.study import run_study, train_dir
 
@@ -81,7 +82,7 @@ def test_the_sweep_engine_shared_across_checkpoints_gives_each_its_own_results(s
   from qsim import data
   from qsim.evaluate.engine import Engine, build_quantizers
   from qsim.models import get_model
-  from qsim.train.loop import load_variables
+  from qsim.runs import load_variables
   wd, _, c = study
   rows = read_rows(os.path.join(wd, "eval", "results.csv"))
   qat = [r for r in rows if r["method"] == "qat" and r["family"] == "clean"]
@@ -94,3 +95,15 @@ def test_the_sweep_engine_shared_across_checkpoints_gives_each_its_own_results(s
   for r, f in zip(qat, fresh.rows()):
     assert (r["quantizer"], r["disagreements"], r["float_correct"], r["quant_correct"]) == (
         f["quantizer"], f["disagreements"], f["float_correct"], f["quant_correct"])
+
+
+@pytest.mark.parametrize("name", [
+    "train/lenet_tiny/standard/seed0/summary.json", "train/lenet_tiny/qat/seed0/summary.json",
+    "train/lenet_tiny/qat/seed0/config.json", "eval/results.csv", "eval/report.md",
+    "retrain/lenet_tiny/seed0/results.csv", "report.md"])
+def test_tables_equal_the_golden_tables(study, name):
+  """Every table the study writes (its training summaries, its sweep, its
+  retraining, its reports) is byte-identical to the recorded one (see
+  tests/golden.py: only the temporary workdir's path is normalised)."""
+  wd, _, _ = study
+  golden.check(f"study/{name}", os.path.join(wd, name), {"<WORKDIR>": wd})

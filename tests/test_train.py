@@ -17,7 +17,8 @@ import tensorflow_datasets as tfds
 from experiments.configs import cifar, imdb, mnist, rows
 from qsim.models import get_model
 from qsim.quant import preset
-from qsim.train import MethodConfig, load_variables, train
+from qsim.runs import load_variables
+from qsim.train import MethodConfig, train
 from qsim.train import job
 from qsim.train.loop import init_state, make_optimizer, make_train_step
 from qsim.train.methods import pgd

@@ -22,7 +22,7 @@ import numbers
 from typing import Sequence
 
 from qsim.data import text as text_lib
-from qsim.data.sources import Data, _check_limit, _images, _texts, _tfds_split
+from qsim.data.sources import Data, check_limit, image_arrays, read_tfds_split, text_arrays
 from qsim.distributed import Shard
 
 # TFDS mnist_corrupted configs (its 'identity' config, clean MNIST, is left out).
@@ -50,9 +50,9 @@ def _check(arg: str, value, choices) -> None:
 
 
 def _images_data(name: str, data_dir, download, limit, shard) -> Data:
-  _check_limit(limit)
-  examples, offset = _tfds_split(name, "test", data_dir, download, limit, shard)
-  x, y = _images(examples)
+  check_limit(limit)
+  examples, offset = read_tfds_split(name, "test", data_dir, download, limit, shard)
+  x, y = image_arrays(examples)
   return Data(name, "test", x, y, 10, offset=offset)
 
 
@@ -100,7 +100,7 @@ def yelp_polarity(
   which returns ``x`` as the raw review strings.
   """
   _check("split", split, YELP_SPLITS)
-  _check_limit(limit)
+  check_limit(limit)
   if encode and vocab is None:
     raise ValueError("yelp_polarity needs vocab= (the training run's vocabulary) unless encode=False")
   # TFDS registers its legacy text builders only when ``tensorflow_datasets.text``
@@ -109,8 +109,8 @@ def yelp_polarity(
   import tensorflow_datasets.text.yelp_polarity  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
 
   name = "yelp_polarity_reviews"
-  examples, offset = _tfds_split(name, split, data_dir, download, limit, shard)
-  x, y = _texts(examples)
+  examples, offset = read_tfds_split(name, split, data_dir, download, limit, shard)
+  x, y = text_arrays(examples)
   if encode:
     x = text_lib.encode(x, vocab, maxlen)
   return Data(name, split, x, y, 2, list(vocab) if vocab is not None else None, offset)

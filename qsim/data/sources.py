@@ -80,8 +80,8 @@ def span(n: int, limit: int | None = None, shard: Shard | None = None, start: in
   return start + a, start + b
 
 
-def _tfds_split(name: str, split: str, data_dir: str | None, download: bool, limit: int | None = None,
-                shard: Shard | None = None, select=None):
+def read_tfds_split(name: str, split: str, data_dir: str | None, download: bool, limit: int | None = None,
+                    shard: Shard | None = None, select=None):
   """Examples of a TFDS split (``name`` may be 'name/config'): ``shard``'s
   block of the first ``limit`` (default all), or ``select(len) -> (start,
   stop)``; only those are read. Returns ``(examples, start)``."""
@@ -99,19 +99,22 @@ def _tfds_split(name: str, split: str, data_dir: str | None, download: bool, lim
   return [source[i] for i in range(start, stop)], start
 
 
-def _images(examples) -> tuple[np.ndarray, np.ndarray]:
+def image_arrays(examples) -> tuple[np.ndarray, np.ndarray]:
+  """TFDS image examples as (float32 images in [0, 1], int32 labels)."""
   x = np.stack([np.asarray(e["image"]) for e in examples]).astype(np.float32) / 255.0
   y = np.asarray([int(e["label"]) for e in examples], np.int32)
   return x, y
 
 
-def _texts(examples) -> tuple[list[str], np.ndarray]:
+def text_arrays(examples) -> tuple[list[str], np.ndarray]:
+  """TFDS text examples as (decoded strings, int32 labels)."""
   raw = (e["text"] for e in examples)
   x = [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t) for t in raw]
   return x, np.asarray([int(e["label"]) for e in examples], np.int32)
 
 
-def _check_limit(limit: int | None) -> None:
+def check_limit(limit: int | None) -> None:
+  """Raises ``ValueError`` unless ``limit`` is None or an int >= 1."""
   if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
     raise ValueError(f"limit={limit!r} is not valid; give an int >= 1 or None")
 
@@ -123,8 +126,8 @@ def _raw(name: str, tfds_split: str, data_dir: str | None, download: bool, selec
     x, y = load_fashion_mnist(tfds_split, **({} if data_dir is None else {"data_dir": data_dir}))
     start, stop = select(len(y))
     return x[start:stop], y[start:stop]
-  examples, _ = _tfds_split(name, tfds_split, data_dir, download, select=select)
-  return _images(examples) if info.kind == "image" else _texts(examples)
+  examples, _ = read_tfds_split(name, tfds_split, data_dir, download, select=select)
+  return image_arrays(examples) if info.kind == "image" else text_arrays(examples)
 
 
 def _take(x, idx):
@@ -183,7 +186,7 @@ def load(
   info = DATASETS[name]
   val_size = info.val_size if val_size is None else val_size
   if limit is not None:
-    _check_limit(limit)
+    check_limit(limit)
   shard = shard or Shard()
   where = {}
 

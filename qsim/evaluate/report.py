@@ -17,7 +17,6 @@ quality (AUROC / AUPR / TNR@95) of each score.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import re
@@ -27,27 +26,11 @@ from collections import defaultdict
 import numpy as np
 
 from qsim.evaluate import metrics
-from qsim.evaluate.results import ResultsStore, atomic_write
+from qsim.evaluate.results import ResultsStore
+from qsim.results import mean, pyplot, read_rows, save_figure
+from qsim.runs import atomic_write
 
 STUDY_QUANTIZERS = ("tflite_int8", "tflite_dynamic", "weight_only_int8", "fp16")
-_NUM = re.compile(r"^-?\d+(\.\d+)?(e-?\d+)?$")
-
-
-def read_rows(path: str) -> list[dict]:
-  """The results table with numbers parsed (empty cells become NaN)."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found; run experiments.evaluate or experiments.ablate_bits first")
-  with open(path, newline="") as f:
-    rows = list(csv.DictReader(f))
-  if not rows:
-    raise ValueError(f"{path} has no rows")
-  for r in rows:
-    for k, v in r.items():
-      if v == "":
-        r[k] = float("nan")
-      elif _NUM.match(v):
-        r[k] = float(v)
-  return rows
 
 
 def _bits(q: str):
@@ -61,23 +44,6 @@ def _family(r) -> str:
   return "clean" if r["family"] == "clean" else f"{r['family']}"
 
 
-def _mean(xs):
-  xs = [x for x in xs if not (isinstance(x, float) and math.isnan(x))]
-  return sum(xs) / len(xs) if xs else float("nan")
-
-
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
-def _save(fig, path):
-  atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-  _plt().close(fig)
-
-
 def plot_rate_vs_bits(rows, path) -> bool:
   by = defaultdict(list)
   diag = {r["quantizer"] for r in rows if _bits(r["quantizer"]) and _bits(r["quantizer"])[0] == _bits(r["quantizer"])[1]}
@@ -87,18 +53,18 @@ def plot_rate_vs_bits(rows, path) -> bool:
   for r in rows:
     if r["quantizer"] in use:
       by[(_family(r), _bits(r["quantizer"])[0])].append(r["disagreement_rate"])
-  plt = _plt()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for fam in sorted({f for f, _ in by}):
     xs = sorted(b for f, b in by if f == fam)
-    ax.plot(xs, [100 * _mean(by[(fam, b)]) for b in xs], marker="o", label=fam)
+    ax.plot(xs, [100 * mean(by[(fam, b)]) for b in xs], marker="o", label=fam)
   ax.set_xlabel("bits (" + ("weights = activations" if diag else "weights only") + ")")
   ax.set_ylabel("disagreement rate (%, mean over sets)")
   ax.set_yscale("symlog", linthresh=0.1)
   ax.legend()
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  _save(fig, path)
+  save_figure(fig, path)
   return True
 
 
@@ -110,8 +76,8 @@ def plot_heatmap(rows, quantizers, sets, path):
   for r in rows:
     acc[(qi[r["quantizer"]], si[r["set"]])].append(r["disagreement_rate"])
   for (i, j), v in acc.items():
-    grid[i, j] = 100 * _mean(v)
-  plt = _plt()
+    grid[i, j] = 100 * mean(v)
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(min(30, 3 + 0.16 * len(sets)), 1.5 + 0.22 * len(quantizers)))
   im = ax.imshow(np.log10(grid + 0.01), aspect="auto", cmap="magma_r")
   ax.set_yticks(range(len(quantizers)), quantizers, fontsize=7)
@@ -119,11 +85,11 @@ def plot_heatmap(rows, quantizers, sets, path):
   fig.colorbar(im, ax=ax, label="log10(disagreement % + 0.01)")
   ax.set_title("Disagreement rate, quantizer x set")
   fig.tight_layout()
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def plot_scatter(rows, path):
-  plt = _plt()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(5.5, 4))
   xs = [100 * (r["float_accuracy"] - r["quant_accuracy"]) for r in rows]
   ys = [100 * r["disagreement_rate"] for r in rows]
@@ -135,7 +101,7 @@ def plot_scatter(rows, path):
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def pooled_samples(workdir, quantizer):
@@ -168,7 +134,7 @@ def plot_roc(workdir, quantizer, path) -> dict | None:
   labels, scores = pooled_samples(workdir, quantizer)
   if labels is None or labels.all() or not labels.any():
     return None
-  plt = _plt()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(4.8, 4.4))
   out = {}
   for m, name in enumerate(metrics.SCORE_NAMES):
@@ -182,7 +148,7 @@ def plot_roc(workdir, quantizer, path) -> dict | None:
   ax.set_title(f"{quantizer}: {int(labels.sum())} disagreements of {len(labels)}", fontsize=9)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  _save(fig, path)
+  save_figure(fig, path)
   return out
 
 
@@ -212,11 +178,11 @@ def write_report(workdir: str) -> str:
     worst = max(shifted, key=lambda r: r["disagreement_rate"]) if shifted else None
     c = clean[0] if clean else None
     lines.append(
-        f"| {q} | {_fmt(_mean([r['disagreement_rate'] for r in clean]), True)} | "
+        f"| {q} | {_fmt(mean([r['disagreement_rate'] for r in clean]), True)} | "
         f"{'-' if c is None else _fmt(c['rate_ci_low'], True) + '-' + _fmt(c['rate_ci_high'], True)} | "
-        f"{_fmt(_mean([r['disagreement_rate'] for r in shifted]), True)} | {worst['set'] if worst else '-'} | "
+        f"{_fmt(mean([r['disagreement_rate'] for r in shifted]), True)} | {worst['set'] if worst else '-'} | "
         f"{_fmt(worst['disagreement_rate'], True) if worst else '-'} | "
-        f"{_fmt(_mean([r['float_accuracy'] - r['quant_accuracy'] for r in clean]), True)} |")
+        f"{_fmt(mean([r['float_accuracy'] - r['quant_accuracy'] for r in clean]), True)} |")
   lines.append("")
   present = [q for q in STUDY_QUANTIZERS if q in quantizers]
   if present:
@@ -224,7 +190,7 @@ def write_report(workdir: str) -> str:
     lines += ["## The study's four deployments", "", "Mean disagreement rate % by set family.", "",
               "| family | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
     for fam in fams:
-      cells = [_fmt(_mean([r["disagreement_rate"] for r in rows if r["quantizer"] == q and _family(r) == fam]), True)
+      cells = [_fmt(mean([r["disagreement_rate"] for r in rows if r["quantizer"] == q and _family(r) == fam]), True)
                for q in present]
       lines.append(f"| {fam} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -235,7 +201,7 @@ def write_report(workdir: str) -> str:
             "| score | source | AUROC | AUPR | TNR@95%TPR |", "|---|---|---|---|---|"]
   for src in ("float", "quant"):
     for name in metrics.SCORE_NAMES:
-      vals = [_mean([r[f"{src}_{name}_{m}"] for r in rows]) for m in ("auroc", "aupr", "tnr95")]
+      vals = [mean([r[f"{src}_{name}_{m}"] for r in rows]) for m in ("auroc", "aupr", "tnr95")]
       lines.append(f"| {name} | {src} | " + " | ".join(_fmt(v) for v in vals) + " |")
   lines.append("")
   plots = []
@@ -264,7 +230,7 @@ def plot_bit_grid(counts: np.ndarray, weight_bits, act_bits, path: str, n: int) 
   if counts.shape != (len(weight_bits), len(act_bits)):
     raise ValueError(f"counts has shape {counts.shape}; expected (len(weight_bits), len(act_bits))"
                      f" = {(len(weight_bits), len(act_bits))}")
-  plt = _plt()
+  plt = pyplot()
   scaled = np.log10(counts + 1)
   fig, ax = plt.subplots(figsize=(1.4 + 1.1 * len(act_bits), 1.2 + 0.6 * len(weight_bits)))
   im = ax.imshow(scaled, cmap="magma_r", aspect="auto")
@@ -277,4 +243,4 @@ def plot_bit_grid(counts: np.ndarray, weight_bits, act_bits, path: str, n: int) 
   ax.set_title(f"Predictions flipped vs float (of {n})")
   fig.colorbar(im, ax=ax, label="log10(disagreements + 1)")
   fig.tight_layout()
-  _save(fig, path)
+  save_figure(fig, path)

@@ -3,7 +3,8 @@
 A sweep's unit of work is (checkpoint, dataset or shifted set). When a unit
 finishes, its per-sample arrays go to ``samples/<key>.npz`` and then its
 rows to ``parts/<key>.json``, each written to a temporary file, flushed,
-fsynced and renamed over the final name (atomic on POSIX). A part file is
+fsynced and renamed over the final name (atomic on POSIX,
+:func:`qsim.runs.atomic_write`). A part file is
 the unit's commit marker: a sweep killed at any point restarts, skips the
 units whose part exists and recomputes the rest, so the table never has a
 lost, partial or duplicated row. ``write_table`` rebuilds ``results.csv``
@@ -25,21 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-
-def atomic_write(path: str, write) -> None:
-  """Calls ``write(file)`` on a temporary file next to ``path``, fsyncs it and
-  renames it to ``path``; on any error the temporary file is removed."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  try:
-    with open(tmp, "wb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+from qsim.runs import atomic_write
 
 
 def _json_default(v):

@@ -16,7 +16,6 @@ to do, for every process).
 from __future__ import annotations
 
 import collections
-import json
 import os
 import sys
 import time
@@ -30,10 +29,9 @@ from qsim import data as data_lib
 from qsim import distributed
 from qsim.evaluate.engine import Engine, build_quantizers, check_variables
 from qsim.evaluate.results import ResultsStore
-from qsim.models import get_model
 from qsim.quant import presets
+from qsim.runs import Run, read_config
 from qsim.shifts import registry
-from qsim.train.loop import load_variables
 
 CLEAN = "clean"
 SORT_KEYS = ("checkpoint", "set_index", "quantizer_index")
@@ -58,25 +56,6 @@ def config_kwargs(c) -> dict:
 def bit_grid_names(weight_bits: Sequence[int], act_bits: Sequence[int | None]) -> list[str]:
   """Preset names of a W x A grid (``None`` activation bits = float)."""
   return [f"w{w}" if a is None else f"w{w}a{a}" for w in weight_bits for a in act_bits]
-
-
-def read_checkpoint(workdir: str) -> dict:
-  """The training run's config.json (model, dataset, method, seed, ...)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: {workdir!r} is not a training workdir (python -m experiments.train)")
-  try:
-    with open(path) as f:
-      cfg = json.load(f)
-    if not isinstance(cfg, dict):
-      raise ValueError("not a JSON object")
-  except ValueError as e:
-    raise ValueError(f"{path} is corrupted ({e}); rerun the training command for {workdir!r} (it resumes from"
-                     " its checkpoints and rewrites config.json)") from e
-  missing = [k for k in ("dataset", "model", "method") if k not in cfg]
-  if missing:
-    raise ValueError(f"{path} lacks {missing}; it is not a qsim training config (python -m experiments.train)")
-  return cfg
 
 
 def resolve_sets(dataset: str, shifts: Sequence[str] | str) -> list[str]:
@@ -109,32 +88,24 @@ def resolve_sets(dataset: str, shifts: Sequence[str] | str) -> list[str]:
   return [s for s in out if not (s in seen or seen.add(s))]
 
 
-def open_checkpoint(ckpt: str, cfg: dict, calib_samples: int, data_dir: str | None = None):
-  """A training workdir's model, variables (checked against the model),
-  vocabulary (text) and first ``calib_samples`` training samples; also the
-  data keyword arguments for loading its sets (see :func:`load_set`)."""
-  dataset = cfg["dataset"]
-  info = data_lib.DATASETS[dataset]
-  model = get_model(cfg["model"], num_classes=info.num_classes)
-  vocab = None
-  if info.kind == "text":
-    vocab = data_lib.text.load_vocab(os.path.join(ckpt, "vocab.json"))
-  kw = dict(data_dir=data_dir or cfg.get("data_dir") or None)
-  text_kw = {} if vocab is None else {"vocab": vocab, "vocab_size": getattr(model, "vocab_size", 20000)}
-  calib = data_lib.load(dataset, "train", limit=calib_samples, val_size=cfg.get("val_size") or None, **kw,
-                        **text_kw)
-  variables = load_variables(ckpt)
-  check_variables(model, variables, calib.x)
-  return model, variables, vocab, calib, kw, text_kw
-
-
-def load_set(name: str, dataset: str, *, seed: int, limit: int | None, vocab, kw: dict, text_kw: dict,
-             shard=None):
-  """The clean test split (``name == 'clean'``) or a shifted set, as Data
-  (``shard``: only this process's block, see :class:`qsim.distributed.Shard`)."""
+def load_set(run: Run, name: str, *, seed: int, limit: int | None, data_dir: str | None = None, shard=None):
+  """The run's clean test split (``name == 'clean'``) or a shifted set of its
+  dataset, as Data, encoded as the run's model reads it (``shard``: only this
+  process's block, see :class:`qsim.distributed.Shard`)."""
+  kw = run.data_kwargs(data_dir)
   if name == CLEAN:
-    return data_lib.load(dataset, "test", limit=limit, shard=shard, **kw, **text_kw)
-  return registry.load_shifted(name, seed=seed, limit=limit, vocab=vocab, shard=shard, **kw)
+    return data_lib.load(run.dataset, "test", limit=limit, shard=shard, **kw, **run.text_kwargs())
+  return registry.load_shifted(name, seed=seed, limit=limit, vocab=run.vocab, shard=shard, **kw)
+
+
+def open_run(ckpt: str, cfg: dict | None, calib_samples: int, data_dir: str | None = None) -> tuple[Run, data_lib.Data]:
+  """The run directory ``ckpt`` opened (:meth:`qsim.runs.Run.open`) with its
+  first ``calib_samples`` training samples, its variables checked against its
+  model on them."""
+  run = Run.open(ckpt, cfg)
+  calib = run.calibration(calib_samples, data_dir)
+  check_variables(run.model, run.variables, calib.x)
+  return run, calib
 
 
 class _SetCache:
@@ -190,7 +161,7 @@ def run_sweep(
     raise ValueError(f"calib_samples={calib_samples} is not valid; give an int >= 1")
   plans = []
   for ckpt in checkpoints:
-    cfg = read_checkpoint(ckpt)
+    cfg = read_config(ckpt)
     plans.append((ckpt, cfg, resolve_sets(cfg["dataset"], shifts)))
   shard = distributed.process_shard()  # this process's block of every set
   writer = distributed.is_writer()
@@ -206,7 +177,8 @@ def run_sweep(
     if not todo:
       continue
     dataset = cfg["dataset"]
-    model, variables, vocab, calib, kw, text_kw = open_checkpoint(ckpt, cfg, calib_samples, data_dir)
+    run, calib = open_run(ckpt, cfg, calib_samples, data_dir)
+    model, variables, vocab = run.model, run.variables, run.vocab
     info = data_lib.DATASETS[dataset]
     qs = build_quantizers(model, variables, quantizers, calib.x)
     engine = engines.get((cfg["model"], info.num_classes))
@@ -222,7 +194,7 @@ def run_sweep(
       try:
         set_key = (name, dataset, None if vocab is None else hash(tuple(vocab)))
         if set_key not in cache:
-          d = load_set(name, dataset, seed=seed, limit=limit, vocab=vocab, kw=kw, text_kw=text_kw, shard=shard)
+          d = load_set(run, name, seed=seed, limit=limit, data_dir=data_dir, shard=shard)
           cache.put(set_key, (d.x, d.y))
         x, y = cache[set_key]
       except FileNotFoundError as e:

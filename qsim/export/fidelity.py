@@ -41,10 +41,11 @@ import numpy as np
 
 import qsim
 from qsim.evaluate.engine import Engine, build_quantizers
-from qsim.evaluate.results import ResultsStore, atomic_write
-from qsim.evaluate.sweep import load_set, open_checkpoint, read_checkpoint, resolve_sets
+from qsim.evaluate.results import ResultsStore
+from qsim.evaluate.sweep import load_set, open_run, resolve_sets
 from qsim.export.onnx import ORT_KERNELS, ORT_MODES, ORTModel, export_onnx, onnx_modules, ort_preset
 from qsim.export.tflite import KERNELS, MODES, TFLiteModel, export, preset_for
+from qsim.runs import atomic_write, read_config
 
 SORT_KEYS = ("set_index", "mode", "kernels")
 ALL_MODES = (*MODES, *ORT_MODES)
@@ -175,7 +176,7 @@ def run_fidelity(
     onnx_modules()  # the extra is installed, or an error naming it, before any work
   if calib_samples < 1:
     raise ValueError(f"calib_samples={calib_samples} is not valid; give an int >= 1")
-  cfg = read_checkpoint(checkpoint)
+  cfg = read_config(checkpoint)
   sets = resolve_sets(cfg["dataset"], shifts)
   store = ResultsStore(workdir)
   _add_kernels_column(store)
@@ -218,13 +219,14 @@ def _export_all(model, variables, calib, modes, needed, models_dir) -> dict:
   return out
 
 
-def _preset(mode: str, kernels: str) -> str:
+def preset_of(mode: str, kernels: str) -> str:
   """The qsim preset that simulates ``mode`` on the kernel family ``kernels``."""
   return ort_preset(mode, kernels) if runtime_of(mode) == "onnxruntime" else preset_for(mode, kernels)
 
 
 def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, batch_size, seed, data_dir, study):
-  model, variables, vocab, calib, kw, text_kw = open_checkpoint(checkpoint, cfg, calib_samples, data_dir)
+  run, calib = open_run(checkpoint, cfg, calib_samples, data_dir)
+  model, variables = run.model, run.variables
   t0 = time.time()
   needed = [k for k in ALL_KERNELS if any(k in ks for ks in todo.values())]
   tfl = _export_all(model, variables, calib, modes, needed, os.path.join(store.workdir, "models"))
@@ -234,13 +236,13 @@ def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, bat
                                      softmax=True, io_type="uint8"))
   _log(f"  exported {modes} for kernels {needed}{' + study int8 (uint8 io, softmax, xnnpack)' if study_model else ''}"
        f" in {time.time() - t0:.1f} s")
-  presets = list(dict.fromkeys(_preset(m, k) for m in modes for k in needed
+  presets = list(dict.fromkeys(preset_of(m, k) for m in modes for k in needed
                                 if runtime_of(m) == runtime_of(k)))  # qsim runs each once
   engine = Engine(model, variables, build_quantizers(model, variables, presets, calib.x), batch_size=batch_size)
   for i, name in enumerate(sets):
     if name not in todo:
       continue
-    d = load_set(name, cfg["dataset"], seed=seed, limit=limit, vocab=vocab, kw=kw, text_kw=text_kw)
+    d = load_set(run, name, seed=seed, limit=limit, data_dir=data_dir)
     res = engine.run(d.x, d.y, name)
     lowest = []
     for kern in todo[name]:
@@ -249,7 +251,7 @@ def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, bat
         if runtime_of(m) != runtime_of(kern):
           continue
         tp = tfl[m, kern].predict(d.x, batch_size)
-        j = presets.index(_preset(m, kern))
+        j = presets.index(preset_of(m, kern))
         row = {"set": name, "set_index": f"{i:05d}", "mode": m, "runtime": runtime_of(m), "kernels": kern,
                "quantizer": presets[j], **compare(res.float_pred, res.quant_pred[j], tp),
                "qsim_accuracy": float(np.mean(res.quant_pred[j] == d.y)),

@@ -44,14 +44,15 @@ import qsim
 from qsim import data as data_lib
 from qsim.evaluate import metrics
 from qsim.evaluate.engine import Engine, build_quantizers, check_variables
-from qsim.evaluate.results import ResultsStore, atomic_write
-from qsim.evaluate.sweep import CLEAN, read_checkpoint, resolve_sets
+from qsim.evaluate.results import ResultsStore
+from qsim.evaluate.sweep import CLEAN, resolve_sets
 from qsim.models import get_model
 from qsim.quant import presets
 from qsim.retrain.pool import Part, Splits, check_disjoint, parse_split
+from qsim.runs import Run, atomic_write, load_variables, write_json
 from qsim.shifts import registry
 from qsim.train import job
-from qsim.train.loop import load_variables, train
+from qsim.train.loop import train
 
 STRATEGIES = ("all", "margin", "random", "none")
 FINETUNE = ("float", "qat")
@@ -217,14 +218,12 @@ class _Runner:
   def __init__(self, cfg: RetrainConfig, workdir: str):
     self.cfg = cfg
     self.workdir = workdir
-    self.ck = read_checkpoint(cfg.checkpoint)
-    dataset = self.ck["dataset"]
-    info = data_lib.DATASETS[dataset]
-    self.num_classes = info.num_classes
-    self.model = get_model(self.ck["model"], num_classes=info.num_classes)
-    vocab = None
-    if info.kind == "text":
-      vocab = data_lib.text.load_vocab(os.path.join(cfg.checkpoint, "vocab.json"))
+    self.origin = Run.open(cfg.checkpoint)
+    self.ck = self.origin.config
+    dataset = self.origin.dataset
+    self.num_classes = self.origin.num_classes
+    self.model = self.origin.model
+    vocab = self.origin.vocab
     splits = Splits(dataset, val_size=self.ck.get("val_size") or None, data_dir=cfg.data_dir or None, vocab=vocab,
                     vocab_size=getattr(self.model, "vocab_size", None) or 20000)
     limit = self.ck.get("train_limit", 0) if cfg.train_limit == -1 else cfg.train_limit
@@ -237,7 +236,7 @@ class _Runner:
     check_disjoint(self.pool.ids, {"the fine-tuning data": self.train.ids,
                                    **{f"evaluation set {p.name!r}": p.ids for p in self.sets}})
     self.calib = self.train.take(np.arange(min(cfg.calib_samples, len(self.train))))
-    self.variables = load_variables(cfg.checkpoint)
+    self.variables = self.origin.variables
     check_variables(self.model, self.variables, self.calib.x)
     self.store = ResultsStore(workdir)
     self.before_store = ResultsStore(os.path.join(workdir, "before"))
@@ -328,9 +327,9 @@ class _Runner:
       train(ft_model, x, y, workdir=rdir, steps=steps, batch_size=min(cfg.batch_size, len(y)),
             learning_rate=cfg.learning_rate, seed=seed * 1000 + r, log_every=max(1, steps // 4),
             checkpoint_every=max(1, min(500, steps)), init_from=prev)
-      job.write_json(os.path.join(rdir, "config.json"),
-                     {**self.ck, "steps": steps, "seed": seed * 1000 + r, "init_from": prev,
-                      "retrain": {**dataclasses.asdict(cfg), "quantizer": q, "strategy": strategy, "round": r}})
+      write_json(os.path.join(rdir, "config.json"),
+                 {**self.ck, "steps": steps, "seed": seed * 1000 + r, "init_from": prev,
+                  "retrain": {**dataclasses.asdict(cfg), "quantizer": q, "strategy": strategy, "round": r}})
       variables = load_variables(rdir)
       eng = self.engine(q, variables)
       rows, samples = [], {"selected_ids": self.pool.ids[sel["index"]]}

@@ -12,33 +12,14 @@ report embeds it).
 
 from __future__ import annotations
 
-import math
 import os
-from collections import defaultdict
 
 import numpy as np
 
-from qsim.evaluate.report import _mean, _plt, _save, read_rows
-from qsim.evaluate.results import atomic_write
+from qsim.results import fmt_ci, mean, mean_ci, pyplot, read_rows, save_figure
+from qsim.runs import atomic_write
 
 COUNTS = ("before", "after", "resolved", "persisted", "new")
-
-
-def mean_ci(values) -> tuple[float, float]:
-  """Mean and half-width of its 95% t-interval (NaN half-width for one value)."""
-  v = np.asarray([x for x in values if not (isinstance(x, float) and math.isnan(x))], float)
-  if len(v) == 0:
-    return float("nan"), float("nan")
-  if len(v) == 1:
-    return float(v[0]), float("nan")
-  from scipy import stats
-  return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-
-
-def _fmt(m, h, digits=1):
-  if math.isnan(m):
-    return "-"
-  return f"{m:.{digits}f}" if math.isnan(h) else f"{m:.{digits}f} ± {h:.{digits}f}"
 
 
 def final_rounds(rows) -> dict:
@@ -58,7 +39,7 @@ def final_rounds(rows) -> dict:
         "round": rnd,
         "clean": {c: sum(int(r[c]) for r in clean) for c in COUNTS},
         "shifted": {c: sum(int(r[c]) for r in shifted) for c in COUNTS} if shifted else None,
-        "acc": (_mean([r["float_accuracy_before"] for r in clean]), _mean([r["float_accuracy_after"] for r in clean])),
+        "acc": (mean([r["float_accuracy_before"] for r in clean]), mean([r["float_accuracy_after"] for r in clean])),
         "added": int(rs[0]["added_total"]),
     }
   return out
@@ -91,12 +72,12 @@ def section(rows) -> list[str]:
         ks = [k for k in runs if k[:3] == (m, q, s) and runs[k][kind]]
         if not ks:
           continue
-        counts = [_fmt(*mean_ci([runs[k][kind][c] for k in ks])) for c in COUNTS]
+        counts = [fmt_ci(*mean_ci([runs[k][kind][c] for k in ks])) for c in COUNTS]
         paired = [runs[k][kind]["after"] - runs[(m, q, "random", k[3])][kind]["after"] for k in ks
                   if s != "random" and runs.get((m, q, "random", k[3]), {}).get(kind)]
-        added = _fmt(*mean_ci([runs[k]["added"] for k in ks]), digits=0)
+        added = fmt_ci(*mean_ci([runs[k]["added"] for k in ks]), digits=0)
         lines.append(f"| {m} | {q} | {s} | {added} | " + " | ".join(counts)
-                     + f" | {_fmt(*mean_ci(paired)) if paired else '-'} |")
+                     + f" | {fmt_ci(*mean_ci(paired)) if paired else '-'} |")
     lines.append("")
   lines += ["### Float accuracy on the evaluation split (%)", "", "| model | quantizer | strategy | before | after |",
             "|---|---|---|---|---|"]
@@ -105,7 +86,7 @@ def section(rows) -> list[str]:
       ks = [k for k in runs if k[:3] == (m, q, s)]
       if ks:
         b, a = mean_ci([runs[k]["acc"][0] for k in ks]), mean_ci([runs[k]["acc"][1] for k in ks])
-        lines.append(f"| {m} | {q} | {s} | {_fmt(100 * b[0], 100 * b[1], 2)} | {_fmt(100 * a[0], 100 * a[1], 2)} |")
+        lines.append(f"| {m} | {q} | {s} | {fmt_ci(100 * b[0], 100 * b[1], 2)} | {fmt_ci(100 * a[0], 100 * a[1], 2)} |")
   lines.append("")
   if stopped:
     lines += ["Runs stopped because the pool had no disagreements left: "
@@ -121,7 +102,7 @@ def plot(rows, path) -> bool:
   cells = _cells(runs)
   strategies = list(dict.fromkeys(k[2] for k in runs))
   kinds = [k for k in ("clean", "shifted") if any(v[k] for v in runs.values())]
-  plt = _plt()
+  plt = pyplot()
   fig, axes = plt.subplots(len(kinds), len(cells), figsize=(3.2 + 2.2 * len(cells), 3.2 * len(kinds)), squeeze=False)
   colors = {"resolved": "#4c9f70", "persisted": "#888888", "new": "#d1495b"}
   for i, kind in enumerate(kinds):
@@ -131,11 +112,11 @@ def plot(rows, path) -> bool:
         ks = [k for k in runs if k[:3] == (m, q, s) and runs[k][kind]]
         if not ks:
           continue
-        mean = {c: float(np.mean([runs[k][kind][c] for k in ks])) for c in COUNTS}
-        ax.bar(x - 0.2, mean["persisted"], 0.38, color=colors["persisted"])
-        ax.bar(x - 0.2, mean["resolved"], 0.38, bottom=mean["persisted"], color=colors["resolved"])
-        ax.bar(x + 0.2, mean["persisted"], 0.38, color=colors["persisted"])
-        ax.bar(x + 0.2, mean["new"], 0.38, bottom=mean["persisted"], color=colors["new"])
+        avg = {c: float(np.mean([runs[k][kind][c] for k in ks])) for c in COUNTS}
+        ax.bar(x - 0.2, avg["persisted"], 0.38, color=colors["persisted"])
+        ax.bar(x - 0.2, avg["resolved"], 0.38, bottom=avg["persisted"], color=colors["resolved"])
+        ax.bar(x + 0.2, avg["persisted"], 0.38, color=colors["persisted"])
+        ax.bar(x + 0.2, avg["new"], 0.38, bottom=avg["persisted"], color=colors["new"])
       ax.set_xticks(range(len(strategies)), [f"{s}\nbefore | after" for s in strategies], fontsize=7)
       ax.set_title(f"{m} {q}: {'evaluation split' if kind == 'clean' else 'shifted sets'}", fontsize=8)
       ax.set_ylabel("disagreements (mean over seeds)", fontsize=8)
@@ -143,7 +124,7 @@ def plot(rows, path) -> bool:
   handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
   fig.legend(handles, list(colors), loc="lower center", ncol=3, fontsize=8)
   fig.tight_layout(rect=(0, 0.06, 1, 1))
-  _save(fig, path)
+  save_figure(fig, path)
   return True
 
 

@@ -39,10 +39,9 @@ import numpy as np
 
 from qsim.evaluate import metrics
 from qsim.evaluate import report as eval_report
-from qsim.evaluate.report import _plt, _save, read_rows
-from qsim.evaluate.results import atomic_write
 from qsim.retrain import report as retrain_report
-from qsim.retrain.report import mean_ci
+from qsim.results import fmt_ci, mean_ci, pyplot, read_rows, save_figure
+from qsim.runs import atomic_write
 
 DETECTORS = ("margin", "entropy", "gini", "least_confidence")
 STUDY_QUANTIZERS = eval_report.STUDY_QUANTIZERS
@@ -50,7 +49,7 @@ STUDY_QUANTIZERS = eval_report.STUDY_QUANTIZERS
 
 def _ci(values, scale=1.0, digits=2) -> str:
   m, h = mean_ci(values)
-  return retrain_report._fmt(scale * m, scale * h, digits)  # pylint: disable=protected-access
+  return fmt_ci(scale * m, scale * h, digits)
 
 
 def _by_seed(rows, value, *keys) -> dict:
@@ -147,7 +146,7 @@ def _sign_test(wins: int, n: int) -> float:
 
 
 def _plot_severity(sev, quantizers, severities, path):
-  plt = _plt()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for q in quantizers:
     ys = [np.mean([v for (qq, ss, _), vs in sev.items() if qq == q and ss == s for v in vs] or [np.nan])
@@ -159,7 +158,7 @@ def _plot_severity(sev, quantizers, severities, path):
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def rq2(rows, workdir) -> tuple[list[str], str, str]:
@@ -201,7 +200,7 @@ def rq2(rows, workdir) -> tuple[list[str], str, str]:
 
 
 def _plot_methods(rate, models, quantizers, methods, path):
-  plt = _plt()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(quantizers) * len(models) + 2), 4))
   labels = [(m, q) for m in models for q in quantizers if any((m, q, me) in rate for me in methods)]
   width = 0.8 / max(1, len(methods))
@@ -213,7 +212,7 @@ def _plot_methods(rate, models, quantizers, methods, path):
   ax.set_yscale("symlog", linthresh=0.1)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def rq3(rows, workdir) -> tuple[list[str], str, str]:
@@ -267,7 +266,7 @@ def rq3(rows, workdir) -> tuple[list[str], str, str]:
 
 
 def _plot_auroc(per_seed, path):
-  plt = _plt()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 3.6))
   names = list(metrics.SCORE_NAMES)
   for j, src in enumerate(("quant", "float")):
@@ -280,7 +279,7 @@ def _plot_auroc(per_seed, path):
   ax.set_ylim(max(0, lo - 5), 100)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def rq4(workdir) -> tuple[list[str], str, str]:

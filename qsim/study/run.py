@@ -23,6 +23,7 @@ import time
 from typing import Callable
 
 from qsim.evaluate import sweep
+from qsim import runs
 from qsim.quant import presets
 from qsim.retrain import RetrainConfig, run_retrain
 from qsim.shifts import registry
@@ -123,7 +124,7 @@ def run_study(cfg: StudyConfig, workdir: str, train_config: Callable[[str, str, 
   order = sorted(configs, key=lambda k: (k[2], cfg.models.index(k[0]), k[1] != "standard", cfg.methods.index(k[1])))
   for i, (model, method, seed) in enumerate(order):
     d = train_dir(workdir, model, method, seed)
-    if os.path.exists(os.path.join(d, "summary.json")):
+    if os.path.exists(os.path.join(d, runs.SUMMARY)):  # that run finished
       continue
     _log(f"[study] train {i + 1}/{len(order)}: {model} / {method} / seed {seed} ({time.time() - t0:.0f} s)")
     job.run(configs[(model, method, seed)], d)

@@ -15,23 +15,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
 
 import jax
 
 from qsim import data as data_lib
 from qsim import distributed
-from qsim.evaluate.results import atomic_write
 from qsim.models import get_model
 from qsim.quant import preset
+from qsim.runs import write_json
 from qsim.train.loop import accuracy, train, variables_of
 from qsim.train.methods import MethodConfig
-
-
-def write_json(path: str, obj: Any) -> None:
-  """Writes ``obj`` as JSON atomically (a full disk leaves no partial file)."""
-  body = json.dumps(obj, indent=1, sort_keys=True).encode()
-  atomic_write(path, lambda f: f.write(body))
 
 
 def method_config(c) -> MethodConfig:

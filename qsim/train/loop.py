@@ -1,5 +1,7 @@
 """The training loop: pytree state, jit step, orbax checkpoints, auto-resume.
 
+Checkpoints are written and read through :mod:`qsim.runs` (the run directory).
+
 Deterministic for a seed: the parameters come from ``seed``; the batch of
 step ``s`` and every random draw of step ``s`` (dropout, attack start,
 Mixup weights) derive from ``(seed, s)``, so a run resumed from a checkpoint
@@ -30,13 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax.training import train_state
 from jax.sharding import Mesh
 
 from qsim import distributed
-from qsim.evaluate.results import atomic_write
 from qsim.nn import QUANT_RNG
+from qsim.runs import atomic_write, checkpoint_manager, load_variables, restore_state, save_state
 from qsim.train.methods import MethodConfig, batch_loss
 
 
@@ -223,41 +224,6 @@ def _read_metrics(path: str, up_to_step: int) -> list[dict]:
   return [r for r in rows if r["step"] <= up_to_step]
 
 
-def load_variables(workdir: str, step: int | None = None) -> dict:
-  """The model variables (params, batch_stats) of a training run's checkpoint
-  (the latest by default)."""
-  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f"no checkpoints in {ckpt_dir}; train first (python -m experiments.train)")
-  mngr = ocp.CheckpointManager(ckpt_dir, item_handlers={"state": ocp.StandardCheckpointHandler()})
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}; train first (python -m experiments.train)")
-  # Restored replicated onto this run's devices, whatever devices (and
-  # processes) saved it: orbax refuses the saved topology when it differs.
-  rep = distributed.replicated(distributed.data_mesh())
-  where = os.path.join(ckpt_dir, str(step))
-  fix = (f"delete {where} to fall back to the previous checkpoint, or retrain"
-         " (python -m experiments.train)")
-  try:
-    meta = mngr.item_metadata(step)["state"]
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep), meta.tree)
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-  except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many kinds
-    detail = (str(e).splitlines() or [""])[0].split(" See full")[0][:200]
-    raise ValueError(f"checkpoint {where} is truncated or corrupted ({type(e).__name__}: {detail}); {fix}") from e
-  restored = distributed.host_local(restored)  # this host's copy, on its default device below
-  out = {"params": jax.tree.map(jnp.asarray, restored["params"])}
-  if restored.get("batch_stats") is not None:
-    out["batch_stats"] = jax.tree.map(jnp.asarray, restored["batch_stats"])
-  bad = [jax.tree_util.keystr(p) for p, a in jax.tree_util.tree_flatten_with_path(out)[0]
-         if not bool(jnp.isfinite(a).all())]
-  if bad:  # training never saves non-finite state: these bytes were damaged on disk
-    raise ValueError(f"checkpoint {where} holds NaN/Inf in {bad[:3]}{' ...' if len(bad) > 3 else ''}"
-                     f" (corrupted on disk); {fix}")
-  return out
-
-
 def _item(a):
   """A replicated scalar's value on this host (no cross-process transfer)."""
   return distributed.host_local(a).item()
@@ -332,15 +298,12 @@ def train(
     state = state.replace(params=v["params"], batch_stats=v.get("batch_stats", state.batch_stats))
     _log(f"initialised from {init_from}")
   state = distributed.replicate(state, mesh)
-  mngr = ocp.CheckpointManager(
-      os.path.join(workdir, "checkpoints"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+  mngr = checkpoint_manager(workdir)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   start = mngr.latest_step()
   if start is not None:
-    restored = mngr.restore(start, args=ocp.args.Composite(state=ocp.args.StandardRestore(
-        flax.serialization.to_state_dict(state))))
-    state = flax.serialization.from_state_dict(state, restored["state"])
+    restored = restore_state(mngr, start, flax.serialization.to_state_dict(state))
+    state = flax.serialization.from_state_dict(state, restored)
     _log(f"resumed from step {start}")
   metrics = _read_metrics(metrics_path, start or 0)
   step_fn = make_train_step(model, method, mesh)
@@ -350,8 +313,7 @@ def train(
   def save(s):
     if _item(state.bad_step) >= 0:
       return
-    mngr.save(s, args=ocp.args.Composite(state=ocp.args.StandardSave(flax.serialization.to_state_dict(state))))
-    mngr.wait_until_finished()
+    save_state(mngr, s, flax.serialization.to_state_dict(state))
 
   for s in range(s0, steps):
     idx = indices(s)

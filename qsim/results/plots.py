@@ -1,0 +1,19 @@
+"""Plots for reports: matplotlib without a display, figures written atomically."""
+
+from __future__ import annotations
+
+from qsim.runs import atomic_write
+
+
+def pyplot():
+  """``matplotlib.pyplot`` on the Agg backend (imported only when plotting)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def save_figure(fig, path: str) -> None:
+  """Writes ``fig`` as PNG (110 dpi) to ``path`` atomically and closes it."""
+  atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+  pyplot().close(fig)

@@ -1,0 +1,60 @@
+"""A results table read back, and the statistics reports print from it."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from typing import Iterable
+
+import numpy as np
+
+_NUM = re.compile(r"^-?\d+(\.\d+)?(e-?\d+)?$")
+
+
+def read_rows(path: str) -> list[dict]:
+  """The results table ``path`` (CSV) with numbers parsed (empty cells become NaN).
+
+  Raises:
+    FileNotFoundError: no such table (the message names the command that writes one).
+    ValueError: the table has no rows.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found; run experiments.evaluate or experiments.ablate_bits first")
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  if not rows:
+    raise ValueError(f"{path} has no rows")
+  for r in rows:
+    for k, v in r.items():
+      if v == "":
+        r[k] = float("nan")
+      elif _NUM.match(v):
+        r[k] = float(v)
+  return rows
+
+
+def mean(xs: Iterable) -> float:
+  """The mean of ``xs`` ignoring NaN; NaN when nothing is left."""
+  xs = [x for x in xs if not (isinstance(x, float) and math.isnan(x))]
+  return sum(xs) / len(xs) if xs else float("nan")
+
+
+def mean_ci(values: Iterable) -> tuple[float, float]:
+  """Mean and half-width of its 95% t-interval, NaN ignored (NaN half-width
+  for one value, both NaN for none)."""
+  v = np.asarray([x for x in values if not (isinstance(x, float) and math.isnan(x))], float)
+  if len(v) == 0:
+    return float("nan"), float("nan")
+  if len(v) == 1:
+    return float(v[0]), float("nan")
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def fmt_ci(m: float, h: float, digits: int = 1) -> str:
+  """'m ± h' with ``digits`` decimals; 'm' when ``h`` is NaN, '-' when ``m`` is."""
+  if math.isnan(m):
+    return "-"
+  return f"{m:.{digits}f}" if math.isnan(h) else f"{m:.{digits}f} ± {h:.{digits}f}"
