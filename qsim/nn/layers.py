@@ -371,8 +371,7 @@ def _u8s8_saturation(module, op, lhs, lq, rhs, rq, spec: LayerSpec, name: str, a
     s_in, z, _, _ = fake_quant.int_grid_params(lhs, spec.act, lo=module.get_variable(QUANT_STATS, "act_lo"),
                                                hi=module.get_variable(QUANT_STATS, "act_hi"), where=f"{name}.act")
   else:  # per example
-    axes = fake_quant.ranges.shared_axes(lhs.ndim, spec.act, -1, f"{name}.act", (0,))
-    lo, hi = fake_quant._aqt.calibrated_range(lhs, spec.act, axes)  # pylint: disable=protected-access
+    lo, hi = fake_quant.calibrated_range(lhs, spec.act, where=f"{name}.act", batch_axes=(0,))
     s_in, z = fake_quant.scale_and_zero_point(spec.act, lo, hi)
   s_w = fake_quant.int_scale(rhs, spec.weight, where=f"{name}.weight").reshape(-1)
   lq, rq = lax.stop_gradient(lq), lax.stop_gradient(rq)
