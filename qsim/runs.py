@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import sys
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -40,17 +42,61 @@ CHECKPOINTS = "checkpoints"
 REQUIRED_CONFIG_KEYS = ("dataset", "model", "method")
 
 
+# --- Crash tests: a kill inside a chosen write --------------------------------
+#
+# With QSIM_KILL_AT_WRITE='N:PHASE' set, this process SIGKILLs itself inside
+# its N-th write (atomic_write or a checkpoint save, counted from process
+# start) at PHASE: 'torn' (the temporary file holds half the bytes),
+# 'unrenamed' (written and fsynced, not yet renamed) or 'renamed' (in place,
+# the caller not yet told); in a checkpoint save the first two kill while
+# orbax writes in the background, 'renamed' once it finished. With QSIM_WRITE_LOG=PATH each
+# write appends 'N KIND PATH' to PATH. Both unset: one dict lookup per
+# write. tests/test_crash.py draws its kill points with these.
+WRITE_PHASES = ("torn", "unrenamed", "renamed")
+_writes = [0]
+
+
+def _write_started(kind: str, path: str) -> tuple[int, str | None]:
+  """(this write's number, the phase to die at or None)."""
+  _writes[0] += 1
+  n = _writes[0]
+  log = os.environ.get("QSIM_WRITE_LOG")
+  if log:
+    with open(log, "a") as f:
+      f.write(f"{n} {kind} {path}\n")
+  at = os.environ.get("QSIM_KILL_AT_WRITE")
+  if not at:
+    return n, None
+  target, _, phase = at.partition(":")
+  if phase not in WRITE_PHASES or not target.isdigit():
+    raise ValueError(f"QSIM_KILL_AT_WRITE={at!r} is not valid; give N:PHASE, N >= 1, PHASE one of {WRITE_PHASES}")
+  return n, (phase if int(target) == n else None)
+
+
+def _die_if(due: str | None, phase: str, n: int, path: str) -> None:
+  if due == phase:
+    sys.stderr.write(f"QSIM_KILL_AT_WRITE: killed in write {n} ({phase}) of {path}\n")
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:
   """Calls ``write(file)`` on a temporary binary file next to ``path``,
   fsyncs it and renames it to ``path``; on any error the temporary file is
   removed and ``path`` is untouched."""
+  n, due = _write_started("file", path)
   tmp = f"{path}.tmp{os.getpid()}"
   try:
     with open(tmp, "wb") as f:
       write(f)
+      if due == "torn":
+        f.truncate(f.tell() // 2)
       f.flush()
+      _die_if(due, "torn", n, path)
       os.fsync(f.fileno())
+    _die_if(due, "unrenamed", n, path)
     os.replace(tmp, path)
+    _die_if(due, "renamed", n, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
@@ -106,8 +152,12 @@ def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
 def save_state(mngr: ocp.CheckpointManager, step: int, state: dict) -> None:
   """Saves the state dict (``flax.serialization.to_state_dict``) as ``step``
   and waits until it is on disk."""
+  where = f"{mngr.directory}/{step}"
+  n, due = _write_started("checkpoint", where)
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+  _die_if("torn" if due == "unrenamed" else due, "torn", n, where)  # orbax still writing
   mngr.wait_until_finished()
+  _die_if(due, "renamed", n, where)
 
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, like: dict) -> dict:

@@ -1,15 +1,16 @@
 """Crash safety and determinism of the launchers, with real processes.
 
-Each job kind (training, bit-width ablation, retraining, the study) runs once
-uninterrupted (the reference), then again in a fresh workdir as a *kill
-chain*: the process is killed with SIGKILL at a progress point, the same
-command is rerun, killed again at a later point, ..., and finally rerun to
-the end. Kill points are chosen by watching the workdir (checkpoint steps,
-metrics lines, part files, summaries), drawn with a fixed seed among the
-reference run's progress events (one in each slice of the run), plus a seeded delay of up to 0.3 s so a
-kill lands inside a step, a save or a write rather than just after one. The
-final outputs must equal the reference's (paths aside), with no lost,
-partial or duplicated row. Each test prints ``KILLS <kind> ...``.
+Each job kind (training, bit-width ablation, retraining, the study, the
+fidelity run) runs once uninterrupted (the reference, its writes logged with
+QSIM_WRITE_LOG), then again in a fresh workdir as a *kill chain*: the
+process SIGKILLs itself inside its N-th write (QSIM_KILL_AT_WRITE, see
+qsim.runs: a torn temporary file, a written but unrenamed one, or a file
+just renamed; a checkpoint while orbax writes it, or just after), N and the
+phase drawn with a fixed seed; the same command is rerun (and killed
+again), then run to the end. Every kill must land, so the kill points are
+exact: 21 in all. The final outputs must equal the reference's (paths
+aside), with no lost, partial or duplicated row. Each test prints
+``KILLS <kind>: kill_points=N rows_lost=0 rows_duplicated=0 ...``.
 
 A shared persistent compilation cache (``JAX_COMPILATION_CACHE_DIR``) keeps
 the reruns cheap; a cached executable is the same compiled program.
@@ -28,6 +29,8 @@ import time
 import numpy as np
 import pytest
 
+from qsim.runs import WRITE_PHASES
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = "/usr/share/datasets/fashion-mnist"
 TABLES = ("results.csv",)
@@ -42,49 +45,40 @@ def env(tmp_path_factory):
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
-def progress(workdir: str) -> int:
-  """Committed progress events under ``workdir``: metrics lines, finished
-  checkpoint steps, part files and the files a stage writes when done."""
-  n = 0
-  for d, dirs, files in os.walk(workdir):
-    if os.path.basename(d) == "checkpoints":
-      n += sum(name.isdigit() for name in dirs)
-    if os.path.basename(d) == "parts":
-      n += sum(f.endswith(".json") for f in files)
-    n += sum(f in ("summary.json", "selection.npz", "results.csv") for f in files)
-    if "metrics.jsonl" in files:
-      try:
-        with open(os.path.join(d, "metrics.jsonl")) as f:
-          n += f.read().count("\n")
-      except FileNotFoundError:
-        pass
-  return n
-
-
 def run_to_end(cmd, env, extra_env=None):
   out = subprocess.run(cmd, cwd=ROOT, env={**env, **(extra_env or {})}, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   return out
 
 
-def kill_chain(cmd, workdir: str, env: dict, targets, seed: int) -> list[tuple[int, int]]:
-  """Runs ``cmd``, SIGKILLs it once ``progress(workdir)`` reaches each target
-  (plus a seeded delay), reruns, ...; then runs it to the end. Returns
-  (target, progress when killed) for the kills that landed before the end."""
+def writes_of(cmd, env, log) -> list[str]:
+  """Runs ``cmd`` to the end with QSIM_WRITE_LOG: its writes, in order."""
+  run_to_end(cmd, env, {"QSIM_WRITE_LOG": str(log)})
+  with open(log) as f:
+    return f.read().splitlines()
+
+
+def kill_chain(cmd, env, n_kills: int, writes: int, seed: int) -> list[tuple[int, str]]:
+  """Runs ``cmd`` with QSIM_KILL_AT_WRITE: each run SIGKILLs itself inside
+  its N-th write at a phase (torn temporary file, unrenamed, renamed;
+  qsim.runs); the next run resumes. The kills aim at one write drawn with
+  ``seed`` in each of ``n_kills`` equal slices of the reference run's
+  ``writes`` (early, midway, late): a resumed run starts about where the
+  last one died, so N is the distance from the previous target. Every kill
+  must land (the run dies in that write, it does not finish); then the
+  command runs to the end. Returns the (N, phase, file) of each kill."""
   rng = np.random.default_rng(seed)
+  edges = np.linspace(0, writes, n_kills + 1).astype(int)
+  targets = [int(rng.integers(lo + 1, max(lo + 1, hi) + 1)) for lo, hi in zip(edges[:-1], edges[1:])]
   kills = []
-  for target in targets:
-    target = max(target, progress(workdir) + 1)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while proc.poll() is None and progress(workdir) < target and time.time() < deadline:
-      time.sleep(0.01)
-    time.sleep(rng.uniform(0, 0.3))
-    finished = proc.poll() is not None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    if not finished:
-      kills.append((target, progress(workdir)))
+  for prev, target in zip([0] + targets[:-1], targets):
+    n, phase = max(1, target - prev), WRITE_PHASES[int(rng.integers(len(WRITE_PHASES)))]
+    out = subprocess.run(cmd, cwd=ROOT, env={**env, "QSIM_KILL_AT_WRITE": f"{n}:{phase}"}, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == -signal.SIGKILL and f"killed in write {n} ({phase})" in out.stderr, \
+        f"kill at write {n} ({phase}) did not land: exit {out.returncode}\n{out.stderr[-2000:]}"
+    where = out.stderr.split(f"killed in write {n} ({phase}) of ", 1)[1].splitlines()[0]
+    kills.append((n, phase, os.path.basename(where.rstrip("/"))))
   run_to_end(cmd, env)
   return kills
 
@@ -107,20 +101,19 @@ def table_diff(ref_path: str, got_path: str, ref_dir, got_dir) -> tuple[int, int
   return lost, dup, extra
 
 
-def check_chain(kind, cmd, tmp_path, env, n_kills, seed, tables, same_files=(), ref=None):
-  """The reference run (unless given), the kill chain, and the comparison of their outputs."""
+KILL_POINTS = []  # (kind, n, phase, file) of every kill of this module's chains
+
+
+def check_chain(kind, cmd, tmp_path, env, n_kills, seed, tables, same_files=(), ref=None, writes=None):
+  """The reference run (unless given, with its ``writes``), the kill chain,
+  and the comparison of their outputs."""
   chain = tmp_path / "chain"
   t0 = time.time()
   if ref is None:
     ref = tmp_path / "ref"
-    run_to_end(cmd(ref), env)
-  events = progress(str(ref))
-  # one target drawn in each of n_kills equal slices of the run, so kills fall early, midway and late
-  edges = np.linspace(1, events, n_kills + 1).astype(int)
-  rng = np.random.default_rng(seed)
-  targets = [int(rng.integers(lo, max(lo + 1, hi))) for lo, hi in zip(edges[:-1], edges[1:])]
-  kills = kill_chain(cmd(chain), str(chain), env, targets, seed)
-  assert len(kills) >= n_kills - 1, f"only {len(kills)} kills landed before the end: {kills}"
+    writes = writes_of(cmd(ref), env, tmp_path / "writes.log")
+  kills = kill_chain(cmd(chain), env, n_kills, len(writes), seed)
+  assert len(kills) == n_kills
   lost = dup = 0
   for t in tables:
     assert (chain / t).exists(), t
@@ -130,8 +123,9 @@ def check_chain(kind, cmd, tmp_path, env, n_kills, seed, tables, same_files=(), 
     assert text(ref / t, ref) == text(chain / t, chain), t  # same header, order and values
   for f in same_files:
     assert text(ref / f, ref) == text(chain / f, chain), f
-  print(f"KILLS {kind}: {len(kills)} kill points (target event, progress at kill) {kills} of {events} events;"
-        f" rows lost {lost}, duplicated {dup}; {time.time() - t0:.0f} s")
+  KILL_POINTS.extend((kind, *k) for k in kills)
+  print(f"KILLS {kind}: kill_points={len(kills)} rows_lost={lost} rows_duplicated={dup}"
+        f" (write, phase, file) {kills} of {len(writes)} writes; {time.time() - t0:.0f} s")
   return ref, chain
 
 
@@ -156,15 +150,15 @@ def _train_cmd(wd):
 
 @pytest.fixture(scope="module")
 def train_ref(tmp_path_factory, env):
-  """One uninterrupted training run, the reference of both training tests."""
+  """One uninterrupted training run, the reference of both training tests,
+  and its writes."""
   wd = tmp_path_factory.mktemp("train_ref")
-  run_to_end(_train_cmd(wd), env)
-  return wd
+  return wd, writes_of(_train_cmd(wd / "run"), env, wd / "writes.log")
 
 
 def test_training_survives_kills(tmp_path, env, train_ref):
-  ref, chain = check_chain("train", _train_cmd, tmp_path, env, 2, seed=1, tables=(),
-                           same_files=("summary.json", "config.json"), ref=train_ref)
+  ref, chain = check_chain("train", _train_cmd, tmp_path, env, 4, seed=1, tables=(),
+                           same_files=("summary.json", "config.json"), ref=train_ref[0] / "run", writes=train_ref[1])
   assert _metrics(ref / "metrics.jsonl") == _metrics(chain / "metrics.jsonl")
   assert [r["step"] for r in _metrics(chain / "metrics.jsonl")] == list(range(1, 11))  # none lost or repeated
   for a, b in zip(_params(ref), _params(chain)):
@@ -179,7 +173,7 @@ ABLATE_ARGS = ("runlocal,weight_bits=4,act_bits=4+float,presets=fp16,limit=60,ba
 def test_ablation_survives_kills_and_equals_on_eight_devices(tmp_path, env, tiny_ckpt):
   cmd = lambda wd: [sys.executable, "-m", "experiments.ablate_bits",  # noqa: E731
                     f"--config=experiments/configs/ablate.py:checkpoints={tiny_ckpt},{ABLATE_ARGS}", f"--workdir={wd}"]
-  ref, _ = check_chain("ablate", cmd, tmp_path, env, 2, seed=2, tables=TABLES)
+  ref, _ = check_chain("ablate", cmd, tmp_path, env, 4, seed=2, tables=TABLES)
   # determinism across device counts: evaluation is per example, so the
   # table on 8 fake CPU devices equals the 1-device one except that column
   run_to_end(cmd(tmp_path / "eight"), env, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
@@ -205,7 +199,7 @@ def test_retraining_survives_kills(tmp_path, env, tiny_ckpt):
   cmd = lambda wd: [sys.executable, "-m", "experiments.retrain",  # noqa: E731
                     f"--config=experiments/configs/retrain.py:checkpoint={tiny_ckpt},{RETRAIN_ARGS}",
                     f"--workdir={wd}"]
-  check_chain("retrain", cmd, tmp_path, env, 2, seed=3, tables=TABLES, same_files=("report.md",))
+  check_chain("retrain", cmd, tmp_path, env, 4, seed=3, tables=TABLES, same_files=("report.md",))
 
 
 STUDY_ARGS = "runlocal,methods=standard,train_steps=4,severities=2,quantizers=fp16,retrain_strategies=all"
@@ -215,8 +209,30 @@ def test_study_survives_kills(tmp_path, env):
   cmd = lambda wd: [sys.executable, "-m", "experiments.study",  # noqa: E731
                     f"--config=experiments/configs/study.py:{STUDY_ARGS}", f"--workdir={wd}"]
   retrain = os.path.join("retrain", "lenet_tiny", "seed0", "results.csv")
-  check_chain("study", cmd, tmp_path, env, 3, seed=4, tables=(os.path.join("eval", "results.csv"), retrain),
+  check_chain("study", cmd, tmp_path, env, 5, seed=4, tables=(os.path.join("eval", "results.csv"), retrain),
               same_files=("report.md", os.path.join("train", "lenet_tiny", "standard", "seed0", "summary.json")))
+
+
+FIDELITY_ARGS = "modes=int8+float32,kernels=xnnpack,shifts=c/fog/1+c/rotate/2,limit=60,calib_samples=30,batch_size=60"
+
+
+def test_fidelity_survives_kills(tmp_path, env, tiny_ckpt):
+  pytest.importorskip("tensorflow")
+  cmd = lambda wd: [sys.executable, "-m", "experiments.fidelity",  # noqa: E731
+                    f"--config=experiments/configs/fidelity.py:checkpoint={tiny_ckpt},{FIDELITY_ARGS}",
+                    f"--workdir={wd}"]
+  check_chain("fidelity", cmd, tmp_path, env, 4, seed=5, tables=TABLES, same_files=("fidelity.md",))
+
+
+def test_kill_points_cover_every_launcher():
+  """The chains above (this module, in file order): at least 20 kills, each
+  inside a write, across train, ablate, retrain, study and fidelity."""
+  kinds = {k[0] for k in KILL_POINTS}
+  if kinds != {"train", "ablate", "retrain", "study", "fidelity"}:
+    pytest.skip(f"only the chains of {sorted(kinds)} ran in this process")
+  print(f"KILLS all: kill_points={len(KILL_POINTS)} rows_lost=0 rows_duplicated=0 (every chain above asserted 0)")
+  assert len(KILL_POINTS) >= 20
+  assert {k[2] for k in KILL_POINTS} == set(WRITE_PHASES)
 
 
 KILLED_SAVE = textwrap.dedent("""
@@ -261,7 +277,7 @@ def test_training_on_eight_devices_predicts_like_one(tmp_path, env, train_ref):
   from qsim.models import get_model
   from qsim.runs import load_variables
   from qsim.train.loop import predict
-  os.symlink(train_ref, tmp_path / "one")
+  os.symlink(train_ref[0] / "run", tmp_path / "one")
   run_to_end(_train_cmd(tmp_path / "eight"), env, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
   one, eight = (json.load(open(tmp_path / d / "summary.json")) for d in ("one", "eight"))
   assert one == eight

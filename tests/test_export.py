@@ -188,6 +188,21 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
   assert [(r["runtime"], r["kernels"]) for r in migrated] == [("tflite", "xnnpack")] * 2
   assert all("runtime_disagreements" in r and not any(k.startswith("tflite_") for k in r) for r in migrated)
 
+  # a unit stored with another preset (qsim's mapping changed since) is recomputed, and only that one
+  fog = next(p for p in parts if not p.startswith("clean"))  # the shifted set's (xnnpack) unit
+  stale = json.load(open(tmp_path / "parts" / fog))
+  stale[0]["quantizer"] += "_before"
+  with open(tmp_path / "parts" / fog, "w") as f:
+    json.dump(stale, f)
+  before = {p: os.path.getmtime(tmp_path / "parts" / p) for p in os.listdir(tmp_path / "parts")}
+  fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("builtin", "xnnpack"), **kw)
+  after = {p: os.path.getmtime(tmp_path / "parts" / p) for p in os.listdir(tmp_path / "parts")}
+  assert [p for p in after if after[p] != before[p]] == [fog]
+  assert [r["quantizer"] for r in json.load(open(tmp_path / "parts" / fog))] == [
+      fidelity.preset_of(r["mode"], "xnnpack") for r in stale]
+  assert fidelity.unit_done(None, ("int8",), "xnnpack") is None
+  assert fidelity.unit_done(stale[1:], ("int8", "float32"), "xnnpack") is False  # a mode missing
+
   report = open(fidelity.write_report(str(tmp_path))).read()
   # int8 on the built-in kernels is compared with the fixed-point preset
   assert "| tflite | int8 | xnnpack | tflite_int8 |" in report and "| tflite | int8 | builtin | tflite_int8_builtin |" in report

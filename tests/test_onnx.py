@@ -163,21 +163,28 @@ def test_mlas_u8s8_detection(monkeypatch):
   assert onnx_export.ort_preset("ort_int8", "reference", saturates=True) == "ort_int8"
   assert onnx_export.ort_preset("ort_dynamic", "reference", saturates=True) == "ort_dynamic_avx2"
   assert onnx_export.ort_preset("ort_dynamic_u8", "mlas", saturates=True) == "ort_dynamic_u8"
-  assert onnx_export.ort_preset("ort_int8", "mlas", saturates=False) == "ort_int8"
+  assert onnx_export.ort_preset("ort_int8", "mlas", saturates=False) == "ort_int8_mlas"
+  assert onnx_export.ort_preset("ort_int8", "reference", saturates=False) == "ort_int8"
   monkeypatch.setenv("QSIM_ORT_U8S8_SATURATES", "0")
-  assert onnx_export.ort_preset("ort_int8", "mlas") == "ort_int8"
+  assert onnx_export.ort_preset("ort_int8", "mlas") == "ort_int8_mlas"
 
 
-@pytest.mark.skipif(not onnx_export.mlas_u8s8_saturates(),
-                    reason="MLAS saturates U8S8 pairs only on x86 AVX2 without VNNI (or set QSIM_ORT_U8S8_SATURATES=1)")
-def test_ort_int8_avx2_preset_is_the_fused_mlas_model():
+def test_ort_int8_mlas_presets_are_the_fused_model():
   """A LeNet-5 whose convolution kernels are all positive (per-channel int8
-  weights near 127) on inputs near the top of their uint8 range: MLAS's
-  fused QLinearConv/QGemm saturate the int16 pair sums. ort_int8_avx2 gives
-  the default (mlas) session's logits to one output step on rounding ties;
-  plain ort_int8 is far off."""
+  weights near 127) on inputs near the top of their uint8 range, run by
+  ORT's default (mlas, fused QLinearConv/QGemm) session. Where MLAS
+  saturates the U8S8 int16 pair sums (x86 AVX2 without VNNI) the preset
+  ort_preset picks is ort_int8_avx2, elsewhere ort_int8_mlas: it gives the
+  session's logits except on rare near-ties of a calibrated scale (ORT
+  computes its scales from its own float graph's ranges, a few ulps from
+  qsim's), and one step at an intermediate tensor can move a logit by more
+  than one step; the other preset is far off. ort_int8 (float arithmetic on
+  dequantized operands, the QDQ graph as written) rounds more near-ties
+  the other way than the exact-accumulator requantization."""
   import jax
-  x = np.clip(_structured(160) * 2.0, 0, 1)
+  x = np.random.default_rng(0).uniform(0, 1, (160, 28, 28, 1)).astype(np.float32)  # its own draw: any test order
+  x[:, 8:20, 8:20] *= 3.0
+  x = np.clip(x * 2.0, 0, 1)
   model, variables = _init("lenet5", x)
   params = jax.tree_util.tree_map_with_path(
       lambda p, v: np.abs(v) if "conv" in jax.tree_util.keystr(p) and "kernel" in jax.tree_util.keystr(p) else v,
@@ -186,16 +193,23 @@ def test_ort_int8_avx2_preset_is_the_fused_mlas_model():
   calib, test = x[:100], x[100:]
   blob = onnx_export.export_onnx(model, variables, "ort_int8", calib[:1], representative=calib)
   rlogits = onnx_export.ORTModel(blob, kernels="mlas", num_threads=1).outputs(test)  # one thread: a fixed kernel schedule
-  sat, plain = build_quantizers(model, variables, ["ort_int8_avx2", "ort_int8"], calib)
-  r = sat.quant_stats["logits"]
+  chosen = onnx_export.ort_preset("ort_int8", "mlas")
+  other = "ort_int8_mlas" if chosen == "ort_int8_avx2" else "ort_int8_avx2"
+  names = [chosen, other, "ort_int8"]
+  quantizers = build_quantizers(model, variables, names, calib)
+  r = quantizers[0].quant_stats["logits"]
   step = float(r["output_hi"].max() - r["output_lo"].min()) / 255
   off = {}
-  for name, q in (("sat", sat), ("plain", plain)):
+  for name, q in zip(names, quantizers):
     lg = np.asarray(model.clone(quant=q.config).apply({**variables, "quant_stats": q.quant_stats}, test))
     off[name] = np.abs(lg - rlogits) / step
-  assert off["sat"].max() <= 1.01, off["sat"].max()
-  assert np.mean(off["sat"] > 0.5) <= 0.02
-  assert np.mean(off["plain"] > 0.5) > 0.2, np.mean(off["plain"] > 0.5)
+    if name == chosen:
+      assert np.mean(lg.argmax(1) == rlogits.argmax(1)) >= 0.98
+  # 6 draws of this test on a VNNI CPU: 0-2.7% of logits off by a step, at most 2 steps
+  assert np.mean(off[chosen] > 0.5) <= 0.03, np.mean(off[chosen] > 0.5)
+  assert off[chosen].max() <= 2.01, off[chosen].max()
+  assert np.mean(off[chosen] > 0.5) <= np.mean(off["ort_int8"] > 0.5)
+  assert np.mean(off[other] > 0.5) > 0.2, np.mean(off[other] > 0.5)
 
 
 def _satsum(p):

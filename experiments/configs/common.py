@@ -57,7 +57,7 @@ def apply_args(c: ml_collections.ConfigDict, arg: str, runlocal: dict,
     if key == "bits":
       if not value.isdigit():
         raise ValueError(f"config key 'bits' takes an int in [2, 16] (short for quant=wNaN), not {value!r}")
-      key, value = "quant", f"w{int(value)}a{int(value)}"
+      key, value = "quant", f"w{int(value)}a{int(value)}"  # a preset name (qsim.quant.bits_name; no library import here)
     if key not in c:
       raise ValueError(f"config key {key!r} is not valid; valid keys are {sorted(c.keys()) + ['bits'] + sorted(named)}")
     old = c[key]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import zipfile
 from collections import defaultdict
 
@@ -27,17 +26,14 @@ import numpy as np
 
 from qsim.evaluate import metrics
 from qsim.evaluate.results import ResultsStore
+from qsim.quant import parse_bits
 from qsim.results import mean, pyplot, read_rows, save_figure
 from qsim.runs import atomic_write
 
 STUDY_QUANTIZERS = ("tflite_int8", "tflite_dynamic", "weight_only_int8", "fp16")
 
 
-def _bits(q: str):
-  m = re.fullmatch(r"w(\d+)(?:a(\d+))?", q)
-  if not m:
-    return None
-  return int(m.group(1)), (int(m.group(2)) if m.group(2) else None)
+_bits = parse_bits
 
 
 def _family(r) -> str:

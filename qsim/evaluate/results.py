@@ -83,22 +83,29 @@ class ResultsStore:
     with np.load(path, allow_pickle=False) as z:
       return {k: z[k] for k in z.files}
 
+  @staticmethod
+  def _read(path: str) -> list[dict]:
+    try:
+      with open(path) as f:
+        rows = json.load(f)
+      if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError("not a list of rows")
+    except ValueError as e:
+      raise ValueError(f"results part {path} is corrupted ({e}); delete it and rerun the same command to"
+                       " recompute that unit") from e
+    return rows
+
+  def get(self, key: str) -> list[dict] | None:
+    """The rows of the unit ``key``, or None when it is not stored."""
+    return self._read(self._part(key)) if self.has(key) else None
+
   def rows(self) -> list[dict]:
     """Every stored row, parts in name order, rows in stored order."""
     out = []
     for fname in sorted(os.listdir(self.parts_dir)):
       if not fname.endswith(".json"):
         continue  # a temporary file left by a killed writer
-      path = os.path.join(self.parts_dir, fname)
-      try:
-        with open(path) as f:
-          rows = json.load(f)
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-          raise ValueError("not a list of rows")
-      except ValueError as e:
-        raise ValueError(f"results part {path} is corrupted ({e}); delete it and rerun the same command to"
-                         " recompute that unit") from e
-      out.extend(rows)
+      out.extend(self._read(os.path.join(self.parts_dir, fname)))
     return out
 
   def write_table(self, sort_keys: Sequence[str] = ()) -> str:

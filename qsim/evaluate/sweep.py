@@ -55,7 +55,7 @@ def config_kwargs(c) -> dict:
 
 def bit_grid_names(weight_bits: Sequence[int], act_bits: Sequence[int | None]) -> list[str]:
   """Preset names of a W x A grid (``None`` activation bits = float)."""
-  return [f"w{w}" if a is None else f"w{w}a{a}" for w in weight_bits for a in act_bits]
+  return [presets.bits_name(w, a) for w in weight_bits for a in act_bits]
 
 
 def resolve_sets(dataset: str, shifts: Sequence[str] | str) -> list[str]:

@@ -181,13 +181,20 @@ def run_fidelity(
   store = ResultsStore(workdir)
   _add_kernels_column(store)
   todo = {}  # set -> the kernel families it still needs
+  stale = 0
   for s in sets:
-    missing = [k for k in kernels if not store.has(unit_key(store, s, k))]
+    missing = []
+    for k in kernels:
+      done = unit_done(store.get(unit_key(store, s, k)), modes, k)
+      if done is not True:
+        missing.append(k)
+        stale += done is False
     if missing:
       todo[s] = missing
   units = len(sets) * len(kernels)
   _log(f"fidelity {checkpoint}: {cfg['model']} on {cfg['dataset']}, modes {modes} on kernels {kernels}:"
-       f" {len(sets)} sets, {units - sum(map(len, todo.values()))} of {units} (set, kernels) units already done")
+       f" {len(sets)} sets, {units - sum(map(len, todo.values()))} of {units} (set, kernels) units already done"
+       + (f"; {stale} stored units recomputed (other modes or presets than these)" if stale else ""))
   if todo:
     _run(cfg, checkpoint, store, sets, todo, modes, limit=limit, calib_samples=calib_samples,
          batch_size=batch_size, seed=seed, data_dir=data_dir, study=study)
@@ -210,13 +217,21 @@ def _export_all(model, variables, calib, modes, needed, models_dir) -> dict:
     else:
       content, ext = export(model, variables, m, calib.x[:1], representative=calib.x), "tflite"
       make = lambda c, k: TFLiteModel(c, kernels=k)  # noqa: E731
-    path = os.path.join(models_dir, f"{m}.{ext}")
-    with open(path + ".tmp", "wb") as f:
-      f.write(content)
-    os.replace(path + ".tmp", path)
+    atomic_write(os.path.join(models_dir, f"{m}.{ext}"), lambda f, c=content: f.write(c))
     for k in kerns:
       out[m, k] = make(content, k)
   return out
+
+
+def unit_done(rows: list[dict] | None, modes: Sequence[str], kernels: str) -> bool | None:
+  """Whether a stored unit's ``rows`` (None: not stored) are what this run
+  would write: one row per mode of ``kernels``' runtime, each simulated by
+  today's :func:`preset_of`. False (stale: a run with other modes, or
+  before a preset changed) means recompute; the new part replaces it."""
+  if rows is None:
+    return None
+  want = {m: preset_of(m, kernels) for m in modes if runtime_of(m) == runtime_of(kernels)}
+  return {r.get("mode"): r.get("quantizer") for r in rows} == want and len(rows) == len(want)
 
 
 def preset_of(mode: str, kernels: str) -> str:

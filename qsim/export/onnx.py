@@ -79,12 +79,16 @@ def mlas_u8s8_saturates(flags: str | None = None) -> bool:
 
 
 def ort_preset(mode: str, kernels: str, saturates: bool | None = None) -> str:
-  """The qsim preset that simulates ORT ``mode`` on ``kernels``: the U8S8
-  modes that run on MLAS (``ort_int8`` fused, ``ort_dynamic`` always) get
-  the ``_avx2`` preset where :func:`mlas_u8s8_saturates`."""
+  """The qsim preset that simulates ORT ``mode`` on ``kernels``: ``ort_int8``
+  on ``mlas`` (fused QLinearConv/QGemm) is ``ort_int8_mlas`` (MLAS's float32
+  requantization of the exact accumulator); the U8S8 modes that run on
+  MLAS (``ort_int8`` fused, ``ort_dynamic`` always) get the ``_avx2``
+  preset where :func:`mlas_u8s8_saturates`."""
   saturates = mlas_u8s8_saturates() if saturates is None else saturates
   if saturates and ((mode == "ort_int8" and kernels == "mlas") or mode == "ort_dynamic"):
     return ORT_MODES[mode] + "_avx2"
+  if mode == "ort_int8" and kernels == "mlas":
+    return "ort_int8_mlas"
   return ORT_MODES[mode]
 OPSET = 17
 

@@ -205,8 +205,11 @@ def _stored_tensor(module: nn.Module, x, y, spec: TensorSpec, lo, hi, where: str
                        f" for a last axis of {x.shape[-1]}")
     b = jnp.tile(b.reshape(-1), x.shape[-1] // b.size)  # a flattened NHWC map keeps channels last
     acc = jnp.round(xs * jax.lax.reciprocal(a * b)).astype(jnp.int32)
-    m, e = fixed_point.quantize_multiplier(a, b, scale)
-    q = fixed_point.multiply_by_quantized_multiplier(acc, m, e, pending["rounding"])
+    if pending["rounding"] == "mlas":  # MlasRequantizeOutput: float(acc) * ((a * b) / scale), half to even
+      q = jnp.round(acc.astype(jnp.float32) * ((a * b) / scale))
+    else:
+      m, e = fixed_point.quantize_multiplier(a, b, scale)
+      q = fixed_point.multiply_by_quantized_multiplier(acc, m, e, pending["rounding"])
   q = jnp.clip(q.astype(jnp.float32) + z, qmin, qmax)
   return y + jax.lax.stop_gradient((q - z) * scale - y)
 
@@ -273,16 +276,18 @@ class _QuantOperands(nn.Module):
       lq = quantize_tensor(self, lhs, spec.act, slot="act", where=name, batch_axes=(0,))
       rq = quantize_tensor(self, rhs, spec.weight, slot="weight", where=name)
       y = op(lq, rq, *args, **kwargs)
+      saturation = None
       if (spec.u8s8_pairs == "all" or (spec.u8s8_pairs == "dense" and op is lax.dot_general)) \
           and _quantizing(self):
-        y = y + _u8s8_saturation(self, op, lhs, lq, rhs, rq, spec, name, args, kwargs)
+        saturation = _u8s8_saturation(self, op, lhs, lq, rhs, rq, spec, name, args, kwargs)
+        y = y + saturation
       if bias is not None and _quantizing(self):
         if spec.int_bias:
           bias = _accumulator_bias(self, lhs, rhs, bias, spec, name)
         elif spec.const is not None:
           bias = fake_quant.quantize(bias, spec.const, where=f"{name}.bias")
-      if _fixed_point(spec, self):
-        return _exact_accumulator(self, op, (lhs, lq), (rhs, rq), y, bias, spec, name, args, kwargs)
+      if spec.requant != "fp32" and _quantizing(self):
+        return _exact_accumulator(self, op, (lhs, lq), (rhs, rq), y, bias, spec, name, args, kwargs, saturation)
     # flax adds zeros in place of its bias (see _bias_to_hook): y + bias is
     # the runtime's one float add, bit for bit.
     return y if bias is None else y + bias.astype(y.dtype)
@@ -320,11 +325,13 @@ def _fold(module: nn.Module, spec: LayerSpec | None, batch_norm: tuple[str, floa
   return batch_norm_constants(params, stats, epsilon)
 
 
-def _exact_accumulator(module, op, lhs, rhs, y, bias, spec: LayerSpec, name: str, args, kwargs):
-  """Under ``requant='fixed_point'``: the layer's output as the exact int32
-  accumulator (integer operands, int32 bias) times its scale, and a pending
-  requantization (optimized CONV_2D / FULLY_CONNECTED: rounding shift half
-  up) for the point that stores it. Forward exact, gradient that of ``y``."""
+def _exact_accumulator(module, op, lhs, rhs, y, bias, spec: LayerSpec, name: str, args, kwargs, saturation=None):
+  """Under ``requant='fixed_point'`` or ``'mlas'``: the layer's output as the
+  exact int32 accumulator (integer operands, int32 bias, plus MLAS's pair
+  ``saturation`` where given, already in ``y``) times its scale, and a pending
+  requantization for the point that stores it (optimized CONV_2D /
+  FULLY_CONNECTED: rounding shift half up; MLAS: see :class:`LayerSpec`).
+  Forward exact, gradient that of ``y``."""
   (lhs, lq), (rhs, rq) = lhs, rhs  # (float, fake-quantized); scales as _accumulator_bias takes them
   s_in = fake_quant.int_scale(lhs, spec.act, lo=module.get_variable(QUANT_STATS, "act_lo"),
                               hi=module.get_variable(QUANT_STATS, "act_hi"), where=f"{name}.act").reshape(())
@@ -333,10 +340,13 @@ def _exact_accumulator(module, op, lhs, rhs, y, bias, spec: LayerSpec, name: str
   wi = jnp.round(jax.lax.stop_gradient(rq) * jax.lax.reciprocal(s_w))
   acc = op(xi, wi, *args, **kwargs)  # integers below 2^24: exact in float32
   s_acc = s_in * s_w
+  if saturation is not None:
+    acc = acc + jnp.round(saturation * jax.lax.reciprocal(s_acc))
   if bias is not None:
     acc = acc + jnp.round(jax.lax.stop_gradient(bias) * jax.lax.reciprocal(s_acc))
     y = y + bias.astype(y.dtype)
-  _set_pending(module, kind="acc", a=s_in, b=s_w, rounding="half_up", where=name)
+  _set_pending(module, kind="acc", a=s_in, b=s_w, where=name,
+               rounding="half_up" if spec.requant == "fixed_point" else spec.requant)
   return y + jax.lax.stop_gradient(acc * s_acc - y)
 
 

@@ -39,7 +39,14 @@ preset                    what it is
                           per-tensor symmetric int8 weights, asymmetric
                           8-bit activations quantized on the fly
                           (BatchNorm folded by ORT's pre-processing)
-``ort_int8_avx2``         ``ort_int8`` as ORT's fused QLinearConv/QGemm
+``ort_int8_mlas``         ``ort_int8`` as ORT's fused QLinearConv/QGemm
+                          (its default session, MLAS kernels) requantize:
+                          the exact int32 accumulator times one float32
+                          multiplier, rounded half to even
+                          (``requant='mlas'``); ``ort_int8`` is the QDQ
+                          graph run as written (float ops on dequantized
+                          tensors, the reference kernels)
+``ort_int8_avx2``         ``ort_int8_mlas`` as ORT's fused QLinearConv/QGemm
                           compute it on x86 CPUs with AVX2 and without
                           VNNI (e.g. AMD EPYC Zen 1-3, Intel Haswell to
                           Skylake): MLAS's VPMADDUBSW sums adjacent
@@ -99,10 +106,15 @@ _FIXED: dict[str, LayerSpec | None] = {
     ),
     "ort_dynamic": LayerSpec(weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=True), act=int_act(8),
                              fold_bn=True),
+    "ort_int8_mlas": LayerSpec(
+        weight=int_weight(8), act=int_act(8, range="static"),
+        output=int_act(8, range="static"), const=int_act(8), int_bias=True, fold_bn=True,
+        calibrated_gates=True, gemm_gates=True, requant="mlas",
+    ),
     "ort_int8_avx2": LayerSpec(
         weight=int_weight(8), act=int_act(8, range="static"),
         output=int_act(8, range="static"), const=int_act(8), int_bias=True, fold_bn=True,
-        calibrated_gates=True, u8s8_pairs="all",
+        calibrated_gates=True, u8s8_pairs="all", requant="mlas",
     ),
     "ort_dynamic_avx2": LayerSpec(weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=True),
                                   act=int_act(8), fold_bn=True, u8s8_pairs="dense"),
@@ -115,6 +127,23 @@ _FIXED: dict[str, LayerSpec | None] = {
 _WXAY = re.compile(r"^w(\d+)(?:a(\d+))?$")
 
 
+def bits_name(weight_bits: int, act_bits: int | None) -> str:
+  """The preset name of an integer bit pair: ``wXaY``, or ``wX`` when
+  activations stay float (``act_bits`` None). The one place such names are
+  built; :func:`parse_bits` is the one place they are read."""
+  return f"w{int(weight_bits)}" if act_bits is None else f"w{int(weight_bits)}a{int(act_bits)}"
+
+
+def parse_bits(name: str) -> tuple[int, int | None] | None:
+  """``(weight_bits, act_bits or None)`` of a ``wXaY`` / ``wX`` preset name,
+  None for any other name (bits not range-checked: see :func:`layer_preset`)."""
+  m = _WXAY.match(name) if isinstance(name, str) else None
+  if not m:
+    return None
+  w, a = m.groups()
+  return int(w), None if a is None else int(a)
+
+
 def preset_names() -> list[str]:
   return list(_FIXED) + ["wXaY", "wX"]
 
@@ -125,18 +154,16 @@ def layer_preset(name: str) -> LayerSpec | None:
     raise ValueError(f"preset={name!r} is not valid; give one of {preset_names()}")
   if name in _FIXED:
     return _FIXED[name]
-  m = _WXAY.match(name)
-  if m:
-    for b in m.groups():
-      if b is not None and not MIN_BITS <= int(b) <= MAX_BITS:
+  bits = parse_bits(name)
+  if bits is not None:
+    for b in bits:
+      if b is not None and not MIN_BITS <= b <= MAX_BITS:
         raise ValueError(
-            f"preset={name!r}: bits={int(b)} is not valid; bits must be in"
+            f"preset={name!r}: bits={b} is not valid; bits must be in"
             f" [{MIN_BITS}, {MAX_BITS}]"
         )
-    w, a = m.groups()
-    return LayerSpec(
-        weight=int_weight(int(w)), act=None if a is None else int_act(int(a))
-    )
+    w, a = bits
+    return LayerSpec(weight=int_weight(w), act=None if a is None else int_act(a))
   raise ValueError(
       f"preset={name!r} is not a known preset; valid presets are"
       f" {preset_names()} (X, Y in {MIN_BITS}..{MAX_BITS})"
@@ -191,8 +218,4 @@ def bit_grid(
     weight_bits: Sequence[int], act_bits: Sequence[int | None]
 ) -> list[QuantConfig]:
   """The ``wXaY`` configs for every pair (``None`` activation = weight-only)."""
-  return [
-      preset(f"w{w}" if a is None else f"w{w}a{a}")
-      for w in weight_bits
-      for a in act_bits
-  ]
+  return [preset(bits_name(w, a)) for w in weight_bits for a in act_bits]

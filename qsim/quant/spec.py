@@ -38,7 +38,7 @@ GRANULARITIES = ("per_tensor", "per_channel")
 CALIBRATIONS = ("absmax", "percentile", "mse")
 ROUNDINGS = ("nearest_even", "stochastic")
 RANGES = ("dynamic", "static")
-REQUANTS = ("fp32", "fixed_point")
+REQUANTS = ("fp32", "fixed_point", "mlas")
 MIN_BITS, MAX_BITS = 2, 16
 
 
@@ -248,7 +248,16 @@ class LayerSpec:
       float32(in_scale * w_scale / out_scale)``, one rounding, half to even:
       TFLite's XNNPACK delegate) or 'fixed_point' (TFLite's built-in kernels:
       a Q31 multiplier and shift, two roundings, see
-      :mod:`qsim.quant.fixed_point`; also the built-in MUL and MEAN recipes).
+      :mod:`qsim.quant.fixed_point`; also the built-in MUL and MEAN recipes)
+      or 'mlas' (ONNX Runtime's fused QLinearConv / QGemm on MLAS: the exact
+      int32 accumulator times ``float32(in_scale * w_scale[c]) /
+      out_scale``, in that order, rounded half to even, as
+      MlasRequantizeOutput does; 'fp32' reaches the same value through
+      float arithmetic on dequantized operands, so it can round the other
+      way on a near-tie, and one such intermediate step can move a logit by
+      more than one step). 'fixed_point' and 'mlas' apply to Dense/Conv
+      layers; the ops between stored tensors (ADD, MUL, pooling) keep the
+      float arithmetic.
     calibrated_gates: in a recurrent cell's int8 graph (``output`` set), the
       sigmoid and tanh outputs are stored on their own calibrated ranges, as
       ONNX Runtime's QDQ quantizer calibrates them; False: on TFLite's fixed
@@ -313,8 +322,8 @@ class LayerSpec:
         and self.weight is not None and self.weight.is_int and self.weight.bits == 8 and self.weight.symmetric):
       raise ValueError("LayerSpec.u8s8_pairs needs per-tensor asymmetric 8-bit activations (ORT's uint8)"
                        f" and symmetric 8-bit weights (int8); got weight={self.weight}, act={self.act}")
-    if self.requant == "fixed_point" and not (self.int_bias and self.output is not None):
-      raise ValueError("LayerSpec.requant='fixed_point' needs int_bias=True and an int8 output spec (the"
+    if self.requant != "fp32" and not (self.int_bias and self.output is not None):
+      raise ValueError(f"LayerSpec.requant={self.requant!r} needs int_bias=True and an int8 output spec (the"
                        " accumulator scale and every stored tensor's scale); use requant='fp32' otherwise")
     if self.inplace_ranges and self.output is not None and self.output.calibration != "absmax":
       raise ValueError(

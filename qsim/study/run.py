@@ -84,7 +84,7 @@ class StudyConfig:
   @property
   def all_quantizers(self) -> list[str]:
     """The wNaN grid, then the presets."""
-    grid = [f"w{b}a{b}" for b in self.bits]
+    grid = [presets.bits_name(b, b) for b in self.bits]
     return grid + [q for q in self.quantizers if q not in grid]
 
   def retrain_config(self, checkpoint: str, shifts: tuple[str, ...], seed: int = 0) -> RetrainConfig:
