@@ -10,12 +10,12 @@ writes DIR/disagreement.png (the bit grid) and the sweep's report
 
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 import numpy as np
 
+from experiments import cli
 from experiments.configs import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/demo.py", "Demo config file.",
@@ -72,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

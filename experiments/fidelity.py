@@ -13,6 +13,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import cli
 from qsim.evaluate import sweep
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -49,4 +50,4 @@ def main(argv):
     print(fidelity.write_summary(runs, _WORKDIR.value))
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

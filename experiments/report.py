@@ -5,9 +5,9 @@ experiments.retrain) and writes DIR/report.md with PNG plots (see
 qsim/evaluate/report.py and qsim/retrain/report.py).
 """
 
-from absl import app
 from absl import flags
 
+from experiments import cli
 from qsim.evaluate import report
 from qsim.retrain import report as retrain_report
 
@@ -23,4 +23,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -18,6 +18,7 @@ import os
 from absl import app
 from absl import flags
 
+from experiments import cli
 from qsim.shifts import registry
 from qsim.shifts.sheets import contact_sheet, text_sheet
 
@@ -46,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

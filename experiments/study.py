@@ -4,11 +4,11 @@ See experiments/configs/study.py for the settings (quick, full, runlocal),
 the fields and the expected runtimes. Prints where the report is.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import cli
 from experiments.configs.study import study_config, train_config_fn
 from qsim.study import run_study
 
@@ -26,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -4,11 +4,11 @@ Configs: experiments/configs/{mnist,rows,cifar,imdb}.py; each docstring has
 its commands and expected accuracy. A rerun with the same workdir resumes.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import cli
 from experiments import launch
 from qsim.train import job
 
@@ -25,4 +25,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -209,3 +209,24 @@ def test_the_scanner_catches_unsafe_loads(tmp_path):
   bad.write_text("import pickle\nfrom yaml import load\nimport numpy as np\nnp.load('a.npz')\n"
                  "np.load('b.npz', allow_pickle=True)\nnp.load('c.npz', allow_pickle=False)\neval('1')\n")
   assert [line for line, _ in _unsafe_loads(str(bad))] == [1, 2, 4, 5, 7]
+
+
+@pytest.mark.parametrize("args,says", [
+    ("quantizers=w99a4", "preset='w99a4': bits=99 is not valid; bits must be in [2, 16]"),
+    ("quantizers=tflite_int8,shifts=c/nope/3", "shifted set 'fashion_mnist_debian/c/nope/3' does not exist"),
+])
+def test_launchers_print_a_user_error_as_one_line_and_exit_2(tiny_ckpt, tmp_path, args, says):
+  """A bad value found by qsim's validation: one line 'error: ...' naming it, exit status 2, no
+  traceback (experiments/cli.py); QSIM_TRACEBACK=1 shows the traceback."""
+  import subprocess
+  import sys
+  root = ROOT
+  cmd = [sys.executable, "-m", "experiments.evaluate",
+         f"--config=experiments/configs/evaluate.py:checkpoint={tiny_ckpt},limit=20,{args}", f"--workdir={tmp_path}"]
+  env = {**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+  errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+  assert out.returncode == 2 and len(errors) == 1 and says in errors[0], out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
+  debug = subprocess.run(cmd, cwd=root, env={**env, "QSIM_TRACEBACK": "1"}, capture_output=True, text=True, timeout=300)
+  assert debug.returncode != 0 and "Traceback" in debug.stderr and says in debug.stderr

@@ -289,3 +289,32 @@ def test_embedding_tables_under_min_weights_stay_float(vocab, quantized):
   v = ref.init(KEY, tokens)
   same = np.array_equal(ours.apply(v, tokens), ref.apply(v, tokens))
   assert same != quantized
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("hidden,quantized", [(8, False), (40, True)])
+def test_recurrent_kernels_under_min_weights_stay_float(cell, hidden, quantized):
+  """tflite_dynamic leaves gate kernels under 1,024 elements float, recurrent cells included: with 28
+  inputs per step, hidden 8 gives 224- and 64-element kernels (float, so the cell is the float cell
+  exactly), hidden 40 gives 1,120 and 1,600 (int8). A cell that rebuilt its gate spec without
+  min_weights would quantize the small one."""
+  from qsim.models import RNNClassifier
+  x = jax.random.uniform(KEY, (3, 28, 28, 1))
+  model = RNNClassifier(cell=cell, hidden=hidden)
+  v = model.init(KEY, x)
+  same = np.array_equal(model.clone(quant=preset("tflite_dynamic")).apply(v, x), model.apply(v, x))
+  assert same != quantized
+
+
+def test_int_bias_in_a_float_gate_graph_is_refused():
+  """int_bias needs an accumulator scale; a cell's float gate graph (no output spec) has none, so the
+  combination is refused with the cell's name instead of silently leaving the biases float."""
+  from qsim.models import RNNClassifier
+  from qsim.quant import LayerSpec, make_config
+  x = jax.random.uniform(KEY, (2, 28, 28, 1))
+  model = RNNClassifier(cell="gru", hidden=4)
+  spec = dataclasses.replace(preset("tflite_int8").default, output=None)
+  assert spec.int_bias and isinstance(spec, LayerSpec)
+  qm = model.clone(quant=make_config(spec))
+  with pytest.raises(ValueError, match=r"rnn/cell: int_bias in a recurrent cell needs its int8 graph"):
+    qm.init(KEY, x)

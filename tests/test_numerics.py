@@ -156,6 +156,18 @@ def test_stochastic_rounding_is_unbiased_and_needs_a_key():
     quantize(x, spec)
 
 
+def test_nearest_away_rounds_ties_away_from_zero():
+  """'nearest_away' is std::round (TFLite's built-in QUANTIZE), 'nearest_even' numpy's; they differ
+  exactly on ties with an even floor, and equal elsewhere."""
+  x = jnp.array([-7.0, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 2.4, 7.0])  # absmax 7 -> step 1
+  away = quantize(x, TensorSpec(bits=4, rounding="nearest_away"))
+  even = quantize(x, TensorSpec(bits=4))
+  np.testing.assert_array_equal(away, [-7, -3, -2, -1, 1, 2, 3, 2, 7])
+  np.testing.assert_array_equal(even, [-7, -2, -2, -0, 0, 2, 2, 2, 7])
+  with pytest.raises(ValueError, match="nearest_away.*integer grids only"):
+    TensorSpec(format="fp8_e4m3", rounding="nearest_away")
+
+
 def test_percentile_and_mse_calibration():
   x = jax.random.normal(jax.random.key(3), (10000,))
   lo, hi = calibrated_range(x, TensorSpec(calibration="percentile", percentile=99.0, symmetric=False))

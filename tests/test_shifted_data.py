@@ -133,3 +133,33 @@ def test_missing_data_names_config_folder_and_command(tmp_path, call, config):
 
 def test_module_exports():
   assert data.cifar10_c is shifted.cifar10_c and data.yelp_polarity is shifted.yelp_polarity
+
+
+def _fixed_examples(labels, shape, seen):
+  """A TFDS ``as_data_source`` stand-in with known content (image i filled with 10 * labels[i]) that
+  records the ``dataset/config`` and split asked for in ``seen``."""
+  def as_data_source(self, split=None, *args, **kwargs):  # pylint: disable=unused-argument,keyword-arg-before-vararg
+    seen.append(f"{self.name}/{self.builder_config.name}:{split}")
+    return [{"image": np.full(shape, 10 * lab, np.uint8), "label": np.int64(lab)} for lab in labels]
+  return as_data_source
+
+
+@pytest.mark.parametrize("name,shape,config", [
+    ("mnist/official_c/rotate", (28, 28, 1), "mnist_corrupted/rotate"),
+    ("cifar10/official_c/frosted_glass_blur/5", (32, 32, 3), "cifar10_corrupted/frosted_glass_blur_5"),
+    ("cifar10/official_c/elastic/2", (32, 32, 3), "cifar10_corrupted/elastic_2"),
+    ("cifar10/natural/cifar10_1_v4", (32, 32, 3), "cifar10_1/v4"),
+])
+def test_official_sets_keep_each_examples_label_and_read_their_config(name, shape, config):
+  """A shifted set's name reaches the TFDS config it means, and each example keeps its own label, in
+  order, as the class index of the clean dataset (TFDS's mnist_corrupted / cifar10_corrupted /
+  cifar10_1 declare the same 10 classes as mnist / cifar10); images are that example's pixels / 255."""
+  from qsim.shifts import registry
+  labels, seen = [3, 1, 4, 1, 5, 9, 2, 6], []
+  with tfds.testing.mock_data(as_data_source_fn=_fixed_examples(labels, shape, seen)):
+    d = registry.load_shifted(name)
+  assert seen == [f"{config}:test"] and d.name == name and d.num_classes == 10
+  assert d.y.tolist() == labels and d.y.dtype == np.int32
+  np.testing.assert_array_equal(d.x, np.stack([np.full(shape, 10 * lab / 255.0, np.float32) for lab in labels]))
+  clean = "mnist" if config.startswith("mnist") else "cifar10"
+  assert tfds.builder(config).info.features["label"].names == tfds.builder(clean).info.features["label"].names

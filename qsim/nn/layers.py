@@ -332,9 +332,8 @@ def _exact_accumulator(module, op, lhs, rhs, y, bias, spec: LayerSpec, name: str
   requantization for the point that stores it (optimized CONV_2D /
   FULLY_CONNECTED: rounding shift half up; MLAS: see :class:`LayerSpec`).
   Forward exact, gradient that of ``y``."""
-  (lhs, lq), (rhs, rq) = lhs, rhs  # (float, fake-quantized); scales as _accumulator_bias takes them
-  s_in = fake_quant.int_scale(lhs, spec.act, lo=module.get_variable(QUANT_STATS, "act_lo"),
-                              hi=module.get_variable(QUANT_STATS, "act_hi"), where=f"{name}.act").reshape(())
+  (lhs, lq), (rhs, rq) = lhs, rhs  # (float, fake-quantized)
+  s_in = _act_grid(module, lhs, spec, name)[0].reshape(())
   s_w = fake_quant.int_scale(rhs, spec.weight, where=f"{name}.weight").reshape(-1)
   xi = jnp.round(jax.lax.stop_gradient(lq) * jax.lax.reciprocal(s_in))
   wi = jnp.round(jax.lax.stop_gradient(rq) * jax.lax.reciprocal(s_w))
@@ -377,12 +376,7 @@ def _u8s8_saturation(module, op, lhs, lq, rhs, rq, spec: LayerSpec, name: str, a
   """The change MLAS's U8S8 pair saturation (``LayerSpec.u8s8_pairs``) makes
   to the layer's float output ``op(lq, rq)``, no gradient."""
   # LayerSpec checked the operands: asymmetric 8-bit activations, symmetric 8-bit weights.
-  if spec.act.range == "static":
-    s_in, z, _, _ = fake_quant.int_grid_params(lhs, spec.act, lo=module.get_variable(QUANT_STATS, "act_lo"),
-                                               hi=module.get_variable(QUANT_STATS, "act_hi"), where=f"{name}.act")
-  else:  # per example
-    lo, hi = fake_quant.calibrated_range(lhs, spec.act, where=f"{name}.act", batch_axes=(0,))
-    s_in, z = fake_quant.scale_and_zero_point(spec.act, lo, hi)
+  s_in, z = _act_grid(module, lhs, spec, name)
   s_w = fake_quant.int_scale(rhs, spec.weight, where=f"{name}.weight").reshape(-1)
   lq, rq = lax.stop_gradient(lq), lax.stop_gradient(rq)
   centered = jnp.round(lq / s_in)  # q - z
@@ -411,13 +405,21 @@ def _u8s8_saturation(module, op, lhs, lq, rhs, rq, spec: LayerSpec, name: str, a
   return ex * (s_in.reshape((-1,) + (1,) * (ex.ndim - 1)) * s_w)
 
 
+def _act_grid(module: nn.Module, lhs, spec: LayerSpec, name: str):
+  """``(scale, zero_point)`` of the layer's input activation grid: its
+  calibrated static range, or (dynamic) each example's own range."""
+  if spec.act.range == "static":
+    lo, hi = module.get_variable(QUANT_STATS, "act_lo"), module.get_variable(QUANT_STATS, "act_hi")
+    return fake_quant.int_grid_params(lhs, spec.act, lo=lo, hi=hi, where=f"{name}.act")[:2]
+  lo, hi = fake_quant.calibrated_range(lhs, spec.act, where=f"{name}.act", batch_axes=(0,))
+  return fake_quant.scale_and_zero_point(spec.act, lo, hi)
+
+
 def _accumulator_bias(module: nn.Module, lhs, rhs, bias, spec: LayerSpec, name: str):
   """``bias`` rounded onto the int32 grid of the accumulator, scale ``act
   scale * weight scale`` per output channel, clipped to int32 (no gradient
   through the rounding: straight-through)."""
-  s_in = fake_quant.int_scale(
-      lhs, spec.act, lo=module.get_variable(QUANT_STATS, "act_lo"),
-      hi=module.get_variable(QUANT_STATS, "act_hi"), where=f"{name}.act")
+  s_in = _act_grid(module, lhs, spec, name)[0]
   s_w = fake_quant.int_scale(rhs, spec.weight, where=f"{name}.weight").reshape(-1)
   if s_in.size != 1 or s_w.size not in (1, bias.size):
     raise ValueError(

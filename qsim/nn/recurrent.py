@@ -55,6 +55,9 @@ def _quantize_inputs(cell, spec, x, h):
   """
   if spec is None:
     return x, h, None
+  if spec.int_bias:
+    raise ValueError(f"{layer_name(cell)}: int_bias in a recurrent cell needs its int8 graph (an output spec, as"
+                     " in tflite_int8 / ort_int8): the gates' float graph has no accumulator scale for the bias")
   n = h.shape[-1]
   # a side whose kernels are under min_weights stays float (as the converter leaves them)
   if x.shape[-1] * n >= spec.min_weights:

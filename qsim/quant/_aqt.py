@@ -70,6 +70,7 @@ class IntNumerics(aqt_numerics.AqtNumerics):
   zero_point: jax.Array | float = 0.0
   symmetric: bool = aqt_utils.static_field(default=True)
   stochastic: bool = aqt_utils.static_field(default=False)
+  away: bool = aqt_utils.static_field(default=False)  # ties away from zero (std::round)
 
   def get_dtype(self):
     return None  # keep the input dtype: this is fake quantization
@@ -92,7 +93,8 @@ class IntNumerics(aqt_numerics.AqtNumerics):
       u = jax.random.uniform(context.key, x.shape, x.dtype)
       x = jnp.floor(x + u)
     else:
-      x = jax.lax.round(x, jax.lax.RoundingMethod.TO_NEAREST_EVEN)
+      x = jax.lax.round(x, jax.lax.RoundingMethod.AWAY_FROM_ZERO if self.away
+                        else jax.lax.RoundingMethod.TO_NEAREST_EVEN)
     return jnp.clip(x + self.zero_point, qmin, qmax) - self.zero_point, res
 
   def vjp_bwd(self, res, grad):
@@ -206,6 +208,7 @@ def _int_numerics(spec: TensorSpec) -> IntNumerics:
       bits=spec.bits,
       symmetric=spec.symmetric,
       stochastic=spec.rounding == "stochastic",
+      away=spec.rounding == "nearest_away",
   )
 
 

@@ -21,7 +21,9 @@ preset                    what it is
 ``tflite_int8_builtin``   ``tflite_int8`` requantized as TFLite's built-in
                           kernels do (no XNNPACK delegate): Q31 fixed-point
                           multiplier and shift, rounded twice; the built-in
-                          MUL and MEAN recipes (``requant='fixed_point'``)
+                          MUL and MEAN recipes (``requant='fixed_point'``);
+                          its input QUANTIZE rounds ties to even, as
+                          XNNPACK's (measured: benchmarks/rounding_ties.py)
 ``tflite_dynamic``        TFLite dynamic range: int8 symmetric per-channel
                           weights, int8 asymmetric per-tensor activations
                           quantized on the fly (dynamic); BatchNorm

@@ -36,7 +36,7 @@ FORMATS = (INT, FP16, BF16, FP8_E4M3, FP8_E5M2)
 FLOAT_FORMATS = (FP16, BF16, FP8_E4M3, FP8_E5M2)
 GRANULARITIES = ("per_tensor", "per_channel")
 CALIBRATIONS = ("absmax", "percentile", "mse")
-ROUNDINGS = ("nearest_even", "stochastic")
+ROUNDINGS = ("nearest_even", "nearest_away", "stochastic")
 RANGES = ("dynamic", "static")
 REQUANTS = ("fp32", "fixed_point", "mlas")
 MIN_BITS, MAX_BITS = 2, 16
@@ -82,8 +82,10 @@ class TensorSpec:
       'percentile' (``percentile`` in (50, 100]) or 'mse' (the clip ratio in
       ``[mse_min_ratio, 1]`` of absmax, ``mse_steps`` candidates, that
       minimises the squared error of the quantized tensor).
-    * ``rounding``: 'nearest_even' or 'stochastic' (unbiased,
-      ``floor(x + U[0, 1))``; needs a 'quant' PRNG stream).
+    * ``rounding``: 'nearest_even', 'nearest_away' (ties away from zero,
+      as ``std::round`` in TFLite's built-in QUANTIZE; integer formats only)
+      or 'stochastic' (unbiased, ``floor(x + U[0, 1))``; needs a 'quant'
+      PRNG stream).
     * ``range``: 'dynamic' (from the tensor itself at run time) or 'static'
       (from ranges calibrated beforehand and stored in the 'quant_stats'
       variable collection; activations only).
@@ -108,6 +110,9 @@ class TensorSpec:
     _choice(cls, "calibration", self.calibration, CALIBRATIONS)
     _choice(cls, "rounding", self.rounding, ROUNDINGS)
     _choice(cls, "range", self.range, RANGES)
+    if self.rounding == "nearest_away" and self.format != INT:
+      raise ValueError(f"{cls}.rounding='nearest_away' is not valid for format={self.format!r}; it rounds integer"
+                       " grids only (use 'nearest_even' or 'stochastic')")
     if self.format == INT and _is_python_number(self.bits):
       if int(self.bits) != self.bits or not (
           MIN_BITS <= self.bits <= MAX_BITS
