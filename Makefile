@@ -12,7 +12,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 OUT ?= runs/demo
 STUDY_OUT ?= runs/study
 
-.PHONY: study demo test venv data bench clean
+.PHONY: study demo test venv data bench clean format format-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ demo: venv data
 
 test: venv data
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+FORMATTED := qsim experiments tests benchmarks
+
+format: venv
+	$(VENV)/bin/pyink $(FORMATTED)
+
+format-check: venv
+	$(VENV)/bin/pyink --check $(FORMATTED)
 
 bench: venv data
 	$(PY) benchmarks/quant_overhead.py

@@ -58,11 +58,14 @@ ORT_MODES = ("ort_int8", "ort_dynamic", "ort_dynamic_u8")
 def _trained(cache: str, name: str, steps: int) -> str:
   from experiments.configs import mnist  # pylint: disable=g-import-not-at-top
   from qsim.train import job  # pylint: disable=g-import-not-at-top
+
   path = os.path.join(cache, f"{name}_{steps}")  # another step count is another checkpoint
   if not os.path.exists(os.path.join(path, "summary.json")):
     print(f"training {name} for {steps} steps -> {path}", flush=True)
-    job.run(mnist.get_config(f"model={name},steps={steps},batch_size=64,seed=0,log_every=200,"
-                             f"checkpoint_every=200"), path)
+    job.run(
+        mnist.get_config(f"model={name},steps={steps},batch_size=64,seed=0,log_every=200,checkpoint_every=200"),
+        path,
+    )
   return path
 
 
@@ -83,10 +86,17 @@ def _speed(ckpt: str, images: int) -> tuple[float, float, float, float]:
   d = sweep.load_set(run, "clean", seed=0, limit=images)
   out = []
   for modes, presets, make in [
-      (TFLITE_MODES, [fidelity.preset_of(m, "xnnpack") for m in TFLITE_MODES],
-       lambda m: TFLiteModel(export(model, variables, m, calib.x[:1], representative=calib.x), num_threads=1)),
-      (ORT_MODES, list(ORT_MODES),
-       lambda m: ORTModel(export_onnx(model, variables, m, calib.x[:1], representative=calib.x), num_threads=1))]:
+      (
+          TFLITE_MODES,
+          [fidelity.preset_of(m, "xnnpack") for m in TFLITE_MODES],
+          lambda m: TFLiteModel(export(model, variables, m, calib.x[:1], representative=calib.x), num_threads=1),
+      ),
+      (
+          ORT_MODES,
+          list(ORT_MODES),
+          lambda m: ORTModel(export_onnx(model, variables, m, calib.x[:1], representative=calib.x), num_threads=1),
+      ),
+  ]:
     engine = Engine(model, variables, build_quantizers(model, variables, presets, calib.x), batch_size=500)
     runtimes = [make(m) for m in modes]
     out.append(_timed(lambda: engine.run(d.x, d.y, "clean")))
@@ -105,16 +115,25 @@ def main():
   for name, steps in ARCHS.items():
     ckpt = _trained(args.cache, name, steps)
     work = os.path.join(args.cache, f"fid_{name}_{ARCHS[name]}")
-    fidelity.run_fidelity(ckpt, work, modes=TFLITE_MODES + ORT_MODES,
-                          kernels=("xnnpack", "builtin", "mlas", "reference"), shifts=SHIFTS, limit=args.images,
-                          study=False)
+    fidelity.run_fidelity(
+        ckpt,
+        work,
+        modes=TFLITE_MODES + ORT_MODES,
+        kernels=("xnnpack", "builtin", "mlas", "reference"),
+        shifts=SHIFTS,
+        limit=args.images,
+        study=False,
+    )
     works[name] = work
     rows += [dict(r, arch=name) for r in fidelity.ResultsStore(work).rows()]
     s = np.array(_speed(ckpt, args.images))
     with open(os.path.join(ckpt, "summary.json")) as f:
       acc = json.load(f)["test_accuracy"]
-    print(f"{name} (test accuracy {acc:.4f}): qsim {s[0]:.2f} s vs TFLite {s[1]:.2f} s (3 modes); qsim {s[2]:.2f} s vs ORT {s[3]:.2f} s"
-          f" (3 modes), {args.images} images", flush=True)
+    print(
+        f"{name} (test accuracy {acc:.4f}): qsim {s[0]:.2f} s vs TFLite {s[1]:.2f} s (3 modes); qsim {s[2]:.2f} s vs ORT {s[3]:.2f} s"
+        f" (3 modes), {args.images} images",
+        flush=True,
+    )
     secs += s
 
   print(f"per architecture: {fidelity.write_summary(works, args.cache)}")
@@ -123,8 +142,10 @@ def main():
   groups = sorted({(r["runtime"], r["mode"], r["kernels"]) for r in rows})
   for g in groups:
     rs = [r for r in rows if (r["runtime"], r["mode"], r["kernels"]) == g]
-    print(f"| {' | '.join(g)} | {min(r['agreement'] for r in rs):.4f} | {np.mean([r['agreement'] for r in rs]):.4f}"
-          f" | {np.mean([r['jaccard'] for r in rs]):.3f} | {len(rs)} |")
+    print(
+        f"| {' | '.join(g)} | {min(r['agreement'] for r in rs):.4f} | {np.mean([r['agreement'] for r in rs]):.4f}"
+        f" | {np.mean([r['jaccard'] for r in rs]):.3f} | {len(rs)} |"
+    )
 
   def pick(pred):
     return [r for r in rows if pred(r)]
@@ -132,16 +153,22 @@ def main():
   int8 = pick(lambda r: r["mode"] == "int8")
   dyn = pick(lambda r: r["mode"] == "dynamic")
   ort = pick(lambda r: r["runtime"] == "onnxruntime")
-  simulated = pick(lambda r: (r["mode"], r["kernels"]) in {("ort_int8", "reference"), ("ort_dynamic_u8", "mlas"),
-                                                          ("ort_dynamic_u8", "reference")})
-  print(f"ort_simulated_min_agreement={min(r['agreement'] for r in simulated):.4f} (ort_int8 on reference kernels,"
-        f" ort_dynamic_u8 on both)")
-  print(f"int8_min_agreement={min(r['agreement'] for r in int8):.4f}"
-        f" int8_mean_jaccard={np.mean([r['jaccard'] for r in int8]):.3f}"
-        f" dynamic_min_agreement={min(r['agreement'] for r in dyn):.4f}"
-        f" ort_min_agreement={min(r['agreement'] for r in ort):.4f}"
-        f" ort_mean_jaccard={np.mean([r['jaccard'] for r in ort]):.3f}"
-        f" speedup_vs_tflite={secs[1] / secs[0]:.2f} speedup_vs_ort={secs[3] / secs[2]:.2f}")
+  simulated = pick(
+      lambda r: (r["mode"], r["kernels"])
+      in {("ort_int8", "reference"), ("ort_dynamic_u8", "mlas"), ("ort_dynamic_u8", "reference")}
+  )
+  print(
+      f"ort_simulated_min_agreement={min(r['agreement'] for r in simulated):.4f} (ort_int8 on reference kernels,"
+      f" ort_dynamic_u8 on both)"
+  )
+  print(
+      f"int8_min_agreement={min(r['agreement'] for r in int8):.4f}"
+      f" int8_mean_jaccard={np.mean([r['jaccard'] for r in int8]):.3f}"
+      f" dynamic_min_agreement={min(r['agreement'] for r in dyn):.4f}"
+      f" ort_min_agreement={min(r['agreement'] for r in ort):.4f}"
+      f" ort_mean_jaccard={np.mean([r['jaccard'] for r in ort]):.3f}"
+      f" speedup_vs_tflite={secs[1] / secs[0]:.2f} speedup_vs_ort={secs[3] / secs[2]:.2f}"
+  )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,24 @@ from qsim.models import lenet5  # noqa: E402
 from qsim.nn import QUANT_RNG, QUANT_STATS  # noqa: E402
 from qsim.shifts import MNIST_C, corrupt  # noqa: E402
 
-QUANTIZERS = ["w2a2", "w3a3", "w4a4", "w5a5", "w6a6", "w8a8", "w4a8", "w8a4", "w2", "w4", "w8",
-              "tflite_int8", "tflite_dynamic", "weight_only_int8", "fp16", "bf16"]
+QUANTIZERS = [
+    "w2a2",
+    "w3a3",
+    "w4a4",
+    "w5a5",
+    "w6a6",
+    "w8a8",
+    "w4a8",
+    "w8a4",
+    "w2",
+    "w4",
+    "w8",
+    "tflite_int8",
+    "tflite_dynamic",
+    "weight_only_int8",
+    "fp16",
+    "bf16",
+]
 
 
 def main():
@@ -52,8 +68,7 @@ def main():
   test = data.load("fashion_mnist_debian", "test", limit=args.images)
   calib = data.load("fashion_mnist_debian", "train", limit=100)
   names = sorted(MNIST_C)
-  sets = [corrupt("mnist_c", names[i % len(names)], jax.random.key(i), test.x, 1 + i % 5)
-          for i in range(args.sets)]
+  sets = [corrupt("mnist_c", names[i % len(names)], jax.random.key(i), test.x, 1 + i % 5) for i in range(args.sets)]
   sets = [np.asarray(s) for s in sets]
   model = lenet5()
   variables = model.init(jax.random.key(0), test.x[:1])

@@ -44,12 +44,16 @@ def main():
   def loop():
     return [f(params, x) for f in singles]
 
-  t = best_times({
-      "separate": separate,
-      "map": lambda: grid_map(CONFIGS, params, x),
-      "vmap": lambda: grid_vmap(CONFIGS, params, x),
-      "loop": loop,
-  }, repeats=5, inner=2)
+  t = best_times(
+      {
+          "separate": separate,
+          "map": lambda: grid_map(CONFIGS, params, x),
+          "vmap": lambda: grid_vmap(CONFIGS, params, x),
+          "loop": loop,
+      },
+      repeats=5,
+      inner=2,
+  )
   print(f"backend={jax.default_backend()} configs={len(CONFIGS)} batch={x.shape[0]} auto={resolve_mapping('auto')}")
   for k, v in t.items():
     print(f"{k:9s} {1e3 * v:9.1f} ms")

@@ -34,6 +34,7 @@ def _fns(model, params, x, y):
   def train(p, o, x, y):
     def loss(p):
       return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
+
     g = jax.grad(loss)(p)
     u, o = tx.update(g, o, p)
     return optax.apply_updates(p, u), o
@@ -55,7 +56,9 @@ def main():
     for kind in ("fwd", "train"):
       r = t[f"q_{kind}"] / t[f"f_{kind}"]
       ratios[kind].append(r)
-      print(f"{name:8s} {kind:5s} float {1e3 * t[f'f_{kind}']:8.2f} ms  w8a8 {1e3 * t[f'q_{kind}']:8.2f} ms  ratio {r:.3f}")
+      print(
+          f"{name:8s} {kind:5s} float {1e3 * t[f'f_{kind}']:8.2f} ms  w8a8 {1e3 * t[f'q_{kind}']:8.2f} ms  ratio {r:.3f}"
+      )
   print(f"overhead_fwd={max(ratios['fwd']):.3f} overhead_train={max(ratios['train']):.3f}")
 
 

@@ -50,13 +50,18 @@ def main():
   scale, z = (float(np.asarray(v).ravel()[0]) for v in fake_quant.scale_and_zero_point(spec, lo, hi))
   s32 = np.float32(scale)
   zp_raw = np.float32(-128) - np.float32(calib.min()) / s32
-  print(f"input grid: range [{float(calib.min())}, {float(calib.max())}], scale {scale!r}, zero point {z}"
-        f" (qmin - lo/scale = {float(zp_raw)!r})")
+  print(
+      f"input grid: range [{float(calib.min())}, {float(calib.max())}], scale {scale!r}, zero point {z}"
+      f" (qmin - lo/scale = {float(zp_raw)!r})"
+  )
   total = tm = td = 0
   per_family = {}
   for name in resolve_sets(DATASET, "c"):
-    d = data_lib.load(DATASET, "test", limit=args.limit) if name == "clean" else \
-        registry.load_shifted(name, limit=args.limit)
+    d = (
+        data_lib.load(DATASET, "test", limit=args.limit)
+        if name == "clean"
+        else registry.load_shifted(name, limit=args.limit)
+    )
     x = np.asarray(d.x, np.float32)
     a, b = ties(x * (np.float32(1) / s32)), ties(x / s32)
     fam = name if name == "clean" else name.split("/")[-2]

@@ -49,15 +49,20 @@ def main():
   model = lenet5()
   variables = model.init(jax.random.key(0), test.x[:1])
   qs = build_quantizers(model, variables, QUANTIZERS, test.x[:1])
-  engines = {n: Engine(model, variables, qs, batch_size=args.batch_size,
-                       mesh=distributed.data_mesh(jax.devices()[:n])) for n in counts}
+  engines = {
+      n: Engine(model, variables, qs, batch_size=args.batch_size, mesh=distributed.data_mesh(jax.devices()[:n]))
+      for n in counts
+  }
   results = {n: e.run(test.x, test.y) for n, e in engines.items()}  # compiles each mesh's program
   for n in counts[1:]:  # sharding must not change a prediction
     np.testing.assert_array_equal(results[n].quant_pred, results[1].quant_pred)
-  times = best_times({n: (lambda e=e: e.run(test.x, test.y).quant_pred) for n, e in engines.items()},
-                     repeats=3, inner=1)
-  print(f"jax={jax.__version__} backend={jax.default_backend()} devices={jax.device_count()}"
-        f" ({jax.devices()[0].device_kind})")
+  times = best_times(
+      {n: (lambda e=e: e.run(test.x, test.y).quant_pred) for n, e in engines.items()}, repeats=3, inner=1
+  )
+  print(
+      f"jax={jax.__version__} backend={jax.default_backend()} devices={jax.device_count()}"
+      f" ({jax.devices()[0].device_kind})"
+  )
   print(f"LeNet-5, {len(test.y)} images, float + {len(qs)} quantizers, batch {engines[1].batch_size}")
   for n in counts:
     print(f"devices={n}: {times[n]:.3f} s, {len(test.y) / times[n]:.0f} images/s")

@@ -50,6 +50,7 @@ def _p(name, severity):
 
 # ------------------------------------------------ per-image numpy baseline
 
+
 def _line(c0, r0, c1, r1):
   """MNIST-C stroke: log(1 - d / 2.3) + 1 of the vertical distance d."""
   if c1 == c0:
@@ -57,8 +58,8 @@ def _line(c0, r0, c1, r1):
   m = (r1 - r0) / (c1 - c0)
   d = np.clip(np.abs(_ROWS - (m * (_COLS - c0) + r0)), 0, 2.3 - 1e-10)
   out = np.clip(np.log(1 - d / 2.3) + 1, 0, 1)
-  out[:, :int(np.floor(c0))] = 0
-  out[:, int(np.ceil(c1)):] = 0
+  out[:, : int(np.floor(c0))] = 0
+  out[:, int(np.ceil(c1)) :] = 0
   return out
 
 
@@ -118,7 +119,7 @@ def np_motion_blur(rng, x, sev):
   radius, sigma = _p("motion_blur", sev)
   a = np.deg2rad(rng.uniform(-45, 45))
   i = np.arange(2 * math.ceil(radius) + 1)
-  wt = np.exp(-i ** 2 / (2 * sigma ** 2))
+  wt = np.exp(-(i**2) / (2 * sigma**2))
   rows = np.clip(np.arange(S)[None] + np.ceil(i * np.sin(a) - 0.5).astype(int)[:, None], 0, S - 1)
   cols = np.clip(np.arange(S)[None] + np.ceil(i * np.cos(a) - 0.5).astype(int)[:, None], 0, S - 1)
   return np.tensordot(wt / wt.sum(), x[rows[:, :, None], cols[:, None, :]], 1)
@@ -158,7 +159,7 @@ def np_stripe(rng, x, sev):
   k = max(1, round(frac * S))
   x = x.copy()
   x[:, :k] = 1 - x[:, :k]
-  x[:, S - k:] = 1 - x[:, S - k:]
+  x[:, S - k :] = 1 - x[:, S - k :]
   return x
 
 
@@ -184,7 +185,7 @@ def np_dotted_line(rng, x, sev):
     r0, r1 = rng.integers(0, S - 1, size=2)
     stroke = _line(0, r0, S - 1, r1)
     for c in range(0, S, 4):
-      stroke[:, c:c + 2] = 0
+      stroke[:, c : c + 2] = 0
     x = x + stroke
   return x
 
@@ -220,6 +221,7 @@ NUMPY = {name: globals()["np_" + name] for name in MNIST_C}
 
 # ------------------------------------------------------------------- timing
 
+
 def _numpy_seconds(name, sev, images2d, rng):
   """Seconds to corrupt every image of ``images2d`` one at a time."""
   fn = NUMPY[name]
@@ -243,16 +245,20 @@ def main():
     raise SystemExit(f"unknown corruptions {bad}; choose from {list(MNIST_C)}")
 
   images = qsim.data.load("fashion_mnist_debian", "test").x
-  x = jnp.asarray(images[:args.images])
-  x_np = np.asarray(images[:args.numpy_images, :, :, 0])
+  x = jnp.asarray(images[: args.images])
+  x_np = np.asarray(images[: args.numpy_images, :, :, 0])
   n, n_np = x.shape[0], x_np.shape[0]
   key = jax.random.key(0)
   dev = jax.devices()[0]
-  print(f"jax={jax.__version__} backend={jax.default_backend()} device={dev.device_kind} ({dev})"
-        f" cpus={os.cpu_count()}")
-  print(f"workload: {len(names)} corruptions x {len(SEVERITIES)} severities; qsim on {n} images,"
-        f" numpy on the first {n_np} per (corruption, severity), its rate extrapolated"
-        " (per-image cost does not depend on the count)")
+  print(
+      f"jax={jax.__version__} backend={jax.default_backend()} device={dev.device_kind} ({dev})"
+      f" cpus={os.cpu_count()}"
+  )
+  print(
+      f"workload: {len(names)} corruptions x {len(SEVERITIES)} severities; qsim on {n} images,"
+      f" numpy on the first {n_np} per (corruption, severity), its rate extrapolated"
+      " (per-image cost does not depend on the count)"
+  )
 
   t0 = time.perf_counter()
   for name in names:  # compile every program first
@@ -278,9 +284,11 @@ def main():
     print(f"{name:14s} {q:12.0f} {p:12.0f} {q / p:8.1f}")
   q_spi = sum(t_q.values()) / (len(names) * k * n)
   np_spi = sum(t_np.values()) / (len(names) * k * n_np)
-  print(f"total: qsim {sum(t_q.values()):.2f} s for {len(names) * k * n} images ({1 / q_spi:.0f} img/s);"
-        f" numpy {sum(t_np.values()):.2f} s for {len(names) * k * n_np} ({1 / np_spi:.0f} img/s),"
-        f" {np_spi * len(names) * k * n / 60:.1f} min extrapolated to the qsim workload")
+  print(
+      f"total: qsim {sum(t_q.values()):.2f} s for {len(names) * k * n} images ({1 / q_spi:.0f} img/s);"
+      f" numpy {sum(t_np.values()):.2f} s for {len(names) * k * n_np} ({1 / np_spi:.0f} img/s),"
+      f" {np_spi * len(names) * k * n / 60:.1f} min extrapolated to the qsim workload"
+  )
   print(f"speedup={np_spi / q_spi:.1f}")
 
 

@@ -29,12 +29,11 @@ def main():
   y = jax.random.randint(key, (128,), 0, 10)
   tx = make_optimizer("adam", 1e-3, 1000)
   fns = {}
-  for name, quant, method in [("float", None, "standard"), ("qat", preset("w8a8"), "qat"),
-                              ("pgd", None, "pgd")]:
+  for name, quant, method in [("float", None, "standard"), ("qat", preset("w8a8"), "qat"), ("pgd", None, "pgd")]:
     model = get_model("lenet5", num_classes=10, quant=quant)
     state = init_state(model, x[:1], tx, 0)
     step = make_train_step(model, MethodConfig(method=method, eps=0.3, step_size=0.1, iters=10))
-    fns[name] = (lambda step=step, state=state: step(state, x, y, key))
+    fns[name] = lambda step=step, state=state: step(state, x, y, key)
   t = best_times(fns, repeats=5, inner=3)
   print(f"backend={jax.default_backend()} batch=128 " + " ".join(f"{k}={1 / v:.1f}steps/s" for k, v in t.items()))
   print(f"qat_vs_float={t['qat'] / t['float']:.3f} pgd_vs_float={t['pgd'] / t['float']:.3f}")

@@ -52,18 +52,21 @@ def main():
   sets = [np.asarray(corrupt("mnist_c", n, jax.random.key(i), test.x, 1)) for i, n in enumerate(names)]
   model = lenet5()
   variables = load_variables(args.checkpoint) if args.checkpoint else model.init(jax.random.key(0), test.x[:1])
-  tfl = [TFLiteModel(export(model, variables, "float32", calib.x[:1]), num_threads=1),
-         TFLiteModel(export(model, variables, "int8", calib.x[:1], representative=calib.x, softmax=True,
-                            io_type="uint8"), num_threads=1),
-         TFLiteModel(export(model, variables, "dynamic", calib.x[:1]), num_threads=1),
-         TFLiteModel(export(model, variables, "float16", calib.x[:1]), num_threads=1)]
+  tfl = [
+      TFLiteModel(export(model, variables, "float32", calib.x[:1]), num_threads=1),
+      TFLiteModel(
+          export(model, variables, "int8", calib.x[:1], representative=calib.x, softmax=True, io_type="uint8"),
+          num_threads=1,
+      ),
+      TFLiteModel(export(model, variables, "dynamic", calib.x[:1]), num_threads=1),
+      TFLiteModel(export(model, variables, "float16", calib.x[:1]), num_threads=1),
+  ]
   n = args.images * len(sets)
   print(f"jax={jax.__version__} backend={jax.default_backend()} devices={jax.device_count()}")
   print(f"LeNet-5, {args.images} images x {len(sets)} corruptions = {n} images")
 
   t = time.perf_counter()
-  engine = Engine(model, variables, build_quantizers(model, variables, QUANTIZERS, calib.x),
-                  batch_size=args.batch_size)
+  engine = Engine(model, variables, build_quantizers(model, variables, QUANTIZERS, calib.x), batch_size=args.batch_size)
   engine.run(sets[0], test.y)
   compile_s = time.perf_counter() - t
   t = time.perf_counter()
@@ -74,9 +77,11 @@ def main():
   tfl_preds = [[m.predict_study(x) for m in tfl] for x in sets]
   tfl_s = time.perf_counter() - t
   assert len(qsim_preds) == len(tfl_preds) == len(sets)
-  print(f"qsim: {qsim_s:.2f} s warm ({n * (len(QUANTIZERS) + 1) / qsim_s:.0f} image-configs/s;"
-        f" {1e6 * qsim_s / n / (len(QUANTIZERS) + 1):.1f} us per image-config), first run incl. compile"
-        f" {compile_s:.2f} s")
+  print(
+      f"qsim: {qsim_s:.2f} s warm ({n * (len(QUANTIZERS) + 1) / qsim_s:.0f} image-configs/s;"
+      f" {1e6 * qsim_s / n / (len(QUANTIZERS) + 1):.1f} us per image-config), first run incl. compile"
+      f" {compile_s:.2f} s"
+  )
   print(f"tflite: {tfl_s:.2f} s ({1e6 * tfl_s / n / len(tfl):.1f} us per image-model, one at a time)")
   print(f"speedup={tfl_s / qsim_s:.3f} speedup_cold={tfl_s / (compile_s + qsim_s * (len(sets) - 1) / len(sets)):.3f}")
 

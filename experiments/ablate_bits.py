@@ -13,13 +13,15 @@ from experiments import launch
 from qsim.evaluate import sweep
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/ablate.py", "Ablation config file[:args].", lock_config=True)
+    "config", "experiments/configs/ablate.py", "Ablation config file[:args].", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (results.csv, samples/).")
 flags.mark_flags_as_required(["workdir"])
 
 
 def quantizer_names(c) -> list[str]:
   """The W x A grid names then the presets (validated by the sweep)."""
+
   def bits(v, allow_float):
     out = []
     for s in sweep.split(v):
@@ -42,8 +44,9 @@ def main(argv):
   c = _CONFIG.value
   if not sweep.split(c.checkpoints):
     raise app.UsageError("give checkpoints: --config=experiments/configs/ablate.py:checkpoints=<dir>+<dir>")
-  path = sweep.run_sweep(sweep.split(c.checkpoints), quantizer_names(c), sweep.split(c.shifts), _WORKDIR.value,
-                         **sweep.config_kwargs(c))
+  path = sweep.run_sweep(
+      sweep.split(c.checkpoints), quantizer_names(c), sweep.split(c.shifts), _WORKDIR.value, **sweep.config_kwargs(c)
+  )
   print(path)
 
 

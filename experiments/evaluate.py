@@ -13,7 +13,8 @@ from experiments import launch
 from qsim.evaluate import sweep
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/evaluate.py", "Evaluation config file[:args].", lock_config=True)
+    "config", "experiments/configs/evaluate.py", "Evaluation config file[:args].", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (results.csv, samples/).")
 flags.mark_flags_as_required(["workdir"])
 
@@ -25,8 +26,9 @@ def main(argv):
   c = _CONFIG.value
   if not c.checkpoint:
     raise app.UsageError("give the checkpoint: --config=experiments/configs/evaluate.py:checkpoint=<train workdir>")
-  path = sweep.run_sweep([c.checkpoint], sweep.split(c.quantizers), sweep.split(c.shifts), _WORKDIR.value,
-                         **sweep.config_kwargs(c))
+  path = sweep.run_sweep(
+      [c.checkpoint], sweep.split(c.quantizers), sweep.split(c.shifts), _WORKDIR.value, **sweep.config_kwargs(c)
+  )
   print(path)
 
 

@@ -21,7 +21,8 @@ from absl import flags
 from qsim import distributed
 
 _AUTO = flags.DEFINE_bool(
-    "distributed", False, "Start jax.distributed with the cluster found in the environment (Cloud TPU, SLURM).")
+    "distributed", False, "Start jax.distributed with the cluster found in the environment (Cloud TPU, SLURM)."
+)
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes take part (multi-process runs).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
@@ -32,16 +33,20 @@ def settings() -> dict:
   """``qsim.distributed.initialize`` arguments: the flags, else the
   environment."""
   out = distributed.env_settings()
-  given = {"coordinator_address": _COORDINATOR.value, "num_processes": _NUM_PROCESSES.value,
-           "process_id": _PROCESS_ID.value}
+  given = {
+      "coordinator_address": _COORDINATOR.value,
+      "num_processes": _NUM_PROCESSES.value,
+      "process_id": _PROCESS_ID.value,
+  }
   out.update({k: v for k, v in given.items() if v is not None})
   if _AUTO.value:
     out["auto"] = True
   if _LOCAL_DEVICES.value:
     bad = [d for d in _LOCAL_DEVICES.value if not d.strip().isdigit()]
     if bad:
-      raise ValueError(f"--local_device_ids={','.join(_LOCAL_DEVICES.value)} is not valid; give device ids >= 0,"
-                       " comma separated")
+      raise ValueError(
+          f"--local_device_ids={','.join(_LOCAL_DEVICES.value)} is not valid; give device ids >= 0, comma separated"
+      )
     out["local_device_ids"] = [int(d) for d in _LOCAL_DEVICES.value]
   return out
 

@@ -15,9 +15,11 @@ from qsim.retrain import run_retrain
 from qsim.retrain import report
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/retrain.py", "Retraining config file[:args].", lock_config=True)
+    "config", "experiments/configs/retrain.py", "Retraining config file[:args].", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (results.csv, report.md, models/).")
 flags.mark_flags_as_required(["workdir"])
+
 
 def main(argv):
   del argv

@@ -38,11 +38,19 @@ def main(argv):
   if dataset in registry.TEXT_DATASETS:
     out = text_sheet(dataset, os.path.join(_WORKDIR.value, f"shifts_{dataset}.md"), _SEED.value, _DATA_DIR.value)
   else:
-    out = contact_sheet(dataset, os.path.join(_WORKDIR.value, f"shifts_{dataset}.png"), _SAMPLES.value,
-                        _SEED.value, _DATA_DIR.value, _CORRUPTIONS.value)
+    out = contact_sheet(
+        dataset,
+        os.path.join(_WORKDIR.value, f"shifts_{dataset}.png"),
+        _SAMPLES.value,
+        _SEED.value,
+        _DATA_DIR.value,
+        _CORRUPTIONS.value,
+    )
   counts = registry.count(registry.STUDY_DATASETS)
-  print(f"{dataset}: {len(registry.list_shifts(dataset))} shifted sets; the study's datasets:"
-        f" {counts} = {sum(counts.values())} (the study used 42)")
+  print(
+      f"{dataset}: {len(registry.list_shifts(dataset))} shifted sets; the study's datasets:"
+      f" {counts} = {sum(counts.values())} (the study used 42)"
+  )
   print(f"wrote {out}")
 
 

@@ -13,9 +13,11 @@ from experiments.configs.study import study_config, train_config_fn
 from qsim.study import run_study
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/study.py", "Study config file[:args].", lock_config=True)
+    "config", "experiments/configs/study.py", "Study config file[:args].", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (train/, eval/, retrain/, report.md).")
 flags.mark_flags_as_required(["workdir"])
+
 
 def main(argv):
   del argv

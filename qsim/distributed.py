@@ -38,8 +38,9 @@ class Shard:
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise ValueError(f"Shard {name}={v!r} is not valid; give an int")
     if self.count < 1 or not 0 <= self.index < self.count:
-      raise ValueError(f"Shard(index={self.index}, count={self.count}) is not valid; give count >= 1 and"
-                       f" 0 <= index < count")
+      raise ValueError(
+          f"Shard(index={self.index}, count={self.count}) is not valid; give count >= 1 and 0 <= index < count"
+      )
 
   def bounds(self, n: int) -> tuple[int, int]:
     """``(start, stop)`` of this block in a dataset of ``n`` examples."""
@@ -94,17 +95,23 @@ def initialize(
   _check_int("num_processes", num_processes, 1)
   _check_int("process_id", process_id, 0)
   if num_processes is not None and process_id is not None and process_id >= num_processes:
-    raise ValueError(f"process_id={process_id} is not valid for num_processes={num_processes};"
-                     f" give 0 <= process_id < {num_processes}")
+    raise ValueError(
+        f"process_id={process_id} is not valid for num_processes={num_processes};"
+        f" give 0 <= process_id < {num_processes}"
+    )
   if coordinator_address is not None:
     host, _, port = str(coordinator_address).rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-      raise ValueError(f"coordinator_address={coordinator_address!r} is not valid; give 'host:port' with"
-                       " a port in 1..65535 (process 0's address)")
+      raise ValueError(
+          f"coordinator_address={coordinator_address!r} is not valid; give 'host:port' with"
+          " a port in 1..65535 (process 0's address)"
+      )
   missing = [k for k, v in given.items() if v is None]
   if not auto and missing:
-    raise ValueError(f"a multi-process run needs coordinator_address, num_processes and process_id;"
-                     f" missing {missing} (or ask for auto-detection, e.g. on Cloud TPU)")
+    raise ValueError(
+        f"a multi-process run needs coordinator_address, num_processes and process_id;"
+        f" missing {missing} (or ask for auto-detection, e.g. on Cloud TPU)"
+    )
   jax.distributed.initialize(coordinator_address, num_processes, process_id, local_device_ids=local_device_ids)
   return True
 
@@ -151,8 +158,10 @@ def local_batch_size(mesh: Mesh, global_batch: int) -> int:
   axis; raises ``ValueError`` unless the split is even."""
   n = mesh_size(mesh)
   if global_batch % n:
-    raise ValueError(f"batch_size={global_batch} is not valid on a mesh of {n} devices on the 'data' axis; give a"
-                     f" multiple of {n}")
+    raise ValueError(
+        f"batch_size={global_batch} is not valid on a mesh of {n} devices on the 'data' axis; give a"
+        f" multiple of {n}"
+    )
   local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
   return global_batch * len(local) // n
 
@@ -192,8 +201,7 @@ def to_host(tree: Any) -> Any:
 def host_local(tree: Any) -> Any:
   """Replicated global arrays as numpy arrays of this process (no
   communication: every process holds a full copy)."""
-  return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else np.asarray(a),
-                      tree)
+  return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else np.asarray(a), tree)
 
 
 def sum_over_processes(values: np.ndarray) -> np.ndarray:

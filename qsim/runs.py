@@ -126,8 +126,10 @@ def read_config(workdir: str) -> dict:
     if not isinstance(cfg, dict):
       raise ValueError("not a JSON object")
   except ValueError as e:
-    raise ValueError(f"{path} is corrupted ({e}); rerun the training command for {workdir!r} (it resumes from"
-                     " its checkpoints and rewrites config.json)") from e
+    raise ValueError(
+        f"{path} is corrupted ({e}); rerun the training command for {workdir!r} (it resumes from"
+        " its checkpoints and rewrites config.json)"
+    ) from e
   missing = [k for k in REQUIRED_CONFIG_KEYS if k not in cfg]
   if missing:
     raise ValueError(f"{path} lacks {missing}; it is not a qsim training config (python -m experiments.train)")
@@ -145,8 +147,10 @@ def read_summary(workdir: str) -> dict | None:
 
 def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
   """The orbax manager training saves its state with (the 2 latest kept)."""
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS),
-                               options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), CHECKPOINTS),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+  )
 
 
 def save_state(mngr: ocp.CheckpointManager, step: int, state: dict) -> None:
@@ -186,8 +190,7 @@ def load_variables(workdir: str, step: int | None = None) -> dict:
   # processes) saved it: orbax refuses the saved topology when it differs.
   rep = distributed.replicated(distributed.data_mesh())
   where = os.path.join(ckpt_dir, str(step))
-  fix = (f"delete {where} to fall back to the previous checkpoint, or retrain"
-         " (python -m experiments.train)")
+  fix = f"delete {where} to fall back to the previous checkpoint, or retrain (python -m experiments.train)"
   try:
     meta = mngr.item_metadata(step)["state"]
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep), meta.tree)
@@ -199,11 +202,15 @@ def load_variables(workdir: str, step: int | None = None) -> dict:
   out = {"params": jax.tree.map(jnp.asarray, restored["params"])}
   if restored.get("batch_stats") is not None:
     out["batch_stats"] = jax.tree.map(jnp.asarray, restored["batch_stats"])
-  bad = [jax.tree_util.keystr(p) for p, a in jax.tree_util.tree_flatten_with_path(out)[0]
-         if not bool(jnp.isfinite(a).all())]
+  bad = [
+      jax.tree_util.keystr(p)
+      for p, a in jax.tree_util.tree_flatten_with_path(out)[0]
+      if not bool(jnp.isfinite(a).all())
+  ]
   if bad:  # training never saves non-finite state: these bytes were damaged on disk
-    raise ValueError(f"checkpoint {where} holds NaN/Inf in {bad[:3]}{' ...' if len(bad) > 3 else ''}"
-                     f" (corrupted on disk); {fix}")
+    raise ValueError(
+        f"checkpoint {where} holds NaN/Inf in {bad[:3]}{' ...' if len(bad) > 3 else ''} (corrupted on disk); {fix}"
+    )
   return out
 
 
@@ -263,5 +270,11 @@ class Run:
   def calibration(self, samples: int, data_dir: str | None = None) -> data_lib.Data:
     """The first ``samples`` training samples (the training split as the run
     cut it, validation held out): static ranges are calibrated on them."""
-    return data_lib.load(self.dataset, "train", limit=samples, val_size=self.config.get("val_size") or None,
-                         **self.data_kwargs(data_dir), **self.text_kwargs())
+    return data_lib.load(
+        self.dataset,
+        "train",
+        limit=samples,
+        val_size=self.config.get("val_size") or None,
+        **self.data_kwargs(data_dir),
+        **self.text_kwargs(),
+    )

@@ -27,7 +27,8 @@ def pytest_configure(config):
     raise pytest.UsageError(
         f"CI={os.environ['CI']!r} but the Fashion-MNIST files are missing from {FMNIST_DIR}: in CI the tests that"
         " need them must run, not skip. Install them: sudo apt-get update && sudo apt-get install -y"
-        " dataset-fashion-mnist (make test does)")
+        " dataset-fashion-mnist (make test does)"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +39,7 @@ def tiny_ckpt(tmp_path_factory):
     pytest.skip("make test installs dataset-fashion-mnist")
   from experiments.configs import mnist
   from qsim.train import job
+
   path = tmp_path_factory.mktemp("tiny_ckpt")
   job.run(mnist.get_config("runlocal,steps=20"), str(path))
   return path

@@ -42,6 +42,7 @@ def cpu_kind(flags: str | None = None) -> str:
       flags = ""
   return "avx512" if "avx512f" in flags.split() else "avx2"
 
+
 # Written by the runs but not compared, and why.
 UNCOMPARED = {
     "metrics.jsonl": "steps_per_s is wall-clock throughput",
@@ -81,6 +82,7 @@ def check(name: str, path: str, dirs: dict[str, str]) -> None:
     want = f.read()
   if got != want:
     import difflib
+
     diff = "".join(list(difflib.unified_diff(want.splitlines(True), got.splitlines(True), "golden", "now"))[:40])
     raise AssertionError(f"{path} differs from the golden table {golden}:\n{diff}")
 

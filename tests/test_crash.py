@@ -41,8 +41,14 @@ pytestmark = pytest.mark.skipif(not os.path.exists(FMNIST), reason="make test in
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
   cache = tmp_path_factory.mktemp("jax_cache")
-  return {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_COMPILATION_CACHE_DIR": str(cache),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  return {
+      **os.environ,
+      "PYTHONPATH": ROOT,
+      "TF_CPP_MIN_LOG_LEVEL": "3",
+      "JAX_COMPILATION_CACHE_DIR": str(cache),
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+  }
 
 
 def run_to_end(cmd, env, extra_env=None):
@@ -73,10 +79,12 @@ def kill_chain(cmd, env, n_kills: int, writes: int, seed: int) -> list[tuple[int
   kills = []
   for prev, target in zip([0] + targets[:-1], targets):
     n, phase = max(1, target - prev), WRITE_PHASES[int(rng.integers(len(WRITE_PHASES)))]
-    out = subprocess.run(cmd, cwd=ROOT, env={**env, "QSIM_KILL_AT_WRITE": f"{n}:{phase}"}, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == -signal.SIGKILL and f"killed in write {n} ({phase})" in out.stderr, \
-        f"kill at write {n} ({phase}) did not land: exit {out.returncode}\n{out.stderr[-2000:]}"
+    out = subprocess.run(
+        cmd, cwd=ROOT, env={**env, "QSIM_KILL_AT_WRITE": f"{n}:{phase}"}, capture_output=True, text=True, timeout=600
+    )
+    assert (
+        out.returncode == -signal.SIGKILL and f"killed in write {n} ({phase})" in out.stderr
+    ), f"kill at write {n} ({phase}) did not land: exit {out.returncode}\n{out.stderr[-2000:]}"
     where = out.stderr.split(f"killed in write {n} ({phase}) of ", 1)[1].splitlines()[0]
     kills.append((n, phase, os.path.basename(where.rstrip("/"))))
   run_to_end(cmd, env)
@@ -124,8 +132,10 @@ def check_chain(kind, cmd, tmp_path, env, n_kills, seed, tables, same_files=(), 
   for f in same_files:
     assert text(ref / f, ref) == text(chain / f, chain), f
   KILL_POINTS.extend((kind, *k) for k in kills)
-  print(f"KILLS {kind}: kill_points={len(kills)} rows_lost={lost} rows_duplicated={dup}"
-        f" (write, phase, file) {kills} of {len(writes)} writes; {time.time() - t0:.0f} s")
+  print(
+      f"KILLS {kind}: kill_points={len(kills)} rows_lost={lost} rows_duplicated={dup}"
+      f" (write, phase, file) {kills} of {len(writes)} writes; {time.time() - t0:.0f} s"
+  )
   return ref, chain
 
 
@@ -137,6 +147,7 @@ def _metrics(path):
 def _params(workdir):
   import jax
   from qsim.runs import load_variables
+
   return jax.tree.leaves(load_variables(str(workdir)))
 
 
@@ -144,8 +155,13 @@ TRAIN_ARGS = "runlocal,steps=10,log_every=1,checkpoint_every=2"
 
 
 def _train_cmd(wd):
-  return [sys.executable, "-m", "experiments.train", f"--config=experiments/configs/mnist.py:{TRAIN_ARGS}",
-          f"--workdir={wd}"]
+  return [
+      sys.executable,
+      "-m",
+      "experiments.train",
+      f"--config=experiments/configs/mnist.py:{TRAIN_ARGS}",
+      f"--workdir={wd}",
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +173,18 @@ def train_ref(tmp_path_factory, env):
 
 
 def test_training_survives_kills(tmp_path, env, train_ref):
-  ref, chain = check_chain("train", _train_cmd, tmp_path, env, 4, seed=1, tables=(),
-                           same_files=("summary.json", "config.json"), ref=train_ref[0] / "run", writes=train_ref[1])
+  ref, chain = check_chain(
+      "train",
+      _train_cmd,
+      tmp_path,
+      env,
+      4,
+      seed=1,
+      tables=(),
+      same_files=("summary.json", "config.json"),
+      ref=train_ref[0] / "run",
+      writes=train_ref[1],
+  )
   assert _metrics(ref / "metrics.jsonl") == _metrics(chain / "metrics.jsonl")
   assert [r["step"] for r in _metrics(chain / "metrics.jsonl")] == list(range(1, 11))  # none lost or repeated
   for a, b in zip(_params(ref), _params(chain)):
@@ -166,13 +192,20 @@ def test_training_survives_kills(tmp_path, env, train_ref):
   assert not glob.glob(str(chain / "checkpoints" / "*tmp*")), "a killed save was left behind"
 
 
-ABLATE_ARGS = ("runlocal,weight_bits=4,act_bits=4+float,presets=fp16,limit=60,batch_size=60,calib_samples=30,"
-               "shifts=c/fog/3+c/rotate/2+c/stripe/1+c/zigzag/3")
+ABLATE_ARGS = (
+    "runlocal,weight_bits=4,act_bits=4+float,presets=fp16,limit=60,batch_size=60,calib_samples=30,"
+    "shifts=c/fog/3+c/rotate/2+c/stripe/1+c/zigzag/3"
+)
 
 
 def test_ablation_survives_kills_and_equals_on_eight_devices(tmp_path, env, tiny_ckpt):
-  cmd = lambda wd: [sys.executable, "-m", "experiments.ablate_bits",  # noqa: E731
-                    f"--config=experiments/configs/ablate.py:checkpoints={tiny_ckpt},{ABLATE_ARGS}", f"--workdir={wd}"]
+  cmd = lambda wd: [
+      sys.executable,
+      "-m",
+      "experiments.ablate_bits",  # noqa: E731
+      f"--config=experiments/configs/ablate.py:checkpoints={tiny_ckpt},{ABLATE_ARGS}",
+      f"--workdir={wd}",
+  ]
   ref, _ = check_chain("ablate", cmd, tmp_path, env, 4, seed=2, tables=TABLES)
   # determinism across device counts: evaluation is per example, so the
   # table on 8 fake CPU devices equals the 1-device one except that column
@@ -191,14 +224,20 @@ def _rows_but_devices(workdir):
   return [{k: v for k, v in r.items() if k != "devices"} for r in _rows(workdir)]
 
 
-RETRAIN_ARGS = ("quantizers=w4a4,strategies=all,seeds=0,pool=val[:150],eval_split=test[:100],shifts=c/fog/3,"
-                "shift_limit=50,epochs=0.1,train_limit=512,calib_samples=30,eval_batch_size=50")
+RETRAIN_ARGS = (
+    "quantizers=w4a4,strategies=all,seeds=0,pool=val[:150],eval_split=test[:100],shifts=c/fog/3,"
+    "shift_limit=50,epochs=0.1,train_limit=512,calib_samples=30,eval_batch_size=50"
+)
 
 
 def test_retraining_survives_kills(tmp_path, env, tiny_ckpt):
-  cmd = lambda wd: [sys.executable, "-m", "experiments.retrain",  # noqa: E731
-                    f"--config=experiments/configs/retrain.py:checkpoint={tiny_ckpt},{RETRAIN_ARGS}",
-                    f"--workdir={wd}"]
+  cmd = lambda wd: [
+      sys.executable,
+      "-m",
+      "experiments.retrain",  # noqa: E731
+      f"--config=experiments/configs/retrain.py:checkpoint={tiny_ckpt},{RETRAIN_ARGS}",
+      f"--workdir={wd}",
+  ]
   check_chain("retrain", cmd, tmp_path, env, 4, seed=3, tables=TABLES, same_files=("report.md",))
 
 
@@ -206,11 +245,24 @@ STUDY_ARGS = "runlocal,methods=standard,train_steps=4,severities=2,quantizers=fp
 
 
 def test_study_survives_kills(tmp_path, env):
-  cmd = lambda wd: [sys.executable, "-m", "experiments.study",  # noqa: E731
-                    f"--config=experiments/configs/study.py:{STUDY_ARGS}", f"--workdir={wd}"]
+  cmd = lambda wd: [
+      sys.executable,
+      "-m",
+      "experiments.study",  # noqa: E731
+      f"--config=experiments/configs/study.py:{STUDY_ARGS}",
+      f"--workdir={wd}",
+  ]
   retrain = os.path.join("retrain", "lenet_tiny", "seed0", "results.csv")
-  check_chain("study", cmd, tmp_path, env, 5, seed=4, tables=(os.path.join("eval", "results.csv"), retrain),
-              same_files=("report.md", os.path.join("train", "lenet_tiny", "standard", "seed0", "summary.json")))
+  check_chain(
+      "study",
+      cmd,
+      tmp_path,
+      env,
+      5,
+      seed=4,
+      tables=(os.path.join("eval", "results.csv"), retrain),
+      same_files=("report.md", os.path.join("train", "lenet_tiny", "standard", "seed0", "summary.json")),
+  )
 
 
 FIDELITY_ARGS = "modes=int8+float32,kernels=xnnpack,shifts=c/fog/1+c/rotate/2,limit=60,calib_samples=30,batch_size=60"
@@ -218,9 +270,13 @@ FIDELITY_ARGS = "modes=int8+float32,kernels=xnnpack,shifts=c/fog/1+c/rotate/2,li
 
 def test_fidelity_survives_kills(tmp_path, env, tiny_ckpt):
   pytest.importorskip("tensorflow")
-  cmd = lambda wd: [sys.executable, "-m", "experiments.fidelity",  # noqa: E731
-                    f"--config=experiments/configs/fidelity.py:checkpoint={tiny_ckpt},{FIDELITY_ARGS}",
-                    f"--workdir={wd}"]
+  cmd = lambda wd: [
+      sys.executable,
+      "-m",
+      "experiments.fidelity",  # noqa: E731
+      f"--config=experiments/configs/fidelity.py:checkpoint={tiny_ckpt},{FIDELITY_ARGS}",
+      f"--workdir={wd}",
+  ]
   check_chain("fidelity", cmd, tmp_path, env, 4, seed=5, tables=TABLES, same_files=("fidelity.md",))
 
 
@@ -250,8 +306,15 @@ def test_a_killed_orbax_save_is_never_restored(tmp_path, env):
   """orbax writes a step into '<step>.orbax-checkpoint-tmp*' and renames it
   when complete: a save killed halfway leaves no step that restore picks."""
   import orbax.checkpoint as ocp
-  proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(tmp_path)], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+  proc = subprocess.Popen(
+      [sys.executable, "-c", KILLED_SAVE, str(tmp_path)],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL,
+      text=True,
+  )
   assert proc.stdout.readline().strip() == "saved"
   deadline = time.time() + 120
   while not glob.glob(str(tmp_path / "2.orbax-checkpoint-tmp*")) and proc.poll() is None and time.time() < deadline:
@@ -277,6 +340,7 @@ def test_training_on_eight_devices_predicts_like_one(tmp_path, env, train_ref):
   from qsim.models import get_model
   from qsim.runs import load_variables
   from qsim.train.loop import predict
+
   os.symlink(train_ref[0] / "run", tmp_path / "one")
   run_to_end(_train_cmd(tmp_path / "eight"), env, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
   one, eight = (json.load(open(tmp_path / d / "summary.json")) for d in ("one", "eight"))
@@ -288,8 +352,10 @@ def test_training_on_eight_devices_predicts_like_one(tmp_path, env, train_ref):
   p1, p8 = (predict(model, load_variables(str(tmp_path / d)), test.x) for d in ("one", "eight"))
   np.testing.assert_array_equal(p1, p8)
   gap = max(float(np.max(np.abs(a - b))) for a, b in zip(_params(tmp_path / "one"), _params(tmp_path / "eight")))
-  print(f"DETERMINISM train 1 vs 8 devices: summaries equal, {len(p1)} test predictions equal, max |param gap| {gap:.1e}"
-        f" ({jax.__version__})")
+  print(
+      f"DETERMINISM train 1 vs 8 devices: summaries equal, {len(p1)} test predictions equal, max |param gap| {gap:.1e}"
+      f" ({jax.__version__})"
+  )
 
 
 def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
@@ -297,6 +363,7 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
   qsim) or cut by a machine crash can end in a torn line: resume drops it,
   and a corrupted line before the end is an error naming the file."""
   from qsim.train.loop import _read_metrics
+
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 1, "loss": 2.3}\n{"step": 2, "loss": 2.2}\n{"step": 3, "lo')
   assert [r["step"] for r in _read_metrics(str(path), 2)] == [1, 2]

@@ -24,7 +24,9 @@ def test_missing_tfds_dataset_names_dataset_folder_and_command(tmp_path):
   assert "'mnist'" in msg and str(tmp_path) in msg and "tfds build mnist" in msg
 
 
-@pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
+@pytest.mark.parametrize(
+    "name,shape", [("mnist", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))]
+)
 def test_tfds_images_splits_are_disjoint_and_scaled(name, shape):
   with tfds.testing.mock_data(num_examples=30):
     tr = data.load(name, "train", val_size=10)
@@ -47,6 +49,7 @@ def test_imdb_vocab_from_train_part_only_and_padding():
       data.load("imdb_reviews", "test")
     small = data.load("imdb_reviews", "train", val_size=4, vocab_size=10, maxlen=9)
     import tensorflow_datasets as t  # the raw training texts, to check the vocabulary's origin
+
     raw = t.data_source("imdb_reviews", split="train")
     train_words = {w for i in range(8) for w in text.tokenize(raw[i]["text"])}
   assert tr.x.shape == (8, 9) and tr.x.dtype == np.int32
@@ -87,15 +90,28 @@ def test_ci_refuses_to_skip_the_dataset_tests(tmp_path):
   """In CI a missing Fashion-MNIST fails the run at start-up instead of skipping ~40% of the suite."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
+
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "--collect-only",
-         "tests/test_spec.py"]
+  cmd = [
+      sys.executable,
+      "-m",
+      "pytest",
+      "-q",
+      "-p",
+      "no:cacheprovider",
+      "-p",
+      "no:xdist",
+      "--collect-only",
+      "tests/test_spec.py",
+  ]
   env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_XDIST_WORKER")}
   missing = str(tmp_path / "no-such-dir")
-  ci = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
-                      env={**env, "CI": "true", "QSIM_FMNIST_DIR": missing})
+  ci = subprocess.run(
+      cmd, cwd=root, capture_output=True, text=True, timeout=300, env={**env, "CI": "true", "QSIM_FMNIST_DIR": missing}
+  )
   assert ci.returncode != 0 and f"missing from {missing}" in ci.stdout + ci.stderr
   assert "apt-get install -y dataset-fashion-mnist" in ci.stdout + ci.stderr
-  local = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
-                         env={**env, "QSIM_FMNIST_DIR": missing})
+  local = subprocess.run(
+      cmd, cwd=root, capture_output=True, text=True, timeout=300, env={**env, "QSIM_FMNIST_DIR": missing}
+  )
   assert local.returncode == 0, local.stdout + local.stderr

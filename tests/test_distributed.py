@@ -30,8 +30,11 @@ def test_shards_cut_contiguous_near_equal_blocks():
       assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
       sizes = [b - a for a, b in blocks]
       assert max(sizes) - min(sizes) <= 1
-  for bad, msg in [((2, 2), r"Shard\(index=2, count=2\) is not valid"), ((0, 0), "count >= 1"),
-                   ((True, 2), "Shard index=True is not valid")]:
+  for bad, msg in [
+      ((2, 2), r"Shard\(index=2, count=2\) is not valid"),
+      ((0, 0), "count >= 1"),
+      ((True, 2), "Shard index=True is not valid"),
+  ]:
     with pytest.raises(ValueError, match=msg):
       Shard(*bad)
   # one shard is the plain batch order; N shards draw each block's part from that block
@@ -46,12 +49,19 @@ def test_initialize_validates_before_starting_anything(monkeypatch):
   assert distributed.initialize() is False  # nothing asked: a single process
   cases = [
       (dict(num_processes=2, process_id=0), r"missing \['coordinator_address'\]"),
-      (dict(coordinator_address="localhost:1234", num_processes=2, process_id=2),
-       r"process_id=2 is not valid for num_processes=2; give 0 <= process_id < 2"),
-      (dict(coordinator_address="localhost", num_processes=2, process_id=0),
-       r"coordinator_address='localhost' is not valid; give 'host:port'"),
+      (
+          dict(coordinator_address="localhost:1234", num_processes=2, process_id=2),
+          r"process_id=2 is not valid for num_processes=2; give 0 <= process_id < 2",
+      ),
+      (
+          dict(coordinator_address="localhost", num_processes=2, process_id=0),
+          r"coordinator_address='localhost' is not valid; give 'host:port'",
+      ),
       (dict(coordinator_address="h:99999", num_processes=2, process_id=0), "port in 1..65535"),
-      (dict(coordinator_address="h:1", num_processes=0, process_id=0), r"num_processes=0 is not valid; give an int >= 1"),
+      (
+          dict(coordinator_address="h:1", num_processes=0, process_id=0),
+          r"num_processes=0 is not valid; give an int >= 1",
+      ),
       (dict(local_device_ids=[0]), "only used with a multi-process run"),
   ]
   for kw, msg in cases:
@@ -64,10 +74,13 @@ def test_initialize_validates_before_starting_anything(monkeypatch):
   monkeypatch.setenv("QSIM_PROCESS_ID", "1")
   monkeypatch.setenv("QSIM_COORDINATOR_ADDRESS", "10.0.0.1:8476")
   monkeypatch.setenv("QSIM_DISTRIBUTED", "auto")
-  assert distributed.env_settings() == dict(coordinator_address="10.0.0.1:8476", num_processes=2, process_id=1,
-                                            auto=True)
+  assert distributed.env_settings() == dict(
+      coordinator_address="10.0.0.1:8476", num_processes=2, process_id=1, auto=True
+  )
   assert distributed.process_shard() == Shard(0, 1) and distributed.is_writer()
-  with pytest.raises(ValueError, match=r"the mesh has axes \('batch',\); qsim splits the batch over an axis named 'data'"):
+  with pytest.raises(
+      ValueError, match=r"the mesh has axes \('batch',\); qsim splits the batch over an axis named 'data'"
+  ):
     distributed.mesh_size(jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",)))
   assert distributed.local_batch_size(distributed.data_mesh(), 10) == 10
 
@@ -121,8 +134,14 @@ def test_training_on_eight_fake_devices_equals_one_device(tmp_path):
   """Data parallel over 8 devices follows the 1-device run up to the order of
   float additions in the gradient all-reduce: not bit-identical, within
   1e-6 after 4 Adam steps (measured 1.5e-8 to 2.2e-8)."""
-  out = subprocess.run([sys.executable, "-c", EIGHT, str(tmp_path)], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
-                       capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+      [sys.executable, "-c", EIGHT, str(tmp_path)],
+      cwd=ROOT,
+      env={**os.environ, "PYTHONPATH": ROOT},
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   worst = json.loads(out.stdout.split("WORST", 1)[1].strip().replace("'", '"'))
   assert set(worst) == {"mixup"} and all(v <= 1e-6 for v in worst.values()), worst
@@ -164,13 +183,30 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
   from qsim.evaluate import sweep
   from qsim.runs import load_variables
   from qsim.train import job
+
   script = TWO.replace("QUANTIZERS", repr(QUANTIZERS)).replace("SETS", repr(SETS)).replace("SWEEP_KW", repr(SWEEP_KW))
   port, work = _free_port(), tmp_path / "two"
   env = {**os.environ, "PYTHONPATH": ROOT}
-  procs = [subprocess.Popen([sys.executable, "-c", script, f"--coordinator_address=127.0.0.1:{port}",
-                             "--num_processes=2", f"--process_id={i}", str(work), TRAIN_ARGS],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
+  procs = [
+      subprocess.Popen(
+          [
+              sys.executable,
+              "-c",
+              script,
+              f"--coordinator_address=127.0.0.1:{port}",
+              "--num_processes=2",
+              f"--process_id={i}",
+              str(work),
+              TRAIN_ARGS,
+          ],
+          cwd=ROOT,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for i in range(2)
+  ]
   try:
     outs = [p.communicate(timeout=240) for p in procs]
   finally:

@@ -39,8 +39,17 @@ def test_engine_equals_the_grid_path_and_compiles_once(setup):
   engine = Engine(model, variables, qs, batch_size=64)
   res = engine.run(test.x, test.y, "clean")
   # each quantizer alone, the plain flax way (its own apply, its own calibrated ranges, the whole set at once)
-  ref = [np.argmax(np.asarray(model.clone(quant=q.config).apply(
-      variables if q.quant_stats is None else {**variables, "quant_stats": q.quant_stats}, test.x)), -1) for q in qs]
+  ref = [
+      np.argmax(
+          np.asarray(
+              model.clone(quant=q.config).apply(
+                  variables if q.quant_stats is None else {**variables, "quant_stats": q.quant_stats}, test.x
+              )
+          ),
+          -1,
+      )
+      for q in qs
+  ]
   np.testing.assert_array_equal(res.quant_pred, np.stack(ref))
   float_ref = np.argmax(np.asarray(model.apply(variables, test.x)), -1)
   np.testing.assert_array_equal(res.float_pred, float_ref)
@@ -71,12 +80,17 @@ def test_rows_account_for_every_sample(setup):
     assert row["quantizer"] == NAMES[k] and row["n"] == 230 and row["nonfinite"] == 0
     dis = res.quant_pred[k] != res.float_pred
     assert row["disagreements"] == int(dis.sum())
-    assert row["flips_correct_to_wrong"] + row["flips_wrong_to_correct"] + row["flips_wrong_to_other_wrong"] == row["disagreements"]
+    assert (
+        row["flips_correct_to_wrong"] + row["flips_wrong_to_correct"] + row["flips_wrong_to_other_wrong"]
+        == row["disagreements"]
+    )
     assert row["quant_correct"] - row["float_correct"] == row["flips_wrong_to_correct"] - row["flips_correct_to_wrong"]
     assert row["rate_ci_low"] <= row["disagreement_rate"] <= row["rate_ci_high"]
     rep = metrics.detection_report(dis, res.quant_scores[k][:, metrics.SCORE_NAMES.index("entropy")])
     np.testing.assert_equal(row["quant_entropy_auroc"], rep["auroc"])
-    np.testing.assert_equal(row["float_margin_tnr95"], metrics.detection_report(dis, res.float_scores[:, 0])["tnr_at_95tpr"])
+    np.testing.assert_equal(
+        row["float_margin_tnr95"], metrics.detection_report(dis, res.float_scores[:, 0])["tnr_at_95tpr"]
+    )
 
 
 def test_nan_inputs_are_flagged_not_predicted(setup, capsys):
@@ -90,14 +104,21 @@ def test_nan_inputs_are_flagged_not_predicted(setup, capsys):
   rows, ref = res.rows(), clean.rows()
   for r, c in zip(rows, ref):
     assert r["nonfinite"] == 2 and r["n"] == 40
-    assert (r["disagreements"], r["float_correct"], r["quant_correct"]) == (c["disagreements"], c["float_correct"], c["quant_correct"])
+    assert (r["disagreements"], r["float_correct"], r["quant_correct"]) == (
+        c["disagreements"],
+        c["float_correct"],
+        c["quant_correct"],
+    )
   assert "2 inputs with NaN/Inf" in capsys.readouterr().err
 
 
 def test_bad_input(setup):
   model, variables, qs, test = setup
   other = get_model("lenet5", num_classes=10)
-  with pytest.raises(ValueError, match=r"checkpoint does not match the model: params\['conv1'\]\['bias'\] has shape \(2,\) in the checkpoint but \(6,\) in the model"):
+  with pytest.raises(
+      ValueError,
+      match=r"checkpoint does not match the model: params\['conv1'\]\['bias'\] has shape \(2,\) in the checkpoint but \(6,\) in the model",
+  ):
     check_variables(other, variables, test.x)
   with pytest.raises(ValueError, match=r"preset='w9a3x' is not a known preset; valid presets are"):
     build_quantizers(model, variables, ["w9a3x"], test.x[:5])
@@ -139,8 +160,14 @@ SHARD_SCRIPT = textwrap.dedent("""
 
 
 def test_eight_fake_devices_equal_one(setup):
-  out = subprocess.run([sys.executable, "-c", SHARD_SCRIPT], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
-                       capture_output=True, text=True, timeout=600)
+  out = subprocess.run(
+      [sys.executable, "-c", SHARD_SCRIPT],
+      cwd=ROOT,
+      env={**os.environ, "PYTHONPATH": ROOT},
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert "SAME" in out.stdout and int(out.stdout.split()[-1]) > 0
 
@@ -151,17 +178,26 @@ def ckpt(setup, tiny_ckpt):
 
 
 def test_sweep_resumes_after_kill_without_lost_or_duplicated_rows(ckpt, tmp_path):
-  args = (f"checkpoint={ckpt},quantizers=w4a4+tflite_int8+fp16,limit=150,batch_size=50,calib_samples=30,"
-          "shifts=fashion_mnist_debian/c/stripe/1+fashion_mnist_debian/c/fog/2+fashion_mnist_debian/c/shot_noise/5"
-          "+fashion_mnist_debian/c/zigzag/3")
-  cmd = lambda wd: [sys.executable, "-m", "experiments.evaluate", f"--config=experiments/configs/evaluate.py:{args}",
-                    f"--workdir={wd}"]
+  args = (
+      f"checkpoint={ckpt},quantizers=w4a4+tflite_int8+fp16,limit=150,batch_size=50,calib_samples=30,"
+      "shifts=fashion_mnist_debian/c/stripe/1+fashion_mnist_debian/c/fog/2+fashion_mnist_debian/c/shot_noise/5"
+      "+fashion_mnist_debian/c/zigzag/3"
+  )
+  cmd = lambda wd: [
+      sys.executable,
+      "-m",
+      "experiments.evaluate",
+      f"--config=experiments/configs/evaluate.py:{args}",
+      f"--workdir={wd}",
+  ]
   env = {**os.environ, "PYTHONPATH": ROOT}
   killed = tmp_path / "killed"
   proc = subprocess.Popen(cmd(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   parts = killed / "parts"
   deadline = time.time() + 300
-  while time.time() < deadline and not (parts.exists() and len([p for p in os.listdir(parts) if p.endswith(".json")]) >= 2):
+  while time.time() < deadline and not (
+      parts.exists() and len([p for p in os.listdir(parts) if p.endswith(".json")]) >= 2
+  ):
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
@@ -181,15 +217,30 @@ def test_sweep_resumes_after_kill_without_lost_or_duplicated_rows(ckpt, tmp_path
 def test_report_from_a_real_sweep(ckpt, tmp_path):
   from PIL import Image
   from qsim.evaluate import report, sweep
+
   sets = ["fashion_mnist_debian/c/fog/5", "fashion_mnist_debian/c/rotate/3"]
-  path = sweep.run_sweep([str(ckpt)], ["w2a2", "w4a4", "w8a8", "tflite_int8", "fp16"], sets, str(tmp_path),
-                         limit=120, batch_size=60, calib_samples=20)
+  path = sweep.run_sweep(
+      [str(ckpt)],
+      ["w2a2", "w4a4", "w8a8", "tflite_int8", "fp16"],
+      sets,
+      str(tmp_path),
+      limit=120,
+      batch_size=60,
+      calib_samples=20,
+  )
   rows = report.read_rows(path)
   assert len(rows) == 3 * 5 and {r["set"] for r in rows} == {"clean", *sets}
   out = report.write_report(str(tmp_path))
   body = open(out).read()
-  for section in ("## Disagreement per quantizer", "## The study's four deployments", "## Detecting disagreements",
-                  "rate_vs_bits.png", "heatmap.png", "accuracy_vs_disagreement.png", "roc.png"):
+  for section in (
+      "## Disagreement per quantizer",
+      "## The study's four deployments",
+      "## Detecting disagreements",
+      "rate_vs_bits.png",
+      "heatmap.png",
+      "accuracy_vs_disagreement.png",
+      "roc.png",
+  ):
     assert section in body, section
   w2 = next(r for r in rows if r["quantizer"] == "w2a2" and r["set"] == "clean")
   assert f"| w2a2 | {100 * w2['disagreement_rate']:.2f} |" in body  # the table shows the measured figure

@@ -23,8 +23,9 @@ def _init(name, x, **kw):
   variables = model.init(jax.random.key(1), x[:1])
   if "batch_stats" in variables:  # non-trivial running statistics, as after training
     variables = dict(variables)
-    variables["batch_stats"] = jax.tree.map(lambda a: a + RNG.uniform(0.1, 0.5, a.shape).astype(np.float32),
-                                            variables["batch_stats"])
+    variables["batch_stats"] = jax.tree.map(
+        lambda a: a + RNG.uniform(0.1, 0.5, a.shape).astype(np.float32), variables["batch_stats"]
+    )
   return model, variables
 
 
@@ -33,8 +34,16 @@ RGB = RNG.uniform(0, 1, (16, 32, 32, 3)).astype(np.float32)
 TOKENS = RNG.integers(0, 50, (16, 12)).astype(np.int32)
 
 
-@pytest.mark.parametrize("name,x", [("lenet_tiny", IMAGES), ("nin_tiny", RGB),
-                                    ("resnet20_tiny", RGB), ("gru_rows_tiny", IMAGES), ("lstm_tiny", TOKENS)])
+@pytest.mark.parametrize(
+    "name,x",
+    [
+        ("lenet_tiny", IMAGES),
+        ("nin_tiny", RGB),
+        ("resnet20_tiny", RGB),
+        ("gru_rows_tiny", IMAGES),
+        ("lstm_tiny", TOKENS),
+    ],
+)
 def test_float32_export_is_the_qsim_model(name, x):
   model, variables = _init(name, x)
   blob = tflite.export(model, variables, "float32", x[:1])
@@ -43,8 +52,15 @@ def test_float32_export_is_the_qsim_model(name, x):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name,x,kw", [("resnet50_tiny", IMAGES, {}), ("densenet_tiny", IMAGES, {}),
-                                       ("densenet121_tiny", RGB, {}), ("densenet121_tiny", IMAGES, {"input_pad": 2})])
+@pytest.mark.parametrize(
+    "name,x,kw",
+    [
+        ("resnet50_tiny", IMAGES, {}),
+        ("densenet_tiny", IMAGES, {}),
+        ("densenet121_tiny", RGB, {}),
+        ("densenet121_tiny", IMAGES, {"input_pad": 2}),
+    ],
+)
 def test_float32_export_of_resnet50_and_densenet(name, x, kw):
   """ResNet-50 (stem, bottlenecks, projection shortcuts) and DenseNet (dense
   blocks, transitions with average pooling), with random weights large
@@ -52,8 +68,10 @@ def test_float32_export_of_resnet50_and_densenet(name, x, kw):
   ``input_pad``: DenseNet-121's depth on 28x28 inputs, padded to 32x32."""
   model, variables = _init(name, x, **kw)
   rng = np.random.default_rng(2)
-  variables = {**variables, "params": jax.tree.map(lambda a: a + rng.normal(0, 0.3, a.shape).astype(np.float32),
-                                                   variables["params"])}
+  variables = {
+      **variables,
+      "params": jax.tree.map(lambda a: a + rng.normal(0, 0.3, a.shape).astype(np.float32), variables["params"]),
+  }
   got = tflite.TFLiteModel(tflite.export(model, variables, "float32", x[:1])).outputs(x, batch_size=5)
   want = np.asarray(model.apply(variables, x))
   assert np.std(want) > 0.01
@@ -107,8 +125,9 @@ def test_builtin_kernels_are_another_kernel_family(monkeypatch):
 def test_study_way_truncates_uint8_input():
   x = np.full((4, 28, 28, 1), 0.5, np.float32)
   model, variables = _init("lenet_tiny", x)
-  t = tflite.TFLiteModel(tflite.export(model, variables, "int8", x[:1], representative=x, softmax=True,
-                                       io_type="uint8"))
+  t = tflite.TFLiteModel(
+      tflite.export(model, variables, "int8", x[:1], representative=x, softmax=True, io_type="uint8")
+  )
   assert t.input_dtype == np.uint8
   s, z = t._in["quantization"]
   seen = []
@@ -148,8 +167,11 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
   golden.check("fidelity/results.csv", path, {"<WORKDIR>": tmp_path, "<CHECKPOINT>": tiny_ckpt})
   rows = fidelity.ResultsStore(str(tmp_path)).rows()
   assert sorted((_short(r["set"]), r["mode"], r["kernels"]) for r in rows) == [
-      ("clean", "float32", "xnnpack"), ("clean", "int8", "xnnpack"),
-      ("fog", "float32", "xnnpack"), ("fog", "int8", "xnnpack")]
+      ("clean", "float32", "xnnpack"),
+      ("clean", "int8", "xnnpack"),
+      ("fog", "float32", "xnnpack"),
+      ("fog", "int8", "xnnpack"),
+  ]
   by = {(r["set"], r["mode"]): r for r in rows}
   assert by[("clean", "float32")]["agreement"] == 1.0 and by[("clean", "float32")]["runtime_disagreements"] == 0
   assert by[("clean", "int8")]["agreement"] >= 0.99
@@ -166,7 +188,8 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
   assert len(os.listdir(tmp_path / "parts")) == len(parts) + 2  # (clean, builtin), (fog, builtin)
   rows2 = fidelity.ResultsStore(str(tmp_path)).rows()
   assert sorted((_short(r["set"]), r["mode"], r["kernels"]) for r in rows2) == sorted(
-      (_short(r["set"]), r["mode"], k) for r in rows for k in ("xnnpack", "builtin"))
+      (_short(r["set"]), r["mode"], k) for r in rows for k in ("xnnpack", "builtin")
+  )
   bb = {(r["set"], r["mode"]): r for r in rows2 if r["kernels"] == "builtin"}
   assert bb[("clean", "float32")]["agreement"] == 1.0 and "study_disagreements" not in bb[("clean", "int8")]
   assert bb[("clean", "int8")]["quantizer"] == "tflite_int8_builtin" and bb[("clean", "int8")]["agreement"] >= 0.99
@@ -177,8 +200,10 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
   # recomputed
   old = next(p for p in parts if p.startswith("clean"))
   with open(tmp_path / "parts" / old) as f:
-    legacy = [{k.replace("runtime_", "tflite_"): v for k, v in r.items() if k not in ("kernels", "runtime")}
-              for r in json.load(f)]
+    legacy = [
+        {k.replace("runtime_", "tflite_"): v for k, v in r.items() if k not in ("kernels", "runtime")}
+        for r in json.load(f)
+    ]
   with open(tmp_path / "parts" / old, "w") as f:
     json.dump(legacy, f)
   fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("builtin", "xnnpack"), **kw)
@@ -199,13 +224,17 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
   after = {p: os.path.getmtime(tmp_path / "parts" / p) for p in os.listdir(tmp_path / "parts")}
   assert [p for p in after if after[p] != before[p]] == [fog]
   assert [r["quantizer"] for r in json.load(open(tmp_path / "parts" / fog))] == [
-      fidelity.preset_of(r["mode"], "xnnpack") for r in stale]
+      fidelity.preset_of(r["mode"], "xnnpack") for r in stale
+  ]
   assert fidelity.unit_done(None, ("int8",), "xnnpack") is None
   assert fidelity.unit_done(stale[1:], ("int8", "float32"), "xnnpack") is False  # a mode missing
 
   report = open(fidelity.write_report(str(tmp_path))).read()
   # int8 on the built-in kernels is compared with the fixed-point preset
-  assert "| tflite | int8 | xnnpack | tflite_int8 |" in report and "| tflite | int8 | builtin | tflite_int8_builtin |" in report
+  assert (
+      "| tflite | int8 | xnnpack | tflite_int8 |" in report
+      and "| tflite | int8 | builtin | tflite_int8_builtin |" in report
+  )
   assert os.path.exists(tmp_path / "fidelity.png")
   with pytest.raises(ValueError, match="lists a mode twice"):
     fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), modes=("int8", "int8"))
@@ -213,7 +242,9 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
     fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("builtin", "builtin"))
   with pytest.raises(ValueError, match="kernels is empty"):
     fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=())
-  with pytest.raises(ValueError, match=r"kernels='gpu' is not valid; choose one of \['xnnpack', 'builtin', 'mlas', 'reference'\]"):
+  with pytest.raises(
+      ValueError, match=r"kernels='gpu' is not valid; choose one of \['xnnpack', 'builtin', 'mlas', 'reference'\]"
+  ):
     fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("xnnpack", "gpu"))
   json.dumps(rows2)  # rows are plain JSON
 
@@ -228,22 +259,52 @@ def test_jaccard_and_compare():
 
 def _fid_rows(model, per_set):
   """Fidelity rows of one run: ``per_set`` maps (set, mode, kernels) -> (agreement, jaccard, dq, dt)."""
-  return [{"set": s, "set_index": f"{i:05d}", "mode": m, "kernels": k, "runtime": fidelity.runtime_of(m),
-           "quantizer": fidelity.preset_of(m, k), "agreement": a, "jaccard": j, "qsim_disagreements": dq,  # pylint: disable=protected-access
-           "runtime_disagreements": dt, "checkpoint": f"runs/{model}", "model": model, "dataset": "fashion_mnist"}
-          for i, ((s, m, k), (a, j, dq, dt)) in enumerate(per_set.items())]
+  return [
+      {
+          "set": s,
+          "set_index": f"{i:05d}",
+          "mode": m,
+          "kernels": k,
+          "runtime": fidelity.runtime_of(m),
+          "quantizer": fidelity.preset_of(m, k),
+          "agreement": a,
+          "jaccard": j,
+          "qsim_disagreements": dq,  # pylint: disable=protected-access
+          "runtime_disagreements": dt,
+          "checkpoint": f"runs/{model}",
+          "model": model,
+          "dataset": "fashion_mnist",
+      }
+      for i, ((s, m, k), (a, j, dq, dt)) in enumerate(per_set.items())
+  ]
 
 
 def test_summary_across_architectures(tmp_path):
   runs = {"lenet5": str(tmp_path / "lenet5"), "resnet20": str(tmp_path / "resnet20")}
-  fidelity.ResultsStore(runs["lenet5"]).put("a", _fid_rows("lenet5", {
-      ("clean", "int8", "xnnpack"): (1.0, 1.0, 5, 5), ("c/fog/1", "int8", "xnnpack"): (0.99, 0.5, 7, 6),
-      ("c/rotate/1", "int8", "xnnpack"): (0.995, 0.75, 3, 4), ("clean", "ort_int8", "reference"): (0.98, 0.2, 2, 9)}))
-  fidelity.ResultsStore(runs["resnet20"]).put("a", _fid_rows("resnet20", {
-      ("clean", "int8", "builtin"): (0.97, 0.1, 1, 2), ("c/fog/1", "int8", "builtin"): (0.999, 0.9, 0, 1)}))
+  fidelity.ResultsStore(runs["lenet5"]).put(
+      "a",
+      _fid_rows(
+          "lenet5",
+          {
+              ("clean", "int8", "xnnpack"): (1.0, 1.0, 5, 5),
+              ("c/fog/1", "int8", "xnnpack"): (0.99, 0.5, 7, 6),
+              ("c/rotate/1", "int8", "xnnpack"): (0.995, 0.75, 3, 4),
+              ("clean", "ort_int8", "reference"): (0.98, 0.2, 2, 9),
+          },
+      ),
+  )
+  fidelity.ResultsStore(runs["resnet20"]).put(
+      "a",
+      _fid_rows(
+          "resnet20",
+          {("clean", "int8", "builtin"): (0.97, 0.1, 1, 2), ("c/fog/1", "int8", "builtin"): (0.999, 0.9, 0, 1)},
+      ),
+  )
   s = fidelity.summarize(fidelity.ResultsStore(runs["lenet5"]).rows())
-  assert [(x["runtime"], x["mode"], x["kernels"]) for x in s] == [("onnxruntime", "ort_int8", "reference"),
-                                                                 ("tflite", "int8", "xnnpack")]
+  assert [(x["runtime"], x["mode"], x["kernels"]) for x in s] == [
+      ("onnxruntime", "ort_int8", "reference"),
+      ("tflite", "int8", "xnnpack"),
+  ]
   ort, tfl = s
   assert (tfl["clean_agreement"], tfl["min_agreement"], tfl["shifted_sets"]) == (1.0, 0.99, 2)
   assert tfl["mean_agreement"] == pytest.approx(0.9925) and tfl["mean_jaccard"] == pytest.approx(0.625)
@@ -264,9 +325,19 @@ def test_summary_across_architectures(tmp_path):
 def test_launcher_refuses_checkpoints_sharing_a_folder_name(tmp_path):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  out = subprocess.run([sys.executable, "-m", "experiments.fidelity",
-                        "--config=experiments/configs/fidelity.py:checkpoint=a/lenet5+b/lenet5",
-                        f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=300,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+  out = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "experiments.fidelity",
+          "--config=experiments/configs/fidelity.py:checkpoint=a/lenet5+b/lenet5",
+          f"--workdir={tmp_path}",
+      ],
+      capture_output=True,
+      text=True,
+      timeout=300,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
   assert out.returncode != 0 and "share a folder name" in out.stderr + out.stdout
   assert os.listdir(tmp_path) == []  # refused before any work

@@ -24,8 +24,15 @@ from conftest import FMNIST_DIR
 
 # Steps per architecture: enough for a model well above chance (real
 # weights and BatchNorm statistics), few enough for the suite.
-STEPS = {"lenet5": 150, "nin_tiny": 200, "resnet20_tiny": 200, "gru_rows_tiny": 200, "lstm_rows_tiny": 200,
-         "resnet50_tiny": 200, "densenet_tiny": 200}
+STEPS = {
+    "lenet5": 150,
+    "nin_tiny": 200,
+    "resnet20_tiny": 200,
+    "gru_rows_tiny": 200,
+    "lstm_rows_tiny": 200,
+    "resnet50_tiny": 200,
+    "densenet_tiny": 200,
+}
 # Agreement floors of qsim vs TFLite (XNNPACK kernels) on 300 clean test
 # images and 300 of MNIST-C fog/1, measured on these checkpoints (see
 # BUILD_NOTES, "Deployment fidelity"): at most one disagreement in 300.
@@ -50,11 +57,16 @@ def trained(tmp_path_factory):
   def get(name):
     if name not in _CACHE:
       path = tmp_path_factory.mktemp(name)
-      job.run(mnist.get_config(f"runlocal,model={name},steps={STEPS[name]},batch_size=64,train_limit=4096,"
-                                f"log_every=50,checkpoint_every=100"),
-              str(path))
+      job.run(
+          mnist.get_config(
+              f"runlocal,model={name},steps={STEPS[name]},batch_size=64,train_limit=4096,"
+              f"log_every=50,checkpoint_every=100"
+          ),
+          str(path),
+      )
       _CACHE[name] = str(path)
     return _CACHE[name]
+
   return get
 
 
@@ -63,8 +75,16 @@ def test_presets_predict_the_tflite_models(trained, tmp_path, name):
   ckpt = trained(name)
   summary = read_config(ckpt)
   assert summary["model"] == name
-  fidelity.run_fidelity(ckpt, str(tmp_path), modes=("int8", "dynamic", "float16"), shifts="c/fog/1", limit=300,
-                        calib_samples=100, batch_size=150, study=False)
+  fidelity.run_fidelity(
+      ckpt,
+      str(tmp_path),
+      modes=("int8", "dynamic", "float16"),
+      shifts="c/fog/1",
+      limit=300,
+      calib_samples=100,
+      batch_size=150,
+      study=False,
+  )
   rows = fidelity.ResultsStore(str(tmp_path)).rows()
   assert len(rows) == 6
   for r in rows:
@@ -114,8 +134,17 @@ ORT_FLOOR = {("ort_int8", "reference"): 299 / 300, ("ort_dynamic_u8", "mlas"): 2
 @pytest.mark.parametrize("name", ["lenet5", "nin_tiny", "resnet20_tiny"])
 def test_presets_predict_the_onnxruntime_models(trained, tmp_path, name):
   ckpt = trained(name)
-  fidelity.run_fidelity(ckpt, str(tmp_path), modes=("ort_int8", "ort_dynamic_u8"), kernels=("mlas", "reference"),
-                        shifts="c/fog/1", limit=300, calib_samples=100, batch_size=150, study=False)
+  fidelity.run_fidelity(
+      ckpt,
+      str(tmp_path),
+      modes=("ort_int8", "ort_dynamic_u8"),
+      kernels=("mlas", "reference"),
+      shifts="c/fog/1",
+      limit=300,
+      calib_samples=100,
+      batch_size=150,
+      study=False,
+  )
   rows = fidelity.ResultsStore(str(tmp_path)).rows()
   assert len(rows) == 8
   for r in rows:
@@ -128,10 +157,12 @@ def test_ort_int8_logits_are_the_qdq_models(trained):
   """On the trained LeNet-5, qsim's ort_int8 logits are the QDQ model's own
   8-bit values (reference kernels) but for rare one-step rounding ties."""
   from qsim.export import onnx as onnx_export
+
   ckpt = trained("lenet5")
   model, variables, calib, x = _opened(ckpt, 300)
-  ref = onnx_export.ORTModel(onnx_export.export_onnx(model, variables, "ort_int8", calib.x[:1],
-                                                     representative=calib.x), kernels="reference")
+  ref = onnx_export.ORTModel(
+      onnx_export.export_onnx(model, variables, "ort_int8", calib.x[:1], representative=calib.x), kernels="reference"
+  )
   (q,) = build_quantizers(model, variables, ["ort_int8"], calib.x)
   steps = _logit_steps(model, variables, q, x, ref.outputs(x), _logit_step(q))
   print("ort_int8 logits off by a step:", np.mean(steps > 0.5))
@@ -153,7 +184,9 @@ def test_each_mechanism_is_needed(trained):
       "no BatchNorm folding": QuantConfig(default=dataclasses.replace(spec, fold_bn=False)),
       "no in-place ranges": QuantConfig(default=dataclasses.replace(spec, inplace_ranges=False)),
       "no int32 bias": QuantConfig(default=dataclasses.replace(spec, int_bias=False)),
-      "float residual ADDs": QuantConfig(default=spec, rules=((r"(/in|final_in)$", dataclasses.replace(spec, output=None)),)),
+      "float residual ADDs": QuantConfig(
+          default=spec, rules=((r"(/in|final_in)$", dataclasses.replace(spec, output=None)),)
+      ),
       "float logits": QuantConfig(default=spec, rules=((r"^logits$", dataclasses.replace(spec, output=None)),)),
   }
   qs = build_quantizers(model, variables, list(variants.items()), calib.x)
@@ -235,18 +268,20 @@ def test_ort_int8_recurrent_gemm_gates(trained, name):
   ORT fuses MatMul + Add into one Gemm per gate and quantizes the recurrent
   bias to int32 at h scale x weight scale, h0's empty range giving scale 1."""
   from qsim.export import onnx as onnx_export
+
   model, variables, calib, x = _opened(trained(name), 300)
-  ref = onnx_export.ORTModel(onnx_export.export_onnx(model, variables, "ort_int8", calib.x[:1],
-                                                     representative=calib.x), kernels="reference")
+  ref = onnx_export.ORTModel(
+      onnx_export.export_onnx(model, variables, "ort_int8", calib.x[:1], representative=calib.x), kernels="reference"
+  )
   rlogits = ref.outputs(x)
   full = presets.preset("ort_int8")
-  variants = {"full": full,
-              "no gemm_gates": QuantConfig(default=dataclasses.replace(full.default, gemm_gates=False))}
+  variants = {"full": full, "no gemm_gates": QuantConfig(default=dataclasses.replace(full.default, gemm_gates=False))}
   qs = build_quantizers(model, variables, list(variants.items()), calib.x)
   step = _logit_step(qs[0])
   exact = {q.name: _exact(model, variables, q, x, rlogits, step) for q in qs}
-  qpred = np.argmax(np.asarray(model.clone(quant=qs[0].config).apply(
-      {**variables, "quant_stats": qs[0].quant_stats}, x)), -1)
+  qpred = np.argmax(
+      np.asarray(model.clone(quant=qs[0].config).apply({**variables, "quant_stats": qs[0].quant_stats}, x)), -1
+  )
   agree = float(np.mean(qpred == np.argmax(rlogits, -1)))
   print(f"{name}: exact 8-bit logits per variant: {exact}; prediction agreement {agree}")
   assert agree >= 299 / 300, agree

@@ -38,8 +38,9 @@ def _i32(v):
 
 def test_high_mul_matches_int64_reference():
   edges_a = np.array([I32_MIN, I32_MIN, I32_MAX, I32_MAX, 0, -1, 1, -1, 1, 1 << 30, -(1 << 30), 3, -3])
-  edges_b = np.array([I32_MAX, 1 << 30, I32_MAX, 1, I32_MAX, 1 << 30, 1 << 30, 1, 1, 1 << 30, 1 << 30, 1 << 30,
-                      1 << 30])  # -1 * 2^30 and 3 * 2^30: exact halves (ties), both signs
+  edges_b = np.array(
+      [I32_MAX, 1 << 30, I32_MAX, 1, I32_MAX, 1 << 30, 1 << 30, 1, 1, 1 << 30, 1 << 30, 1 << 30, 1 << 30]
+  )  # -1 * 2^30 and 3 * 2^30: exact halves (ties), both signs
   a = np.concatenate([edges_a, RNG.integers(I32_MIN, I32_MAX + 1, 100_000)])
   b = np.concatenate([edges_b, RNG.integers(0, 2**31, 100_000)])
   np.testing.assert_array_equal(np.asarray(fp.high_mul(_i32(a), _i32(b))), ref_high_mul(a, b))

@@ -21,10 +21,17 @@ def _items(model, variables):
   """Configs of several structures, one with calibrated static ranges."""
   static = preset("tflite_int8")
   qm = model.clone(quant=static)
-  stats = qnn.calibrate(qm, {"params": variables["params"], **{k: v for k, v in qm.init(KEY, X).items() if k != "params"}}, [X])
+  stats = qnn.calibrate(
+      qm, {"params": variables["params"], **{k: v for k, v in qm.init(KEY, X).items() if k != "params"}}, [X]
+  )
   items = bit_grid([2, 4, 8], [4, 8, None]) + [
-      preset("float32"), preset("fp16"), preset("bf16"), preset("weight_only_int8"),
-      make_config("w4a4", rules={"^head$": "w8a8"}), (static, stats[qnn.QUANT_STATS])]
+      preset("float32"),
+      preset("fp16"),
+      preset("bf16"),
+      preset("weight_only_int8"),
+      make_config("w4a4", rules={"^head$": "w8a8"}),
+      (static, stats[qnn.QUANT_STATS]),
+  ]
   return items
 
 

@@ -15,12 +15,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # any package on a lower floor. ``qsim`` alone is the top-level package
 # (its __init__: the version).
 FLOORS = {
-    "qsim": 0, "qsim.distributed": 0, "qsim.quant": 0, "qsim.nn": 0, "qsim.data": 0,
-    "qsim.runs": 1, "qsim.models": 1, "qsim.shifts": 1, "qsim.results": 1,
-    "qsim.evaluate": 2, "qsim.train": 2,
-    "qsim.retrain": 3, "qsim.export": 3, "qsim.analysis": 3, "qsim.search": 3,
+    "qsim": 0,
+    "qsim.distributed": 0,
+    "qsim.quant": 0,
+    "qsim.nn": 0,
+    "qsim.data": 0,
+    "qsim.runs": 1,
+    "qsim.models": 1,
+    "qsim.shifts": 1,
+    "qsim.results": 1,
+    "qsim.evaluate": 2,
+    "qsim.train": 2,
+    "qsim.retrain": 3,
+    "qsim.export": 3,
+    "qsim.analysis": 3,
+    "qsim.search": 3,
     "qsim.study": 4,
-    "experiments": 5, "benchmarks": 5,
+    "experiments": 5,
+    "benchmarks": 5,
 }
 # Imports within one floor that are allowed (importer, imported); any other
 # same-floor import fails, so evaluate and train in particular never import
@@ -91,9 +103,9 @@ def _violations():
         continue
       assert target in FLOORS, f"{where}:{line}: package {target} has no floor in FLOORS; add it"
       if FLOORS[target] > FLOORS[importer] or (
-          FLOORS[target] == FLOORS[importer] and (importer, target) not in SAME_FLOOR):
-        out.append(f"{where}:{line}: {importer} (floor {FLOORS[importer]}) imports {target}"
-                   f" (floor {FLOORS[target]})")
+          FLOORS[target] == FLOORS[importer] and (importer, target) not in SAME_FLOOR
+      ):
+        out.append(f"{where}:{line}: {importer} (floor {FLOORS[importer]}) imports {target} (floor {FLOORS[target]})")
       if name and name.startswith("_") and not name.startswith("__"):
         out.append(f"{where}:{line}: {importer} uses {target}'s private name {name}")
   return sorted(set(out))
@@ -104,12 +116,15 @@ def test_packages_import_only_lower_floors_and_public_names():
   assert not bad, "layering violations:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("source,expected", [
-    ("from qsim.train.loop import train", "qsim.evaluate (floor 2) imports qsim.train (floor 2)"),
-    ("from qsim import study", "qsim.evaluate (floor 2) imports qsim.study (floor 4)"),
-    ("from qsim.runs import _tmp", "uses qsim.runs's private name _tmp"),
-    ("from qsim.retrain import report\nreport._fmt(1, 2)", "uses qsim.retrain's private name _fmt"),
-])
+@pytest.mark.parametrize(
+    "source,expected",
+    [
+        ("from qsim.train.loop import train", "qsim.evaluate (floor 2) imports qsim.train (floor 2)"),
+        ("from qsim import study", "qsim.evaluate (floor 2) imports qsim.study (floor 4)"),
+        ("from qsim.runs import _tmp", "uses qsim.runs's private name _tmp"),
+        ("from qsim.retrain import report\nreport._fmt(1, 2)", "uses qsim.retrain's private name _fmt"),
+    ],
+)
 def test_the_check_catches_violations(source, expected, monkeypatch, tmp_path):
   for d in ("evaluate", "retrain"):
     (tmp_path / "qsim" / d).mkdir(parents=True)
@@ -125,6 +140,7 @@ def test_bit_width_names_are_parsed_in_one_function():
   ``bits_name`` (one config-file shorthand aside, which imports no library)."""
   import re
   from qsim.quant import bits_name, parse_bits
+
   hits = []
   for top in ("qsim", "experiments"):
     for d, _, files in os.walk(os.path.join(ROOT, top)):

@@ -113,19 +113,23 @@ def test_per_layer_rules_skip_first_and_last_layer():
   # head is float: equal to a float Dense applied to its (quantized-path) input
   head_in = inter["dense1"]["__call__"][0]
   np.testing.assert_allclose(
-      inter["head"]["__call__"][0],
-      nn.Dense(10).apply({"params": v["params"]["head"]}, nn.relu(head_in)), rtol=1e-6)
+      inter["head"]["__call__"][0], nn.Dense(10).apply({"params": v["params"]["head"]}, nn.relu(head_in)), rtol=1e-6
+  )
 
 
 def test_per_channel_axis_out_of_range_is_named_at_init():
   spec = LayerSpec(weight=TensorSpec(bits=8, granularity="per_channel", axis=4))
 
   class Net(nn.Module):
+
     @nn.compact
     def __call__(self, x):
       return qnn.Dense(3, quant=spec, name="my_dense")(x)
 
-  with pytest.raises(ValueError, match=r"my_dense.weight: per-channel axis=4 is out of range for a rank-2 tensor; valid range is \[-2, 1\]"):
+  with pytest.raises(
+      ValueError,
+      match=r"my_dense.weight: per-channel axis=4 is out of range for a rank-2 tensor; valid range is \[-2, 1\]",
+  ):
     Net().init(KEY, X_VEC)
 
 
@@ -152,8 +156,11 @@ def test_static_ranges_calibrate_then_quantize():
   dyn = lenet_tiny(quant=_dynamic_everywhere()).apply({"params": v["params"]}, x * 10)
   assert not np.allclose(big, dyn, atol=1e-3)
   inside = model.apply(v, x)
-  np.testing.assert_allclose(inside, lenet_tiny(quant=_dynamic_everywhere()).apply({"params": v["params"]}, x),
-                             atol=0.05 * float(jnp.max(jnp.abs(inside))))
+  np.testing.assert_allclose(
+      inside,
+      lenet_tiny(quant=_dynamic_everywhere()).apply({"params": v["params"]}, x),
+      atol=0.05 * float(jnp.max(jnp.abs(inside))),
+  )
 
 
 def test_static_range_gradient_is_zero_where_the_input_is_clipped():
@@ -208,13 +215,15 @@ def test_tflite_int8_cells_run_the_unrolled_int8_graph(cell):
   # the gates' fixed grids, used only in inference
   y = jnp.linspace(-6, 6, 101)
   from qsim.nn import recurrent
+
   np.testing.assert_allclose(recurrent._sigmoid_int8(jax.nn.sigmoid(y)) * 256 % 1, 0, atol=1e-4)
   np.testing.assert_allclose(recurrent._tanh_int8(jnp.tanh(y)) * 128 % 1, 0, atol=1e-4)
 
 
 def test_state_quantization_and_stochastic_rounding_need_rng():
-  spec = LayerSpec(weight=TensorSpec(bits=8, granularity="per_channel"),
-                   state=TensorSpec(bits=4, rounding="stochastic"))
+  spec = LayerSpec(
+      weight=TensorSpec(bits=8, granularity="per_channel"), state=TensorSpec(bits=4, rounding="stochastic")
+  )
   model = qnn.RNN(qnn.LSTMCell(5, quant=spec))
   v = model.init({"params": KEY, "quant": KEY}, X_SEQ)
   with pytest.raises(Exception, match="quant"):
@@ -237,10 +246,12 @@ def test_rnn_classifier_on_image_rows_and_tokens():
 def test_calibration_observes_the_float_model():
   """Static ranges are recorded on float activations, even when other
   tensors (here 2-bit weights) are quantized in inference."""
-  spec = LayerSpec(weight=TensorSpec(bits=2, granularity="per_channel"),
-                   act=TensorSpec(bits=8, symmetric=False, range="static"))
+  spec = LayerSpec(
+      weight=TensorSpec(bits=2, granularity="per_channel"), act=TensorSpec(bits=8, symmetric=False, range="static")
+  )
 
   class Two(nn.Module):
+
     @nn.compact
     def __call__(self, x):
       h = qnn.Dense(8, quant=spec, name="d1")(x)
@@ -256,6 +267,7 @@ def test_calibration_observes_the_float_model():
 
 def test_engine_refuses_uncalibrated_static_ranges():
   from qsim.evaluate import Engine, Quantizer
+
   model = lenet_tiny(quant=preset("tflite_int8"))
   x = np.asarray(jax.random.uniform(KEY, (4, 28, 28, 1)))
   v = model.init(KEY, x)
@@ -299,6 +311,7 @@ def test_recurrent_kernels_under_min_weights_stay_float(cell, hidden, quantized)
   exactly), hidden 40 gives 1,120 and 1,600 (int8). A cell that rebuilt its gate spec without
   min_weights would quantize the small one."""
   from qsim.models import RNNClassifier
+
   x = jax.random.uniform(KEY, (3, 28, 28, 1))
   model = RNNClassifier(cell=cell, hidden=hidden)
   v = model.init(KEY, x)
@@ -311,6 +324,7 @@ def test_int_bias_in_a_float_gate_graph_is_refused():
   combination is refused with the cell's name instead of silently leaving the biases float."""
   from qsim.models import RNNClassifier
   from qsim.quant import LayerSpec, make_config
+
   x = jax.random.uniform(KEY, (2, 28, 28, 1))
   model = RNNClassifier(cell="gru", hidden=4)
   spec = dataclasses.replace(preset("tflite_int8").default, output=None)

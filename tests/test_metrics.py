@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 
 from qsim.evaluate.metrics import (
-    SCORE_NAMES, aupr, auroc, detection_report, finite_rows, rate_ci, roc_curve,
-    stack_scores, tnr_at_tpr, uncertainty_scores)
+    SCORE_NAMES,
+    aupr,
+    auroc,
+    detection_report,
+    finite_rows,
+    rate_ci,
+    roc_curve,
+    stack_scores,
+    tnr_at_tpr,
+    uncertainty_scores,
+)
 
 # Eager JAX compiles each op per shape; one jit per shape is much cheaper.
 jscores = jax.jit(uncertainty_scores)
@@ -333,6 +342,7 @@ def test_rate_ci_edges_and_vectorised():
 
 def test_rate_ci_against_scipy_wilson():
   from scipy import stats
+
   k = np.array([0, 1, 3, 50, 99, 100, 7])
   n = np.array([100, 100, 10, 100, 100, 100, 1000])
   for level in (0.9, 0.95, 0.99):

@@ -49,19 +49,22 @@ def test_tiny_models_forward_and_train_step_float_and_quantized(name):
     assert all(jax.tree.leaves(changed)), f"{name}: some parameters got no update"
 
 
-@pytest.mark.parametrize("name,classes,shape,expected", [
-    ("lenet1", 10, (1, 28, 28, 1), 7206),  # 'same' convs (PAPER.md): 7*7*12 -> 10
-    ("lenet5", 10, (1, 28, 28, 1), 107786),  # 'same' convs on 28x28: 7*7*16 -> 120
-    # 0.27M: stem 432 + stages 14016 + 51552 + 205504 + final BN 128 + head 650
-    ("resnet20", 10, (1, 32, 32, 3), 272282),
-    # the published ImageNet counts, less their 1000-way head, plus a 182-way one
-    ("resnet50", 182, (1, 64, 64, 3), 25_557_032 - (2048 * 1000 + 1000) + (2048 * 182 + 182)),
-    ("densenet121", 182, (1, 64, 64, 3), 7_978_856 - (1024 * 1000 + 1000) + (1024 * 182 + 182)),
-    # Embedding(20000, 128) + 4 gates (input kernel, recurrent kernel, bias) + head
-    ("lstm", 2, (1, 200), 20000 * 128 + 4 * (128 * 50 + 50 * 50 + 50) + 50 * 2 + 2),
-    # flax GRU: biases on ir, iz, in and hn
-    ("gru", 2, (1, 200), 20000 * 128 + 3 * (128 * 75 + 75 * 75) + 4 * 75 + 75 * 2 + 2),
-])
+@pytest.mark.parametrize(
+    "name,classes,shape,expected",
+    [
+        ("lenet1", 10, (1, 28, 28, 1), 7206),  # 'same' convs (PAPER.md): 7*7*12 -> 10
+        ("lenet5", 10, (1, 28, 28, 1), 107786),  # 'same' convs on 28x28: 7*7*16 -> 120
+        # 0.27M: stem 432 + stages 14016 + 51552 + 205504 + final BN 128 + head 650
+        ("resnet20", 10, (1, 32, 32, 3), 272282),
+        # the published ImageNet counts, less their 1000-way head, plus a 182-way one
+        ("resnet50", 182, (1, 64, 64, 3), 25_557_032 - (2048 * 1000 + 1000) + (2048 * 182 + 182)),
+        ("densenet121", 182, (1, 64, 64, 3), 7_978_856 - (1024 * 1000 + 1000) + (1024 * 182 + 182)),
+        # Embedding(20000, 128) + 4 gates (input kernel, recurrent kernel, bias) + head
+        ("lstm", 2, (1, 200), 20000 * 128 + 4 * (128 * 50 + 50 * 50 + 50) + 50 * 2 + 2),
+        # flax GRU: biases on ir, iz, in and hn
+        ("gru", 2, (1, 200), 20000 * 128 + 3 * (128 * 75 + 75 * 75) + 4 * 75 + 75 * 2 + 2),
+    ],
+)
 def test_full_size_parameter_counts(name, classes, shape, expected):
   model = get_model(name, num_classes=classes)
   x = jnp.ones(shape, jnp.int32 if name in ("lstm", "gru") else jnp.float32)

@@ -132,12 +132,16 @@ def test_fp8_is_scaled_cast(fmt, dtype):
 
 ALL_SPECS = [
     TensorSpec(bits=b, symmetric=s, granularity=g, calibration=c)
-    for b in (2, 8) for s in (True, False) for g in ("per_tensor", "per_channel")
+    for b in (2, 8)
+    for s in (True, False)
+    for g in ("per_tensor", "per_channel")
     for c in ("absmax", "percentile", "mse")
 ] + [TensorSpec(format=f) for f in ("fp16", "bf16", "fp8_e4m3", "fp8_e5m2")]
 
 
-@pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda s: f"{s.format}{s.bits}-{s.symmetric}-{s.granularity}-{s.calibration}")
+@pytest.mark.parametrize(
+    "spec", ALL_SPECS, ids=lambda s: f"{s.format}{s.bits}-{s.symmetric}-{s.granularity}-{s.calibration}"
+)
 def test_all_zero_tensor_gives_zeros_and_no_nan(spec):
   x = jnp.zeros((4, 3))
   y, g = jax.value_and_grad(lambda x: jnp.sum(quantize(x, spec)))(x)
@@ -202,7 +206,9 @@ def test_fp8_ste_is_zero_outside_a_static_range(fmt):
 # become finite values (the engine then counts the sample as 'nonfinite').
 EDGE_SPECS = [
     TensorSpec(bits=b, symmetric=s, granularity=g, calibration=c)
-    for b in (2, 16) for s in (True, False) for g in ("per_tensor", "per_channel")
+    for b in (2, 16)
+    for s in (True, False)
+    for g in ("per_tensor", "per_channel")
     for c in ("absmax", "percentile", "mse")
 ] + [TensorSpec(format=f) for f in ("fp8_e4m3", "fp8_e5m2")]
 edge_specs = st.sampled_from(EDGE_SPECS)
@@ -252,9 +258,13 @@ def test_per_channel_zero_channel_is_exactly_zero(x, zero, spec):
   np.testing.assert_array_equal(y[:, zero], 0.0)
 
 
-@given(x=units, row=st.integers(0, EDGE_SHAPE[0] - 1), col=st.integers(0, EDGE_SHAPE[1] - 1),
-       bad=st.sampled_from([np.nan, np.inf, -np.inf]),
-       spec=st.sampled_from(EDGE_SPECS + [TensorSpec(format="fp16"), TensorSpec(format="bf16")]))
+@given(
+    x=units,
+    row=st.integers(0, EDGE_SHAPE[0] - 1),
+    col=st.integers(0, EDGE_SHAPE[1] - 1),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+    spec=st.sampled_from(EDGE_SPECS + [TensorSpec(format="fp16"), TensorSpec(format="bf16")]),
+)
 def test_nan_and_inf_inputs_are_never_turned_into_finite_values(x, row, col, bad, spec):
   x = x.copy()
   x[row, col] = bad
@@ -270,6 +280,7 @@ def test_asymmetric_range_always_holds_zero_and_the_zero_point_is_on_the_grid(lo
   """A range that excludes 0 (a user-supplied or calibrated [0.5, 1]) is widened to hold it, as the TFLite
   and ONNX Runtime quantizers do: the zero point lies on the grid and 0 quantizes to exactly 0."""
   from qsim.quant.fake_quant import scale_and_zero_point  # pylint: disable=g-import-not-at-top
+
   spec = TensorSpec(bits=bits, symmetric=False)
   lo, hi = np.float32(lo), np.float32(lo + width)
   scale, z = (float(v) for v in scale_and_zero_point(spec, jnp.float32(lo), jnp.float32(hi)))

@@ -17,8 +17,16 @@ from qsim.export import onnx as onnx_export
 from test_export import IMAGES, RGB, RNG, TOKENS, _init  # the same random models and inputs
 
 
-@pytest.mark.parametrize("name,x", [("lenet_tiny", IMAGES), ("nin_tiny", RGB), ("resnet20_tiny", RGB),
-                                    ("gru_rows_tiny", IMAGES), ("lstm_tiny", TOKENS)])
+@pytest.mark.parametrize(
+    "name,x",
+    [
+        ("lenet_tiny", IMAGES),
+        ("nin_tiny", RGB),
+        ("resnet20_tiny", RGB),
+        ("gru_rows_tiny", IMAGES),
+        ("lstm_tiny", TOKENS),
+    ],
+)
 def test_float_onnx_export_is_the_qsim_model(name, x):
   model, variables = _init(name, x)
   ort = onnx_export.ORTModel(onnx_export.export_onnx(model, variables, "ort_float32", x[:1]))
@@ -107,15 +115,28 @@ def test_fidelity_run_covers_both_runtimes(tiny_ckpt, tmp_path, monkeypatch):
   kw = dict(shifts="c/fog/1", limit=100, calib_samples=40, batch_size=50, study=False)
   with pytest.raises(ValueError, match=r"run on onnxruntime, but kernels=\['xnnpack'\] names none"):
     fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), modes=("int8", "ort_int8"), kernels=("xnnpack",), **kw)
-  path = fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), modes=("int8", "ort_int8", "ort_float32"),
-                               kernels=("xnnpack", "mlas", "reference"), **kw)
+  path = fidelity.run_fidelity(
+      str(tiny_ckpt),
+      str(tmp_path),
+      modes=("int8", "ort_int8", "ort_float32"),
+      kernels=("xnnpack", "mlas", "reference"),
+      **kw,
+  )
   rows = fidelity.ResultsStore(str(tmp_path)).rows()
-  got = sorted((r["set"].split("/")[-2] if "/" in r["set"] else r["set"], r["runtime"], r["mode"], r["kernels"])
-               for r in rows)
-  want = sorted((s, rt, m, k) for s in ("clean", "fog")
-                for rt, m, k in [("tflite", "int8", "xnnpack"), ("onnxruntime", "ort_int8", "mlas"),
-                                 ("onnxruntime", "ort_int8", "reference"), ("onnxruntime", "ort_float32", "mlas"),
-                                 ("onnxruntime", "ort_float32", "reference")])
+  got = sorted(
+      (r["set"].split("/")[-2] if "/" in r["set"] else r["set"], r["runtime"], r["mode"], r["kernels"]) for r in rows
+  )
+  want = sorted(
+      (s, rt, m, k)
+      for s in ("clean", "fog")
+      for rt, m, k in [
+          ("tflite", "int8", "xnnpack"),
+          ("onnxruntime", "ort_int8", "mlas"),
+          ("onnxruntime", "ort_int8", "reference"),
+          ("onnxruntime", "ort_float32", "mlas"),
+          ("onnxruntime", "ort_float32", "reference"),
+      ]
+  )
   assert got == want
   by = {(r["set"], r["mode"], r["kernels"]): r for r in rows}
   assert by["clean", "ort_float32", "reference"]["agreement"] == 1.0
@@ -128,8 +149,16 @@ def test_fidelity_run_covers_both_runtimes(tiny_ckpt, tmp_path, monkeypatch):
   assert "| onnxruntime | ort_int8 | reference | ort_int8 |" in report and "| tflite | int8 | xnnpack |" in report
   # resumed: nothing recomputed, so a missing runtime is not even needed
   monkeypatch.setattr(fidelity, "export_onnx", lambda *a, **k: pytest.fail("re-exported"))
-  assert fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), modes=("int8", "ort_int8", "ort_float32"),
-                               kernels=("xnnpack", "mlas", "reference"), **kw) == path
+  assert (
+      fidelity.run_fidelity(
+          str(tiny_ckpt),
+          str(tmp_path),
+          modes=("int8", "ort_int8", "ort_float32"),
+          kernels=("xnnpack", "mlas", "reference"),
+          **kw,
+      )
+      == path
+  )
   json.dumps(rows)
 
 
@@ -137,6 +166,7 @@ def test_pair_saturation_excess_is_numpy_int16_pairs():
   """``pair_saturation_excess``: adjacent products along K summed, clipped to
   int16, summed (odd K: the last product alone), minus the exact sum."""
   from qsim.nn.layers import pair_saturation_excess
+
   rng = np.random.default_rng(0)
   for k in (1, 2, 7, 16, 33):
     u = rng.integers(0, 256, (37, k)).astype(np.int64)
@@ -182,17 +212,21 @@ def test_ort_int8_mlas_presets_are_the_fused_model():
   dequantized operands, the QDQ graph as written) rounds more near-ties
   the other way than the exact-accumulator requantization."""
   import jax
+
   x = np.random.default_rng(0).uniform(0, 1, (160, 28, 28, 1)).astype(np.float32)  # its own draw: any test order
   x[:, 8:20, 8:20] *= 3.0
   x = np.clip(x * 2.0, 0, 1)
   model, variables = _init("lenet5", x)
   params = jax.tree_util.tree_map_with_path(
       lambda p, v: np.abs(v) if "conv" in jax.tree_util.keystr(p) and "kernel" in jax.tree_util.keystr(p) else v,
-      flax.core.unfreeze(variables["params"]))
+      flax.core.unfreeze(variables["params"]),
+  )
   variables = {**variables, "params": params}
   calib, test = x[:100], x[100:]
   blob = onnx_export.export_onnx(model, variables, "ort_int8", calib[:1], representative=calib)
-  rlogits = onnx_export.ORTModel(blob, kernels="mlas", num_threads=1).outputs(test)  # one thread: a fixed kernel schedule
+  rlogits = onnx_export.ORTModel(blob, kernels="mlas", num_threads=1).outputs(
+      test
+  )  # one thread: a fixed kernel schedule
   chosen = onnx_export.ort_preset("ort_int8", "mlas")
   other = "ort_int8_mlas" if chosen == "ort_int8_avx2" else "ort_int8_avx2"
   names = [chosen, other, "ort_int8"]
@@ -218,8 +252,10 @@ def _satsum(p):
   return np.clip(p.reshape(p.shape[:-1] + (-1, 2)).sum(-1), -32768, 32767).sum(-1)
 
 
-@pytest.mark.skipif(not onnx_export.mlas_u8s8_saturates(),
-                    reason="MLAS saturates U8S8 pairs only on x86 AVX2 without VNNI (or set QSIM_ORT_U8S8_SATURATES=1)")
+@pytest.mark.skipif(
+    not onnx_export.mlas_u8s8_saturates(),
+    reason="MLAS saturates U8S8 pairs only on x86 AVX2 without VNNI (or set QSIM_ORT_U8S8_SATURATES=1)",
+)
 def test_mlas_u8s8_recipe_on_single_ops():
   """The recipe u8s8_pairs simulates, on single ORT ops with inputs that force
   saturation: MatMulInteger pairs adjacent K on raw uint8 (zero point
@@ -229,11 +265,17 @@ def test_mlas_u8s8_recipe_on_single_ops():
   ConvInteger does not saturate."""
   import onnxruntime as ort
   from onnx import TensorProto as T, helper as h, numpy_helper as nh
+
   rng = np.random.default_rng(1)
 
   def run(nodes, inputs, inits, feed, out_type):
-    g = h.make_graph(nodes, "g", inputs, [h.make_tensor_value_info("Y", out_type, None)],
-                     [nh.from_array(np.asarray(v), k) for k, v in inits.items()])
+    g = h.make_graph(
+        nodes,
+        "g",
+        inputs,
+        [h.make_tensor_value_info("Y", out_type, None)],
+        [nh.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )
     blob = h.make_model(g, opset_imports=[h.make_opsetid("", 13)]).SerializeToString()
     return ort.InferenceSession(blob, providers=["CPUExecutionProvider"]).run(None, feed)[0].astype(np.int64)
 
@@ -242,8 +284,13 @@ def test_mlas_u8s8_recipe_on_single_ops():
   a[0] = 255
   b = rng.integers(-128, 128, (33, 5)).astype(np.int8)
   b[:, 0] = 127
-  y = run([h.make_node("MatMulInteger", ["A", "B", "za"], ["Y"])], [h.make_tensor_value_info("A", T.UINT8, [3, 33])],
-          {"B": b, "za": np.uint8(17)}, {"A": a}, T.INT32)
+  y = run(
+      [h.make_node("MatMulInteger", ["A", "B", "za"], ["Y"])],
+      [h.make_tensor_value_info("A", T.UINT8, [3, 33])],
+      {"B": b, "za": np.uint8(17)},
+      {"A": a},
+      T.INT32,
+  )
   ai, bi = a.astype(np.int64), b.astype(np.int64)
   np.testing.assert_array_equal(y, _satsum(ai[:, :, None].transpose(0, 2, 1) * bi.T[None]) - 17 * bi.sum(0))
   assert (y != (ai - 17) @ bi).any()
@@ -256,14 +303,39 @@ def test_mlas_u8s8_recipe_on_single_ops():
   w[0] = 127
   xs, ws, ys, bias = np.float32(0.05), np.full(o, 0.01, np.float32), np.float32(0.02), np.arange(o, dtype=np.int32)
   xin = [h.make_tensor_value_info("X", T.UINT8, [1, c, hw, hw])]
-  yq = run([h.make_node("QLinearConv", ["X", "xs", "xz", "W", "ws", "wz", "ys", "yz", "B"], ["Y"], pads=[1] * 4,
-                        kernel_shape=[k, k])], xin,
-           {"xs": xs, "xz": np.uint8(xz), "W": w, "ws": ws, "wz": np.zeros(o, np.int8), "ys": ys,
-            "yz": np.uint8(128), "B": bias}, {"X": x}, T.UINT8)[0]
-  yi = run([h.make_node("ConvInteger", ["X", "W", "xz"], ["Y"], pads=[1] * 4, kernel_shape=[k, k])], xin,
-           {"W": w, "xz": np.uint8(xz)}, {"X": x}, T.INT32)[0]
+  yq = run(
+      [
+          h.make_node(
+              "QLinearConv",
+              ["X", "xs", "xz", "W", "ws", "wz", "ys", "yz", "B"],
+              ["Y"],
+              pads=[1] * 4,
+              kernel_shape=[k, k],
+          )
+      ],
+      xin,
+      {
+          "xs": xs,
+          "xz": np.uint8(xz),
+          "W": w,
+          "ws": ws,
+          "wz": np.zeros(o, np.int8),
+          "ys": ys,
+          "yz": np.uint8(128),
+          "B": bias,
+      },
+      {"X": x},
+      T.UINT8,
+  )[0]
+  yi = run(
+      [h.make_node("ConvInteger", ["X", "W", "xz"], ["Y"], pads=[1] * 4, kernel_shape=[k, k])],
+      xin,
+      {"W": w, "xz": np.uint8(xz)},
+      {"X": x},
+      T.INT32,
+  )[0]
   xp = np.pad(x[0].astype(np.int64), ((0, 0), (1, 1), (1, 1)), constant_values=xz)
-  patches = np.stack([xp[:, i:i + hw, j:j + hw] for i in range(k) for j in range(k)], 1)  # c, kk, h, w
+  patches = np.stack([xp[:, i : i + hw, j : j + hw] for i in range(k) for j in range(k)], 1)  # c, kk, h, w
   prod = patches[None] * w.astype(np.int64).reshape(o, c, k * k)[:, :, :, None, None]  # o, c, kk, h, w
   corr = xz * w.astype(np.int64).sum((1, 2, 3))[:, None, None]
   nhwc = _satsum(np.moveaxis(prod.transpose(0, 2, 1, 3, 4).reshape(o, -1, hw, hw), 1, -1)) - corr

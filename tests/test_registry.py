@@ -27,7 +27,10 @@ def test_names_and_counts_follow_the_suites():
   names = registry.list_shifts("fashion_mnist")
   assert "fashion_mnist/c/fog/3" in names and len(names) == len(set(names)) == n_mnist_c * sev
   assert "cifar10/official_c/snow/5" in registry.list_shifts("cifar10")
-  assert registry.list_shifts("cifar10", ["natural"]) == ["cifar10/natural/cifar10_1_v4", "cifar10/natural/cifar10_1_v6"]
+  assert registry.list_shifts("cifar10", ["natural"]) == [
+      "cifar10/natural/cifar10_1_v4",
+      "cifar10/natural/cifar10_1_v6",
+  ]
   s = registry.parse("cifar10/official_c/snow/5")
   assert (s.dataset, s.family, s.shift, s.severity, s.offline) == ("cifar10", "official_c", "snow", 5, False)
 
@@ -113,9 +116,15 @@ def test_text_sets():
 
 def test_show_shifts_writes_a_contact_sheet(tmp_path):
   from qsim.shifts import sheets as show_shifts
-  path = show_shifts.contact_sheet("fashion_mnist_debian", str(tmp_path / "sheet.png"), samples=2,
-                                  corruptions=["stripe", "brightness", "canny_edges"])
+
+  path = show_shifts.contact_sheet(
+      "fashion_mnist_debian",
+      str(tmp_path / "sheet.png"),
+      samples=2,
+      corruptions=["stripe", "brightness", "canny_edges"],
+  )
   from PIL import Image
+
   img = np.asarray(Image.open(path).convert("L"), np.float32)
   assert img.shape[1] > 600 and img.shape[0] > 200 and not os.path.exists(path + ".tmp.png")
   assert img.std() > 20  # a picture, not a blank page
@@ -127,6 +136,7 @@ def test_show_shifts_writes_a_contact_sheet(tmp_path):
 
 def test_show_shifts_text_sheet(tmp_path):
   from qsim.shifts import sheets as show_shifts
+
   with tfds.testing.mock_data(num_examples=3):
     path = show_shifts.text_sheet("imdb_reviews", str(tmp_path / "t.md"))
   body = open(path).read()

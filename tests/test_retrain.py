@@ -15,9 +15,21 @@ from qsim.retrain import RetrainConfig, check_disjoint, parse_split, run_retrain
 from qsim.retrain import report
 from qsim.runs import load_variables
 
-SMALL = dict(quantizers=("w4a4", "float32"), strategies=("all", "margin", "random"), seeds=(0,), rounds=1,
-             pool="val[:200]", eval_split="test[:150]", shifts=("c/fog/3",), shift_limit=80, epochs=0.1,
-             train_limit=600, calib_samples=40, eval_batch_size=80, learning_rate=3e-3)
+SMALL = dict(
+    quantizers=("w4a4", "float32"),
+    strategies=("all", "margin", "random"),
+    seeds=(0,),
+    rounds=1,
+    pool="val[:200]",
+    eval_split="test[:150]",
+    shifts=("c/fog/3",),
+    shift_limit=80,
+    epochs=0.1,
+    train_limit=600,
+    calib_samples=40,
+    eval_batch_size=80,
+    learning_rate=3e-3,
+)
 
 
 def _part_bytes(wd):
@@ -40,7 +52,8 @@ def test_accounting_identities_hold_on_the_real_output(done, tiny_ckpt):
   wd, _, _, rows = done
   ran = [r for r in rows if r["status"] == "done"]
   assert {(r["quantizer"], r["strategy"], r["round"]) for r in ran} == {
-      ("w4a4", s, k) for s in SMALL["strategies"] for k in (1.0, 2.0)}
+      ("w4a4", s, k) for s in SMALL["strategies"] for k in (1.0, 2.0)
+  }
   store = ResultsStore(wd)
   for r in ran:
     assert r["before"] == r["resolved"] + r["persisted"] and r["after"] == r["persisted"] + r["new"]
@@ -48,6 +61,7 @@ def test_accounting_identities_hold_on_the_real_output(done, tiny_ckpt):
   # 'before' is what the engine measures on the original checkpoint
   model = get_model("lenet_tiny", num_classes=10)
   from qsim import data
+
   test = data.load("fashion_mnist_debian", "test", limit=150)
   calib = data.load("fashion_mnist_debian", "train", limit=40)
   v = load_variables(str(tiny_ckpt))
@@ -107,19 +121,27 @@ def test_resume_keeps_finished_rounds(done):
 
 def test_a_round_is_reproducible_for_a_seed(done, tiny_ckpt, tmp_path):
   wd, _, rows1, _ = done
-  again = read_rows(run_retrain(RetrainConfig(checkpoint=str(tiny_ckpt), **{
-      **SMALL, "quantizers": ("w4a4",), "strategies": ("random",)}), str(tmp_path)))
+  again = read_rows(
+      run_retrain(
+          RetrainConfig(checkpoint=str(tiny_ckpt), **{**SMALL, "quantizers": ("w4a4",), "strategies": ("random",)}),
+          str(tmp_path),
+      )
+  )
   ref = [r for r in rows1 if r["quantizer"] == "w4a4" and r["strategy"] == "random"]
   assert len(again) == len(ref) == 2  # clean + fog
   for a, b in zip(again, ref):
     assert {k: v for k, v in a.items()} == {k: v for k, v in b.items()} or all(
-        a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a)
+        a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a
+    )
 
 
 def test_bad_input(tiny_ckpt, tmp_path):
   ck = str(tiny_ckpt)
   cases = [
-      (dict(strategies=("best",)), r"strategies=\['best'\] is not valid; choose from \['all', 'margin', 'random', 'none'\]"),
+      (
+          dict(strategies=("best",)),
+          r"strategies=\['best'\] is not valid; choose from \['all', 'margin', 'random', 'none'\]",
+      ),
       (dict(quantizers=("w4a4", "w4a4")), "lists one twice"),
       (dict(pool="valid"), "split 'valid' is not valid; use train, val or test"),
       (dict(rounds=0), "rounds=0 is not valid; give an int >= 1"),
@@ -155,14 +177,23 @@ def test_select_strategies():
 def test_report_and_launcher_config(done):
   from PIL import Image
   from experiments.configs import retrain as retrain_config
+
   wd, _, _, rows = done
   body = open(report.write_report(wd)).read()
-  for section in ("## Retraining with disagreements", "### evaluation split", "### shifted sets (summed)",
-                  "### Float accuracy", "retrain.png", "lenet_tiny float32/all/seed 0 (round 1)"):
+  for section in (
+      "## Retraining with disagreements",
+      "### evaluation split",
+      "### shifted sets (summed)",
+      "### Float accuracy",
+      "retrain.png",
+      "lenet_tiny float32/all/seed 0 (round 1)",
+  ):
     assert section in body, section
   r = next(r for r in rows if r["strategy"] == "all" and r["round"] == 2.0 and r["set"] == "clean")
-  assert (f"| lenet_tiny | w4a4 | all | {int(r['added_total'])} | {r['before']:.1f} | {r['after']:.1f} |"
-          f" {r['resolved']:.1f} |") in body
+  assert (
+      f"| lenet_tiny | w4a4 | all | {int(r['added_total'])} | {r['before']:.1f} | {r['after']:.1f} |"
+      f" {r['resolved']:.1f} |"
+  ) in body
   assert np.asarray(Image.open(os.path.join(wd, "retrain.png")).convert("L")).std() > 10
   c = retrain_config.retrain_config(retrain_config.get_config("checkpoint=/x,runlocal,quantizers=w4a4+fp16,seeds=1+2"))
   assert c.quantizers == ("w4a4", "fp16") and c.seeds == (1, 2) and c.shifts == ("c/fog/3", "c/rotate/2")
@@ -173,9 +204,19 @@ def test_report_and_launcher_config(done):
 
 def test_qat_finetuning_and_static_ranges_recalibrated(tiny_ckpt, tmp_path):
   from qsim import data
-  cfg = RetrainConfig(checkpoint=str(tiny_ckpt), **{
-      **SMALL, "quantizers": ("tflite_int8",), "strategies": ("margin",), "shifts": (), "finetune": "qat",
-      "qat_quant": "w8a8", "budget": 30})
+
+  cfg = RetrainConfig(
+      checkpoint=str(tiny_ckpt),
+      **{
+          **SMALL,
+          "quantizers": ("tflite_int8",),
+          "strategies": ("margin",),
+          "shifts": (),
+          "finetune": "qat",
+          "qat_quant": "w8a8",
+          "budget": 30,
+      },
+  )
   rows = read_rows(run_retrain(cfg, str(tmp_path)))
   assert len(rows) == 1 and rows[0]["finetune"] == "qat:w8a8" and rows[0]["selected"] == 30
   # 'after' is the fine-tuned model quantized with ranges calibrated anew on it
@@ -187,9 +228,13 @@ def test_qat_finetuning_and_static_ranges_recalibrated(tiny_ckpt, tmp_path):
   q_new = build_quantizers(model, new, ["tflite_int8"], calib)
   q_old = build_quantizers(model, old, ["tflite_int8"], calib)
   import jax
-  assert any(bool((a != b).any()) for a, b in zip(jax.tree.leaves(q_new[0].quant_stats),
-                                                   jax.tree.leaves(q_old[0].quant_stats)))
+
+  assert any(
+      bool((a != b).any()) for a, b in zip(jax.tree.leaves(q_new[0].quant_stats), jax.tree.leaves(q_old[0].quant_stats))
+  )
   res = Engine(model, new, q_new, batch_size=80).run(test.x, test.y)
   assert rows[0]["after"] == int((res.quant_pred[0] != res.float_pred).sum())
-  assert ResultsStore(str(tmp_path)).samples(ResultsStore.key("tflite_int8", "margin", "0", "1"))["s0_quant_pred"].tolist() \
+  assert (
+      ResultsStore(str(tmp_path)).samples(ResultsStore.key("tflite_int8", "margin", "0", "1"))["s0_quant_pred"].tolist()
       == res.quant_pred[0].tolist()
+  )

@@ -34,8 +34,13 @@ def test_mnist_c(corruption):
 
 @pytest.mark.parametrize(
     "corruption,severity,config",
-    [("fog", 3, "fog_3"), ("gaussian_noise", 1, "gaussian_noise_1"), ("elastic", 5, "elastic_5"),
-     ("glass_blur", np.int64(5), "frosted_glass_blur_5"), ("elastic_transform", 2, "elastic_2")],
+    [
+        ("fog", 3, "fog_3"),
+        ("gaussian_noise", 1, "gaussian_noise_1"),
+        ("elastic", 5, "elastic_5"),
+        ("glass_blur", np.int64(5), "frosted_glass_blur_5"),
+        ("elastic_transform", 2, "elastic_2"),
+    ],
 )
 def test_cifar10_c(corruption, severity, config):
   with tfds.testing.mock_data(num_examples=5):
@@ -90,8 +95,10 @@ def test_yelp_labels_mean_negative_then_positive(tmp_path):
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: data.mnist_c("snow"),
-         r"corruption='snow' is not valid; choose one of \['shot_noise', .*'canny_edges'\]"),
+        (
+            lambda: data.mnist_c("snow"),
+            r"corruption='snow' is not valid; choose one of \['shot_noise', .*'canny_edges'\]",
+        ),
         (lambda: data.mnist_c("identity"), r"corruption='identity' is not valid"),
         (lambda: data.cifar10_c("stripe", 1), r"corruption='stripe' is not valid; choose one of \['gaussian_noise', "),
         (lambda: data.cifar10_c("fog", 0), r"severity=0 is not valid; choose one of \[1, 2, 3, 4, 5\]"),
@@ -104,8 +111,10 @@ def test_yelp_labels_mean_negative_then_positive(tmp_path):
         (lambda: data.mnist_c("fog", limit=-1), r"limit=-1 is not valid"),
         (lambda: data.cifar10_1(limit=0), r"limit=0 is not valid"),
         (lambda: data.yelp_polarity(encode=False, limit=0), r"limit=0 is not valid"),
-        (lambda: data.yelp_polarity("validation", encode=False),
-         r"split='validation' is not valid; choose one of \['train', 'test'\]"),
+        (
+            lambda: data.yelp_polarity("validation", encode=False),
+            r"split='validation' is not valid; choose one of \['train', 'test'\]",
+        ),
         (lambda: data.yelp_polarity(), r"needs vocab="),
     ],
 )
@@ -138,23 +147,29 @@ def test_module_exports():
 def _fixed_examples(labels, shape, seen):
   """A TFDS ``as_data_source`` stand-in with known content (image i filled with 10 * labels[i]) that
   records the ``dataset/config`` and split asked for in ``seen``."""
+
   def as_data_source(self, split=None, *args, **kwargs):  # pylint: disable=unused-argument,keyword-arg-before-vararg
     seen.append(f"{self.name}/{self.builder_config.name}:{split}")
     return [{"image": np.full(shape, 10 * lab, np.uint8), "label": np.int64(lab)} for lab in labels]
+
   return as_data_source
 
 
-@pytest.mark.parametrize("name,shape,config", [
-    ("mnist/official_c/rotate", (28, 28, 1), "mnist_corrupted/rotate"),
-    ("cifar10/official_c/frosted_glass_blur/5", (32, 32, 3), "cifar10_corrupted/frosted_glass_blur_5"),
-    ("cifar10/official_c/elastic/2", (32, 32, 3), "cifar10_corrupted/elastic_2"),
-    ("cifar10/natural/cifar10_1_v4", (32, 32, 3), "cifar10_1/v4"),
-])
+@pytest.mark.parametrize(
+    "name,shape,config",
+    [
+        ("mnist/official_c/rotate", (28, 28, 1), "mnist_corrupted/rotate"),
+        ("cifar10/official_c/frosted_glass_blur/5", (32, 32, 3), "cifar10_corrupted/frosted_glass_blur_5"),
+        ("cifar10/official_c/elastic/2", (32, 32, 3), "cifar10_corrupted/elastic_2"),
+        ("cifar10/natural/cifar10_1_v4", (32, 32, 3), "cifar10_1/v4"),
+    ],
+)
 def test_official_sets_keep_each_examples_label_and_read_their_config(name, shape, config):
   """A shifted set's name reaches the TFDS config it means, and each example keeps its own label, in
   order, as the class index of the clean dataset (TFDS's mnist_corrupted / cifar10_corrupted /
   cifar10_1 declare the same 10 classes as mnist / cifar10); images are that example's pixels / 255."""
   from qsim.shifts import registry
+
   labels, seen = [3, 1, 4, 1, 5, 9, 2, 6], []
   with tfds.testing.mock_data(as_data_source_fn=_fixed_examples(labels, shape, seen)):
     d = registry.load_shifted(name)

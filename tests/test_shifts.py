@@ -24,8 +24,10 @@ _K = jax.random.split(jax.random.key(7), 3)
 # digit-like gray images (bright strokes on black in the centre) and smooth
 # natural-looking RGB images
 _CENTRE = jnp.abs(jnp.arange(28) - 13.5)
-GRAY = jnp.clip(_smooth(_K[0], (N, 28, 28, 1), 1.5) * 0.8 + 0.1, 0, 1) * (
-    (_CENTRE[:, None] < 9) & (_CENTRE[None, :] < 7))[None, :, :, None]
+GRAY = (
+    jnp.clip(_smooth(_K[0], (N, 28, 28, 1), 1.5) * 0.8 + 0.1, 0, 1)
+    * ((_CENTRE[:, None] < 9) & (_CENTRE[None, :] < 7))[None, :, :, None]
+)
 RGB = jnp.clip(_smooth(_K[1], (N, 32, 32, 3), 3.0) * 0.2 + 0.45 + 0.15 * _smooth(_K[2], (N, 32, 32, 1), 1.0), 0, 1)
 
 # Published severity tables whose pixel distance from the clean image is not
@@ -46,8 +48,24 @@ CASES = [(s, n) for s in sorted(SUITES) for n in sorted(SUITES[s])]
 IDS = [f"{s}-{n}" for s, n in CASES]
 NATIVE = {"mnist_c": GRAY, "cifar10_c": RGB}
 OTHER = {"mnist_c": RGB, "cifar10_c": GRAY}
-RANDOM = {"shot_noise", "impulse_noise", "gaussian_noise", "speckle_noise", "glass_blur", "motion_blur", "shear",
-          "rotate", "translate", "fog", "spatter", "dotted_line", "zigzag", "snow", "frost", "elastic_transform"}
+RANDOM = {
+    "shot_noise",
+    "impulse_noise",
+    "gaussian_noise",
+    "speckle_noise",
+    "glass_blur",
+    "motion_blur",
+    "shear",
+    "rotate",
+    "translate",
+    "fog",
+    "spatter",
+    "dotted_line",
+    "zigzag",
+    "snow",
+    "frost",
+    "elastic_transform",
+}
 
 
 def _check_outputs(suite, name, images, severities):
@@ -101,11 +119,13 @@ def test_jit_vmap_chunks_equal_eager(suite, name):
 def test_every_published_corruption_is_there():
   assert sorted(image.MNIST_C) == sorted(
       "shot_noise impulse_noise glass_blur motion_blur shear scale rotate brightness translate stripe fog"
-      " spatter dotted_line zigzag canny_edges".split())
+      " spatter dotted_line zigzag canny_edges".split()
+  )
   assert sorted(image.CIFAR10_C) == sorted(
       "gaussian_noise shot_noise impulse_noise speckle_noise defocus_blur glass_blur motion_blur zoom_blur"
       " gaussian_blur snow frost fog spatter brightness contrast saturate elastic_transform pixelate"
-      " jpeg_compression".split())
+      " jpeg_compression".split()
+  )
   assert set(image.MNIST_C_OFFICIAL) == set(image.MNIST_C)
 
 
@@ -129,8 +149,10 @@ def test_bad_input_errors():
 
 # ------------------------------------------------- building blocks vs references
 
+
 def test_gaussian_blur_matches_scipy():
   from scipy import ndimage
+
   for severity, sigma in [(1, 0.4), (3, 0.7), (5, 1.0)]:
     out = corrupt("cifar10_c", "gaussian_blur", KEY, RGB, severity)
     ref = ndimage.gaussian_filter(np.asarray(RGB, np.float64), sigma=(0, sigma, sigma, 0), mode="nearest", truncate=4.0)
@@ -139,6 +161,7 @@ def test_gaussian_blur_matches_scipy():
 
 def test_clipped_zoom_matches_scipy_zoom():
   from scipy import ndimage
+
   img = np.asarray(RGB[0])
   for z in (1.06, 1.25, 1.75, 2.25):
     h = img.shape[0]
@@ -153,11 +176,14 @@ def test_clipped_zoom_matches_scipy_zoom():
 
 def test_box_resize_matches_pillow():
   from PIL import Image
+
   img = np.asarray(GRAY[0, ..., 0])
   for n in (26, 21, 18):
     small = np.asarray(Image.fromarray(img, "F").resize((n, n), Image.BOX))
     back = np.asarray(Image.fromarray(small, "F").resize((28, 28), Image.BOX))
-    ours_small = _ops.apply_separable(jnp.asarray(img)[..., None], _ops.box_resize_matrix(28, n), _ops.box_resize_matrix(28, n))
+    ours_small = _ops.apply_separable(
+        jnp.asarray(img)[..., None], _ops.box_resize_matrix(28, n), _ops.box_resize_matrix(28, n)
+    )
     ours = _ops.apply_separable(ours_small, _ops.box_resize_matrix(n, 28), _ops.box_resize_matrix(n, 28))
     np.testing.assert_allclose(ours_small[..., 0], small, atol=1e-5)
     np.testing.assert_allclose(ours[..., 0], back, atol=1e-5)
@@ -166,6 +192,7 @@ def test_box_resize_matches_pillow():
 @pytest.mark.parametrize("mode,scipy_mode", [("edge", "nearest"), ("reflect", "mirror"), ("symmetric", "reflect")])
 def test_bilinear_matches_scipy_map_coordinates(mode, scipy_mode):
   from scipy import ndimage
+
   img = np.asarray(GRAY[1, ..., 0])
   rng = np.random.default_rng(0)
   rows, cols = rng.uniform(-6, 34, (2, 50, 50)).astype(np.float32)
@@ -176,6 +203,7 @@ def test_bilinear_matches_scipy_map_coordinates(mode, scipy_mode):
 
 def test_affine_warps_match_skimage():
   from skimage import transform
+
   img = np.asarray(GRAY[2, ..., 0], np.float64)
   c = 0.6
   a = np.array([[np.cos(c), -np.sin(c)], [np.sin(c), np.cos(c)]])
@@ -192,6 +220,7 @@ def test_affine_warps_match_skimage():
 
 def test_hsv_round_trip_matches_skimage():
   from skimage import color
+
   img = np.asarray(RGB[0], np.float64)
   hsv = _ops.rgb_to_hsv(jnp.asarray(img, jnp.float32))
   np.testing.assert_allclose(hsv, color.rgb2hsv(img), atol=1e-5)
@@ -204,6 +233,7 @@ def test_hsv_round_trip_matches_skimage():
 
 def test_canny_agrees_with_skimage():
   from skimage import feature
+
   agree = []
   for i in range(N):
     img = np.asarray(GRAY[i, ..., 0], np.float64)
@@ -216,6 +246,7 @@ def test_canny_agrees_with_skimage():
 
 def test_jpeg_is_pillows_codec():
   from PIL import Image
+
   out = corrupt("cifar10_c", "jpeg_compression", KEY, RGB[:2], 5)
   for i in range(2):
     buf = io.BytesIO()
@@ -226,7 +257,7 @@ def test_jpeg_is_pillows_codec():
 def test_motion_blur_impulse_response_is_one_sided_gaussian():
   img = jnp.zeros((17, 17, 1)).at[8, 8, 0].set(1.0)
   out = np.asarray(_ops.motion_blur(img, 3, 1.5, 0.0))[..., 0]
-  w = np.exp(-(np.arange(7) ** 2) / (2 * 1.5 ** 2))
+  w = np.exp(-(np.arange(7) ** 2) / (2 * 1.5**2))
   # output x takes input x + i: the trail runs to the left of the point
   np.testing.assert_allclose(out[8, 2:9][::-1], w / w.sum(), rtol=1e-5)
   assert out.sum() == pytest.approx(1.0, rel=1e-5) and out[:8].sum() == 0 and out[9:].sum() == 0
@@ -260,6 +291,7 @@ def test_mnist_c_lines_and_stripes():
 @pytest.mark.parametrize("lam", [0.3, 3.0, 40.0, 60.0])
 def test_inverse_cdf_poisson_has_the_poisson_law(lam):
   from scipy import stats
+
   c = jnp.float32(60.0)
   kmax = jnp.ceil(c + 10 * jnp.sqrt(c) + 10).astype(jnp.int32)
   draws = np.asarray(jax.jit(image._poisson_inverse_cdf)(jax.random.key(0), jnp.full((200_000,), lam), kmax))
@@ -276,8 +308,11 @@ def test_glass_blur_swap_chain_is_the_reference_loop():
   numpy on the same draws."""
   sigma, delta, iterations = 0.7, 2, 2
   images = np.asarray(GRAY[:3])
-  out = np.asarray(image.glass_blur_mnist(
-      jax.vmap(lambda i: jax.random.fold_in(KEY, i))(jnp.arange(3)), jnp.asarray(images), sigma, delta, iterations))
+  out = np.asarray(
+      image.glass_blur_mnist(
+          jax.vmap(lambda i: jax.random.fold_in(KEY, i))(jnp.arange(3)), jnp.asarray(images), sigma, delta, iterations
+      )
+  )
   rows = range(28 - delta, delta, -1)
   steps = len(rows) ** 2 * iterations
   for i in range(3):
@@ -300,7 +335,7 @@ def test_motion_blur_equals_the_gather_of_every_tap():
   img = rng.random((28, 20, 2)).astype(np.float32)
   radius, sigma = 6, 2.5
   i = np.arange(2 * radius + 1)
-  w = np.exp(-i ** 2 / (2 * sigma ** 2))
+  w = np.exp(-(i**2) / (2 * sigma**2))
   for angle in (-44.0, -7.3, 0.0, 31.0, -120.0):  # snow's directions reach -135
     a = np.deg2rad(np.float32(angle))
     dy = np.ceil(i * np.sin(a) - 0.5).astype(int)
@@ -324,8 +359,10 @@ def test_blocked_corruptions_take_raw_keys():
   """Corruptions run in blocks (fog, motion blur, shot noise) accept an old
   style uint32 key as every other corruption does, with the same result."""
   for name in ("fog", "motion_blur", "shot_noise"):
-    np.testing.assert_array_equal(corrupt("mnist_c", name, jax.random.PRNGKey(0), GRAY[:3], 2),
-                                  corrupt("mnist_c", name, jax.random.key(0), GRAY[:3], 2))
+    np.testing.assert_array_equal(
+        corrupt("mnist_c", name, jax.random.PRNGKey(0), GRAY[:3], 2),
+        corrupt("mnist_c", name, jax.random.key(0), GRAY[:3], 2),
+    )
 
 
 def test_inverse_cdf_poisson_counts_at_most_kmax_terms():

@@ -19,8 +19,7 @@ def test_bad_bits_name_field_value_and_range(bits):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("format", "int9"), ("granularity", "per_row"), ("calibration", "kl"),
-     ("rounding", "up"), ("range", "fixed")],
+    [("format", "int9"), ("granularity", "per_row"), ("calibration", "kl"), ("rounding", "up"), ("range", "fixed")],
 )
 def test_bad_choice_lists_valid_choices(field, value):
   with pytest.raises(ValueError) as e:
@@ -91,7 +90,12 @@ def test_presets_produce_documented_specs():
   assert (wo.weight.bits, wo.weight.granularity, wo.weight.symmetric, wo.act) == (8, "per_channel", False, None)
   w3a5 = layer_preset("w3a5")
   assert (w3a5.weight.bits, w3a5.weight.granularity, w3a5.weight.symmetric) == (3, "per_channel", True)
-  assert (w3a5.act.bits, w3a5.act.granularity, w3a5.act.symmetric, w3a5.act.range) == (5, "per_tensor", False, "dynamic")
+  assert (w3a5.act.bits, w3a5.act.granularity, w3a5.act.symmetric, w3a5.act.range) == (
+      5,
+      "per_tensor",
+      False,
+      "dynamic",
+  )
   assert layer_preset("w16").act is None and layer_preset("w16").weight.bits == 16
 
 
@@ -122,14 +126,38 @@ def test_requant_is_validated():
     dataclasses.replace(layer_preset("tflite_int8"), requant="fixed_point", int_bias=False)
 
 
+def test_int_bias_needs_a_static_per_tensor_activation_scale():
+  """An int32 bias lives on the accumulator grid, act scale x weight scale: with a dynamic (per-batch)
+  activation range that scale would change per batch, so the combination is refused."""
+  base = layer_preset("tflite_int8")
+  with pytest.raises(
+      ValueError,
+      match=r"int_bias=True needs integer weights and per-tensor integer activations" r" with range='static'",
+  ):
+    dataclasses.replace(base, act=dataclasses.replace(base.act, range="dynamic"), output=None)
+  with pytest.raises(ValueError, match=r"int_bias=True needs"):
+    dataclasses.replace(base, act=dataclasses.replace(base.act, granularity="per_channel"), output=None)
+  with pytest.raises(ValueError, match=r"requant='mlas' needs int_bias=True"):
+    dataclasses.replace(layer_preset("ort_int8_mlas"), int_bias=False)
+
+
 def test_layer_spec_pytree_keeps_every_field():
   """Every LayerSpec field survives flatten/unflatten (what nn.scan and jit do
   to a module's spec): a field missing from the pytree's metadata would come
   back as its default inside a scanned recurrent cell."""
-  spec = LayerSpec(weight=TensorSpec(bits=8), act=TensorSpec(bits=8, symmetric=False, range="static"),
-                   output=TensorSpec(bits=8, symmetric=False, range="static"), int_bias=True, min_weights=7,
-                   fold_bn=True, inplace_ranges=True, requant="fixed_point", calibrated_gates=True,
-                   u8s8_pairs="all", gemm_gates=True)
+  spec = LayerSpec(
+      weight=TensorSpec(bits=8),
+      act=TensorSpec(bits=8, symmetric=False, range="static"),
+      output=TensorSpec(bits=8, symmetric=False, range="static"),
+      int_bias=True,
+      min_weights=7,
+      fold_bn=True,
+      inplace_ranges=True,
+      requant="fixed_point",
+      calibrated_gates=True,
+      u8s8_pairs="all",
+      gemm_gates=True,
+  )
   leaves, tree = jax.tree_util.tree_flatten(spec)
   back = jax.tree_util.tree_unflatten(tree, leaves)
   for f in dataclasses.fields(LayerSpec):

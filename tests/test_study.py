@@ -83,6 +83,7 @@ def test_the_sweep_engine_shared_across_checkpoints_gives_each_its_own_results(s
   from qsim.evaluate.engine import Engine, build_quantizers
   from qsim.models import get_model
   from qsim.runs import load_variables
+
   wd, _, c = study
   rows = read_rows(os.path.join(wd, "eval", "results.csv"))
   qat = [r for r in rows if r["method"] == "qat" and r["family"] == "clean"]
@@ -94,13 +95,25 @@ def test_the_sweep_engine_shared_across_checkpoints_gives_each_its_own_results(s
   fresh = Engine(model, v, build_quantizers(model, v, names, calib), batch_size=c.eval_batch_size).run(test.x, test.y)
   for r, f in zip(qat, fresh.rows()):
     assert (r["quantizer"], r["disagreements"], r["float_correct"], r["quant_correct"]) == (
-        f["quantizer"], f["disagreements"], f["float_correct"], f["quant_correct"])
+        f["quantizer"],
+        f["disagreements"],
+        f["float_correct"],
+        f["quant_correct"],
+    )
 
 
-@pytest.mark.parametrize("name", [
-    "train/lenet_tiny/standard/seed0/summary.json", "train/lenet_tiny/qat/seed0/summary.json",
-    "train/lenet_tiny/qat/seed0/config.json", "eval/results.csv", "eval/report.md",
-    "retrain/lenet_tiny/seed0/results.csv", "report.md"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "train/lenet_tiny/standard/seed0/summary.json",
+        "train/lenet_tiny/qat/seed0/summary.json",
+        "train/lenet_tiny/qat/seed0/config.json",
+        "eval/results.csv",
+        "eval/report.md",
+        "retrain/lenet_tiny/seed0/results.csv",
+        "report.md",
+    ],
+)
 def test_tables_equal_the_golden_tables(study, name):
   """Every table the study writes (its training summaries, its sweep, its
   retraining, its reports) is byte-identical to the recorded one (see

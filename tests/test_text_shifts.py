@@ -16,8 +16,28 @@ from qsim.shifts import text
 from qsim.shifts.text import SEVERITIES, TEXT_SHIFTS, shift_texts
 
 NAMES = sorted(TEXT_SHIFTS)
-_COMMON = ["the", "a", "i", "movie", "film", "was", "not", "don't", "good", "bad", "10", "it's",
-           "plot", "actors", "great", "boring", "and", "of", "to", "really"]
+_COMMON = [
+    "the",
+    "a",
+    "i",
+    "movie",
+    "film",
+    "was",
+    "not",
+    "don't",
+    "good",
+    "bad",
+    "10",
+    "it's",
+    "plot",
+    "actors",
+    "great",
+    "boring",
+    "and",
+    "of",
+    "to",
+    "really",
+]
 
 
 def _reviews(n: int = 50, length: int = 40, seed: int = 0) -> list[str]:
@@ -90,13 +110,15 @@ def test_batch_independence(name):
 
 
 def test_same_result_in_another_process():
-  code = ("import json, sys; from qsim.shifts.text import TEXT_SHIFTS, shift_texts; "
-          "texts = json.load(sys.stdin); "
-          "print(json.dumps({n: shift_texts(n, 11, texts, 3) for n in sorted(TEXT_SHIFTS)}))")
-  env = dict(os.environ, PYTHONHASHSEED="12345",
-             PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  res = subprocess.run([sys.executable, "-c", code], input=json.dumps(TEXTS[:5]), env=env,
-                       capture_output=True, text=True, check=True)
+  code = (
+      "import json, sys; from qsim.shifts.text import TEXT_SHIFTS, shift_texts; "
+      "texts = json.load(sys.stdin); "
+      "print(json.dumps({n: shift_texts(n, 11, texts, 3) for n in sorted(TEXT_SHIFTS)}))"
+  )
+  env = dict(os.environ, PYTHONHASHSEED="12345", PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  res = subprocess.run(
+      [sys.executable, "-c", code], input=json.dumps(TEXTS[:5]), env=env, capture_output=True, text=True, check=True
+  )
   assert json.loads(res.stdout) == {n: shift_texts(n, 11, TEXTS[:5], 3) for n in NAMES}
 
 
@@ -183,8 +205,9 @@ def test_keyboard_table_is_symmetric():
 def test_bad_input_errors():
   with pytest.raises(ValueError) as e:
     shift_texts("typo", 0, TEXTS, 1)
-  assert str(e.value) == ("text shift='typo' is not valid; choose one of "
-                          "['oov_noise', 'typos', 'word_dropout', 'word_swap']")
+  assert str(e.value) == (
+      "text shift='typo' is not valid; choose one of ['oov_noise', 'typos', 'word_dropout', 'word_swap']"
+  )
   for s in (0, 6, 2.0, 2.5, True, "3", None):
     with pytest.raises(ValueError) as e:
       shift_texts("typos", 0, TEXTS, s)

@@ -65,6 +65,7 @@ def _recording_linear(w):
     if not isinstance(x, jax.core.Tracer):  # the attack's inner steps are traced; keep the inputs trained on
       seen.append(np.asarray(x))
     return x.reshape(x.shape[0], -1) @ w, None
+
   return forward, seen
 
 
@@ -72,6 +73,7 @@ def test_mixup_trains_on_convex_combinations_with_the_drawn_lambda():
   """Each input row is lam * x_i + (1 - lam) * x_perm(i), one lam for the batch, perm a permutation, and the
   loss mixes the two labels' cross-entropies with the same lam."""
   from qsim.train.methods import batch_loss, cross_entropy  # pylint: disable=g-import-not-at-top
+
   n = 12
   x = jnp.eye(n, dtype=jnp.float32) * 2.0  # row i = 2 e_i: a mixed row shows both its sources and lam
   y = jnp.arange(n) % 3
@@ -96,6 +98,7 @@ def test_mixup_trains_on_convex_combinations_with_the_drawn_lambda():
 
 def test_fgsm_perturbs_the_adversarial_fraction_by_eps_times_the_gradient_sign():
   from qsim.train.methods import batch_loss, cross_entropy  # pylint: disable=g-import-not-at-top
+
   x = jnp.asarray(X[:8].reshape(8, -1)[:, :20])
   y = jnp.asarray(Y[:8]) % 3
   w = jax.random.normal(KEY, (20, 3))
@@ -113,6 +116,7 @@ def test_fgsm_perturbs_the_adversarial_fraction_by_eps_times_the_gradient_sign()
 def test_qat_step_trains_the_quantized_forward():
   """The QAT step's loss is the quantized model's cross-entropy, not the float model's."""
   from qsim.train.methods import cross_entropy  # pylint: disable=g-import-not-at-top
+
   model = get_model("lenet_tiny", num_classes=10, quant=preset("w4a4"))
   state = init_state(model, X[:1], make_optimizer("adam", 1e-2, 10), 0)
   _, loss, _ = make_train_step(model, MethodConfig(method="standard"))(state, X[:16], Y[:16], KEY)
@@ -140,8 +144,9 @@ def test_resume_equals_uninterrupted_and_is_deterministic(tmp_path):
   # constant learning rate: a 3-step run is then exactly the first half of a
   # 6-step run (a cosine schedule depends on the total; the kill test below
   # interrupts a real cosine run instead)
-  kw = dict(steps=6, batch_size=16, log_every=3, checkpoint_every=3, method=MethodConfig(method="mixup"),
-            schedule="constant")
+  kw = dict(
+      steps=6, batch_size=16, log_every=3, checkpoint_every=3, method=MethodConfig(method="mixup"), schedule="constant"
+  )
   train(model, X, Y, workdir=str(tmp_path / "a"), **kw)
   train(model, X, Y, workdir=str(tmp_path / "b"), **{**kw, "steps": 3})  # stopped at step 3
   train(model, X, Y, workdir=str(tmp_path / "b"), **kw)  # resumed
@@ -157,7 +162,9 @@ def test_nan_loss_stops_with_step_and_keeps_last_finite_checkpoint(tmp_path):
   model = get_model("lenet_tiny", num_classes=10)
   kw = dict(batch_size=16, log_every=2, checkpoint_every=2, optimizer="sgd", schedule="constant", seed=0)
   train(model, X, Y, workdir=str(tmp_path), steps=2, learning_rate=1e-3, **kw)
-  with pytest.raises(FloatingPointError, match=r"loss is not finite at step \d+; the last finite checkpoint \(step 2\)"):
+  with pytest.raises(
+      FloatingPointError, match=r"loss is not finite at step \d+; the last finite checkpoint \(step 2\)"
+  ):
     train(model, X, Y, workdir=str(tmp_path), steps=40, learning_rate=1e30, **kw)
   assert all(np.all(np.isfinite(p)) for p in _params(tmp_path))
 
@@ -166,7 +173,13 @@ def test_launcher_resumes_after_kill(tmp_path):
   """kill -9 a real training process mid-run, rerun the same command: the
   final parameters equal an uninterrupted run's."""
   args = "runlocal,steps=60,checkpoint_every=5,log_every=5"
-  cmd = lambda wd: [sys.executable, "-m", "experiments.train", f"--config=experiments/configs/mnist.py:{args}", f"--workdir={wd}"]
+  cmd = lambda wd: [
+      sys.executable,
+      "-m",
+      "experiments.train",
+      f"--config=experiments/configs/mnist.py:{args}",
+      f"--workdir={wd}",
+  ]
   env = {**os.environ, "PYTHONPATH": ROOT}
   if not os.path.exists("/usr/share/datasets/fashion-mnist"):
     pytest.skip("make test installs dataset-fashion-mnist")
@@ -187,9 +200,17 @@ def test_launcher_resumes_after_kill(tmp_path):
   assert steps == sorted(set(steps)) and steps[-1] == 60
 
 
-@pytest.mark.parametrize("module,arg", [
-    (mnist, "runlocal,method=qat,bits=4"), (mnist, "runlocal,method=pgd"), (rows, "runlocal,method=mixup"),
-    (cifar, "runlocal,method=fgsm"), (imdb, "runlocal,method=pgd"), (imdb, "runlocal,method=mixup")])
+@pytest.mark.parametrize(
+    "module,arg",
+    [
+        (mnist, "runlocal,method=qat,bits=4"),
+        (mnist, "runlocal,method=pgd"),
+        (rows, "runlocal,method=mixup"),
+        (cifar, "runlocal,method=fgsm"),
+        (imdb, "runlocal,method=pgd"),
+        (imdb, "runlocal,method=mixup"),
+    ],
+)
 def test_configs_run_end_to_end(module, arg, tmp_path):
   c = module.get_config(arg)
   if c.dataset == "fashion_mnist_debian" and not os.path.exists("/usr/share/datasets/fashion-mnist"):
@@ -221,6 +242,7 @@ def test_text_adversarial_training_updates_the_embedding():
 def test_stochastic_rounding_trains_and_evaluates():
   from qsim.quant import LayerSpec, QuantConfig, TensorSpec
   from qsim.train import predict
+
   cfg = QuantConfig(default=LayerSpec(weight=TensorSpec(bits=4, granularity="per_channel", rounding="stochastic")))
   model = get_model("lenet_tiny", num_classes=10, quant=cfg)
   state = init_state(model, X[:1], make_optimizer("adam", 1e-3, 10), 0)

@@ -21,6 +21,7 @@ RUNLOCAL = dict(limit=100, shifts="c", batch_size=100, calib_samples=50, weight_
 
 def get_config(arg: str = ""):
   import ml_collections
+
   c = evaluate.fields(ml_collections.ConfigDict())
   c.checkpoints = ""
   c.weight_bits = "2+3+4+5+6+7+8+16"

@@ -12,8 +12,7 @@ CIFAR-10 on the dev machines; runlocal runs on TFDS mock data in the tests).
 
 from experiments.configs import common
 
-RUNLOCAL = dict(model="resnet20_tiny", steps=4, batch_size=8, log_every=2, checkpoint_every=2,
-                val_size=8, iters=2)
+RUNLOCAL = dict(model="resnet20_tiny", steps=4, batch_size=8, log_every=2, checkpoint_every=2, val_size=8, iters=2)
 
 
 def get_config(arg: str = ""):

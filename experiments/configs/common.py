@@ -35,8 +35,9 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
-def apply_args(c: ml_collections.ConfigDict, arg: str, runlocal: dict,
-               settings: dict[str, dict] | None = None) -> ml_collections.ConfigDict:
+def apply_args(
+    c: ml_collections.ConfigDict, arg: str, runlocal: dict, settings: dict[str, dict] | None = None
+) -> ml_collections.ConfigDict:
   """Applies ``arg`` ("model=lenet5,method=qat,bits=4,runlocal") to ``c``.
 
   ``bits=N`` is short for ``quant=wNaN``; ``runlocal`` applies the tiny
@@ -57,7 +58,10 @@ def apply_args(c: ml_collections.ConfigDict, arg: str, runlocal: dict,
     if key == "bits":
       if not value.isdigit():
         raise ValueError(f"config key 'bits' takes an int in [2, 16] (short for quant=wNaN), not {value!r}")
-      key, value = "quant", f"w{int(value)}a{int(value)}"  # a preset name (qsim.quant.bits_name; no library import here)
+      key, value = (
+          "quant",
+          f"w{int(value)}a{int(value)}",
+      )  # a preset name (qsim.quant.bits_name; no library import here)
     if key not in c:
       raise ValueError(f"config key {key!r} is not valid; valid keys are {sorted(c.keys()) + ['bits'] + sorted(named)}")
     old = c[key]
@@ -69,8 +73,10 @@ def apply_args(c: ml_collections.ConfigDict, arg: str, runlocal: dict,
       try:
         value = type(old)(value)
       except ValueError:
-        raise ValueError(f"config key {key!r} takes a{'n int' if isinstance(old, int) else ' float'}"
-                         f" (default {old!r}), not {value!r}") from None
+        raise ValueError(
+            f"config key {key!r} takes a{'n int' if isinstance(old, int) else ' float'}"
+            f" (default {old!r}), not {value!r}"
+        ) from None
     c[key] = value
   c.lock()
   return c

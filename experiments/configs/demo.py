@@ -14,8 +14,9 @@ falls as bits grow (hundreds of flipped predictions at w2, a handful at w8a8).
 
 import ml_collections
 
-RUNLOCAL = dict(model="lenet_tiny", steps=60, val_size=500, test_limit=500, eval_batch_size=250,
-                weight_bits=(2, 8), act_bits=(0, 8))
+RUNLOCAL = dict(
+    model="lenet_tiny", steps=60, val_size=500, test_limit=500, eval_batch_size=250, weight_bits=(2, 8), act_bits=(0, 8)
+)
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

@@ -34,6 +34,7 @@ def fields(c):
 
 def get_config(arg: str = ""):
   import ml_collections
+
   c = fields(ml_collections.ConfigDict())
   c.checkpoint = ""
   c.quantizers = STUDY_QUANTIZERS

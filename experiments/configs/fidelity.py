@@ -34,6 +34,7 @@ RUNLOCAL = dict(limit=200, shifts="c/fog/1+c/shot_noise/3", batch_size=100)
 
 def get_config(arg: str = ""):
   import ml_collections
+
   c = ml_collections.ConfigDict()
   c.checkpoint = ""
   c.modes = "int8+dynamic+float16+ort_int8+ort_dynamic+ort_dynamic_u8"

@@ -12,8 +12,7 @@ measured here: no IMDb on the dev machines; runlocal runs on mock data).
 
 from experiments.configs import common
 
-RUNLOCAL = dict(model="lstm_tiny", steps=4, batch_size=4, log_every=2, checkpoint_every=2,
-                val_size=4, iters=2)
+RUNLOCAL = dict(model="lstm_tiny", steps=4, batch_size=4, log_every=2, checkpoint_every=2, val_size=4, iters=2)
 
 
 def get_config(arg: str = ""):

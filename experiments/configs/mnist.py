@@ -16,8 +16,17 @@ batch adversarial). Measured figures: BUILD_NOTES.md.
 
 from experiments.configs import common
 
-RUNLOCAL = dict(model="lenet_tiny", steps=6, batch_size=32, log_every=3, checkpoint_every=3,
-                train_limit=512, test_limit=256, val_size=256, iters=2)
+RUNLOCAL = dict(
+    model="lenet_tiny",
+    steps=6,
+    batch_size=32,
+    log_every=3,
+    checkpoint_every=3,
+    train_limit=512,
+    test_limit=256,
+    val_size=256,
+    iters=2,
+)
 
 
 def get_config(arg: str = ""):

@@ -27,12 +27,22 @@ import dataclasses
 
 from experiments.configs import common
 
-RUNLOCAL = dict(pool="val[:300]", eval_split="test[:200]", shifts="c/fog/3+c/rotate/2", shift_limit=100,
-                seeds="0", epochs=0.05, train_limit=2000, calib_samples=50, eval_batch_size=100)
+RUNLOCAL = dict(
+    pool="val[:300]",
+    eval_split="test[:200]",
+    shifts="c/fog/3+c/rotate/2",
+    shift_limit=100,
+    seeds="0",
+    epochs=0.05,
+    train_limit=2000,
+    calib_samples=50,
+    eval_batch_size=100,
+)
 
 
 def get_config(arg: str = ""):
   import ml_collections
+
   c = ml_collections.ConfigDict()
   c.checkpoint = ""
   c.quantizers = "w4a4+tflite_int8"
@@ -66,6 +76,7 @@ def retrain_config(c):
   """The ConfigDict as a :class:`qsim.retrain.RetrainConfig` ('+'-separated lists)."""
   from qsim.evaluate import sweep
   from qsim.retrain import RetrainConfig
+
   values = {f.name: c[f.name] for f in dataclasses.fields(RetrainConfig)}
   for k in LISTS:
     values[k] = tuple(sweep.split(values[k]))

@@ -10,8 +10,17 @@ Measured figures: BUILD_NOTES.md.
 
 from experiments.configs import common
 
-RUNLOCAL = dict(model="gru_rows_tiny", steps=4, batch_size=32, log_every=2, checkpoint_every=2,
-                train_limit=256, test_limit=128, val_size=128, iters=2)
+RUNLOCAL = dict(
+    model="gru_rows_tiny",
+    steps=4,
+    batch_size=32,
+    log_every=2,
+    checkpoint_every=2,
+    train_limit=256,
+    test_limit=128,
+    val_size=128,
+    iters=2,
+)
 
 
 def get_config(arg: str = ""):

@@ -39,18 +39,50 @@ import dataclasses
 
 from experiments.configs import common
 
-RUNLOCAL = dict(models="lenet_tiny", methods="standard+qat", seeds="0", train_steps=8, qat_steps=4, pgd_iters=2,
-                train_limit=512, val_size=400, batch_size=32, limit=100, shifts="c/fog+c/rotate", severities="2+5",
-                bits="4", quantizers="tflite_int8+fp16", retrain_quantizers="w4a4", retrain_strategies="all+random",
-                retrain_pool="val[:200]", retrain_eval_split="test[:150]", retrain_epochs=0.2,
-                retrain_shift_limit=60, eval_batch_size=100, calib_samples=40)
-QUICK = dict(seeds="0+1", train_steps=300, qat_steps=100, pgd_iters=2, limit=250, eval_batch_size=250,
-             severities="1+3+5", bits="4+8", retrain_quantizers="w4a4", retrain_pool="val[:1000]",
-             retrain_eval_split="test[:1000]", retrain_epochs=0.2, retrain_shift_limit=100)
+RUNLOCAL = dict(
+    models="lenet_tiny",
+    methods="standard+qat",
+    seeds="0",
+    train_steps=8,
+    qat_steps=4,
+    pgd_iters=2,
+    train_limit=512,
+    val_size=400,
+    batch_size=32,
+    limit=100,
+    shifts="c/fog+c/rotate",
+    severities="2+5",
+    bits="4",
+    quantizers="tflite_int8+fp16",
+    retrain_quantizers="w4a4",
+    retrain_strategies="all+random",
+    retrain_pool="val[:200]",
+    retrain_eval_split="test[:150]",
+    retrain_epochs=0.2,
+    retrain_shift_limit=60,
+    eval_batch_size=100,
+    calib_samples=40,
+)
+QUICK = dict(
+    seeds="0+1",
+    train_steps=300,
+    qat_steps=100,
+    pgd_iters=2,
+    limit=250,
+    eval_batch_size=250,
+    severities="1+3+5",
+    bits="4+8",
+    retrain_quantizers="w4a4",
+    retrain_pool="val[:1000]",
+    retrain_eval_split="test[:1000]",
+    retrain_epochs=0.2,
+    retrain_shift_limit=100,
+)
 
 
 def get_config(arg: str = ""):
   import ml_collections
+
   c = ml_collections.ConfigDict()
   c.dataset = "fashion_mnist_debian"
   c.models = "lenet1+lenet5+gru_rows"
@@ -85,14 +117,24 @@ def get_config(arg: str = ""):
   return common.apply_args(c, arg, RUNLOCAL, {"quick": QUICK, "full": {}})
 
 
-TUPLES = {"models": str, "methods": str, "seeds": int, "quantizers": str, "bits": int, "shifts": str,
-          "severities": int, "retrain_quantizers": str, "retrain_strategies": str}
+TUPLES = {
+    "models": str,
+    "methods": str,
+    "seeds": int,
+    "quantizers": str,
+    "bits": int,
+    "shifts": str,
+    "severities": int,
+    "retrain_quantizers": str,
+    "retrain_strategies": str,
+}
 
 
 def study_config(c):
   """The ConfigDict as a :class:`qsim.study.StudyConfig` ('+'-separated lists)."""
   from qsim.evaluate import sweep
   from qsim.study import StudyConfig
+
   values = {}
   for f in dataclasses.fields(StudyConfig):
     v = c[f.name]
@@ -107,6 +149,7 @@ def study_config(c):
 
 def _train_module(model: str):
   from experiments.configs import cifar, imdb, mnist, rows
+
   if model.startswith("lenet"):
     return mnist
   if "rows" in model:
@@ -122,9 +165,18 @@ def train_config_fn(c):
   def make(model: str, method: str, seed: int, standard_dir: str):
     module = _train_module(model)
     steps = c.qat_steps if method == "qat" else (c.train_steps or module.get_config().steps)
-    args = [f"model={model}", f"method={method}", f"seed={seed}", f"steps={steps}", f"dataset={c.dataset}",
-            f"train_limit={c.train_limit}", f"val_size={c.val_size}", f"test_limit={c.limit}",
-            f"log_every={max(1, min(100, steps))}", f"checkpoint_every={max(1, min(500, steps))}"]
+    args = [
+        f"model={model}",
+        f"method={method}",
+        f"seed={seed}",
+        f"steps={steps}",
+        f"dataset={c.dataset}",
+        f"train_limit={c.train_limit}",
+        f"val_size={c.val_size}",
+        f"test_limit={c.limit}",
+        f"log_every={max(1, min(100, steps))}",
+        f"checkpoint_every={max(1, min(500, steps))}",
+    ]
     args += [f"batch_size={c.batch_size}"] if c.batch_size else []
     args += [f"iters={c.pgd_iters}"] if c.pgd_iters else []
     if method == "qat":

@@ -6,6 +6,18 @@ from qsim.data.shifted import CIFAR10_1_VERSIONS, CIFAR10_C, MNIST_C, cifar10_1,
 from qsim.data.sources import DATASETS, SPLITS, Data, load
 
 __all__ = [
-    "CIFAR10_1_VERSIONS", "CIFAR10_C", "DATASETS", "DEFAULT_DIR", "Data", "MNIST_C", "SPLITS", "cifar10_1",
-    "cifar10_c", "load", "load_fashion_mnist", "mnist_c", "read_idx", "yelp_polarity",
+    "CIFAR10_1_VERSIONS",
+    "CIFAR10_C",
+    "DATASETS",
+    "DEFAULT_DIR",
+    "Data",
+    "MNIST_C",
+    "SPLITS",
+    "cifar10_1",
+    "cifar10_c",
+    "load",
+    "load_fashion_mnist",
+    "mnist_c",
+    "read_idx",
+    "yelp_polarity",
 ]

@@ -35,9 +35,7 @@ def read_idx(path: str) -> np.ndarray:
   return arr.reshape(shape)
 
 
-def load_fashion_mnist(
-    split: str, data_dir: str = DEFAULT_DIR
-) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(split: str, data_dir: str = DEFAULT_DIR) -> tuple[np.ndarray, np.ndarray]:
   """Loads a split as ``(images float32 (N, 28, 28, 1) in [0, 1], labels int32)``.
 
   Args:
@@ -56,8 +54,7 @@ def load_fashion_mnist(
   if missing:
     raise FileNotFoundError(
         f"dataset 'fashion_mnist' ({split}) not found: looked for {missing}."
-        f" Install it with: {_PREPARE}"
-        + ("" if data_dir == DEFAULT_DIR else f" (or copy the files into {data_dir})")
+        f" Install it with: {_PREPARE}" + ("" if data_dir == DEFAULT_DIR else f" (or copy the files into {data_dir})")
     )
   images = read_idx(paths[0]).astype(np.float32)[..., None] / 255.0
   labels = read_idx(paths[1]).astype(np.int32)

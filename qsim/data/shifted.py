@@ -27,14 +27,43 @@ from qsim.distributed import Shard
 
 # TFDS mnist_corrupted configs (its 'identity' config, clean MNIST, is left out).
 MNIST_C = (
-    "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "shear", "scale", "rotate", "brightness",
-    "translate", "stripe", "fog", "spatter", "dotted_line", "zigzag", "canny_edges",
+    "shot_noise",
+    "impulse_noise",
+    "glass_blur",
+    "motion_blur",
+    "shear",
+    "scale",
+    "rotate",
+    "brightness",
+    "translate",
+    "stripe",
+    "fog",
+    "spatter",
+    "dotted_line",
+    "zigzag",
+    "canny_edges",
 )
 # TFDS cifar10_corrupted config prefixes (configs are '<name>_<severity>').
 CIFAR10_C = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "defocus_blur", "frosted_glass_blur",
-    "motion_blur", "zoom_blur", "gaussian_blur", "snow", "frost", "fog", "spatter", "brightness", "contrast",
-    "saturate", "elastic", "pixelate", "jpeg_compression",
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "speckle_noise",
+    "defocus_blur",
+    "frosted_glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "gaussian_blur",
+    "snow",
+    "frost",
+    "fog",
+    "spatter",
+    "brightness",
+    "contrast",
+    "saturate",
+    "elastic",
+    "pixelate",
+    "jpeg_compression",
 )
 # The CIFAR-10-C paper's names for the two corruptions TFDS names differently.
 CIFAR10_C_ALIASES = {"glass_blur": "frosted_glass_blur", "elastic_transform": "elastic"}
@@ -56,15 +85,26 @@ def _images_data(name: str, data_dir, download, limit, shard) -> Data:
   return Data(name, "test", x, y, 10, offset=offset)
 
 
-def mnist_c(corruption: str, *, data_dir: str | None = None, download: bool = False, limit: int | None = None,
-            shard: Shard | None = None) -> Data:
+def mnist_c(
+    corruption: str,
+    *,
+    data_dir: str | None = None,
+    download: bool = False,
+    limit: int | None = None,
+    shard: Shard | None = None,
+) -> Data:
   """The MNIST-C test set for one of ``MNIST_C``."""
   _check("corruption", corruption, MNIST_C)
   return _images_data(f"mnist_corrupted/{corruption}", data_dir, download, limit, shard)
 
 
 def cifar10_c(
-    corruption: str, severity: int, *, data_dir: str | None = None, download: bool = False, limit: int | None = None,
+    corruption: str,
+    severity: int,
+    *,
+    data_dir: str | None = None,
+    download: bool = False,
+    limit: int | None = None,
     shard: Shard | None = None,
 ) -> Data:
   """The CIFAR-10-C test set for one of ``CIFAR10_C`` (or its paper alias) at severity 1..5."""
@@ -75,7 +115,11 @@ def cifar10_c(
 
 
 def cifar10_1(
-    version: str = "v6", *, data_dir: str | None = None, download: bool = False, limit: int | None = None,
+    version: str = "v6",
+    *,
+    data_dir: str | None = None,
+    download: bool = False,
+    limit: int | None = None,
     shard: Shard | None = None,
 ) -> Data:
   """CIFAR-10.1 (``v6``: 2,000 images, the paper's main set; ``v4``: 2,021)."""

@@ -69,7 +69,8 @@ def _not_prepared_error(name: str, looked_in: str, data_dir: str | None) -> File
       f"dataset {name!r} is not prepared: looked in {looked_in}."
       f" Prepare it where there is internet with: tfds build {name}"
       f" --data_dir={data_dir or '~/tensorflow_datasets'} --file_format=array_record,"
-      " then copy that folder here (or pass download=True)")
+      " then copy that folder here (or pass download=True)"
+  )
 
 
 def span(n: int, limit: int | None = None, shard: Shard | None = None, start: int = 0) -> tuple[int, int]:
@@ -80,8 +81,15 @@ def span(n: int, limit: int | None = None, shard: Shard | None = None, start: in
   return start + a, start + b
 
 
-def read_tfds_split(name: str, split: str, data_dir: str | None, download: bool, limit: int | None = None,
-                    shard: Shard | None = None, select=None):
+def read_tfds_split(
+    name: str,
+    split: str,
+    data_dir: str | None,
+    download: bool,
+    limit: int | None = None,
+    shard: Shard | None = None,
+    select=None,
+):
   """Examples of a TFDS split (``name`` may be 'name/config'): ``shard``'s
   block of the first ``limit`` (default all), or ``select(len) -> (start,
   stop)``; only those are read. Returns ``(examples, start)``."""
@@ -200,12 +208,14 @@ def load(
       start, stop = span(n, limit, part, first)
       where["offset"] = start - first
       return start, stop
+
     return f
 
   # a vocabulary built here needs every training text: read them all, cut the block after
   whole_for_vocab = info.kind == "text" and encode and vocab is None and split == "train" and not shard.whole
-  x, y = _raw(name, "test" if split == "test" else "train", data_dir, download,
-              select(Shard() if whole_for_vocab else shard))
+  x, y = _raw(
+      name, "test" if split == "test" else "train", data_dir, download, select(Shard() if whole_for_vocab else shard)
+  )
   offset = where["offset"]
   if whole_for_vocab:
     vocab = text_lib.build_vocab(x, vocab_size)
@@ -216,7 +226,8 @@ def load(
       if split != "train":
         raise ValueError(
             f"split={split!r} of {name!r} needs vocab=: the vocabulary of the training run"
-            " (qsim.data.text.load_vocab('<workdir>/vocab.json'), or load(..., 'train').vocab)")
+            " (qsim.data.text.load_vocab('<workdir>/vocab.json'), or load(..., 'train').vocab)"
+        )
       vocab = text_lib.build_vocab(x, vocab_size)
     if len(vocab) + 2 > vocab_size:
       raise ValueError(f"vocab has {len(vocab)} words (+2 ids for pad and OOV) but vocab_size={vocab_size}")

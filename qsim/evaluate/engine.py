@@ -61,21 +61,29 @@ def check_variables(model: nn.Module, variables: dict, example: np.ndarray) -> N
     if want is None and got is None:
       continue
     if (want is None) != (got is None):
-      raise ValueError(f"checkpoint and model disagree: collection {col!r} is "
-                       f"{'missing from the checkpoint' if got is None else 'not used by the model'}")
+      raise ValueError(
+          f"checkpoint and model disagree: collection {col!r} is "
+          f"{'missing from the checkpoint' if got is None else 'not used by the model'}"
+      )
     w = dict(jax.tree_util.tree_flatten_with_path(want)[0])
     g = dict(jax.tree_util.tree_flatten_with_path(got)[0])
     for path in sorted(set(w) | set(g), key=jax.tree_util.keystr):
       name = f"{col}{jax.tree_util.keystr(path)}"
       if path not in g:
-        raise ValueError(f"checkpoint does not match the model: {name} (shape {tuple(w[path].shape)}) is missing"
-                         " from the checkpoint")
+        raise ValueError(
+            f"checkpoint does not match the model: {name} (shape {tuple(w[path].shape)}) is missing"
+            " from the checkpoint"
+        )
       if path not in w:
-        raise ValueError(f"checkpoint does not match the model: {name} (shape {tuple(np.shape(g[path]))}) is not a"
-                         " parameter of the model")
+        raise ValueError(
+            f"checkpoint does not match the model: {name} (shape {tuple(np.shape(g[path]))}) is not a"
+            " parameter of the model"
+        )
       if tuple(w[path].shape) != tuple(np.shape(g[path])):
-        raise ValueError(f"checkpoint does not match the model: {name} has shape {tuple(np.shape(g[path]))} in the"
-                         f" checkpoint but {tuple(w[path].shape)} in the model")
+        raise ValueError(
+            f"checkpoint does not match the model: {name} has shape {tuple(np.shape(g[path]))} in the"
+            f" checkpoint but {tuple(w[path].shape)} in the model"
+        )
 
 
 def build_quantizers(
@@ -150,12 +158,17 @@ class SetResult:
       n_dis = int(dis.sum())
       lo, hi = metrics.rate_ci(n_dis, n)
       row = {
-          "quantizer": qname, "n": len(y), "nonfinite": len(y) - n,
-          "float_correct": int(f_ok.sum()), "quant_correct": int(q_ok.sum()),
+          "quantizer": qname,
+          "n": len(y),
+          "nonfinite": len(y) - n,
+          "float_correct": int(f_ok.sum()),
+          "quant_correct": int(q_ok.sum()),
           "float_accuracy": f_ok.mean() if n else float("nan"),
           "quant_accuracy": q_ok.mean() if n else float("nan"),
-          "disagreements": n_dis, "disagreement_rate": n_dis / n if n else float("nan"),
-          "rate_ci_low": float(lo), "rate_ci_high": float(hi),
+          "disagreements": n_dis,
+          "disagreement_rate": n_dis / n if n else float("nan"),
+          "rate_ci_low": float(lo),
+          "rate_ci_high": float(hi),
           "flips_correct_to_wrong": int((f_ok & ~q_ok).sum()),
           "flips_wrong_to_correct": int((~f_ok & q_ok).sum()),
           "flips_wrong_to_other_wrong": int((~f_ok & ~q_ok & dis).sum()),
@@ -266,8 +279,12 @@ class Engine:
     x = np.asarray(x)
     if n and np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
       bad = int((~np.isfinite(x.reshape(n, -1))).any(axis=1).sum())
-      print(f"warning: {name or 'dataset'} has {bad} inputs with NaN/Inf; their rows are counted as"
-            " 'nonfinite', not as predictions", file=sys.stderr, flush=True)
+      print(
+          f"warning: {name or 'dataset'} has {bad} inputs with NaN/Inf; their rows are counted as"
+          " 'nonfinite', not as predictions",
+          file=sys.stderr,
+          flush=True,
+      )
     t0 = time.time()
     parts = []
     bs = self._local_batch
@@ -294,8 +311,7 @@ class Engine:
     cat = [np.concatenate([p[i] for p in parts], axis=0 if i < 4 else 1) for i in range(1, 7)]
     cat = [c[order] if i < 3 else c[:, order] for i, c in enumerate(cat)]
     y_all = np.concatenate(distributed.gather_rows(np.asarray(y, np.int32)))
-    return SetResult(name, self.names, y_all, cat[0], cat[3], cat[1], cat[4], cat[2], cat[5],
-                     seconds=time.time() - t0)
+    return SetResult(name, self.names, y_all, cat[0], cat[3], cat[1], cat[4], cat[2], cat[5], seconds=time.time() - t0)
 
 
 def _host(ids, out) -> list[np.ndarray]:

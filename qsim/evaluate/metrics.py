@@ -212,8 +212,13 @@ def detection_report(labels, scores) -> dict:
   ``n_pos`` and ``n_neg`` (int), from one sort. ValueError on NaN scores."""
   y, s = _check(labels, scores)
   n_pos = int(np.count_nonzero(y))
-  out = {"auroc": float("nan"), "aupr": float("nan"), "tnr_at_95tpr": float("nan"),
-         "n_pos": n_pos, "n_neg": int(y.size - n_pos)}
+  out = {
+      "auroc": float("nan"),
+      "aupr": float("nan"),
+      "tnr_at_95tpr": float("nan"),
+      "n_pos": n_pos,
+      "n_neg": int(y.size - n_pos),
+  }
   if n_pos and y.size - n_pos:
     tp, fp = _counts(y, s)
     out.update(auroc=_auroc(tp, fp), aupr=_aupr(tp, fp), tnr_at_95tpr=_tnr(tp, fp, 0.95))

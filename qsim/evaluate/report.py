@@ -42,7 +42,9 @@ def _family(r) -> str:
 
 def plot_rate_vs_bits(rows, path) -> bool:
   by = defaultdict(list)
-  diag = {r["quantizer"] for r in rows if _bits(r["quantizer"]) and _bits(r["quantizer"])[0] == _bits(r["quantizer"])[1]}
+  diag = {
+      r["quantizer"] for r in rows if _bits(r["quantizer"]) and _bits(r["quantizer"])[0] == _bits(r["quantizer"])[1]
+  }
   use = diag or {r["quantizer"] for r in rows if _bits(r["quantizer"]) and _bits(r["quantizer"])[1] is None}
   if not use:
     return False
@@ -111,9 +113,11 @@ def pooled_samples(workdir, quantizer):
     try:
       s = store.samples(fname[:-4])  # allow_pickle=False: an object array is refused, never unpickled
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-      raise ValueError(f"results file {os.path.join(store.samples_dir, fname)} is corrupted or not a qsim"
-                       f" samples file ({e}); delete it and parts/{fname[:-4]}.json, then rerun the sweep"
-                       " command to recompute that unit") from e
+      raise ValueError(
+          f"results file {os.path.join(store.samples_dir, fname)} is corrupted or not a qsim"
+          f" samples file ({e}); delete it and parts/{fname[:-4]}.json, then rerun the sweep"
+          " command to recompute that unit"
+      ) from e
     names = list(s["quantizers"])
     if quantizer not in names:
       continue
@@ -160,13 +164,20 @@ def write_report(workdir: str) -> str:
   quantizers = list(dict.fromkeys(r["quantizer"] for r in rows))
   sets = list(dict.fromkeys(r["set"] for r in rows))
   ckpts = list(dict.fromkeys(r["checkpoint"] for r in rows))
-  lines = [f"# Disagreement report: {os.path.abspath(workdir)}", "",
-           f"{len(ckpts)} checkpoint(s), {len(quantizers)} quantizers, {len(sets)} sets, {len(rows)} rows"
-           " (rates: % of samples whose quantized prediction differs from the float model's).", ""]
+  lines = [
+      f"# Disagreement report: {os.path.abspath(workdir)}",
+      "",
+      f"{len(ckpts)} checkpoint(s), {len(quantizers)} quantizers, {len(sets)} sets, {len(rows)} rows"
+      " (rates: % of samples whose quantized prediction differs from the float model's).",
+      "",
+  ]
   # per quantizer: clean vs shifted
-  lines += ["## Disagreement per quantizer", "",
-            "| quantizer | clean rate % | 95% CI | mean shifted rate % | worst set | worst rate % | accuracy drop on clean (pts) |",
-            "|---|---|---|---|---|---|---|"]
+  lines += [
+      "## Disagreement per quantizer",
+      "",
+      "| quantizer | clean rate % | 95% CI | mean shifted rate % | worst set | worst rate % | accuracy drop on clean (pts) |",
+      "|---|---|---|---|---|---|---|",
+  ]
   for q in quantizers:
     qr = [r for r in rows if r["quantizer"] == q]
     clean = [r for r in qr if r["family"] == "clean"]
@@ -178,23 +189,37 @@ def write_report(workdir: str) -> str:
         f"{'-' if c is None else _fmt(c['rate_ci_low'], True) + '-' + _fmt(c['rate_ci_high'], True)} | "
         f"{_fmt(mean([r['disagreement_rate'] for r in shifted]), True)} | {worst['set'] if worst else '-'} | "
         f"{_fmt(worst['disagreement_rate'], True) if worst else '-'} | "
-        f"{_fmt(mean([r['float_accuracy'] - r['quant_accuracy'] for r in clean]), True)} |")
+        f"{_fmt(mean([r['float_accuracy'] - r['quant_accuracy'] for r in clean]), True)} |"
+    )
   lines.append("")
   present = [q for q in STUDY_QUANTIZERS if q in quantizers]
   if present:
     fams = list(dict.fromkeys(_family(r) for r in rows))
-    lines += ["## The study's four deployments", "", "Mean disagreement rate % by set family.", "",
-              "| family | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
+    lines += [
+        "## The study's four deployments",
+        "",
+        "Mean disagreement rate % by set family.",
+        "",
+        "| family | " + " | ".join(present) + " |",
+        "|---|" + "---|" * len(present),
+    ]
     for fam in fams:
-      cells = [_fmt(mean([r["disagreement_rate"] for r in rows if r["quantizer"] == q and _family(r) == fam]), True)
-               for q in present]
+      cells = [
+          _fmt(mean([r["disagreement_rate"] for r in rows if r["quantizer"] == q and _family(r) == fam]), True)
+          for q in present
+      ]
       lines.append(f"| {fam} | " + " | ".join(cells) + " |")
     lines.append("")
   # detection quality, mean over (quantizer, set) rows with both classes
-  lines += ["## Detecting disagreements", "",
-            "Mean over (quantizer, set) rows that have disagreements; scores from the float model's and the"
-            " quantized model's outputs; higher is better.", "",
-            "| score | source | AUROC | AUPR | TNR@95%TPR |", "|---|---|---|---|---|"]
+  lines += [
+      "## Detecting disagreements",
+      "",
+      "Mean over (quantizer, set) rows that have disagreements; scores from the float model's and the"
+      " quantized model's outputs; higher is better.",
+      "",
+      "| score | source | AUROC | AUPR | TNR@95%TPR |",
+      "|---|---|---|---|---|",
+  ]
   for src in ("float", "quant"):
     for name in metrics.SCORE_NAMES:
       vals = [mean([r[f"{src}_{name}_{m}"] for r in rows]) for m in ("auroc", "aupr", "tnr95")]
@@ -224,8 +249,10 @@ def plot_bit_grid(counts: np.ndarray, weight_bits, act_bits, path: str, n: int) 
   grid by the bits it built the quantizers from (no name parsing)."""
   counts = np.asarray(counts)
   if counts.shape != (len(weight_bits), len(act_bits)):
-    raise ValueError(f"counts has shape {counts.shape}; expected (len(weight_bits), len(act_bits))"
-                     f" = {(len(weight_bits), len(act_bits))}")
+    raise ValueError(
+        f"counts has shape {counts.shape}; expected (len(weight_bits), len(act_bits))"
+        f" = {(len(weight_bits), len(act_bits))}"
+    )
   plt = pyplot()
   scaled = np.log10(counts + 1)
   fig, ax = plt.subplots(figsize=(1.4 + 1.1 * len(act_bits), 1.2 + 0.6 * len(weight_bits)))

@@ -91,8 +91,9 @@ class ResultsStore:
       if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise ValueError("not a list of rows")
     except ValueError as e:
-      raise ValueError(f"results part {path} is corrupted ({e}); delete it and rerun the same command to"
-                       " recompute that unit") from e
+      raise ValueError(
+          f"results part {path} is corrupted ({e}); delete it and rerun the same command to recompute that unit"
+      ) from e
     return rows
 
   def get(self, key: str) -> list[dict] | None:
@@ -121,6 +122,7 @@ class ResultsStore:
 
     def write_csv(f):
       import io
+
       text = io.StringIO()
       w = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
       w.writeheader()
@@ -128,6 +130,8 @@ class ResultsStore:
       f.write(text.getvalue().encode())
 
     atomic_write(csv_path, write_csv)
-    atomic_write(os.path.join(self.workdir, "results.jsonl"),
-                 lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    atomic_write(
+        os.path.join(self.workdir, "results.jsonl"),
+        lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()),
+    )
     return csv_path

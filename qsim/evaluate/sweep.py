@@ -49,8 +49,15 @@ def split(value: str) -> list[str]:
 
 def config_kwargs(c) -> dict:
   """``run_sweep`` keyword arguments from an evaluate/ablate config."""
-  return dict(limit=c.limit or None, batch_size=c.batch_size, calib_samples=c.calib_samples, seed=c.seed,
-              data_dir=c.data_dir or None, skip_missing=c.skip_missing, mapping=c.mapping)
+  return dict(
+      limit=c.limit or None,
+      batch_size=c.batch_size,
+      calib_samples=c.calib_samples,
+      seed=c.seed,
+      data_dir=c.data_dir or None,
+      skip_missing=c.skip_missing,
+      mapping=c.mapping,
+  )
 
 
 def bit_grid_names(weight_bits: Sequence[int], act_bits: Sequence[int | None]) -> list[str]:
@@ -172,8 +179,10 @@ def run_sweep(
   for ckpt, cfg, sets in plans:
     done = np.asarray([writer and store.has(ResultsStore.key(os.path.abspath(ckpt), s)) for s in sets])
     todo = [s for s, d in zip(sets, distributed.broadcast(done)) if not d]  # process 0 decides for all
-    _log(f"{ckpt}: {cfg['model']} ({cfg['method']}) on {cfg['dataset']}: {len(sets)} sets x"
-         f" {len(quantizers)} quantizers; {len(sets) - len(todo)} sets already done")
+    _log(
+        f"{ckpt}: {cfg['model']} ({cfg['method']}) on {cfg['dataset']}: {len(sets)} sets x"
+        f" {len(quantizers)} quantizers; {len(sets) - len(todo)} sets already done"
+    )
     if not todo:
       continue
     dataset = cfg["dataset"]
@@ -208,24 +217,50 @@ def run_sweep(
       rows = []
       meta = registry.parse(name) if name != CLEAN else None
       for k, r in enumerate(res.rows()):
-        rows.append({
-            "checkpoint": os.path.abspath(ckpt), "model": cfg["model"], "method": cfg["method"],
-            "train_seed": cfg.get("seed"), "dataset": dataset, "set": name, "set_index": f"{i:05d}",
-            "family": meta.family if meta else CLEAN, "shift": meta.shift if meta else "",
-            "severity": meta.severity if meta else None, "quantizer_index": f"{k:03d}", **r,
-            "eval_seed": seed, "limit": limit, "calib_samples": calib_samples,
-            "qsim_version": qsim.__version__, "jax_version": jax.__version__, "backend": jax.default_backend(),
-            "devices": jax.device_count(), "processes": jax.process_count(),
-        })
-      store.put(key, rows, {
-          "y": res.y, "float_pred": res.float_pred, "quant_pred": res.quant_pred,
-          "float_scores": res.float_scores.astype(np.float32), "quant_scores": res.quant_scores.astype(np.float32),
-          "float_finite": res.float_finite, "quant_finite": res.quant_finite,
-          "quantizers": np.asarray(res.quantizers)})
+        rows.append(
+            {
+                "checkpoint": os.path.abspath(ckpt),
+                "model": cfg["model"],
+                "method": cfg["method"],
+                "train_seed": cfg.get("seed"),
+                "dataset": dataset,
+                "set": name,
+                "set_index": f"{i:05d}",
+                "family": meta.family if meta else CLEAN,
+                "shift": meta.shift if meta else "",
+                "severity": meta.severity if meta else None,
+                "quantizer_index": f"{k:03d}",
+                **r,
+                "eval_seed": seed,
+                "limit": limit,
+                "calib_samples": calib_samples,
+                "qsim_version": qsim.__version__,
+                "jax_version": jax.__version__,
+                "backend": jax.default_backend(),
+                "devices": jax.device_count(),
+                "processes": jax.process_count(),
+            }
+        )
+      store.put(
+          key,
+          rows,
+          {
+              "y": res.y,
+              "float_pred": res.float_pred,
+              "quant_pred": res.quant_pred,
+              "float_scores": res.float_scores.astype(np.float32),
+              "quant_scores": res.quant_scores.astype(np.float32),
+              "float_finite": res.float_finite,
+              "quant_finite": res.quant_finite,
+              "quantizers": np.asarray(res.quantizers),
+          },
+      )
       worst = max(rows, key=lambda r: r["disagreements"])
-      _log(f"  [{i + 1}/{len(sets)}] {name}: {len(res.y)} samples in {res.seconds:.1f} s; float acc"
-           f" {rows[0]['float_accuracy']:.4f}; most disagreements: {worst['quantizer']} {worst['disagreements']}"
-           f" ({engine.compilations} compilation{'s' if engine.compilations != 1 else ''})")
+      _log(
+          f"  [{i + 1}/{len(sets)}] {name}: {len(res.y)} samples in {res.seconds:.1f} s; float acc"
+          f" {rows[0]['float_accuracy']:.4f}; most disagreements: {worst['quantizer']} {worst['disagreements']}"
+          f" ({engine.compilations} compilation{'s' if engine.compilations != 1 else ''})"
+      )
   if not writer:
     return os.path.join(workdir, "results.csv")
   path = store.write_table(SORT_KEYS)

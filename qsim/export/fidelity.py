@@ -62,7 +62,10 @@ def _check_in(valid: Sequence[str], what: str):
     if v not in valid:
       raise ValueError(f"{what}={v!r} is not valid; choose one of {list(valid)}")
     return v
+
   return check
+
+
 LEGACY_KERNELS = "xnnpack"  # what rows written before the kernels option ran on (the interpreter's default)
 
 
@@ -80,8 +83,11 @@ def compare(float_pred: np.ndarray, qsim_pred: np.ndarray, runtime_pred: np.ndar
   """Agreement of qsim and the runtime, and the overlap of their disagreement sets."""
   dq, dt = qsim_pred != float_pred, runtime_pred != float_pred
   return {
-      "n": len(float_pred), "agreement": float(np.mean(qsim_pred == runtime_pred)) if len(float_pred) else float("nan"),
-      "jaccard": jaccard(dq, dt), "qsim_disagreements": int(dq.sum()), "runtime_disagreements": int(dt.sum()),
+      "n": len(float_pred),
+      "agreement": float(np.mean(qsim_pred == runtime_pred)) if len(float_pred) else float("nan"),
+      "jaccard": jaccard(dq, dt),
+      "qsim_disagreements": int(dq.sum()),
+      "runtime_disagreements": int(dt.sum()),
       "both_disagree": int((dq & dt).sum()),
   }
 
@@ -169,8 +175,10 @@ def run_fidelity(
   kernels = _checked(kernels, _check_in(ALL_KERNELS, "kernels"), ALL_KERNELS, "kernels", "kernel family")
   for rt in {runtime_of(m) for m in modes}:
     if not any(runtime_of(k) == rt for k in kernels):
-      raise ValueError(f"modes {[m for m in modes if runtime_of(m) == rt]} run on {rt}, but kernels={kernels}"
-                       f" names none of its kernel families {[k for k in ALL_KERNELS if runtime_of(k) == rt]}")
+      raise ValueError(
+          f"modes {[m for m in modes if runtime_of(m) == rt]} run on {rt}, but kernels={kernels}"
+          f" names none of its kernel families {[k for k in ALL_KERNELS if runtime_of(k) == rt]}"
+      )
   kernels = [k for k in kernels if any(runtime_of(m) == runtime_of(k) for m in modes)]
   if any(runtime_of(m) == "onnxruntime" for m in modes):
     onnx_modules()  # the extra is installed, or an error naming it, before any work
@@ -192,12 +200,26 @@ def run_fidelity(
     if missing:
       todo[s] = missing
   units = len(sets) * len(kernels)
-  _log(f"fidelity {checkpoint}: {cfg['model']} on {cfg['dataset']}, modes {modes} on kernels {kernels}:"
-       f" {len(sets)} sets, {units - sum(map(len, todo.values()))} of {units} (set, kernels) units already done"
-       + (f"; {stale} stored units recomputed (other modes or presets than these)" if stale else ""))
+  _log(
+      f"fidelity {checkpoint}: {cfg['model']} on {cfg['dataset']}, modes {modes} on kernels {kernels}:"
+      f" {len(sets)} sets, {units - sum(map(len, todo.values()))} of {units} (set, kernels) units already done"
+      + (f"; {stale} stored units recomputed (other modes or presets than these)" if stale else "")
+  )
   if todo:
-    _run(cfg, checkpoint, store, sets, todo, modes, limit=limit, calib_samples=calib_samples,
-         batch_size=batch_size, seed=seed, data_dir=data_dir, study=study)
+    _run(
+        cfg,
+        checkpoint,
+        store,
+        sets,
+        todo,
+        modes,
+        limit=limit,
+        calib_samples=calib_samples,
+        batch_size=batch_size,
+        seed=seed,
+        data_dir=data_dir,
+        study=study,
+    )
   return store.write_table(SORT_KEYS)
 
 
@@ -247,12 +269,16 @@ def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, bat
   tfl = _export_all(model, variables, calib, modes, needed, os.path.join(store.workdir, "models"))
   study_model = None
   if study and "int8" in modes and "xnnpack" in needed and np.issubdtype(calib.x.dtype, np.floating):
-    study_model = TFLiteModel(export(model, variables, "int8", calib.x[:1], representative=calib.x,
-                                     softmax=True, io_type="uint8"))
-  _log(f"  exported {modes} for kernels {needed}{' + study int8 (uint8 io, softmax, xnnpack)' if study_model else ''}"
-       f" in {time.time() - t0:.1f} s")
-  presets = list(dict.fromkeys(preset_of(m, k) for m in modes for k in needed
-                                if runtime_of(m) == runtime_of(k)))  # qsim runs each once
+    study_model = TFLiteModel(
+        export(model, variables, "int8", calib.x[:1], representative=calib.x, softmax=True, io_type="uint8")
+    )
+  _log(
+      f"  exported {modes} for kernels {needed}{' + study int8 (uint8 io, softmax, xnnpack)' if study_model else ''}"
+      f" in {time.time() - t0:.1f} s"
+  )
+  presets = list(
+      dict.fromkeys(preset_of(m, k) for m in modes for k in needed if runtime_of(m) == runtime_of(k))
+  )  # qsim runs each once
   engine = Engine(model, variables, build_quantizers(model, variables, presets, calib.x), batch_size=batch_size)
   for i, name in enumerate(sets):
     if name not in todo:
@@ -267,17 +293,34 @@ def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, bat
           continue
         tp = tfl[m, kern].predict(d.x, batch_size)
         j = presets.index(preset_of(m, kern))
-        row = {"set": name, "set_index": f"{i:05d}", "mode": m, "runtime": runtime_of(m), "kernels": kern,
-               "quantizer": presets[j], **compare(res.float_pred, res.quant_pred[j], tp),
-               "qsim_accuracy": float(np.mean(res.quant_pred[j] == d.y)),
-               "runtime_accuracy": float(np.mean(tp == d.y)), "float_accuracy": float(np.mean(res.float_pred == d.y))}
+        row = {
+            "set": name,
+            "set_index": f"{i:05d}",
+            "mode": m,
+            "runtime": runtime_of(m),
+            "kernels": kern,
+            "quantizer": presets[j],
+            **compare(res.float_pred, res.quant_pred[j], tp),
+            "qsim_accuracy": float(np.mean(res.quant_pred[j] == d.y)),
+            "runtime_accuracy": float(np.mean(tp == d.y)),
+            "float_accuracy": float(np.mean(res.float_pred == d.y)),
+        }
         if m == "int8" and kern == "xnnpack" and study_model is not None:
           sp = study_model.predict_study(d.x)
-          row.update(study_disagreements=int((sp != res.float_pred).sum()),
-                     study_vs_tflite_agreement=float(np.mean(sp == tp)))
-        row.update(checkpoint=os.path.abspath(checkpoint), model=cfg["model"], method=cfg["method"],
-                   dataset=cfg["dataset"], limit=limit, calib_samples=calib_samples, eval_seed=seed,
-                   qsim_version=qsim.__version__, jax_version=jax.__version__)
+          row.update(
+              study_disagreements=int((sp != res.float_pred).sum()), study_vs_tflite_agreement=float(np.mean(sp == tp))
+          )
+        row.update(
+            checkpoint=os.path.abspath(checkpoint),
+            model=cfg["model"],
+            method=cfg["method"],
+            dataset=cfg["dataset"],
+            limit=limit,
+            calib_samples=calib_samples,
+            eval_seed=seed,
+            qsim_version=qsim.__version__,
+            jax_version=jax.__version__,
+        )
         rows.append(row)
       store.put(unit_key(store, name, kern), rows)
       worst = min(rows, key=lambda r: r["agreement"])
@@ -289,14 +332,18 @@ def _kernels(row: dict) -> str:
   return row.get("kernels") or LEGACY_KERNELS
 
 
-KERNEL_DOC = ("Kernels: `xnnpack` is the TFLite interpreter's default (XNNPACK delegate), `builtin` TFLite's built-in"
-              " kernels (fixed-point requantization); `mlas` ONNX Runtime's default session (fused integer kernels),"
-              " `reference` the QDQ graph run as written (graph optimizations off).")
+KERNEL_DOC = (
+    "Kernels: `xnnpack` is the TFLite interpreter's default (XNNPACK delegate), `builtin` TFLite's built-in"
+    " kernels (fixed-point requantization); `mlas` ONNX Runtime's default session (fused integer kernels),"
+    " `reference` the QDQ graph run as written (graph optimizations off)."
+)
 
 
 def _sorted_rows(workdir: str) -> list[dict]:
-  rows = sorted((_with_kernels(r) for r in ResultsStore(workdir).rows()),
-                key=lambda r: (r["set_index"], r["mode"], ALL_KERNELS.index(_kernels(r))))
+  rows = sorted(
+      (_with_kernels(r) for r in ResultsStore(workdir).rows()),
+      key=lambda r: (r["set_index"], r["mode"], ALL_KERNELS.index(_kernels(r))),
+  )
   if not rows:
     raise ValueError(f"no fidelity rows in {workdir!r}; run experiments.fidelity first")
   return rows
@@ -310,8 +357,9 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
   any), and the disagreements of qsim and of the runtime summed over all
   sets."""
   rows = [_with_kernels(r) for r in rows]
-  groups = sorted({(r["mode"], _kernels(r)) for r in rows},
-                  key=lambda g: (runtime_of(g[0]), g[0], ALL_KERNELS.index(g[1])))
+  groups = sorted(
+      {(r["mode"], _kernels(r)) for r in rows}, key=lambda g: (runtime_of(g[0]), g[0], ALL_KERNELS.index(g[1]))
+  )
   out = []
   nan = float("nan")
   for m, k in groups:
@@ -319,45 +367,71 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
     clean = [r for r in rs if r["set"] == "clean"]
     ag = [r["agreement"] for r in rs if r["set"] != "clean"]
     jc = [r["jaccard"] for r in rs if r["set"] != "clean"]
-    out.append({
-        "runtime": runtime_of(m), "mode": m, "kernels": k, "quantizer": rs[0]["quantizer"],
-        "clean_agreement": clean[0]["agreement"] if clean else nan, "clean_jaccard": clean[0]["jaccard"] if clean else nan,
-        "shifted_sets": len(ag), "min_agreement": min(ag) if ag else nan, "mean_agreement": float(np.mean(ag)) if ag else nan,
-        "min_jaccard": min(jc) if jc else nan, "mean_jaccard": float(np.mean(jc)) if jc else nan,
-        "qsim_disagreements": sum(r["qsim_disagreements"] for r in rs),
-        "runtime_disagreements": sum(r["runtime_disagreements"] for r in rs)})
+    out.append(
+        {
+            "runtime": runtime_of(m),
+            "mode": m,
+            "kernels": k,
+            "quantizer": rs[0]["quantizer"],
+            "clean_agreement": clean[0]["agreement"] if clean else nan,
+            "clean_jaccard": clean[0]["jaccard"] if clean else nan,
+            "shifted_sets": len(ag),
+            "min_agreement": min(ag) if ag else nan,
+            "mean_agreement": float(np.mean(ag)) if ag else nan,
+            "min_jaccard": min(jc) if jc else nan,
+            "mean_jaccard": float(np.mean(jc)) if jc else nan,
+            "qsim_disagreements": sum(r["qsim_disagreements"] for r in rs),
+            "runtime_disagreements": sum(r["runtime_disagreements"] for r in rs),
+        }
+    )
   return out
 
 
 def _summary_line(s: dict, prefix: str = "") -> str:
   f = lambda v, d=4: "-" if np.isnan(v) else f"{v:.{d}f}"  # noqa: E731
-  return (f"| {prefix}{s['runtime']} | {s['mode']} | {s['kernels']} | {s['quantizer']} | {f(s['clean_agreement'])} |"
-          f" {f(s['clean_jaccard'], 3)} | {s['shifted_sets']} | {f(s['min_agreement'])} | {f(s['mean_agreement'])} |"
-          f" {f(s['min_jaccard'], 3)} | {f(s['mean_jaccard'], 3)} | {s['qsim_disagreements']} /"
-          f" {s['runtime_disagreements']} |")
+  return (
+      f"| {prefix}{s['runtime']} | {s['mode']} | {s['kernels']} | {s['quantizer']} | {f(s['clean_agreement'])} |"
+      f" {f(s['clean_jaccard'], 3)} | {s['shifted_sets']} | {f(s['min_agreement'])} | {f(s['mean_agreement'])} |"
+      f" {f(s['min_jaccard'], 3)} | {f(s['mean_jaccard'], 3)} | {s['qsim_disagreements']} /"
+      f" {s['runtime_disagreements']} |"
+  )
 
 
-_SUMMARY_HEADER = ("runtime | mode | kernels | qsim preset | clean agreement | clean Jaccard | shifted sets | min agreement"
-                   " | mean agreement | min Jaccard | mean Jaccard | disagreements qsim / runtime (all sets) |")
+_SUMMARY_HEADER = (
+    "runtime | mode | kernels | qsim preset | clean agreement | clean Jaccard | shifted sets | min agreement"
+    " | mean agreement | min Jaccard | mean Jaccard | disagreements qsim / runtime (all sets) |"
+)
 
 
 def write_report(workdir: str) -> str:
   """``fidelity.md``: per (mode, kernels), agreement and Jaccard on the clean
   set and over the shifted sets (min and mean), with a plot of both per set."""
   rows = _sorted_rows(workdir)
-  lines = ["# Fidelity: qsim vs the real runtimes (TFLite, ONNX Runtime)", "",
-           f"Checkpoint `{rows[0]['checkpoint']}` ({rows[0]['model']}, {rows[0]['dataset']}). {KERNEL_DOC}", "",
-           "| " + _SUMMARY_HEADER, "|---" * 12 + "|"]
+  lines = [
+      "# Fidelity: qsim vs the real runtimes (TFLite, ONNX Runtime)",
+      "",
+      f"Checkpoint `{rows[0]['checkpoint']}` ({rows[0]['model']}, {rows[0]['dataset']}). {KERNEL_DOC}",
+      "",
+      "| " + _SUMMARY_HEADER,
+      "|---" * 12 + "|",
+  ]
   summary = summarize(rows)
   lines += [_summary_line(s) for s in summary]
   study = [r for r in rows if r.get("study_disagreements") is not None]
   if study:
-    lines += ["", "The study's own way (uint8 input truncated, one sample at a time, argmax of the uint8 softmax)"
-              " against the same int8 model run with rounded input and dequantized logits, both on XNNPACK:", "",
-              "| set | TFLite disagreements | study-way disagreements | study-way agreement with TFLite |",
-              "|---|---|---|---|"]
-    lines += [f"| {r['set']} | {r['runtime_disagreements']} | {r['study_disagreements']} |"
-              f" {r['study_vs_tflite_agreement']:.4f} |" for r in study]
+    lines += [
+        "",
+        "The study's own way (uint8 input truncated, one sample at a time, argmax of the uint8 softmax)"
+        " against the same int8 model run with rounded input and dequantized logits, both on XNNPACK:",
+        "",
+        "| set | TFLite disagreements | study-way disagreements | study-way agreement with TFLite |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['set']} | {r['runtime_disagreements']} | {r['study_disagreements']} |"
+        f" {r['study_vs_tflite_agreement']:.4f} |"
+        for r in study
+    ]
   if _plot(rows, [(s["mode"], s["kernels"]) for s in summary], os.path.join(workdir, "fidelity.png")):
     lines += ["", "![agreement and Jaccard per set](fidelity.png)"]
   path = os.path.join(workdir, "fidelity.md")
@@ -376,9 +450,14 @@ def write_summary(runs: dict[str, str], out_dir: str) -> str:
     raise ValueError("runs is empty; give at least one label -> fidelity workdir")
   per = {label: summarize(_sorted_rows(wd)) for label, wd in runs.items()}
   os.makedirs(out_dir, exist_ok=True)
-  lines = ["# Fidelity across architectures: qsim vs the real runtimes", "",
-           KERNEL_DOC + " The plot's lowest agreement is the minimum over the clean set and every shifted set.", "",
-           "| run (model) | " + _SUMMARY_HEADER, "|---" * 13 + "|"]
+  lines = [
+      "# Fidelity across architectures: qsim vs the real runtimes",
+      "",
+      KERNEL_DOC + " The plot's lowest agreement is the minimum over the clean set and every shifted set.",
+      "",
+      "| run (model) | " + _SUMMARY_HEADER,
+      "|---" * 13 + "|",
+  ]
   for label, summary in per.items():
     model = ResultsStore(runs[label]).rows()[0].get("model", "?")
     lines += [_summary_line(s, prefix=f"{label} ({model}) | ") for s in summary]
@@ -397,16 +476,19 @@ def _lowest(s: dict) -> float:
 def _heatmap(per: dict[str, list[dict]], path: str) -> bool:
   """Lowest agreement per run (rows) and (mode/kernels) (columns), annotated."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   cols = list(dict.fromkeys(f"{s['mode']}/{s['kernels']}" for summary in per.values() for s in summary))
   grid = np.full((len(per), len(cols)), np.nan)
   for i, summary in enumerate(per.values()):
     for s in summary:
       grid[i, cols.index(f"{s['mode']}/{s['kernels']}")] = _lowest(s)
   fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cols) + 2.5), 0.5 * len(per) + 2.2))
-  im = ax.imshow(grid, vmin=min(0.95, np.nanmin(grid)) if np.isfinite(grid).any() else 0.95, vmax=1.0,
-                 cmap="RdYlGn", aspect="auto")
+  im = ax.imshow(
+      grid, vmin=min(0.95, np.nanmin(grid)) if np.isfinite(grid).any() else 0.95, vmax=1.0, cmap="RdYlGn", aspect="auto"
+  )
   ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
   ax.set_yticks(range(len(per)), list(per))
   for (i, j), v in np.ndenumerate(grid):
@@ -425,8 +507,10 @@ def _plot(rows, groups, path) -> bool:
   'int8/builtin'; XNNPACK as dots, built-in kernels as crosses, ONNX Runtime's
   MLAS and reference kernels as up and down triangles."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
   for m, k in groups:
     rs = [r for r in rows if r["mode"] == m and _kernels(r) == k]

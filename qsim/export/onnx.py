@@ -55,8 +55,12 @@ import numpy as np
 
 from qsim.export.tflite import tensorflow, tf_forward
 
-ORT_MODES = {"ort_int8": "ort_int8", "ort_dynamic": "ort_dynamic", "ort_dynamic_u8": "ort_dynamic_u8",
-             "ort_float32": "float32"}
+ORT_MODES = {
+    "ort_int8": "ort_int8",
+    "ort_dynamic": "ort_dynamic",
+    "ort_dynamic_u8": "ort_dynamic_u8",
+    "ort_float32": "float32",
+}
 ORT_KERNELS = ("mlas", "reference")
 
 
@@ -90,6 +94,8 @@ def ort_preset(mode: str, kernels: str, saturates: bool | None = None) -> str:
   if mode == "ort_int8" and kernels == "mlas":
     return "ort_int8_mlas"
   return ORT_MODES[mode]
+
+
 OPSET = 17
 
 
@@ -146,8 +152,9 @@ class _Reader:
     self.i = 0
 
 
-def export_onnx(model, variables: dict, mode: str, example: np.ndarray, *,
-                representative: np.ndarray | None = None) -> bytes:
+def export_onnx(
+    model, variables: dict, mode: str, example: np.ndarray, *, representative: np.ndarray | None = None
+) -> bytes:
   """Converts ``model`` to ONNX and quantizes it with ONNX Runtime in ``mode``.
 
   Args:
@@ -167,6 +174,7 @@ def export_onnx(model, variables: dict, mode: str, example: np.ndarray, *,
   onnx, _, _ = onnx_modules()
   from onnxruntime import quantization as q  # pylint: disable=g-import-not-at-top
   from onnxruntime.quantization.shape_inference import quant_pre_process  # pylint: disable=g-import-not-at-top
+
   proto = to_onnx(model, variables, example)
   with tempfile.TemporaryDirectory() as tmp:
     raw, pre, out = (os.path.join(tmp, f) for f in ("float.onnx", "pre.onnx", "quant.onnx"))
@@ -176,9 +184,16 @@ def export_onnx(model, variables: dict, mode: str, example: np.ndarray, *,
       out = pre
     elif mode == "ort_int8":
       reader = _Reader(proto.graph.input[0].name, np.asarray(representative, np.asarray(example).dtype))
-      q.quantize_static(pre, out, reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
-                        activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                        calibrate_method=q.CalibrationMethod.MinMax)
+      q.quantize_static(
+          pre,
+          out,
+          reader,
+          quant_format=q.QuantFormat.QDQ,
+          per_channel=True,
+          activation_type=q.QuantType.QUInt8,
+          weight_type=q.QuantType.QInt8,
+          calibrate_method=q.CalibrationMethod.MinMax,
+      )
     else:
       weights = q.QuantType.QUInt8 if mode == "ort_dynamic_u8" else q.QuantType.QInt8
       q.quantize_dynamic(pre, out, weight_type=weights)
@@ -218,8 +233,7 @@ class ORTModel:
       raise ValueError(f"batch_size={batch_size} is not valid; give an int >= 1")
     step = 1 if self.per_sample else batch_size
     dtype = np.int32 if np.issubdtype(np.asarray(x[:1]).dtype, np.integer) else np.float32
-    out = [self._sess.run(None, {self._in.name: np.asarray(x[i : i + step], dtype)})[0]
-           for i in range(0, len(x), step)]
+    out = [self._sess.run(None, {self._in.name: np.asarray(x[i : i + step], dtype)})[0] for i in range(0, len(x), step)]
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
   def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:

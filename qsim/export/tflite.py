@@ -277,8 +277,14 @@ def _rnn(tf, model: RNNClassifier, w: _Weights):
   return fwd
 
 
-_BUILDERS: dict[type, Callable] = {LeNet: _lenet, NiN: _nin, ResNetV2: _resnet_v2, ResNet50: _resnet50,
-                                   DenseNet: _densenet, RNNClassifier: _rnn}
+_BUILDERS: dict[type, Callable] = {
+    LeNet: _lenet,
+    NiN: _nin,
+    ResNetV2: _resnet_v2,
+    ResNet50: _resnet50,
+    DenseNet: _densenet,
+    RNNClassifier: _rnn,
+}
 
 
 def tf_forward(model, variables: dict) -> Callable:
@@ -288,7 +294,8 @@ def tf_forward(model, variables: dict) -> Callable:
       return build(tensorflow(), model, _Weights(variables))
   raise ValueError(
       f"export: {type(model).__name__} is not supported; supported architectures are"
-      f" {[c.__name__ for c in _BUILDERS]}")
+      f" {[c.__name__ for c in _BUILDERS]}"
+  )
 
 
 # --- conversion ---------------------------------------------------------------
@@ -434,4 +441,3 @@ class TFLiteModel:
         xi = xi / s + z
       preds[i] = int(np.argmax(self._invoke(xi.astype(self.input_dtype))))
     return preds
-

@@ -59,6 +59,15 @@ def get_model(name: str, *, num_classes: int, quant: Any = None, **overrides) ->
 
 
 __all__ = [
-    "DenseNet", "LeNet", "MODELS", "NiN", "RNNClassifier", "ResNet50", "ResNetV2",
-    "get_model", "lenet1", "lenet5", "lenet_tiny",
+    "DenseNet",
+    "LeNet",
+    "MODELS",
+    "NiN",
+    "RNNClassifier",
+    "ResNet50",
+    "ResNetV2",
+    "get_model",
+    "lenet1",
+    "lenet5",
+    "lenet_tiny",
 ]

@@ -22,21 +22,30 @@ import jax.numpy as jnp
 
 from qsim import nn as qnn
 
-
 BN_EPSILON = 1e-5
 
 
-def _bn(module: nn.Module, train: bool, name: str, *, act=nn.relu, after: str | None = None,
-        range_of=None) -> qnn.BatchNorm:
+def _bn(
+    module: nn.Module, train: bool, name: str, *, act=nn.relu, after: str | None = None, range_of=None
+) -> qnn.BatchNorm:
   """BatchNorm ``name`` (+ ``act``) in ``module``'s scope; ``after``: the conv
   it follows (folded into it under ``fold_bn``); ``range_of``: the Output
   point whose range its output is stored with (a same-scale group)."""
-  return qnn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON, quant=module.quant,
-                       act=act, folded_into=after, range_of=range_of, name=name)
+  return qnn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=BN_EPSILON,
+      quant=module.quant,
+      act=act,
+      folded_into=after,
+      range_of=range_of,
+      name=name,
+  )
 
 
-def _conv_bn(module: nn.Module, x, features: int, kernel, train: bool, conv: str, bn: str, *, act=nn.relu,
-             range_of=None, **kw):
+def _conv_bn(
+    module: nn.Module, x, features: int, kernel, train: bool, conv: str, bn: str, *, act=nn.relu, range_of=None, **kw
+):
   """Conv ``conv`` then BatchNorm ``bn`` (+ ``act``), the pair a converter
   folds into one convolution."""
   x = qnn.Conv(features, kernel, quant=module.quant, batch_norm=(bn, BN_EPSILON), name=conv, **kw)(x)
@@ -47,8 +56,9 @@ def _imagenet_stem(module: nn.Module, x, width: int, train: bool, range_of=None)
   """7x7/2 conv ('stem') - BatchNorm ('bn_stem') - ReLU - 3x3/2 max-pool,
   created inside ``module``'s compact scope; ``range_of``: the point whose
   range the stem's output takes (the max-pool shares its input's scale)."""
-  x = _conv_bn(module, x, width, (7, 7), train, "stem", "bn_stem", strides=2, padding="SAME", use_bias=False,
-               range_of=range_of)
+  x = _conv_bn(
+      module, x, width, (7, 7), train, "stem", "bn_stem", strides=2, padding="SAME", use_bias=False, range_of=range_of
+  )
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
 
 
@@ -70,8 +80,7 @@ class NiN(nn.Module):
       feats = list(widths) + ([self.num_classes] if last else [])
       for i, f in enumerate(feats):
         size = (k, k) if i == 0 else (1, 1)
-        x = _conv_bn(self, x, f, size, train, f"block{b + 1}_conv{i + 1}", f"block{b + 1}_bn{i + 1}",
-                     padding="SAME")
+        x = _conv_bn(self, x, f, size, train, f"block{b + 1}_conv{i + 1}", f"block{b + 1}_bn{i + 1}", padding="SAME")
       if not last:
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -98,10 +107,13 @@ class PreActBlock(nn.Module):
     if self.strides != 1 or x.shape[-1] != self.features:
       # the projection reads the pre-activated h: bn1's MUL is the stream's only reader and runs in place
       stream.overwritten_by(bn1.product(x))
-      shortcut = qnn.Conv(self.features, (1, 1), strides=self.strides, use_bias=False, quant=self.quant, name="shortcut")(h)
+      shortcut = qnn.Conv(
+          self.features, (1, 1), strides=self.strides, use_bias=False, quant=self.quant, name="shortcut"
+      )(h)
       shortcut = qnn.Output(quant=self.quant, name="shortcut_out")(shortcut)
-    h = _conv_bn(self, h, self.features, (3, 3), train, "conv1", "bn2", strides=self.strides, padding="SAME",
-                 use_bias=False)
+    h = _conv_bn(
+        self, h, self.features, (3, 3), train, "conv1", "bn2", strides=self.strides, padding="SAME", use_bias=False
+    )
     h = qnn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, quant=self.quant, name="conv2")(h)
     conv2_out = qnn.Output(quant=self.quant, name="conv2_out")
     y = conv2_out(h) + shortcut
@@ -146,14 +158,16 @@ class Bottleneck(nn.Module):
   def __call__(self, x, train: bool):
     out = self.features * 4
     h = _conv_bn(self, x, self.features, (1, 1), train, "conv1", "bn1", use_bias=False)
-    h = _conv_bn(self, h, self.features, (3, 3), train, "conv2", "bn2", strides=self.strides, padding="SAME",
-                 use_bias=False)
+    h = _conv_bn(
+        self, h, self.features, (3, 3), train, "conv2", "bn2", strides=self.strides, padding="SAME", use_bias=False
+    )
     h = qnn.Conv(out, (1, 1), quant=self.quant, batch_norm=("bn3", BN_EPSILON), use_bias=False, name="conv3")(h)
     bn3 = _bn(self, train, "bn3", act=None, after="conv3")
     h = bn3(h)
     if self.strides != 1 or x.shape[-1] != out:
-      x = _conv_bn(self, x, out, (1, 1), train, "shortcut", "bn_shortcut", act=None, strides=self.strides,
-                   use_bias=False)
+      x = _conv_bn(
+          self, x, out, (1, 1), train, "shortcut", "bn_shortcut", act=None, strides=self.strides, use_bias=False
+      )
     y = nn.relu(h + x)
     bn3.overwritten_by(y)  # the ADD (ReLU fused) runs in place on its first operand, used only there
     return qnn.Output(quant=self.quant, name="add")(y)

@@ -5,7 +5,21 @@ from qsim.nn.recurrent import GRUCell, LSTMCell, RNN
 from qsim.nn.calibration import calibrate, require_calibrated, uncalibrated
 
 __all__ = [
-    "AvgPool", "BatchNorm", "Conv", "Dense", "Embed", "GRUCell", "LSTMCell", "RNN", "QUANT_RNG",
-    "Output", "QUANT_STATS", "QuantConv", "QuantDotGeneral", "calibrate", "quantize_tensor",
-    "require_calibrated", "uncalibrated",
+    "AvgPool",
+    "BatchNorm",
+    "Conv",
+    "Dense",
+    "Embed",
+    "GRUCell",
+    "LSTMCell",
+    "RNN",
+    "QUANT_RNG",
+    "Output",
+    "QUANT_STATS",
+    "QuantConv",
+    "QuantDotGeneral",
+    "calibrate",
+    "quantize_tensor",
+    "require_calibrated",
+    "uncalibrated",
 ]

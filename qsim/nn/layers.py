@@ -105,15 +105,11 @@ def quantize_tensor(
   shape = fake_quant.range_shape(x.shape, spec, default_axis, where)
   lo = module.variable(QUANT_STATS, f"{slot}_lo", jnp.zeros, shape, jnp.float32)
   hi = module.variable(QUANT_STATS, f"{slot}_hi", jnp.zeros, shape, jnp.float32)
-  count = module.variable(
-      QUANT_STATS, f"{slot}_count", lambda: jnp.zeros((), jnp.int32)
-  )
+  count = module.variable(QUANT_STATS, f"{slot}_count", lambda: jnp.zeros((), jnp.int32))
   if module.is_initializing():
     return x
   if calibrating:
-    blo, bhi = fake_quant.calibrated_range(
-        x, spec, default_axis=default_axis, where=where
-    )
+    blo, bhi = fake_quant.calibrated_range(x, spec, default_axis=default_axis, where=where)
     n = count.value
     if spec.calibration == "absmax":
       new_lo, new_hi = jnp.minimum(lo.value, blo), jnp.maximum(hi.value, bhi)
@@ -172,8 +168,10 @@ def _registry(module: nn.Module) -> dict:
 def _set_pending(module: nn.Module, **pending) -> None:
   reg = _registry(module)
   if reg["pending"] is not None:
-    raise ValueError(f"{layer_name(module)}: the int32 result of {reg['pending']['where']} was never stored"
-                     " (requant='fixed_point' needs every op's output to reach an int8 point)")
+    raise ValueError(
+        f"{layer_name(module)}: the int32 result of {reg['pending']['where']} was never stored"
+        " (requant='fixed_point' needs every op's output to reach an int8 point)"
+    )
   reg["pending"] = pending
 
 
@@ -201,8 +199,10 @@ def _stored_tensor(module: nn.Module, x, y, spec: TensorSpec, lo, hi, where: str
   else:
     a, b = pending["a"], pending["b"]
     if x.shape[-1] % b.size:
-      raise ValueError(f"{where}: cannot requantize the output of {pending['where']}: {b.size} channel scales"
-                       f" for a last axis of {x.shape[-1]}")
+      raise ValueError(
+          f"{where}: cannot requantize the output of {pending['where']}: {b.size} channel scales"
+          f" for a last axis of {x.shape[-1]}"
+      )
     b = jnp.tile(b.reshape(-1), x.shape[-1] // b.size)  # a flattened NHWC map keeps channels last
     acc = jnp.round(xs * jax.lax.reciprocal(a * b)).astype(jnp.int32)
     if pending["rounding"] == "mlas":  # MlasRequantizeOutput: float(acc) * ((a * b) / scale), half to even
@@ -277,8 +277,7 @@ class _QuantOperands(nn.Module):
       rq = quantize_tensor(self, rhs, spec.weight, slot="weight", where=name)
       y = op(lq, rq, *args, **kwargs)
       saturation = None
-      if (spec.u8s8_pairs == "all" or (spec.u8s8_pairs == "dense" and op is lax.dot_general)) \
-          and _quantizing(self):
+      if (spec.u8s8_pairs == "all" or (spec.u8s8_pairs == "dense" and op is lax.dot_general)) and _quantizing(self):
         saturation = _u8s8_saturation(self, op, lhs, lq, rhs, rq, spec, name, args, kwargs)
         y = y + saturation
       if bias is not None and _quantizing(self):
@@ -313,15 +312,19 @@ def _fold(module: nn.Module, spec: LayerSpec | None, batch_norm: tuple[str, floa
   ``module``'s layer) when ``spec`` folds it, else None. Folding happens in
   inference (and calibration, which observes the converter's folded float
   graph), never while training or initializing."""
-  if not (batch_norm and spec is not None and spec.fold_bn) or module.is_initializing() \
-      or module.is_mutable_collection("batch_stats"):
+  if (
+      not (batch_norm and spec is not None and spec.fold_bn)
+      or module.is_initializing()
+      or module.is_mutable_collection("batch_stats")
+  ):
     return None
   bn, epsilon = batch_norm
   block = module.parent.parent
   params, stats = block.variables["params"].get(bn), block.variables.get("batch_stats", {}).get(bn)
   if params is None or stats is None:
-    raise ValueError(f"{layer_name(module, drop_last=1)}: fold_bn needs the BatchNorm {bn!r} beside it;"
-                     " it has no variables there")
+    raise ValueError(
+        f"{layer_name(module, drop_last=1)}: fold_bn needs the BatchNorm {bn!r} beside it; it has no variables there"
+    )
   return batch_norm_constants(params, stats, epsilon)
 
 
@@ -344,8 +347,14 @@ def _exact_accumulator(module, op, lhs, rhs, y, bias, spec: LayerSpec, name: str
   if bias is not None:
     acc = acc + jnp.round(jax.lax.stop_gradient(bias) * jax.lax.reciprocal(s_acc))
     y = y + bias.astype(y.dtype)
-  _set_pending(module, kind="acc", a=s_in, b=s_w, where=name,
-               rounding="half_up" if spec.requant == "fixed_point" else spec.requant)
+  _set_pending(
+      module,
+      kind="acc",
+      a=s_in,
+      b=s_w,
+      where=name,
+      rounding="half_up" if spec.requant == "fixed_point" else spec.requant,
+  )
   return y + jax.lax.stop_gradient(acc * s_acc - y)
 
 
@@ -387,8 +396,11 @@ def _u8s8_saturation(module, op, lhs, lq, rhs, rq, spec: LayerSpec, name: str, a
     ex = pair_saturation_excess(u, w.reshape(w.shape[0], -1)).reshape(lhs.shape[:-1] + (w.shape[-1],))
   else:
     a = _CONV_ARGS.bind(lhs, rhs, *args, **kwargs).arguments
-    if any(a.get(d) is not None and any(int(v) != 1 for v in a[d]) for d in ("lhs_dilation", "rhs_dilation")) \
-        or a.get("feature_group_count", 1) != 1 or a.get("batch_group_count", 1) != 1:
+    if (
+        any(a.get(d) is not None and any(int(v) != 1 for v in a[d]) for d in ("lhs_dilation", "rhs_dilation"))
+        or a.get("feature_group_count", 1) != 1
+        or a.get("batch_group_count", 1) != 1
+    ):
       raise ValueError(f"{name}: u8s8_pairs supports undilated, ungrouped convolutions only")
     kh, kw = rhs.shape[:2]
     strides = a["window_strides"] or (1, 1)
@@ -398,8 +410,11 @@ def _u8s8_saturation(module, op, lhs, lq, rhs, rq, spec: LayerSpec, name: str, a
     xp = jnp.pad(centered, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0))) + zu8.reshape(-1, 1, 1, 1)
     ho = (xp.shape[1] - kh) // strides[0] + 1
     wo = (xp.shape[2] - kw) // strides[1] + 1
-    cols = [xp[:, i:i + (ho - 1) * strides[0] + 1:strides[0], j:j + (wo - 1) * strides[1] + 1:strides[1], :]
-            for i in range(kh) for j in range(kw)]
+    cols = [
+        xp[:, i : i + (ho - 1) * strides[0] + 1 : strides[0], j : j + (wo - 1) * strides[1] + 1 : strides[1], :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
     u = jnp.stack(cols, 3).reshape(-1, kh * kw * rhs.shape[2])  # NHWC im2col: (kh, kw, cin)
     ex = pair_saturation_excess(u, w.reshape(-1, w.shape[-1])).reshape(lhs.shape[0], ho, wo, -1)
   return ex * (s_in.reshape((-1,) + (1,) * (ex.ndim - 1)) * s_w)
@@ -424,7 +439,8 @@ def _accumulator_bias(module: nn.Module, lhs, rhs, bias, spec: LayerSpec, name: 
   if s_in.size != 1 or s_w.size not in (1, bias.size):
     raise ValueError(
         f"{name}: int_bias needs a per-tensor activation scale and a per-tensor or per-output-channel"
-        f" weight scale; got {s_in.size} activation and {s_w.size} weight scales for {bias.size} outputs")
+        f" weight scale; got {s_in.size} activation and {s_w.size} weight scales for {bias.size} outputs"
+    )
   s = s_in.reshape(()) * s_w
   q = jnp.clip(jnp.round(bias / s), -(2.0**31), 2.0**31 - 1)
   return bias + jax.lax.stop_gradient(q * s - bias)
@@ -454,9 +470,15 @@ def conv_general_dilated(lhs, rhs, *args, **kwargs):
   a = _CONV_ARGS.bind(lhs, rhs, *args, **kwargs).arguments
   ones = lambda v: v is None or all(int(s) == 1 for s in v)  # noqa: E731
   if not (
-      jax.default_backend() == "cpu" and lhs.ndim == 4 and rhs.ndim == 4 and rhs.shape[2] == 1
-      and ones(a["window_strides"]) and ones(a.get("lhs_dilation")) and ones(a.get("rhs_dilation"))
-      and a.get("feature_group_count", 1) == 1 and a.get("batch_group_count", 1) == 1
+      jax.default_backend() == "cpu"
+      and lhs.ndim == 4
+      and rhs.ndim == 4
+      and rhs.shape[2] == 1
+      and ones(a["window_strides"])
+      and ones(a.get("lhs_dilation"))
+      and ones(a.get("rhs_dilation"))
+      and a.get("feature_group_count", 1) == 1
+      and a.get("batch_group_count", 1) == 1
       and a.get("dimension_numbers") == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
   ):
     return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
@@ -544,8 +566,7 @@ class AvgPool(nn.Module):
   def __call__(self, x):
     y = nn.avg_pool(x, self.window, strides=self.strides)
     spec = resolve(self.quant, layer_name(self))
-    if spec is None or spec.output is None or not spec.output.is_int or self.range_of is None \
-        or not _quantizing(self):
+    if spec is None or spec.output is None or not spec.output.is_int or self.range_of is None or not _quantizing(self):
       return y
     lo, hi = (self.range_of.get_variable(QUANT_STATS, f"output_{end}") for end in ("lo", "hi"))
     s, z = fake_quant.scale_and_zero_point(spec.output, lo, hi)
@@ -642,8 +663,9 @@ class BatchNorm(nn.BatchNorm):
 
   def _spec(self) -> LayerSpec | None:
     """The spec of the folded layer (``folded_into``), else this one's."""
-    return resolve(self.quant, layer_name(self, drop_last=1, then=self.folded_into) if self.folded_into
-                   else layer_name(self))
+    return resolve(
+        self.quant, layer_name(self, drop_last=1, then=self.folded_into) if self.folded_into else layer_name(self)
+    )
 
   def _const(self, v, spec: LayerSpec, name: str):
     if spec.const is None or not _quantizing(self):
@@ -653,12 +675,14 @@ class BatchNorm(nn.BatchNorm):
   def _point(self, y, spec: LayerSpec, slot: str):
     if spec.output is None:
       return y
-    return quantize_tensor(self, y, spec.output, slot=slot, batch_axes=(0,),
-                           range_of=self.range_of if slot == "output" else None)
+    return quantize_tensor(
+        self, y, spec.output, slot=slot, batch_axes=(0,), range_of=self.range_of if slot == "output" else None
+    )
 
 
-def Dense(features: int, *, quant: Quant = None, batch_norm: tuple[str, float] | None = None,
-          **kwargs) -> nn.Dense:  # pylint: disable=invalid-name
+def Dense(
+    features: int, *, quant: Quant = None, batch_norm: tuple[str, float] | None = None, **kwargs
+) -> nn.Dense:  # pylint: disable=invalid-name
   """A ``flax.linen.Dense`` whose matmul is quantized by ``quant``.
 
   Args:
@@ -675,8 +699,9 @@ def Dense(features: int, *, quant: Quant = None, batch_norm: tuple[str, float] |
   return nn.Dense(features, **kwargs)
 
 
-def Conv(features: int, kernel_size, *, quant: Quant = None, batch_norm: tuple[str, float] | None = None,
-         **kwargs) -> nn.Conv:  # pylint: disable=invalid-name
+def Conv(
+    features: int, kernel_size, *, quant: Quant = None, batch_norm: tuple[str, float] | None = None, **kwargs
+) -> nn.Conv:  # pylint: disable=invalid-name
   """A ``flax.linen.Conv`` whose convolution is quantized by ``quant``
   (``None``: float), lowered by :func:`conv_general_dilated`; ``batch_norm``
   as for :func:`Dense`."""

@@ -56,8 +56,10 @@ def _quantize_inputs(cell, spec, x, h):
   if spec is None:
     return x, h, None
   if spec.int_bias:
-    raise ValueError(f"{layer_name(cell)}: int_bias in a recurrent cell needs its int8 graph (an output spec, as"
-                     " in tflite_int8 / ort_int8): the gates' float graph has no accumulator scale for the bias")
+    raise ValueError(
+        f"{layer_name(cell)}: int_bias in a recurrent cell needs its int8 graph (an output spec, as"
+        " in tflite_int8 / ort_int8): the gates' float graph has no accumulator scale for the bias"
+    )
   n = h.shape[-1]
   # a side whose kernels are under min_weights stays float (as the converter leaves them)
   if x.shape[-1] * n >= spec.min_weights:
@@ -156,8 +158,15 @@ class LSTMCell(nn.LSTMCell):
     dense_i = _gate_dense(gate_spec, n, False, self.kernel_init, self.bias_init, self.dtype, self.param_dtype)
 
     if spec.gemm_gates:  # ORT: Gemm(h, W_h, int32 bias) stored, then Gemm(x, W_i, C=it)
-      dense_h = _gate_dense(LayerSpec(weight=spec.weight, act=spec.output, int_bias=True), n, True,
-                            self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
+      dense_h = _gate_dense(
+          LayerSpec(weight=spec.weight, act=spec.output, int_bias=True),
+          n,
+          True,
+          self.recurrent_kernel_init,
+          self.bias_init,
+          self.dtype,
+          self.param_dtype,
+      )
 
     def gate(g, fn):
       if spec.gemm_gates:
@@ -216,8 +225,9 @@ class GRUCell(nn.GRUCell):
       # re-stored on its calibrated range (the previous new_h's: a no-op), and
       # the zero state's empty range gives scale 1
       hn_spec = LayerSpec(weight=spec.weight, act=spec.output, int_bias=True)
-      hn = _gate_dense(hn_spec, n, True, self.recurrent_kernel_init, self.bias_init, self.dtype,
-                       self.param_dtype)(name="hn")(h)
+      hn = _gate_dense(hn_spec, n, True, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)(
+          name="hn"
+      )(h)
       hn = g8.store(hn, "fc_hn")
     else:
       hh = {g: g8.store(dense_h(name=f"h{g}")(h), f"fc_h{g}") for g in ("r", "z")}
@@ -272,16 +282,16 @@ class RNN(nn.Module):
       new_carry, y = cell(carry, x)
       if seq_lengths is not None:
         live = (t < seq_lengths)[:, None]
-        new_carry = jax.tree.map(
-            lambda n, o: jnp.where(live, n, o), new_carry, carry
-        )
+        new_carry = jax.tree.map(lambda n, o: jnp.where(live, n, o), new_carry, carry)
       return new_carry, y
 
     if per_step:  # one set of ranges per time step (the converter unrolls the loop)
       kw = dict(variable_broadcast="params", variable_axes={QUANT_STATS: 0})
     else:
-      kw = dict(variable_broadcast="params" if calibrating else ["params", QUANT_STATS],
-                variable_carry=QUANT_STATS if calibrating else False)
+      kw = dict(
+          variable_broadcast="params" if calibrating else ["params", QUANT_STATS],
+          variable_carry=QUANT_STATS if calibrating else False,
+      )
     scan = nn.scan(
         body,
         **kw,

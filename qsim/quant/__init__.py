@@ -9,7 +9,21 @@ from qsim.quant.presets import bit_grid, bits_name, layer_preset, make_config, p
 from qsim.quant.spec import FORMATS, LayerSpec, QuantConfig, TensorSpec, structure
 
 __all__ = [
-    "ConfigGrid", "FORMATS", "LayerSpec", "QuantConfig", "TensorSpec",
-    "bit_grid", "bits_name", "calibrated_range", "group", "layer_preset", "make_config",
-    "parse_bits", "preset", "preset_names", "quantize", "range_shape", "structure",
+    "ConfigGrid",
+    "FORMATS",
+    "LayerSpec",
+    "QuantConfig",
+    "TensorSpec",
+    "bit_grid",
+    "bits_name",
+    "calibrated_range",
+    "group",
+    "layer_preset",
+    "make_config",
+    "parse_bits",
+    "preset",
+    "preset_names",
+    "quantize",
+    "range_shape",
+    "structure",
 ]

@@ -86,15 +86,13 @@ class IntNumerics(aqt_numerics.AqtNumerics):
     res = (x + self.zero_point, qmin, qmax)
     if self.stochastic:
       if context.key is None:
-        raise ValueError(
-            "rounding='stochastic' needs a PRNG key: pass rngs={'quant': key}"
-            " to apply"
-        )
+        raise ValueError("rounding='stochastic' needs a PRNG key: pass rngs={'quant': key} to apply")
       u = jax.random.uniform(context.key, x.shape, x.dtype)
       x = jnp.floor(x + u)
     else:
-      x = jax.lax.round(x, jax.lax.RoundingMethod.AWAY_FROM_ZERO if self.away
-                        else jax.lax.RoundingMethod.TO_NEAREST_EVEN)
+      x = jax.lax.round(
+          x, jax.lax.RoundingMethod.AWAY_FROM_ZERO if self.away else jax.lax.RoundingMethod.TO_NEAREST_EVEN
+      )
     return jnp.clip(x + self.zero_point, qmin, qmax) - self.zero_point, res
 
   def vjp_bwd(self, res, grad):
@@ -113,9 +111,7 @@ class ScaleCalibration(aqt_calibration.Calibration):
 
   scale: jax.Array | None = None
 
-  def get_scale_and_bias_and_sparsity(
-      self, x, shared_axes, numerics_, context=None
-  ):
+  def get_scale_and_bias_and_sparsity(self, x, shared_axes, numerics_, context=None):
     del shared_axes, numerics_, context
     return [self.scale.astype(x.dtype)], [], None
 
@@ -175,9 +171,7 @@ def _range(x, spec, axes, numerics_):
 def _fake_quant_from_range(x, lo, hi, *, numerics_):
   scale, z = scale_and_zero_point(lo, hi, numerics_)
   numerics_ = _with_zero_point(numerics_, z)
-  q, _ = numerics_.vjp_fwd(
-      x * jax.lax.reciprocal(scale), aqt_utils.Context(key=None, train_step=None)
-  )
+  q, _ = numerics_.vjp_fwd(x * jax.lax.reciprocal(scale), aqt_utils.Context(key=None, train_step=None))
   return q.astype(x.dtype) * scale
 
 
@@ -237,9 +231,7 @@ def _numerics(spec: TensorSpec):
   return _int_numerics(spec) if spec.is_int else _fp8_numerics(spec)
 
 
-def calibrated_range(
-    x: jax.Array, spec: TensorSpec, axes: Sequence[int]
-) -> tuple[jax.Array, jax.Array]:
+def calibrated_range(x: jax.Array, spec: TensorSpec, axes: Sequence[int]) -> tuple[jax.Array, jax.Array]:
   """The clip range ``spec.calibration`` picks for ``x`` (kept dims)."""
   if not spec.is_int:
     spec = spec.replace(symmetric=True)

@@ -49,10 +49,7 @@ def quantize(
     y = x.astype(_CAST_DTYPES[spec.format]).astype(x.dtype)
     return straight_through(x, y, jnp.ones_like(x))
   if spec.needs_rng and key is None:
-    raise ValueError(
-        f"{where}: rounding='stochastic' needs a PRNG key (pass"
-        " rngs={'quant': key} to apply)"
-    )
+    raise ValueError(f"{where}: rounding='stochastic' needs a PRNG key (pass" " rngs={'quant': key} to apply)")
   axes = ranges.shared_axes(x.ndim, spec, default_axis, where, batch_axes)
   return _aqt.quantize(x, spec, axes, lo=lo, hi=hi, key=key)
 

@@ -51,9 +51,7 @@ def group(items: Sequence[Any]) -> list[tuple[list[int], Any]]:
     groups.setdefault(jax.tree.structure(it), []).append(i)
   out = []
   for idx in groups.values():
-    stacked = jax.tree.map(
-        lambda *xs: np.stack([np.asarray(x) for x in xs]), *[items[i] for i in idx]
-    )
+    stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *[items[i] for i in idx])
     out.append((idx, stacked))
   return out
 

@@ -87,44 +87,72 @@ def int_act(bits: int, **kw) -> TensorSpec:
 _FIXED: dict[str, LayerSpec | None] = {
     "float32": None,
     "fp16": LayerSpec(weight=TensorSpec(format="fp16"), const=TensorSpec(format="fp16"), fold_bn=True),
-    "bf16": LayerSpec(
-        weight=TensorSpec(format="bf16"), act=TensorSpec(format="bf16")
-    ),
+    "bf16": LayerSpec(weight=TensorSpec(format="bf16"), act=TensorSpec(format="bf16")),
     "tflite_int8": LayerSpec(
-        weight=int_weight(8), act=int_act(8, range="static"),
-        output=int_act(8, range="static"), const=int_act(8), int_bias=True,
-        fold_bn=True, inplace_ranges=True,
+        weight=int_weight(8),
+        act=int_act(8, range="static"),
+        output=int_act(8, range="static"),
+        const=int_act(8),
+        int_bias=True,
+        fold_bn=True,
+        inplace_ranges=True,
     ),
     "tflite_int8_builtin": LayerSpec(
-        weight=int_weight(8), act=int_act(8, range="static"),
-        output=int_act(8, range="static"), const=int_act(8), int_bias=True,
-        fold_bn=True, inplace_ranges=True, requant="fixed_point",
+        weight=int_weight(8),
+        act=int_act(8, range="static"),
+        output=int_act(8, range="static"),
+        const=int_act(8),
+        int_bias=True,
+        fold_bn=True,
+        inplace_ranges=True,
+        requant="fixed_point",
     ),
     "tflite_dynamic": LayerSpec(weight=int_weight(8), act=int_act(8), min_weights=1024, fold_bn=True),
     "ort_int8": LayerSpec(
-        weight=int_weight(8), act=int_act(8, range="static"),
-        output=int_act(8, range="static"), const=int_act(8), int_bias=True, fold_bn=True,
-        calibrated_gates=True, gemm_gates=True,
+        weight=int_weight(8),
+        act=int_act(8, range="static"),
+        output=int_act(8, range="static"),
+        const=int_act(8),
+        int_bias=True,
+        fold_bn=True,
+        calibrated_gates=True,
+        gemm_gates=True,
     ),
-    "ort_dynamic": LayerSpec(weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=True), act=int_act(8),
-                             fold_bn=True),
+    "ort_dynamic": LayerSpec(
+        weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=True), act=int_act(8), fold_bn=True
+    ),
     "ort_int8_mlas": LayerSpec(
-        weight=int_weight(8), act=int_act(8, range="static"),
-        output=int_act(8, range="static"), const=int_act(8), int_bias=True, fold_bn=True,
-        calibrated_gates=True, gemm_gates=True, requant="mlas",
+        weight=int_weight(8),
+        act=int_act(8, range="static"),
+        output=int_act(8, range="static"),
+        const=int_act(8),
+        int_bias=True,
+        fold_bn=True,
+        calibrated_gates=True,
+        gemm_gates=True,
+        requant="mlas",
     ),
     "ort_int8_avx2": LayerSpec(
-        weight=int_weight(8), act=int_act(8, range="static"),
-        output=int_act(8, range="static"), const=int_act(8), int_bias=True, fold_bn=True,
-        calibrated_gates=True, u8s8_pairs="all", requant="mlas",
+        weight=int_weight(8),
+        act=int_act(8, range="static"),
+        output=int_act(8, range="static"),
+        const=int_act(8),
+        int_bias=True,
+        fold_bn=True,
+        calibrated_gates=True,
+        u8s8_pairs="all",
+        requant="mlas",
     ),
-    "ort_dynamic_avx2": LayerSpec(weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=True),
-                                  act=int_act(8), fold_bn=True, u8s8_pairs="dense"),
-    "ort_dynamic_u8": LayerSpec(weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=False), act=int_act(8),
-                                fold_bn=True),
-    "weight_only_int8": LayerSpec(
-        weight=TensorSpec(bits=8, granularity="per_channel", symmetric=False)
+    "ort_dynamic_avx2": LayerSpec(
+        weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=True),
+        act=int_act(8),
+        fold_bn=True,
+        u8s8_pairs="dense",
     ),
+    "ort_dynamic_u8": LayerSpec(
+        weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=False), act=int_act(8), fold_bn=True
+    ),
+    "weight_only_int8": LayerSpec(weight=TensorSpec(bits=8, granularity="per_channel", symmetric=False)),
 }
 _WXAY = re.compile(r"^w(\d+)(?:a(\d+))?$")
 
@@ -160,15 +188,11 @@ def layer_preset(name: str) -> LayerSpec | None:
   if bits is not None:
     for b in bits:
       if b is not None and not MIN_BITS <= b <= MAX_BITS:
-        raise ValueError(
-            f"preset={name!r}: bits={b} is not valid; bits must be in"
-            f" [{MIN_BITS}, {MAX_BITS}]"
-        )
+        raise ValueError(f"preset={name!r}: bits={b} is not valid; bits must be in [{MIN_BITS}, {MAX_BITS}]")
     w, a = bits
     return LayerSpec(weight=int_weight(w), act=None if a is None else int_act(a))
   raise ValueError(
-      f"preset={name!r} is not a known preset; valid presets are"
-      f" {preset_names()} (X, Y in {MIN_BITS}..{MAX_BITS})"
+      f"preset={name!r} is not a known preset; valid presets are {preset_names()} (X, Y in {MIN_BITS}..{MAX_BITS})"
   )
 
 
@@ -180,8 +204,7 @@ def _layer(value: Any, where: str) -> LayerSpec | None:
   if isinstance(value, Mapping):
     return LayerSpec.from_dict(value)
   raise ValueError(
-      f"{where}={value!r} is not valid; give a preset name, a LayerSpec, a dict"
-      " of LayerSpec fields, or None"
+      f"{where}={value!r} is not valid; give a preset name, a LayerSpec, a dict of LayerSpec fields, or None"
   )
 
 
@@ -216,8 +239,6 @@ def preset(name: str) -> QuantConfig:
   return make_config(name)
 
 
-def bit_grid(
-    weight_bits: Sequence[int], act_bits: Sequence[int | None]
-) -> list[QuantConfig]:
+def bit_grid(weight_bits: Sequence[int], act_bits: Sequence[int | None]) -> list[QuantConfig]:
   """The ``wXaY`` configs for every pair (``None`` activation = weight-only)."""
   return [preset(bits_name(w, a)) for w in weight_bits for a in act_bits]

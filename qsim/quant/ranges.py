@@ -55,9 +55,7 @@ def _quantile(x, q, axes):
   return out.reshape(shape)
 
 
-def data_range(
-    x: jax.Array, spec: TensorSpec, axes: Sequence[int]
-) -> tuple[jax.Array, jax.Array]:
+def data_range(x: jax.Array, spec: TensorSpec, axes: Sequence[int]) -> tuple[jax.Array, jax.Array]:
   """The absmax or percentile range of ``x`` over ``axes`` (kept as size 1).
 
   Symmetric specs get ``(-m, m)``; asymmetric specs get ``(min, max)``

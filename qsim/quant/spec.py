@@ -44,23 +44,17 @@ MIN_BITS, MAX_BITS = 2, 16
 
 def _choice(cls: str, name: str, value: Any, choices) -> None:
   if value not in choices:
-    raise ValueError(
-        f"{cls}.{name}={value!r} is not valid; choose one of {list(choices)}"
-    )
+    raise ValueError(f"{cls}.{name}={value!r} is not valid; choose one of {list(choices)}")
 
 
 def _is_python_number(x: Any) -> bool:
-  return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(
-      x, bool
-  )
+  return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
 
 def _check_keys(cls: str, given: Mapping[str, Any], valid) -> None:
   unknown = sorted(set(given) - set(valid))
   if unknown:
-    raise ValueError(
-        f"{cls}: unknown key(s) {unknown}; valid keys are {sorted(valid)}"
-    )
+    raise ValueError(f"{cls}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -111,45 +105,29 @@ class TensorSpec:
     _choice(cls, "rounding", self.rounding, ROUNDINGS)
     _choice(cls, "range", self.range, RANGES)
     if self.rounding == "nearest_away" and self.format != INT:
-      raise ValueError(f"{cls}.rounding='nearest_away' is not valid for format={self.format!r}; it rounds integer"
-                       " grids only (use 'nearest_even' or 'stochastic')")
+      raise ValueError(
+          f"{cls}.rounding='nearest_away' is not valid for format={self.format!r}; it rounds integer"
+          " grids only (use 'nearest_even' or 'stochastic')"
+      )
     if self.format == INT and _is_python_number(self.bits):
-      if int(self.bits) != self.bits or not (
-          MIN_BITS <= self.bits <= MAX_BITS
-      ):
+      if int(self.bits) != self.bits or not (MIN_BITS <= self.bits <= MAX_BITS):
         raise ValueError(
-            f"{cls}.bits={self.bits!r} is not valid; integer formats take an"
-            f" integer in [{MIN_BITS}, {MAX_BITS}]"
+            f"{cls}.bits={self.bits!r} is not valid; integer formats take an integer in [{MIN_BITS}, {MAX_BITS}]"
         )
     elif self.format == INT and isinstance(self.bits, (bool, str, type(None))):
       raise ValueError(
-          f"{cls}.bits={self.bits!r} is not valid; integer formats take an"
-          f" integer in [{MIN_BITS}, {MAX_BITS}]"
+          f"{cls}.bits={self.bits!r} is not valid; integer formats take an integer in [{MIN_BITS}, {MAX_BITS}]"
       )
-    if self.axis is not None and (
-        not isinstance(self.axis, (int, np.integer)) or isinstance(self.axis, bool)
-    ):
+    if self.axis is not None and (not isinstance(self.axis, (int, np.integer)) or isinstance(self.axis, bool)):
       raise ValueError(f"{cls}.axis={self.axis!r} is not valid; give an int or None")
     if self.axis is not None and self.granularity != "per_channel":
-      raise ValueError(
-          f"{cls}.axis={self.axis!r} is only meaningful with"
-          " granularity='per_channel'"
-      )
+      raise ValueError(f"{cls}.axis={self.axis!r} is only meaningful with granularity='per_channel'")
     if not 50.0 < float(self.percentile) <= 100.0:
-      raise ValueError(
-          f"{cls}.percentile={self.percentile!r} is not valid; valid range is"
-          " (50, 100]"
-      )
+      raise ValueError(f"{cls}.percentile={self.percentile!r} is not valid; valid range is (50, 100]")
     if not (isinstance(self.mse_steps, int) and 2 <= self.mse_steps <= 1000):
-      raise ValueError(
-          f"{cls}.mse_steps={self.mse_steps!r} is not valid; valid range is"
-          " [2, 1000]"
-      )
+      raise ValueError(f"{cls}.mse_steps={self.mse_steps!r} is not valid; valid range is [2, 1000]")
     if not 0.0 < float(self.mse_min_ratio) < 1.0:
-      raise ValueError(
-          f"{cls}.mse_min_ratio={self.mse_min_ratio!r} is not valid; valid"
-          " range is (0, 1)"
-      )
+      raise ValueError(f"{cls}.mse_min_ratio={self.mse_min_ratio!r} is not valid; valid range is (0, 1)")
     if self.format in (FP16, BF16) and self.range == "static":
       raise ValueError(
           f"{cls}.range='static' is not valid for format={self.format!r}: fp16"
@@ -175,9 +153,7 @@ class TensorSpec:
 
 
 def _tensor_flatten(s: TensorSpec):
-  meta = tuple(
-      getattr(s, f.name) for f in dataclasses.fields(s) if f.name != "bits"
-  )
+  meta = tuple(getattr(s, f.name) for f in dataclasses.fields(s) if f.name != "bits")
   return (s.bits,), meta
 
 
@@ -199,10 +175,7 @@ def _as_tensor_spec(value: Any, where: str) -> TensorSpec | None:
     return value
   if isinstance(value, Mapping):
     return TensorSpec.from_dict(value)
-  raise ValueError(
-      f"{where}={value!r} is not valid; give a TensorSpec, a dict of its"
-      " fields, or None"
-  )
+  raise ValueError(f"{where}={value!r} is not valid; give a TensorSpec, a dict of its fields, or None")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -303,9 +276,7 @@ class LayerSpec:
 
   def __post_init__(self):
     for name in _LAYER_TENSORS:
-      object.__setattr__(
-          self, name, _as_tensor_spec(getattr(self, name), f"LayerSpec.{name}")
-      )
+      object.__setattr__(self, name, _as_tensor_spec(getattr(self, name), f"LayerSpec.{name}"))
     if self.weight is not None and self.weight.range == "static":
       raise ValueError(
           "LayerSpec.weight.range='static' is not valid; weights are known at"
@@ -322,24 +293,42 @@ class LayerSpec:
     _choice("LayerSpec", "requant", self.requant, REQUANTS)
     _choice("LayerSpec", "u8s8_pairs", self.u8s8_pairs, U8S8_PAIRS)
     if self.u8s8_pairs != "none" and not (
-        self.act is not None and self.act.is_int and self.act.bits == 8 and not self.act.symmetric
+        self.act is not None
+        and self.act.is_int
+        and self.act.bits == 8
+        and not self.act.symmetric
         and self.act.granularity == "per_tensor"
-        and self.weight is not None and self.weight.is_int and self.weight.bits == 8 and self.weight.symmetric):
-      raise ValueError("LayerSpec.u8s8_pairs needs per-tensor asymmetric 8-bit activations (ORT's uint8)"
-                       f" and symmetric 8-bit weights (int8); got weight={self.weight}, act={self.act}")
+        and self.weight is not None
+        and self.weight.is_int
+        and self.weight.bits == 8
+        and self.weight.symmetric
+    ):
+      raise ValueError(
+          "LayerSpec.u8s8_pairs needs per-tensor asymmetric 8-bit activations (ORT's uint8)"
+          f" and symmetric 8-bit weights (int8); got weight={self.weight}, act={self.act}"
+      )
     if self.requant != "fp32" and not (self.int_bias and self.output is not None):
-      raise ValueError(f"LayerSpec.requant={self.requant!r} needs int_bias=True and an int8 output spec (the"
-                       " accumulator scale and every stored tensor's scale); use requant='fp32' otherwise")
+      raise ValueError(
+          f"LayerSpec.requant={self.requant!r} needs int_bias=True and an int8 output spec (the"
+          " accumulator scale and every stored tensor's scale); use requant='fp32' otherwise"
+      )
     if self.inplace_ranges and self.output is not None and self.output.calibration != "absmax":
       raise ValueError(
           f"LayerSpec.inplace_ranges=True needs output.calibration='absmax' (a union of min/max ranges);"
-          f" got {self.output.calibration!r}")
-    if not (isinstance(self.min_weights, (int, np.integer)) and not isinstance(self.min_weights, bool)
-            and self.min_weights >= 0):
+          f" got {self.output.calibration!r}"
+      )
+    if not (
+        isinstance(self.min_weights, (int, np.integer))
+        and not isinstance(self.min_weights, bool)
+        and self.min_weights >= 0
+    ):
       raise ValueError(f"LayerSpec.min_weights={self.min_weights!r} is not valid; give an int >= 0")
     if self.int_bias and not (
-        self.weight is not None and self.weight.is_int
-        and self.act is not None and self.act.is_int and self.act.range == "static"
+        self.weight is not None
+        and self.weight.is_int
+        and self.act is not None
+        and self.act.is_int
+        and self.act.range == "static"
         and self.act.granularity == "per_tensor"
     ):
       raise ValueError(
@@ -364,8 +353,16 @@ class LayerSpec:
 
 U8S8_PAIRS = ("none", "all", "dense")
 _LAYER_TENSORS = ("weight", "act", "state", "output", "const")
-_LAYER_META = ("int_bias", "min_weights", "fold_bn", "inplace_ranges", "requant", "calibrated_gates", "gemm_gates",
-               "u8s8_pairs")
+_LAYER_META = (
+    "int_bias",
+    "min_weights",
+    "fold_bn",
+    "inplace_ranges",
+    "requant",
+    "calibrated_gates",
+    "gemm_gates",
+    "u8s8_pairs",
+)
 
 
 def _layer_flatten(s: LayerSpec):
@@ -403,30 +400,22 @@ class QuantConfig:
       object.__setattr__(self, "default", LayerSpec.from_dict(self.default))
     if self.default is not None and not isinstance(self.default, LayerSpec):
       raise ValueError(
-          f"QuantConfig.default={self.default!r} is not valid; give a"
-          " LayerSpec, a dict of its fields, or None"
+          f"QuantConfig.default={self.default!r} is not valid; give a LayerSpec, a dict of its fields, or None"
       )
     rules = []
     for item in tuple(self.rules):
       if not (isinstance(item, tuple) and len(item) == 2):
-        raise ValueError(
-            f"QuantConfig.rules entry {item!r} is not valid; give (pattern,"
-            " LayerSpec | None) pairs"
-        )
+        raise ValueError(f"QuantConfig.rules entry {item!r} is not valid; give (pattern, LayerSpec | None) pairs")
       pattern, spec = item
       try:
         re.compile(pattern)
       except (re.error, TypeError) as e:
-        raise ValueError(
-            f"QuantConfig.rules pattern {pattern!r} is not a valid regular"
-            f" expression: {e}"
-        ) from None
+        raise ValueError(f"QuantConfig.rules pattern {pattern!r} is not a valid regular expression: {e}") from None
       if isinstance(spec, Mapping):
         spec = LayerSpec.from_dict(spec)
       if spec is not None and not isinstance(spec, LayerSpec):
         raise ValueError(
-            f"QuantConfig.rules[{pattern!r}]={spec!r} is not valid; give a"
-            " LayerSpec, a dict of its fields, or None"
+            f"QuantConfig.rules[{pattern!r}]={spec!r} is not valid; give a LayerSpec, a dict of its fields, or None"
         )
       rules.append((pattern, spec))
     object.__setattr__(self, "rules", tuple(rules))
@@ -462,9 +451,7 @@ def _config_unflatten(meta, children):
   return c
 
 
-jax.tree_util.register_pytree_node(
-    QuantConfig, _config_flatten, _config_unflatten
-)
+jax.tree_util.register_pytree_node(QuantConfig, _config_flatten, _config_unflatten)
 
 
 def structure(config: QuantConfig | None):

@@ -8,8 +8,10 @@ from qsim.runs import atomic_write
 def pyplot():
   """``matplotlib.pyplot`` on the Agg backend (imported only when plotting)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   return plt
 
 

@@ -50,6 +50,7 @@ def mean_ci(values: Iterable) -> tuple[float, float]:
   if len(v) == 1:
     return float(v[0]), float("nan")
   from scipy import stats  # pylint: disable=g-import-not-at-top
+
   return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 

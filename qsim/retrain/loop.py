@@ -105,10 +105,17 @@ class RetrainConfig:
       raise ValueError(f"strategies={list(self.strategies)} is not valid; choose from {list(STRATEGIES)}")
     if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
       raise ValueError(f"seeds={list(self.seeds)} is not valid; give ints >= 0")
-    for name, v, lo in (("rounds", self.rounds, 1), ("batch_size", self.batch_size, 1), ("repeat", self.repeat, 1),
-                        ("calib_samples", self.calib_samples, 1), ("eval_batch_size", self.eval_batch_size, 1),
-                        ("budget", self.budget, 0), ("shift_limit", self.shift_limit, 0),
-                        ("train_limit", self.train_limit, -1), ("shift_seed", self.shift_seed, 0)):
+    for name, v, lo in (
+        ("rounds", self.rounds, 1),
+        ("batch_size", self.batch_size, 1),
+        ("repeat", self.repeat, 1),
+        ("calib_samples", self.calib_samples, 1),
+        ("eval_batch_size", self.eval_batch_size, 1),
+        ("budget", self.budget, 0),
+        ("shift_limit", self.shift_limit, 0),
+        ("train_limit", self.train_limit, -1),
+        ("shift_seed", self.shift_seed, 0),
+    ):
       if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ValueError(f"{name}={v!r} is not valid; give an int >= {lo}")
     if not self.epochs > 0:
@@ -147,8 +154,9 @@ def select(strategy: str, disagree: np.ndarray, margin: np.ndarray, k: int, rng:
 def _shifted_copy(name: str, raw: Part, seed: int, vocab, key_name: str | None = None) -> Part:
   """Synthetic shift ``name`` of ``raw`` (images, or raw texts), ids
   suffixed with the shift ('train:55003~c/fog/1')."""
-  d = registry.apply_synthetic(name, data_lib.Data(name, raw.name, raw.x, raw.y, 0), seed=seed, key_name=key_name,
-                               vocab=vocab)
+  d = registry.apply_synthetic(
+      name, data_lib.Data(name, raw.name, raw.x, raw.y, 0), seed=seed, key_name=key_name, vocab=vocab
+  )
   return Part(name, d.x, d.y, np.char.add(raw.ids, "~" + name.split("/", 1)[1]))
 
 
@@ -162,15 +170,21 @@ def _pool_with_shifts(splits: Splits, cfg: RetrainConfig, vocab) -> Part:
     full = f"{splits.dataset}/{entry}"
     match = [n for n in offered if (n == full or n.startswith(full + "/")) and registry.parse(n).offline]
     if not match:
-      raise ValueError(f"pool shift {entry!r} is not a synthetic shift of {splits.dataset!r}; e.g."
-                       f" {[n.split('/', 1)[1] for n in offered if registry.parse(n).offline][:4]}")
+      raise ValueError(
+          f"pool shift {entry!r} is not a synthetic shift of {splits.dataset!r}; e.g."
+          f" {[n.split('/', 1)[1] for n in offered if registry.parse(n).offline][:4]}"
+      )
     names += [n for n in match if n not in names]
   raw = splits.part(cfg.pool, encode=False) if splits.text else pool
   parts = [pool]
   for name in names:
     parts.append(_shifted_copy(name, raw, cfg.shift_seed, vocab, key_name=f"pool|{cfg.pool}|{name}"))
-  return Part(pool.name, np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]),
-              np.concatenate([p.ids for p in parts]))
+  return Part(
+      pool.name,
+      np.concatenate([p.x for p in parts]),
+      np.concatenate([p.y for p in parts]),
+      np.concatenate([p.ids for p in parts]),
+  )
 
 
 def _eval_sets(splits: Splits, cfg: RetrainConfig, dataset: str, vocab) -> list[Part]:
@@ -201,9 +215,12 @@ def _outcome(before: dict, res, k: int = 0) -> dict:
   ok = before["valid"] & valid_a
   acc = lambda pred, v: float(np.mean(pred[v] == res.y[v])) if v.any() else float("nan")  # noqa: E731
   return {
-      "n": len(res.y), "nonfinite": int((~ok).sum()),
-      "before": int(dis_b.sum()), "after": int(dis_a.sum()),
-      "resolved": int((dis_b & ~dis_a).sum()), "persisted": int((dis_b & dis_a).sum()),
+      "n": len(res.y),
+      "nonfinite": int((~ok).sum()),
+      "before": int(dis_b.sum()),
+      "after": int(dis_a.sum()),
+      "resolved": int((dis_b & ~dis_a).sum()),
+      "persisted": int((dis_b & dis_a).sum()),
       "new": int((dis_a & ~dis_b).sum()),
       "float_accuracy_before": acc(before["float_pred"], before["valid"]),
       "float_accuracy_after": acc(res.float_pred, valid_a),
@@ -224,17 +241,26 @@ class _Runner:
     self.num_classes = self.origin.num_classes
     self.model = self.origin.model
     vocab = self.origin.vocab
-    splits = Splits(dataset, val_size=self.ck.get("val_size") or None, data_dir=cfg.data_dir or None, vocab=vocab,
-                    vocab_size=getattr(self.model, "vocab_size", None) or 20000)
+    splits = Splits(
+        dataset,
+        val_size=self.ck.get("val_size") or None,
+        data_dir=cfg.data_dir or None,
+        vocab=vocab,
+        vocab_size=getattr(self.model, "vocab_size", None) or 20000,
+    )
     limit = self.ck.get("train_limit", 0) if cfg.train_limit == -1 else cfg.train_limit
     self.train = splits.part(f"train[:{limit or ''}]")
     self.pool = _pool_with_shifts(splits, cfg, vocab)
     self.sets = _eval_sets(splits, cfg, dataset, vocab)
     if np.shape(self.pool.x)[1:] != np.shape(self.train.x)[1:]:
-      raise ValueError(f"candidate pool samples have shape {np.shape(self.pool.x)[1:]} but the training data"
-                       f" {np.shape(self.train.x)[1:]}")
-    check_disjoint(self.pool.ids, {"the fine-tuning data": self.train.ids,
-                                   **{f"evaluation set {p.name!r}": p.ids for p in self.sets}})
+      raise ValueError(
+          f"candidate pool samples have shape {np.shape(self.pool.x)[1:]} but the training data"
+          f" {np.shape(self.train.x)[1:]}"
+      )
+    check_disjoint(
+        self.pool.ids,
+        {"the fine-tuning data": self.train.ids, **{f"evaluation set {p.name!r}": p.ids for p in self.sets}},
+    )
     self.calib = self.train.take(np.arange(min(cfg.calib_samples, len(self.train))))
     self.variables = self.origin.variables
     check_variables(self.model, self.variables, self.calib.x)
@@ -268,8 +294,10 @@ class _Runner:
         samples[f"s{i}_valid"] = valid
         rows.append({"quantizer": q, "set": p.name, **res.rows()[0]})
       self.before_store.put(key, rows, samples)
-      _log(f"{q}: original checkpoint measured on {len(self.sets)} sets; clean disagreements"
-           f" {rows[0]['disagreements']} of {rows[0]['n']}")
+      _log(
+          f"{q}: original checkpoint measured on {len(self.sets)} sets; clean disagreements"
+          f" {rows[0]['disagreements']} of {rows[0]['n']}"
+      )
     s = self.before_store.samples(key)
     out = []
     for i in range(len(self.sets)):
@@ -278,10 +306,17 @@ class _Runner:
     return out
 
   def _row_meta(self, q, strategy, seed, r):
-    return {"checkpoint": os.path.abspath(self.cfg.checkpoint), "model": self.ck["model"],
-            "method": self.ck["method"], "dataset": self.ck["dataset"], "quantizer": q, "strategy": strategy,
-            "seed": seed, "round": r, "finetune": self.cfg.finetune if self.cfg.finetune == "float"
-            else f"qat:{self.cfg.qat_quant or q}"}
+    return {
+        "checkpoint": os.path.abspath(self.cfg.checkpoint),
+        "model": self.ck["model"],
+        "method": self.ck["method"],
+        "dataset": self.ck["dataset"],
+        "quantizer": q,
+        "strategy": strategy,
+        "seed": seed,
+        "round": r,
+        "finetune": self.cfg.finetune if self.cfg.finetune == "float" else f"qat:{self.cfg.qat_quant or q}",
+    }
 
   def run(self, q: str, strategy: str, seed: int) -> None:
     cfg = self.cfg
@@ -306,11 +341,16 @@ class _Runner:
         sel = self._select(q, strategy, seed, r, variables, chosen_all)
         atomic_write(sel_path, lambda f, s=sel: np.savez(f, **s))
       meta = self._row_meta(q, strategy, seed, r)
-      pool_info = {"pool_size": int(sel["pool_size"]), "pool_disagreements": int(sel["pool_disagreements"]),
-                   "selected": len(sel["index"])}
+      pool_info = {
+          "pool_size": int(sel["pool_size"]),
+          "pool_disagreements": int(sel["pool_disagreements"]),
+          "selected": len(sel["index"]),
+      }
       if int(sel["pool_disagreements"]) == 0:
-        _log(f"{tag}: the quantized model has no disagreements in the {int(sel['pool_size'])} remaining pool"
-             " samples; nothing to retrain on, run stopped")
+        _log(
+            f"{tag}: the quantized model has no disagreements in the {int(sel['pool_size'])} remaining pool"
+            " samples; nothing to retrain on, run stopped"
+        )
         self.store.put(key, [{**meta, "status": "no_disagreements", "set": "pool", "family": "pool", **pool_info}])
         return
       chosen_all = np.concatenate([chosen_all, sel["index"]])
@@ -318,39 +358,79 @@ class _Runner:
       x = np.concatenate([self.train.x, added.x]) if len(added) else self.train.x
       y = np.concatenate([self.train.y, added.y])
       steps = max(1, math.ceil(cfg.epochs * len(y) / cfg.batch_size))
-      _log(f"{tag}: {pool_info['pool_disagreements']} disagreements in {pool_info['pool_size']} pool samples;"
-           f" selected {pool_info['selected']} ({len(chosen_all)} in all); fine-tuning {steps} steps on {len(y)}")
+      _log(
+          f"{tag}: {pool_info['pool_disagreements']} disagreements in {pool_info['pool_size']} pool samples;"
+          f" selected {pool_info['selected']} ({len(chosen_all)} in all); fine-tuning {steps} steps on {len(y)}"
+      )
       ft_quant = job.qat_config(cfg.qat_quant or q) if cfg.finetune == "qat" else None
-      ft_model = get_model(self.ck["model"], num_classes=self.num_classes, quant=ft_quant) \
-          if ft_quant is not None else self.model
+      ft_model = (
+          get_model(self.ck["model"], num_classes=self.num_classes, quant=ft_quant)
+          if ft_quant is not None
+          else self.model
+      )
       t0 = time.time()
-      train(ft_model, x, y, workdir=rdir, steps=steps, batch_size=min(cfg.batch_size, len(y)),
-            learning_rate=cfg.learning_rate, seed=seed * 1000 + r, log_every=max(1, steps // 4),
-            checkpoint_every=max(1, min(500, steps)), init_from=prev)
-      write_json(os.path.join(rdir, "config.json"),
-                 {**self.ck, "steps": steps, "seed": seed * 1000 + r, "init_from": prev,
-                  "retrain": {**dataclasses.asdict(cfg), "quantizer": q, "strategy": strategy, "round": r}})
+      train(
+          ft_model,
+          x,
+          y,
+          workdir=rdir,
+          steps=steps,
+          batch_size=min(cfg.batch_size, len(y)),
+          learning_rate=cfg.learning_rate,
+          seed=seed * 1000 + r,
+          log_every=max(1, steps // 4),
+          checkpoint_every=max(1, min(500, steps)),
+          init_from=prev,
+      )
+      write_json(
+          os.path.join(rdir, "config.json"),
+          {
+              **self.ck,
+              "steps": steps,
+              "seed": seed * 1000 + r,
+              "init_from": prev,
+              "retrain": {**dataclasses.asdict(cfg), "quantizer": q, "strategy": strategy, "round": r},
+          },
+      )
       variables = load_variables(rdir)
       eng = self.engine(q, variables)
       rows, samples = [], {"selected_ids": self.pool.ids[sel["index"]]}
       for i, p in enumerate(self.sets):
         res = eng.run(p.x, p.y, p.name)
         meta_set = registry.parse(p.name) if p.name != CLEAN else None
-        rows.append({**meta, "status": "done", "set": p.name, "set_index": f"{i:05d}",
-                     "family": meta_set.family if meta_set else CLEAN, "shift": meta_set.shift if meta_set else "",
-                     "severity": meta_set.severity if meta_set else None, **pool_info,
-                     "added_total": len(chosen_all), "finetune_steps": steps, **_outcome(before[i], res),
-                     "qsim_version": qsim.__version__, "jax_version": jax.__version__})
+        rows.append(
+            {
+                **meta,
+                "status": "done",
+                "set": p.name,
+                "set_index": f"{i:05d}",
+                "family": meta_set.family if meta_set else CLEAN,
+                "shift": meta_set.shift if meta_set else "",
+                "severity": meta_set.severity if meta_set else None,
+                **pool_info,
+                "added_total": len(chosen_all),
+                "finetune_steps": steps,
+                **_outcome(before[i], res),
+                "qsim_version": qsim.__version__,
+                "jax_version": jax.__version__,
+            }
+        )
         samples[f"s{i}_float_pred"] = res.float_pred
         samples[f"s{i}_quant_pred"] = res.quant_pred[0]
       self.store.put(key, rows, samples)
       c = rows[0]
       shifted = rows[1:]
-      _log(f"{tag}: clean disagreements {c['before']} -> {c['after']} (resolved {c['resolved']}, persisted"
-           f" {c['persisted']}, new {c['new']}); float acc {c['float_accuracy_before']:.4f} ->"
-           f" {c['float_accuracy_after']:.4f}" + (f"; shifted sets {sum(s['before'] for s in shifted)} ->"
-                                                  f" {sum(s['after'] for s in shifted)}" if shifted else "")
-           + f" ({time.time() - t0:.0f} s)")
+      _log(
+          f"{tag}: clean disagreements {c['before']} -> {c['after']} (resolved {c['resolved']}, persisted"
+          f" {c['persisted']}, new {c['new']}); float acc {c['float_accuracy_before']:.4f} ->"
+          f" {c['float_accuracy_after']:.4f}"
+          + (
+              f"; shifted sets {sum(s['before'] for s in shifted)} -> {sum(s['after'] for s in shifted)}"
+              if shifted
+              else ""
+          )
+          + f" ({time.time() - t0:.0f} s)"
+      )
       prev = rdir
 
   def _select(self, q, strategy, seed, r, variables, chosen_all) -> dict:
@@ -361,8 +441,12 @@ class _Runner:
     k = self.cfg.budget or int(disagree.sum())
     rng = np.random.default_rng([seed, r, zlib.crc32(q.encode())])
     pick = select(strategy, disagree, res.float_scores[:, _MARGIN], k, rng) if disagree.any() else np.zeros(0, int)
-    return {"index": remaining[pick].astype(np.int64), "ids": cand.ids[pick], "pool_size": np.int64(len(cand)),
-            "pool_disagreements": np.int64(disagree.sum())}
+    return {
+        "index": remaining[pick].astype(np.int64),
+        "ids": cand.ids[pick],
+        "pool_size": np.int64(len(cand)),
+        "pool_disagreements": np.int64(disagree.sum()),
+    }
 
 
 def run_retrain(cfg: RetrainConfig, workdir: str) -> str:
@@ -371,10 +455,12 @@ def run_retrain(cfg: RetrainConfig, workdir: str) -> str:
   cfg.validate()
   t0 = time.time()
   runner = _Runner(cfg, workdir)
-  _log(f"retraining {runner.ck['model']} ({runner.ck['method']}) on {runner.ck['dataset']}:"
-       f" {len(runner.train)} training samples, pool {cfg.pool} ({len(runner.pool)} samples), evaluation"
-       f" {cfg.eval_split} + {len(runner.sets) - 1} shifted sets; {len(cfg.quantizers)} quantizers x"
-       f" {len(cfg.strategies)} strategies x {len(cfg.seeds)} seeds x {cfg.rounds} rounds")
+  _log(
+      f"retraining {runner.ck['model']} ({runner.ck['method']}) on {runner.ck['dataset']}:"
+      f" {len(runner.train)} training samples, pool {cfg.pool} ({len(runner.pool)} samples), evaluation"
+      f" {cfg.eval_split} + {len(runner.sets) - 1} shifted sets; {len(cfg.quantizers)} quantizers x"
+      f" {len(cfg.strategies)} strategies x {len(cfg.seeds)} seeds x {cfg.rounds} rounds"
+  )
   for seed in cfg.seeds:
     for q in cfg.quantizers:
       for strategy in cfg.strategies:
@@ -382,4 +468,3 @@ def run_retrain(cfg: RetrainConfig, workdir: str) -> str:
   path = runner.store.write_table(SORT_KEYS)
   _log(f"wrote {path} ({time.time() - t0:.0f} s)")
   return path
-

@@ -46,8 +46,9 @@ def parse_split(spec: str) -> tuple[str, slice]:
   """'val', 'val[:2500]', 'test[5000:]', 'train[50000:55000]' -> (split, slice)."""
   m = _SPEC.match(spec.strip()) if isinstance(spec, str) else None
   if not m:
-    raise ValueError(f"split {spec!r} is not valid; use train, val or test, optionally sliced like 'val[:2500]' or"
-                     " 'test[5000:]'")
+    raise ValueError(
+        f"split {spec!r} is not valid; use train, val or test, optionally sliced like 'val[:2500]' or 'test[5000:]'"
+    )
   to_int = lambda s: int(s) if s else None  # noqa: E731
   return m.group(1), slice(to_int(m.group(2)), to_int(m.group(3)))
 
@@ -64,15 +65,24 @@ def check_disjoint(pool: np.ndarray, others: dict[str, np.ndarray]) -> None:
   for name, ids in others.items():
     shared = pool_set.intersection(base_ids(ids).tolist())
     if shared:
-      raise ValueError(f"the candidate pool and {name} share {len(shared)} samples (e.g. {sorted(shared)[0]}); choose"
-                       " a pool outside them (default: pool='val', the held-out end of the training split)")
+      raise ValueError(
+          f"the candidate pool and {name} share {len(shared)} samples (e.g. {sorted(shared)[0]}); choose"
+          " a pool outside them (default: pool='val', the held-out end of the training split)"
+      )
 
 
 class Splits:
   """One dataset's splits as :class:`Part` s with ids, loaded once."""
 
-  def __init__(self, dataset: str, *, val_size: int | None = None, data_dir: str | None = None,
-               vocab: Sequence[str] | None = None, vocab_size: int = 20000):
+  def __init__(
+      self,
+      dataset: str,
+      *,
+      val_size: int | None = None,
+      data_dir: str | None = None,
+      vocab: Sequence[str] | None = None,
+      vocab_size: int = 20000,
+  ):
     if dataset not in data_lib.DATASETS:
       raise ValueError(f"dataset={dataset!r} is not valid; choose one of {sorted(data_lib.DATASETS)}")
     self.dataset = dataset
@@ -98,8 +108,9 @@ class Splits:
     offset = len(self._load("train", encode)) if split == "val" else 0
     idx = np.arange(len(d))[sl]
     if len(idx) == 0:
-      raise ValueError(f"split {spec!r} selects no samples ({split} of {self.dataset!r} has {len(d)}); give a"
-                       " non-empty slice")
+      raise ValueError(
+          f"split {spec!r} selects no samples ({split} of {self.dataset!r} has {len(d)}); give a non-empty slice"
+      )
     prefix = "test" if split == "test" else "train"
     ids = np.char.add(f"{prefix}:", (np.arange(len(d)) + offset).astype(str))
     return Part(spec, d.x, d.y, ids).take(idx)

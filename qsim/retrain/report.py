@@ -55,32 +55,56 @@ def section(rows) -> list[str]:
   cells = _cells(runs)
   strategies = list(dict.fromkeys(r["strategy"] for r in rows))
   seeds = sorted({int(r["seed"]) for r in rows})
-  lines = ["## Retraining with disagreements", "",
-           f"{len(cells)} (model, quantizer) pair(s) x {len(strategies)} strategies x {len(seeds)} seed(s); last round"
-           " of each run; disagreements summed over the sets of each kind, then mean ± 95% t-interval over seeds."
-           " before = resolved + persisted, after = persisted + new.", ""]
-  stopped = sorted({(r["model"], r["quantizer"], r["strategy"], int(r["seed"]), int(r["round"])) for r in rows
-                    if r.get("status") == "no_disagreements"})
+  lines = [
+      "## Retraining with disagreements",
+      "",
+      f"{len(cells)} (model, quantizer) pair(s) x {len(strategies)} strategies x {len(seeds)} seed(s); last round"
+      " of each run; disagreements summed over the sets of each kind, then mean ± 95% t-interval over seeds."
+      " before = resolved + persisted, after = persisted + new.",
+      "",
+  ]
+  stopped = sorted(
+      {
+          (r["model"], r["quantizer"], r["strategy"], int(r["seed"]), int(r["round"]))
+          for r in rows
+          if r.get("status") == "no_disagreements"
+      }
+  )
   for kind in ("clean", "shifted"):
     if not any(v[kind] for v in runs.values()):
       continue
     title = "evaluation split" if kind == "clean" else "shifted sets (summed)"
-    lines += [f"### {title}", "", "| model | quantizer | strategy | added | before | after | resolved | persisted |"
-              " new | after - after of random (paired) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"### {title}",
+        "",
+        "| model | quantizer | strategy | added | before | after | resolved | persisted |"
+        " new | after - after of random (paired) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for m, q in cells:
       for s in strategies:
         ks = [k for k in runs if k[:3] == (m, q, s) and runs[k][kind]]
         if not ks:
           continue
         counts = [fmt_ci(*mean_ci([runs[k][kind][c] for k in ks])) for c in COUNTS]
-        paired = [runs[k][kind]["after"] - runs[(m, q, "random", k[3])][kind]["after"] for k in ks
-                  if s != "random" and runs.get((m, q, "random", k[3]), {}).get(kind)]
+        paired = [
+            runs[k][kind]["after"] - runs[(m, q, "random", k[3])][kind]["after"]
+            for k in ks
+            if s != "random" and runs.get((m, q, "random", k[3]), {}).get(kind)
+        ]
         added = fmt_ci(*mean_ci([runs[k]["added"] for k in ks]), digits=0)
-        lines.append(f"| {m} | {q} | {s} | {added} | " + " | ".join(counts)
-                     + f" | {fmt_ci(*mean_ci(paired)) if paired else '-'} |")
+        lines.append(
+            f"| {m} | {q} | {s} | {added} | "
+            + " | ".join(counts)
+            + f" | {fmt_ci(*mean_ci(paired)) if paired else '-'} |"
+        )
     lines.append("")
-  lines += ["### Float accuracy on the evaluation split (%)", "", "| model | quantizer | strategy | before | after |",
-            "|---|---|---|---|---|"]
+  lines += [
+      "### Float accuracy on the evaluation split (%)",
+      "",
+      "| model | quantizer | strategy | before | after |",
+      "|---|---|---|---|---|",
+  ]
   for m, q in cells:
     for s in strategies:
       ks = [k for k in runs if k[:3] == (m, q, s)]
@@ -89,8 +113,11 @@ def section(rows) -> list[str]:
         lines.append(f"| {m} | {q} | {s} | {fmt_ci(100 * b[0], 100 * b[1], 2)} | {fmt_ci(100 * a[0], 100 * a[1], 2)} |")
   lines.append("")
   if stopped:
-    lines += ["Runs stopped because the pool had no disagreements left: "
-              + ", ".join(f"{m} {q}/{s}/seed {sd} (round {rd})" for m, q, s, sd, rd in stopped), ""]
+    lines += [
+        "Runs stopped because the pool had no disagreements left: "
+        + ", ".join(f"{m} {q}/{s}/seed {sd} (round {rd})" for m, q, s, sd, rd in stopped),
+        "",
+    ]
   return lines
 
 
@@ -132,8 +159,10 @@ def write_report(workdir: str) -> str:
   """Writes ``report.md`` and ``retrain.png`` into ``workdir``; returns the report path."""
   rows = read_rows(os.path.join(workdir, "results.csv"))
   if "strategy" not in rows[0]:
-    raise ValueError(f"{workdir}/results.csv is not a retraining table (no 'strategy' column); use"
-                     " qsim.evaluate.report for evaluation sweeps")
+    raise ValueError(
+        f"{workdir}/results.csv is not a retraining table (no 'strategy' column); use"
+        " qsim.evaluate.report for evaluation sweeps"
+    )
   lines = [f"# Retraining report: {os.path.abspath(workdir)}", ""] + section(rows)
   if plot(rows, os.path.join(workdir, "retrain.png")):
     lines += ["![before and after retraining](retrain.png)", ""]

@@ -5,6 +5,13 @@ from qsim.shifts.image import CIFAR10_C, MNIST_C, MNIST_C_OFFICIAL, SEVERITIES, 
 from qsim.shifts.text import TEXT_SHIFTS, shift_texts
 
 __all__ = [
-    "CIFAR10_C", "MNIST_C", "MNIST_C_OFFICIAL", "SEVERITIES", "SUITES", "TEXT_SHIFTS", "check", "corrupt",
+    "CIFAR10_C",
+    "MNIST_C",
+    "MNIST_C_OFFICIAL",
+    "SEVERITIES",
+    "SUITES",
+    "TEXT_SHIFTS",
+    "check",
+    "corrupt",
     "shift_texts",
 ]

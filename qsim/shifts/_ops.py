@@ -22,6 +22,7 @@ HI = jax.lax.Precision.HIGHEST
 
 # ----------------------------------------------------------------- filtering
 
+
 def filter2d(img, kernel, mode: str = "reflect"):
   """Correlates every channel of ``img`` (H, W, C) with a 2-D ``kernel`` (as
   ``cv2.filter2D``: no flip, anchor at the centre), padding with ``mode``."""
@@ -32,8 +33,8 @@ def filter2d(img, kernel, mode: str = "reflect"):
   c = img.shape[-1]
   rhs = jnp.tile(kernel[:, :, None, None], (1, 1, 1, c))
   return jax.lax.conv_general_dilated(
-      x[None], rhs, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      feature_group_count=c, precision=HI)[0]
+      x[None], rhs, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c, precision=HI
+  )[0]
 
 
 def gaussian_kernel_1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
@@ -99,10 +100,10 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
   else:
     grid, ksize = np.arange(-math.ceil(radius), math.ceil(radius) + 1), 5
   xx, yy = np.meshgrid(grid, grid)
-  disk = ((xx ** 2 + yy ** 2) <= radius ** 2).astype(np.float64)
+  disk = ((xx**2 + yy**2) <= radius**2).astype(np.float64)
   disk /= disk.sum()
   t = np.arange(ksize) - (ksize - 1) / 2
-  g = np.exp(-(t ** 2) / (2 * alias_blur ** 2))
+  g = np.exp(-(t**2) / (2 * alias_blur**2))
   g /= g.sum()
   r = ksize // 2
   padded = np.pad(disk, r, mode="reflect")
@@ -120,7 +121,7 @@ def motion_blur(img, radius: float, sigma: float, angle_deg):
   edge pixels repeated beyond the border."""
   width = 2 * math.ceil(radius) + 1
   i = np.arange(width, dtype=np.float32)
-  w = np.exp(-(i ** 2) / (2 * sigma ** 2))
+  w = np.exp(-(i**2) / (2 * sigma**2))
   w = jnp.asarray(w / w.sum())
   a = jnp.deg2rad(angle_deg)
   dx = jnp.ceil(i * jnp.cos(a) - 0.5).astype(jnp.int32)  # columns
@@ -139,6 +140,7 @@ def motion_blur(img, radius: float, sigma: float, angle_deg):
 
 
 # ------------------------------------------------------------------ sampling
+
 
 def _index(i, n: int, mode: str):
   if mode in ("edge", "constant"):
@@ -175,8 +177,12 @@ def bilinear(img, rows, cols, mode: str = "constant"):
       v = jnp.where(inside[..., None], v, 0.0)
     return v
 
-  return ((1 - fr) * (1 - fc) * at(r0, c0) + (1 - fr) * fc * at(r0, c0 + 1)
-          + fr * (1 - fc) * at(r0 + 1, c0) + fr * fc * at(r0 + 1, c0 + 1))
+  return (
+      (1 - fr) * (1 - fc) * at(r0, c0)
+      + (1 - fr) * fc * at(r0, c0 + 1)
+      + fr * (1 - fc) * at(r0 + 1, c0)
+      + fr * fc * at(r0 + 1, c0 + 1)
+  )
 
 
 def warp_affine_inverse(img, matrix, mode: str = "constant"):
@@ -190,6 +196,7 @@ def warp_affine_inverse(img, matrix, mode: str = "constant"):
 
 
 # ------------------------------------------------------------------- resizing
+
 
 def _zoom_matrix(n_in: int, n_out: int) -> np.ndarray:
   """scipy.ndimage.zoom order 1 (grid_mode False) along one axis."""
@@ -245,6 +252,7 @@ def box_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 # ----------------------------------------------------------------- textures
 
+
 def _hash_seed(key):
   return jax.random.bits(key, (2,), jnp.uint32)
 
@@ -255,6 +263,7 @@ def _hash_at(seed, start: int, shape):
   ``shape + (n,)`` for ``n`` streams when ``seed`` is (2, n). These are
   ``hash_uniform``'s numbers, computed where they are used so XLA fuses the
   hash into them."""
+
   def mix(x):  # a 32-bit avalanche hash (xor-shift-multiply, "lowbias32")
     x = x ^ (x >> 16)
     x = x * jnp.uint32(0x7FEB352D)
@@ -266,7 +275,7 @@ def _hash_at(seed, start: int, shape):
   idx = jnp.arange(start, start + size, dtype=jnp.uint32).reshape(shape + (1,) * (seed.ndim - 1))
   x = mix(idx * jnp.uint32(0x9E3779B9) + seed[0])
   x = mix(x ^ seed[1])
-  return (x >> 8).astype(jnp.float32) * jnp.float32(2.0 ** -24)
+  return (x >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
 
 
 def hash_uniform(key, size: int):
@@ -357,6 +366,7 @@ def line_from_points(shape, c0, r0, c1, r1):
 
 # ---------------------------------------------------------------- colour
 
+
 def rgb_to_hsv(img):
   """skimage.color.rgb2hsv on (H, W, 3) in [0, 1] (hue in [0, 1))."""
   r, g, b = img[..., 0], img[..., 1], img[..., 2]
@@ -389,6 +399,7 @@ def gray(img):
 
 
 # ------------------------------------------------------------------- edges
+
 
 def canny(img2d, sigma: float = 1.0, low: float = 0.1, high: float = 0.2):
   """Canny edges of a 2-D image in [0, 1] as skimage.feature.canny does by
@@ -428,10 +439,12 @@ def canny(img2d, sigma: float = 1.0, low: float = 0.1, high: float = 0.2):
   def local_max(wt, a_plus, d_plus, a_minus, d_minus):
     return (d_plus * wt + a_plus * (1 - wt) <= mag) & (d_minus * wt + a_minus * (1 - wt) <= mag)
 
-  lm = ((s1 & local_max(w1, nb(1, 0), nb(1, 1), nb(-1, 0), nb(-1, -1)))
-        | (s2 & local_max(w2, nb(0, 1), nb(1, 1), nb(0, -1), nb(-1, -1)))
-        | (s3 & local_max(w2, nb(0, 1), nb(-1, 1), nb(0, -1), nb(1, -1)))
-        | (s4 & local_max(w1, nb(-1, 0), nb(-1, 1), nb(1, 0), nb(1, -1))))
+  lm = (
+      (s1 & local_max(w1, nb(1, 0), nb(1, 1), nb(-1, 0), nb(-1, -1)))
+      | (s2 & local_max(w2, nb(0, 1), nb(1, 1), nb(0, -1), nb(-1, -1)))
+      | (s3 & local_max(w2, nb(0, 1), nb(-1, 1), nb(0, -1), nb(1, -1)))
+      | (s4 & local_max(w1, nb(-1, 0), nb(-1, 1), nb(1, 0), nb(1, -1)))
+  )
   lm = lm & interior & (mag > 0)
   weak = lm & (mag >= low)
   strong = weak & (mag >= high)

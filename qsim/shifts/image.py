@@ -101,6 +101,7 @@ def _to_channels(layer2d, c):
 
 # ---------------------------------------------------------------- noise
 
+
 def gaussian_noise(key, img, c):
   """Additive N(0, c^2) noise."""
   return img + c * jax.random.normal(key, img.shape)
@@ -162,6 +163,7 @@ def speckle_noise(key, img, c):
 
 # ----------------------------------------------------------- photometric
 
+
 def _rgb_value_shift(img, c):
   # HSV's V is max(R, G, B); adding c to V with hue and saturation kept
   # scales the pixel by (V + c) / V (clipped to 1): exact HSV arithmetic.
@@ -200,6 +202,7 @@ def saturate(key, img, c_mul, c_add):
 
 
 # ------------------------------------------------------------------- blur
+
 
 def gaussian_blur(key, img, sigma):
   """Gaussian blur per channel (skimage: truncated at 4 sigma, edge border)."""
@@ -295,6 +298,7 @@ def zoom_blur(key, img, zooms):
 
 
 # ------------------------------------------------------------- weather
+
 
 def _mapsize(h, w, minimum):
   """The fractal's side: ``minimum``, or the next power of two >= H, W."""
@@ -414,6 +418,7 @@ def spatter_mnist(key, img, loc, scale, sigma, threshold, strength):
 
 # --------------------------------------------------------------- digital
 
+
 def elastic_transform(key, img, alpha, sigma, affine):
   """A random affine (three points moved by U(-affine, affine) pixels,
   reflect-101 border) then a smooth random displacement field (uniform noise
@@ -474,12 +479,16 @@ def jpeg_compression(key, img, quality):
   composes with jit and vmap, but not with grad, and costs a host round
   trip); the image is rounded to 8 bits first, as JPEG needs."""
   del key
-  return jax.pure_callback(functools.partial(_jpeg_host, quality=quality),
-                           jax.ShapeDtypeStruct(img.shape, jnp.float32), img,
-                           vmap_method="broadcast_all")
+  return jax.pure_callback(
+      functools.partial(_jpeg_host, quality=quality),
+      jax.ShapeDtypeStruct(img.shape, jnp.float32),
+      img,
+      vmap_method="broadcast_all",
+  )
 
 
 # ------------------------------------------------- MNIST-C geometric / lines
+
 
 def _about_centre(h, w, a):
   """Affine (2x3) with linear part ``a`` that keeps the image centre fixed."""
@@ -562,8 +571,10 @@ def _zigzag_layer(key, h, w, a=2.0, b=2.0):
   last_r = pts_r[n]
   end_c = d
   end_r = last_r / (2 * jnp.where(d != max_c, d - max_c, 1.0))
-  rot = lambda cc, rr: (cc * jnp.cos(theta) - rr * jnp.sin(theta) + c0,  # noqa: E731
-                        cc * jnp.sin(theta) + rr * jnp.cos(theta) + r0)
+  rot = lambda cc, rr: (
+      cc * jnp.cos(theta) - rr * jnp.sin(theta) + c0,  # noqa: E731
+      cc * jnp.sin(theta) + rr * jnp.cos(theta) + r0,
+  )
   pc, pr = rot(pts_c, pts_r)
   ec, er = rot(end_c, end_r)
   seg = jax.vmap(lambda a0, b0, a1, b1: _ops.line_from_points((h, w), a0, b0, a1, b1))(pc[:-1], pr[:-1], pc[1:], pr[1:])
@@ -604,19 +615,34 @@ CIFAR10_C: dict[str, Corruption] = {
     "motion_blur": _batched(motion_blur, ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5))),
     "zoom_blur": _batched(zoom_blur, tuple((z,) for z in _CIFAR_ZOOMS)),
     "gaussian_blur": _batched(gaussian_blur, (0.4, 0.6, 0.7, 0.8, 1.0)),
-    "snow": _batched(snow, ((0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
-                            (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9), (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
-                            (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8))),
+    "snow": _batched(
+        snow,
+        (
+            (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
+            (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+            (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+            (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+            (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
+        ),
+    ),
     "frost": _batched(frost, ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)), dynamic=True),
     "fog": _batched(fog_cifar, ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)), dynamic=True),
-    "spatter": _batched(spatter_cifar, ((0.62, 0.1, 0.7, 0.7, 0.5, 0), (0.65, 0.1, 0.8, 0.7, 0.5, 0),
-                                        (0.65, 0.3, 1, 0.69, 0.5, 0), (0.65, 0.1, 0.7, 0.69, 0.6, 1),
-                                        (0.65, 0.1, 0.5, 0.68, 0.6, 1))),
+    "spatter": _batched(
+        spatter_cifar,
+        (
+            (0.62, 0.1, 0.7, 0.7, 0.5, 0),
+            (0.65, 0.1, 0.8, 0.7, 0.5, 0),
+            (0.65, 0.3, 1, 0.69, 0.5, 0),
+            (0.65, 0.1, 0.7, 0.69, 0.6, 1),
+            (0.65, 0.1, 0.5, 0.68, 0.6, 1),
+        ),
+    ),
     "brightness": _batched(brightness, (0.05, 0.1, 0.15, 0.2, 0.3), dynamic=True),
     "contrast": _batched(contrast, (0.75, 0.5, 0.4, 0.3, 0.15), dynamic=True),
     "saturate": _batched(saturate, ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)), dynamic=True),
-    "elastic_transform": _batched(elastic_transform, ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06),
-                                                      (0.1, 0.04, 0.05), (0.1, 0.03, 0.03))),
+    "elastic_transform": _batched(
+        elastic_transform, ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03))
+    ),
     "pixelate": _batched(pixelate, (0.95, 0.9, 0.85, 0.75, 0.65)),
     "jpeg_compression": _batched(jpeg_compression, (80, 65, 58, 50, 40)),
 }
@@ -633,9 +659,16 @@ MNIST_C: dict[str, Corruption] = {
     "translate": _batched(translate, (1.0, 2.0, 3.0, 4.0, 5.0), dynamic=True),
     "stripe": _batched(stripe, (2 / 28, 4 / 28, 7 / 28, 9 / 28, 11 / 28), dynamic=True),
     "fog": _batched(fog_mnist, ((1.5, 2), (2.0, 2), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4)), dynamic=True, block=32),
-    "spatter": _batched(spatter_mnist, ((0.65, 0.3, 4, 0.69, 0.6), (0.65, 0.3, 3, 0.68, 0.6),
-                                        (0.65, 0.3, 2, 0.68, 0.5), (0.65, 0.3, 1, 0.65, 1.5),
-                                        (0.67, 0.4, 1, 0.65, 1.5))),
+    "spatter": _batched(
+        spatter_mnist,
+        (
+            (0.65, 0.3, 4, 0.69, 0.6),
+            (0.65, 0.3, 3, 0.68, 0.6),
+            (0.65, 0.3, 2, 0.68, 0.5),
+            (0.65, 0.3, 1, 0.65, 1.5),
+            (0.67, 0.4, 1, 0.65, 1.5),
+        ),
+    ),
     "dotted_line": _batched(dotted_line, (1, 2, 3, 4, 5)),
     "zigzag": _batched(zigzag, (1, 2, 3, 4, 5), block=32),
     "canny_edges": _batched(canny_edges, (0.2, 0.4, 0.6, 0.8, 1.0), dynamic=True),
@@ -643,9 +676,21 @@ MNIST_C: dict[str, Corruption] = {
 
 # The severity the published MNIST-C dataset uses for each corruption.
 MNIST_C_OFFICIAL = {
-    "shot_noise": 5, "impulse_noise": 4, "glass_blur": 1, "motion_blur": 1, "shear": 2, "scale": 3,
-    "rotate": 2, "brightness": 5, "translate": 3, "stripe": 3, "fog": 5, "spatter": 4,
-    "dotted_line": 1, "zigzag": 1, "canny_edges": 5,
+    "shot_noise": 5,
+    "impulse_noise": 4,
+    "glass_blur": 1,
+    "motion_blur": 1,
+    "shear": 2,
+    "scale": 3,
+    "rotate": 2,
+    "brightness": 5,
+    "translate": 3,
+    "stripe": 3,
+    "fog": 5,
+    "spatter": 4,
+    "dotted_line": 1,
+    "zigzag": 1,
+    "canny_edges": 5,
 }
 
 SUITES: dict[str, dict[str, Corruption]] = {"mnist_c": MNIST_C, "cifar10_c": CIFAR10_C}
@@ -668,11 +713,13 @@ def check(suite: str, name: str, images_shape, severity) -> None:
   if len(shape) != 4 or shape[-1] not in (1, 3) or min(shape[1:3]) < MIN_SIZE:
     raise ValueError(
         f"images of shape {shape} are not supported; expected (N, H, W, C) with C = 1 (gray) or"
-        f" 3 (RGB), H and W >= {MIN_SIZE}, values in [0, 1]")
+        f" 3 (RGB), H and W >= {MIN_SIZE}, values in [0, 1]"
+    )
 
 
-def corrupt(suite: str, name: str, key: jax.Array, images, severity: int, *, chunk: int = CHUNK,
-            offset: int = 0) -> jax.Array:
+def corrupt(
+    suite: str, name: str, key: jax.Array, images, severity: int, *, chunk: int = CHUNK, offset: int = 0
+) -> jax.Array:
   """Applies corruption ``name`` of ``suite`` at ``severity`` (validated
   first), compiled once per (suite, name, severity, chunk shape), ``chunk``
   images at a time; equal to ``SUITES[suite][name](key, images, severity)``.

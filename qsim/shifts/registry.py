@@ -100,11 +100,14 @@ def parse(name: str) -> ShiftedSet:
   if len(parts) < 3 or parts[0] not in DATASETS:
     raise ValueError(
         f"shifted set {name!r} is not valid; names look like 'fashion_mnist/c/fog/3' with a dataset"
-        f" in {list(DATASETS)}; list_shifts(dataset) lists them")
+        f" in {list(DATASETS)}; list_shifts(dataset) lists them"
+    )
   if name not in _names(parts[0]):
     close = [n for n in _names(parts[0]) if n.startswith("/".join(parts[:2]))][:6]
-    raise ValueError(f"shifted set {name!r} does not exist; e.g. {close or _names(parts[0])[:6]}"
-                     f" (list_shifts({parts[0]!r}) lists all {len(_names(parts[0]))})")
+    raise ValueError(
+        f"shifted set {name!r} does not exist; e.g. {close or _names(parts[0])[:6]}"
+        f" (list_shifts({parts[0]!r}) lists all {len(_names(parts[0]))})"
+    )
   severity = int(parts[3]) if len(parts) == 4 else None
   return ShiftedSet(name, parts[0], parts[1], parts[2], severity)
 
@@ -160,8 +163,11 @@ def load_shifted(
     raise ValueError(f"{name!r} needs vocab= (the training run's vocabulary, e.g. load_vocab('<workdir>/vocab.json'))")
   kw = dict(data_dir=data_dir, download=download, limit=limit)
   if s.offline:
-    base = clean if clean is not None else clean_test(s.dataset, **kw, shard=shard,
-                                                      **({"encode": False} if s.family == "text" else {}))
+    base = (
+        clean
+        if clean is not None
+        else clean_test(s.dataset, **kw, shard=shard, **({"encode": False} if s.family == "text" else {}))
+    )
     return apply_synthetic(name, base, seed=seed, vocab=vocab, maxlen=maxlen)
   kw["shard"] = shard
   if s.family == "official_c":
@@ -189,11 +195,14 @@ def apply_synthetic(
   is example ``base.offset + i`` of its whole set."""
   s = parse(name)
   if not s.offline:
-    raise ValueError(f"{name!r} is a {s.family!r} set (published data), not a synthetic shift; use one of the"
-                     f" 'c' or 'text' sets of {s.dataset!r}")
+    raise ValueError(
+        f"{name!r} is a {s.family!r} set (published data), not a synthetic shift; use one of the"
+        f" 'c' or 'text' sets of {s.dataset!r}"
+    )
   if s.family == "c":
-    x = image.corrupt(SUITE_OF[s.dataset], s.shift, set_key(seed, key_name or name), base.x, s.severity,
-                      offset=base.offset)
+    x = image.corrupt(
+        SUITE_OF[s.dataset], s.shift, set_key(seed, key_name or name), base.x, s.severity, offset=base.offset
+    )
     return data_lib.Data(name, base.split, np.asarray(x), base.y, base.num_classes, offset=base.offset)
   if vocab is None:
     raise ValueError(f"{name!r} needs vocab= (the training run's vocabulary, e.g. load_vocab('<workdir>/vocab.json'))")
@@ -201,8 +210,9 @@ def apply_synthetic(
     raise ValueError(f"{name!r} shifts raw review texts; load the base data with encode=False")
   seed_used = seed if key_name is None else zlib.crc32(f"{seed}|{key_name}".encode())
   shifted = text.shift_texts(s.shift, seed_used, base.x, s.severity, offset=base.offset)
-  return data_lib.Data(name, base.split, text_lib.encode(shifted, vocab, maxlen), base.y, base.num_classes, list(vocab),
-                       base.offset)
+  return data_lib.Data(
+      name, base.split, text_lib.encode(shifted, vocab, maxlen), base.y, base.num_classes, list(vocab), base.offset
+  )
 
 
 def iter_shifted(

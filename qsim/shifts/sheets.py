@@ -13,8 +13,9 @@ from qsim.shifts import registry
 from qsim.shifts import text as text_shifts
 
 
-def contact_sheet(dataset: str, path: str, samples: int = 3, seed: int = 0, data_dir: str | None = None,
-                  corruptions=None) -> str:
+def contact_sheet(
+    dataset: str, path: str, samples: int = 3, seed: int = 0, data_dir: str | None = None, corruptions=None
+) -> str:
   """Draws corruption x severity for ``samples`` test images into ``path``."""
   if not 1 <= samples <= 16:
     raise ValueError(f"samples={samples} is not valid; give 1..16")
@@ -27,6 +28,7 @@ def draw_sheet(images: np.ndarray, suite: str, dataset: str, path: str, seed: in
   ``images`` (N, H, W, C); keys as the registry derives them for
   ``dataset``'s sets."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -52,7 +54,9 @@ def draw_sheet(images: np.ndarray, suite: str, dataset: str, path: str, seed: in
         sheet[y0 : y0 + h, x0 : x0 + w] = imgs[k] if ch == 3 else np.repeat(imgs[k], 3, axis=-1)
   fig, ax = plt.subplots(figsize=(2.2 * 6 * samples / 3 + 1.5, 0.55 * len(rows) + 1), dpi=110)
   ax.imshow(sheet, interpolation="nearest")
-  ax.set_xticks([j * (cell_w + gap) + cell_w / 2 for j in range(6)], ["clean"] + [f"severity {s}" for s in image.SEVERITIES])
+  ax.set_xticks(
+      [j * (cell_w + gap) + cell_w / 2 for j in range(6)], ["clean"] + [f"severity {s}" for s in image.SEVERITIES]
+  )
   ax.set_yticks([i * (h + gap) + h / 2 for i in range(len(rows))], names)
   ax.xaxis.tick_top()
   ax.tick_params(length=0)

@@ -141,8 +141,7 @@ def _random_word(rng: np.random.Generator, avoid: Collection[str], word: str) ->
       return new
 
 
-def oov_noise(rng: np.random.Generator, words: list[str], severity: int, *,
-              vocab: Collection[str] = ()) -> list[str]:
+def oov_noise(rng: np.random.Generator, words: list[str], severity: int, *, vocab: Collection[str] = ()) -> list[str]:
   """Replaces a fraction p of the words, p in (.05, .1, .2, .3, .5), by random
   10-letter lowercase strings (redrawn if in ``vocab``: a collision is so rare
   that the result is the same with or without it)."""

@@ -77,12 +77,21 @@ def rq1(rows, workdir) -> tuple[list[str], str, str]:
   quantizers = _quantizer_order(std)
   clean = _by_seed([r for r in std if r["family"] == "clean"], lambda r: r["disagreement_rate"], "model", "quantizer")
   shifted = _by_seed([r for r in std if r["family"] != "clean"], lambda r: r["disagreement_rate"], "model", "quantizer")
-  acc = _by_seed([r for r in std if r["family"] == "clean"], lambda r: abs(r["float_accuracy"] - r["quant_accuracy"]),
-                 "model", "quantizer")
-  lines = ["## RQ1: disagreement on shifted vs clean data", "",
-           "Standard-trained models; rates in % of samples; shifted = mean over the shifted sets.", "",
-           "| model | quantizer | clean | shifted | shifted - clean (paired) | worst set (mean rate %) |"
-           " clean accuracy change (pts) |", "|---|---|---|---|---|---|---|"]
+  acc = _by_seed(
+      [r for r in std if r["family"] == "clean"],
+      lambda r: abs(r["float_accuracy"] - r["quant_accuracy"]),
+      "model",
+      "quantizer",
+  )
+  lines = [
+      "## RQ1: disagreement on shifted vs clean data",
+      "",
+      "Standard-trained models; rates in % of samples; shifted = mean over the shifted sets.",
+      "",
+      "| model | quantizer | clean | shifted | shifted - clean (paired) | worst set (mean rate %) |"
+      " clean accuracy change (pts) |",
+      "|---|---|---|---|---|---|---|",
+  ]
   wins = cells = sure = 0
   for m in models:
     for q in quantizers:
@@ -100,21 +109,28 @@ def rq1(rows, workdir) -> tuple[list[str], str, str]:
         if r["model"] == m and r["quantizer"] == q and r["family"] != "clean":
           per_set[r["set"]].append(r["disagreement_rate"])
       worst = max(per_set, key=lambda k: np.mean(per_set[k]))
-      lines.append(f"| {m} | {q} | {_ci(list(c.values()), 100)} | {_ci(list(s.values()), 100)} |"
-                   f" {_ci(diffs, 100)} | {worst.split('/', 1)[1]} ({100 * np.mean(per_set[worst]):.2f}) |"
-                   f" {_ci(list(acc[(m, q)].values()), 100)} |")
+      lines.append(
+          f"| {m} | {q} | {_ci(list(c.values()), 100)} | {_ci(list(s.values()), 100)} |"
+          f" {_ci(diffs, 100)} | {worst.split('/', 1)[1]} ({100 * np.mean(per_set[worst]):.2f}) |"
+          f" {_ci(list(acc[(m, q)].values()), 100)} |"
+      )
   lines.append("")
   # per family and severity
   sev = defaultdict(list)
   for r in std:
     sev[(r["quantizer"], 0 if r["family"] == "clean" else r["severity"], r["family"])].append(r["disagreement_rate"])
   severities = sorted({k[1] for k in sev if not (isinstance(k[1], float) and math.isnan(k[1]))})
-  lines += ["Mean disagreement rate % by severity (0 = clean), over models, corruptions and seeds:", "",
-            "| quantizer | " + " | ".join(f"sev {int(s)}" for s in severities) + " |",
-            "|---|" + "---|" * len(severities)]
+  lines += [
+      "Mean disagreement rate % by severity (0 = clean), over models, corruptions and seeds:",
+      "",
+      "| quantizer | " + " | ".join(f"sev {int(s)}" for s in severities) + " |",
+      "|---|" + "---|" * len(severities),
+  ]
   for q in quantizers:
-    vals = [np.mean([v for (qq, ss, _), vs in sev.items() if qq == q and ss == s for v in vs] or [np.nan])
-            for s in severities]
+    vals = [
+        np.mean([v for (qq, ss, _), vs in sev.items() if qq == q and ss == s for v in vs] or [np.nan])
+        for s in severities
+    ]
     lines.append(f"| {q} | " + " | ".join("-" if np.isnan(v) else f"{100 * v:.2f}" for v in vals) + " |")
   lines.append("")
   families = defaultdict(list)
@@ -122,18 +138,25 @@ def rq1(rows, workdir) -> tuple[list[str], str, str]:
     if r["family"] != "clean":
       families[r["shift"]].append(r["disagreement_rate"])
   top = sorted(families, key=lambda k: -np.mean(families[k]))
-  lines += ["Corruptions by mean disagreement rate (all quantizers): "
-            + ", ".join(f"{k} {100 * np.mean(families[k]):.2f}%" for k in top), ""]
+  lines += [
+      "Corruptions by mean disagreement rate (all quantizers): "
+      + ", ".join(f"{k} {100 * np.mean(families[k]):.2f}%" for k in top),
+      "",
+  ]
   _plot_severity(sev, quantizers, severities, os.path.join(workdir, "rq1_severity.png"))
   lines += ["![disagreement by severity](rq1_severity.png)", ""]
   p = _sign_test(wins, cells)
   frac = wins / cells if cells else 0.0
   verdict = "supported" if frac >= 0.9 and p < 0.05 else "mixed" if frac > 0.5 else "not supported"
-  rule = ("per (model, quantizer) cell with any disagreement, the seed-mean of shifted minus clean rate: supported if"
-          " positive in >= 90% of the cells and a two-sided sign test over the cells gives p < 0.05; mixed if positive"
-          " in more than half; else not supported")
-  evidence = (f"Shifted data gives more disagreements in {wins} of {cells} (model, quantizer) cells (sign test"
-              f" p = {p:.2g}; {sure} cells with the seed interval above 0).")
+  rule = (
+      "per (model, quantizer) cell with any disagreement, the seed-mean of shifted minus clean rate: supported if"
+      " positive in >= 90% of the cells and a two-sided sign test over the cells gives p < 0.05; mixed if positive"
+      " in more than half; else not supported"
+  )
+  evidence = (
+      f"Shifted data gives more disagreements in {wins} of {cells} (model, quantizer) cells (sign test"
+      f" p = {p:.2g}; {sure} cells with the seed interval above 0)."
+  )
   return lines + _verdict_line(verdict, rule, evidence), verdict, evidence
 
 
@@ -142,6 +165,7 @@ def _sign_test(wins: int, n: int) -> float:
   if n == 0:
     return float("nan")
   from scipy import stats
+
   return float(stats.binomtest(wins, n, 0.5).pvalue)
 
 
@@ -149,8 +173,10 @@ def _plot_severity(sev, quantizers, severities, path):
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for q in quantizers:
-    ys = [np.mean([v for (qq, ss, _), vs in sev.items() if qq == q and ss == s for v in vs] or [np.nan])
-          for s in severities]
+    ys = [
+        np.mean([v for (qq, ss, _), vs in sev.items() if qq == q and ss == s for v in vs] or [np.nan])
+        for s in severities
+    ]
     ax.plot(severities, [100 * y for y in ys], marker="o", label=q)
   ax.set_xlabel("severity (0 = clean)")
   ax.set_ylabel("disagreement rate (%)")
@@ -166,9 +192,14 @@ def rq2(rows, workdir) -> tuple[list[str], str, str]:
   models = list(dict.fromkeys(r["model"] for r in rows))
   quantizers = _quantizer_order(rows)
   rate = _by_seed(rows, lambda r: r["disagreement_rate"], "model", "quantizer", "method")
-  lines = ["## RQ2: which training method gives the fewest disagreements", "",
-           "Mean disagreement rate % over all sets (clean and shifted), per model and quantizer; lowest in bold.", "",
-           "| model | quantizer | " + " | ".join(methods) + " | fewest |", "|---|---|" + "---|" * (len(methods) + 1)]
+  lines = [
+      "## RQ2: which training method gives the fewest disagreements",
+      "",
+      "Mean disagreement rate % over all sets (clean and shifted), per model and quantizer; lowest in bold.",
+      "",
+      "| model | quantizer | " + " | ".join(methods) + " | fewest |",
+      "|---|---|" + "---|" * (len(methods) + 1),
+  ]
   wins, cells, best_count = 0, 0, defaultdict(int)
   for m in models:
     for q in quantizers:
@@ -182,8 +213,12 @@ def rq2(rows, workdir) -> tuple[list[str], str, str]:
       cells += 1
       wins += best == "qat"
       best_count[best if len(tied) == 1 else "tie"] += 1
-      cells_txt = [(f"**{_ci(list(per[me].values()), 100)}**" if me == best else _ci(list(per[me].values()), 100))
-                   if per[me] else "-" for me in methods]
+      cells_txt = [
+          (f"**{_ci(list(per[me].values()), 100)}**" if me == best else _ci(list(per[me].values()), 100))
+          if per[me]
+          else "-"
+          for me in methods
+      ]
       lines.append(f"| {m} | {q} | " + " | ".join(cells_txt) + f" | {best} |")
   lines += ["", "Cells won: " + ", ".join(f"{me} {best_count[me]}" for me in [*methods, "tie"]) + f" (of {cells}).", ""]
   _plot_methods(rate, models, quantizers, methods, os.path.join(workdir, "rq2_methods.png"))
@@ -192,10 +227,15 @@ def rq2(rows, workdir) -> tuple[list[str], str, str]:
   verdict = "supported" if frac >= 0.75 else "mixed" if frac >= 0.25 else "not supported"
   if "qat" not in methods:
     verdict = "not tested"
-  rule = ("QAT alone has the lowest mean rate in >= 3/4 of the (model, quantizer) cells with any disagreement:"
-          " supported; >= 1/4: mixed; else not supported")
-  evidence = f"QAT alone gives the fewest disagreements in {wins} of {cells} cells; " + ", ".join(
-      f"{me} {best_count[me]}" for me in [*methods, "tie"] if me != "qat") + "."
+  rule = (
+      "QAT alone has the lowest mean rate in >= 3/4 of the (model, quantizer) cells with any disagreement:"
+      " supported; >= 1/4: mixed; else not supported"
+  )
+  evidence = (
+      f"QAT alone gives the fewest disagreements in {wins} of {cells} cells; "
+      + ", ".join(f"{me} {best_count[me]}" for me in [*methods, "tie"] if me != "qat")
+      + "."
+  )
   return lines + _verdict_line(verdict, rule, evidence), verdict, evidence
 
 
@@ -218,10 +258,16 @@ def _plot_methods(rate, models, quantizers, methods, path):
 def rq3(rows, workdir) -> tuple[list[str], str, str]:
   usable = [r for r in rows if r["disagreements"] > 0 and r["disagreements"] < r["n"] - r["nonfinite"]]
   seeds = sorted({int(r["train_seed"]) for r in usable})
-  lines = ["## RQ3: which uncertainty metric detects disagreements best", "",
-           f"Over every (model, method, quantizer, set) with both disagreements and agreements ({len(usable)} rows);"
-           " scores from the quantized model's outputs (as deployed) and from the float model's; mean per seed, then"
-           " over seeds.", "", "| score | source | AUROC | AUPR | TNR@95%TPR |", "|---|---|---|---|---|"]
+  lines = [
+      "## RQ3: which uncertainty metric detects disagreements best",
+      "",
+      f"Over every (model, method, quantizer, set) with both disagreements and agreements ({len(usable)} rows);"
+      " scores from the quantized model's outputs (as deployed) and from the float model's; mean per seed, then"
+      " over seeds.",
+      "",
+      "| score | source | AUROC | AUPR | TNR@95%TPR |",
+      "|---|---|---|---|---|",
+  ]
   per_seed = {}
   for src in ("quant", "float"):
     for name in metrics.SCORE_NAMES:
@@ -233,9 +279,13 @@ def rq3(rows, workdir) -> tuple[list[str], str, str]:
   lines.append("")
   auroc = {n: per_seed[("quant", n)]["auroc"] for n in DETECTORS}
   means = {n: float(np.mean(v)) if v else float("nan") for n, v in auroc.items()}
-  lines += ["Paired by seed, Margin minus each other score (AUROC points, quantized outputs), and the share of rows"
-            " where Margin's AUROC is at least the other's:", "", "| vs | difference | rows Margin >= |",
-            "|---|---|---|"]
+  lines += [
+      "Paired by seed, Margin minus each other score (AUROC points, quantized outputs), and the share of rows"
+      " where Margin's AUROC is at least the other's:",
+      "",
+      "| vs | difference | rows Margin >= |",
+      "|---|---|---|",
+  ]
   paired = {}
   for n in DETECTORS[1:]:
     d = [a - b for a, b in zip(auroc["margin"], auroc[n])]
@@ -257,11 +307,16 @@ def rq3(rows, workdir) -> tuple[list[str], str, str]:
     verdict = "mixed"
   else:
     verdict = "not supported"
-  rule = ("Margin has the highest mean AUROC and its paired difference to the runner-up is above 0 (interval above 0"
-          " with several seeds): supported; highest without that, or within 0.005 of the highest: mixed; else not")
-  evidence = ("Mean AUROC " + ", ".join(f"{n} {100 * valid[n]:.1f}" for n in sorted(valid, key=lambda k: -valid[k]))
-              + f"; Margin - {runner_up} = {_ci([a - b for a, b in zip(auroc['margin'], auroc[runner_up])], 100)}"
-              " points.")
+  rule = (
+      "Margin has the highest mean AUROC and its paired difference to the runner-up is above 0 (interval above 0"
+      " with several seeds): supported; highest without that, or within 0.005 of the highest: mixed; else not"
+  )
+  evidence = (
+      "Mean AUROC "
+      + ", ".join(f"{n} {100 * valid[n]:.1f}" for n in sorted(valid, key=lambda k: -valid[k]))
+      + f"; Margin - {runner_up} = {_ci([a - b for a, b in zip(auroc['margin'], auroc[runner_up])], 100)}"
+      " points."
+  )
   return lines + _verdict_line(verdict, rule, evidence), verdict, evidence
 
 
@@ -271,8 +326,14 @@ def _plot_auroc(per_seed, path):
   names = list(metrics.SCORE_NAMES)
   for j, src in enumerate(("quant", "float")):
     ms = [mean_ci(per_seed[(src, n)]["auroc"]) for n in names]
-    ax.bar(np.arange(len(names)) + 0.4 * j, [100 * m for m, _ in ms], 0.4, label=f"{src} outputs",
-           yerr=[0 if math.isnan(h) else 100 * h for _, h in ms], capsize=3)
+    ax.bar(
+        np.arange(len(names)) + 0.4 * j,
+        [100 * m for m, _ in ms],
+        0.4,
+        label=f"{src} outputs",
+        yerr=[0 if math.isnan(h) else 100 * h for _, h in ms],
+        capsize=3,
+    )
   ax.set_xticks(np.arange(len(names)) + 0.2, names, fontsize=8)
   ax.set_ylabel("AUROC (%)")
   lo = min([100 * mean_ci(v["auroc"])[0] for v in per_seed.values() if v["auroc"]] + [50])
@@ -300,13 +361,21 @@ def rq4(workdir) -> tuple[list[str], str, str]:
   r_m, n_m = float(np.mean(resolved)), float(np.mean(new))
   holds = (r_m >= 0.5) + (n_m >= 0.25)
   verdict = "supported" if holds == 2 else "mixed" if holds == 1 else "not supported"
-  ctrl = [v["clean"]["after"] - runs[(m, q, "random", seed)]["clean"]["after"]
-          for (m, q, strategy, seed), v in runs.items() if strategy == "all" and (m, q, "random", seed) in runs]
-  rule = ("strategy 'all' on the evaluation split: resolved >= 1/2 of the old disagreements and new >= 1/4 of the old:"
-          " supported; one of the two: mixed; neither: not supported")
-  evidence = (f"'all' resolves {_ci(resolved, 100, 1)}% of the old disagreements and creates {_ci(new, 100, 1)}% as"
-              f" many new ones ({len(allr)} runs)" + (f"; after 'all' minus after 'random' (paired, per run):"
-                                                      f" {_ci(ctrl, 1, 1)} disagreements" if ctrl else "") + ".")
+  ctrl = [
+      v["clean"]["after"] - runs[(m, q, "random", seed)]["clean"]["after"]
+      for (m, q, strategy, seed), v in runs.items()
+      if strategy == "all" and (m, q, "random", seed) in runs
+  ]
+  rule = (
+      "strategy 'all' on the evaluation split: resolved >= 1/2 of the old disagreements and new >= 1/4 of the old:"
+      " supported; one of the two: mixed; neither: not supported"
+  )
+  evidence = (
+      f"'all' resolves {_ci(resolved, 100, 1)}% of the old disagreements and creates {_ci(new, 100, 1)}% as"
+      f" many new ones ({len(allr)} runs)"
+      + (f"; after 'all' minus after 'random' (paired, per run): {_ci(ctrl, 1, 1)} disagreements" if ctrl else "")
+      + "."
+  )
   return lines + _verdict_line(verdict, rule, evidence), verdict, evidence
 
 
@@ -317,15 +386,25 @@ def write_report(workdir: str) -> str:
   models = list(dict.fromkeys(r["model"] for r in rows))
   methods = list(dict.fromkeys(r["method"] for r in rows))
   sections = [rq1(rows, workdir), rq2(rows, workdir), rq3(rows, workdir), rq4(workdir)]
-  claims = ["Shifted data gives more disagreements than clean data",
-            "QAT gives the most stable models", "Margin is the best detector of disagreements",
-            "Retraining with disagreements removes old ones but creates many new ones"]
-  lines = [f"# Study report: {os.path.abspath(workdir)}", "",
-           f"Dataset {rows[0]['dataset']}; models {', '.join(models)}; training methods {', '.join(methods)};"
-           f" {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); {len(set(r['quantizer'] for r in rows))}"
-           f" quantizers; {len(set(r['set'] for r in rows))} sets (clean + shifted); {len(rows)} result rows."
-           + ("" if len(seeds) > 1 else " One seed: no intervals; verdicts rest on means."), "",
-           "## Summary", "", "| RQ | the study's claim | verdict | evidence |", "|---|---|---|---|"]
+  claims = [
+      "Shifted data gives more disagreements than clean data",
+      "QAT gives the most stable models",
+      "Margin is the best detector of disagreements",
+      "Retraining with disagreements removes old ones but creates many new ones",
+  ]
+  lines = [
+      f"# Study report: {os.path.abspath(workdir)}",
+      "",
+      f"Dataset {rows[0]['dataset']}; models {', '.join(models)}; training methods {', '.join(methods)};"
+      f" {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); {len(set(r['quantizer'] for r in rows))}"
+      f" quantizers; {len(set(r['set'] for r in rows))} sets (clean + shifted); {len(rows)} result rows."
+      + ("" if len(seeds) > 1 else " One seed: no intervals; verdicts rest on means."),
+      "",
+      "## Summary",
+      "",
+      "| RQ | the study's claim | verdict | evidence |",
+      "|---|---|---|---|",
+  ]
   for i, (claim, (_, verdict, evidence)) in enumerate(zip(claims, sections)):
     lines.append(f"| {i + 1} | {claim} | {verdict} | {evidence} |")
   lines += ["", "Detailed tables of the evaluation sweep: eval/report.md.", ""]

@@ -89,10 +89,19 @@ class StudyConfig:
 
   def retrain_config(self, checkpoint: str, shifts: tuple[str, ...], seed: int = 0) -> RetrainConfig:
     return RetrainConfig(
-        checkpoint=checkpoint, quantizers=self.retrain_quantizers, strategies=self.retrain_strategies,
-        seeds=(seed,), rounds=self.retrain_rounds, shifts=shifts, shift_limit=self.retrain_shift_limit,
-        epochs=self.retrain_epochs, calib_samples=self.calib_samples, pool=self.retrain_pool,
-        eval_split=self.retrain_eval_split, eval_batch_size=self.eval_batch_size)
+        checkpoint=checkpoint,
+        quantizers=self.retrain_quantizers,
+        strategies=self.retrain_strategies,
+        seeds=(seed,),
+        rounds=self.retrain_rounds,
+        shifts=shifts,
+        shift_limit=self.retrain_shift_limit,
+        epochs=self.retrain_epochs,
+        calib_samples=self.calib_samples,
+        pool=self.retrain_pool,
+        eval_split=self.retrain_eval_split,
+        eval_batch_size=self.eval_batch_size,
+    )
 
   def shift_names(self) -> list[str]:
     """The shifted sets: ``shifts`` resolved, keeping the listed severities."""
@@ -131,14 +140,23 @@ def run_study(cfg: StudyConfig, workdir: str, train_config: Callable[[str, str, 
   ckpts = [train_dir(workdir, *k) for k in order]
   _log(f"[study] evaluate {len(ckpts)} checkpoints x {len(cfg.all_quantizers)} quantizers ({time.time() - t0:.0f} s)")
   shifts = cfg.shift_names()
-  sweep.run_sweep(ckpts, cfg.all_quantizers, shifts, os.path.join(workdir, "eval"), limit=cfg.limit or None,
-                  batch_size=cfg.eval_batch_size, calib_samples=cfg.calib_samples)
+  sweep.run_sweep(
+      ckpts,
+      cfg.all_quantizers,
+      shifts,
+      os.path.join(workdir, "eval"),
+      limit=cfg.limit or None,
+      batch_size=cfg.eval_batch_size,
+      calib_samples=cfg.calib_samples,
+  )
   if cfg.retrain_quantizers and "standard" in cfg.methods:
     for seed in cfg.seeds:
       for model in cfg.models:
         _log(f"[study] retrain {model} / seed {seed} ({time.time() - t0:.0f} s)")
-        run_retrain(cfg.retrain_config(train_dir(workdir, model, "standard", seed), tuple(shifts), seed),
-                    os.path.join(workdir, "retrain", model, f"seed{seed}"))
+        run_retrain(
+            cfg.retrain_config(train_dir(workdir, model, "standard", seed), tuple(shifts), seed),
+            os.path.join(workdir, "retrain", model, f"seed{seed}"),
+        )
   path = report.write_report(workdir)
   _log(f"[study] done in {time.time() - t0:.0f} s: {path}")
   return path

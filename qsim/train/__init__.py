@@ -5,6 +5,12 @@ from qsim.train.loop import TrainState, accuracy, batch_indices, predict, train,
 from qsim.train.methods import METHODS, MethodConfig
 
 __all__ = [
-    "METHODS", "MethodConfig", "TrainState", "accuracy", "batch_indices",
-    "predict", "train", "variables_of",
+    "METHODS",
+    "MethodConfig",
+    "TrainState",
+    "accuracy",
+    "batch_indices",
+    "predict",
+    "train",
+    "variables_of",
 ]

@@ -103,8 +103,7 @@ def make_train_step(model: nn.Module, cfg: MethodConfig, mesh: Mesh | None = Non
     def loss_fn(params):
       inputs = x
       if in_embedding_space:
-        inputs = model.apply({"params": params}, x, method="embed_tokens",
-                             rngs={QUANT_RNG: jax.random.fold_in(key, 2)})
+        inputs = model.apply({"params": params}, x, method="embed_tokens", rngs={QUANT_RNG: jax.random.fold_in(key, 2)})
       forward = make_forward(model, params, state.batch_stats, embedded=in_embedding_space)
       return batch_loss(forward, inputs, y, key, cfg, box)
 
@@ -123,8 +122,12 @@ def make_train_step(model: nn.Module, cfg: MethodConfig, mesh: Mesh | None = Non
 def init_state(model: nn.Module, x0, tx, seed: int) -> TrainState:
   variables = jax.jit(lambda k, x: model.init({"params": k, "dropout": k}, x))(jax.random.key(seed), x0)
   return TrainState.create(
-      apply_fn=model.apply, params=variables["params"], tx=tx,
-      batch_stats=variables.get("batch_stats"), bad_step=jnp.asarray(-1, jnp.int32))
+      apply_fn=model.apply,
+      params=variables["params"],
+      tx=tx,
+      batch_stats=variables.get("batch_stats"),
+      bad_step=jnp.asarray(-1, jnp.int32),
+  )
 
 
 @functools.lru_cache(maxsize=16)
@@ -150,8 +153,10 @@ def sharded_batch_indices(n: int, batch_size: int, seed: int, step: int, shards:
   shards`` examples (in block order, they make up the global batch).
   ``shards=1`` is :func:`batch_indices`."""
   if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1 or batch_size % shards:
-    raise ValueError(f"data_shards={shards!r} is not valid for batch_size={batch_size}; give an int >= 1 that"
-                     " divides the batch size")
+    raise ValueError(
+        f"data_shards={shards!r} is not valid for batch_size={batch_size}; give an int >= 1 that"
+        " divides the batch size"
+    )
   out = []
   for i in range(shards):
     start, stop = distributed.Shard(i, shards).bounds(n)
@@ -163,8 +168,7 @@ def sharded_batch_indices(n: int, batch_size: int, seed: int, step: int, shards:
 def _predict_fn(model: nn.Module):
   # One compiled function per model (not per call: evaluation runs at every
   # checkpoint). A fixed 'quant' stream keeps stochastic rounding deterministic.
-  return jax.jit(lambda v, x: jnp.argmax(
-      model.apply(v, x, train=False, rngs={QUANT_RNG: jax.random.key(0)}), -1))
+  return jax.jit(lambda v, x: jnp.argmax(model.apply(v, x, train=False, rngs={QUANT_RNG: jax.random.key(0)}), -1))
 
 
 def predict(model: nn.Module, variables, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
@@ -274,12 +278,16 @@ def train(
   procs, writer = jax.process_count(), distributed.is_writer()
   shards = procs if data_shards is None else data_shards
   if procs > 1 and shards != procs:
-    raise ValueError(f"data_shards={data_shards!r} is not valid in a run of {procs} processes; give {procs} (one"
-                     " block per process) or leave it unset")
+    raise ValueError(
+        f"data_shards={data_shards!r} is not valid in a run of {procs} processes; give {procs} (one"
+        " block per process) or leave it unset"
+    )
   local_rows = distributed.local_batch_size(mesh, batch_size)  # validates batch_size against the mesh
   if procs > 1 and local_rows != batch_size // procs:
-    raise ValueError(f"every process needs as many devices of the mesh: this one holds {local_rows} of the"
-                     f" {batch_size} rows of a batch, not {batch_size // procs}")
+    raise ValueError(
+        f"every process needs as many devices of the mesh: this one holds {local_rows} of the"
+        f" {batch_size} rows of a batch, not {batch_size // procs}"
+    )
 
   def indices(s: int) -> np.ndarray:
     """This process's rows of step ``s``'s global batch."""
@@ -326,10 +334,15 @@ def train(
         last = mngr.latest_step()
         raise FloatingPointError(
             f"loss is not finite at step {bad}; the last finite checkpoint (step {last}) is kept in"
-            f" {os.path.join(workdir, 'checkpoints')}; lower the learning rate and rerun")
+            f" {os.path.join(workdir, 'checkpoints')}; lower the learning rate and rerun"
+        )
       rate = (done - s0) / max(time.time() - t0, 1e-9)
-      row = {"step": done, "loss": float(_item(loss)), "train_accuracy": float(_item(acc)),
-             "steps_per_s": round(rate, 2)}
+      row = {
+          "step": done,
+          "loss": float(_item(loss)),
+          "train_accuracy": float(_item(acc)),
+          "steps_per_s": round(rate, 2),
+      }
       checkpoint = done % checkpoint_every == 0 or done == steps
       if checkpoint and val is not None:
         row["val_accuracy"] = accuracy(model, variables_of(state), *val)
@@ -340,6 +353,8 @@ def train(
         save(done)
       if not writer:
         continue
-      _log(f"  step {done}/{steps} loss {row['loss']:.4f} acc {row['train_accuracy']:.3f} "
-           f"{rate:.1f} steps/s" + (f" val {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""))
+      _log(
+          f"  step {done}/{steps} loss {row['loss']:.4f} acc {row['train_accuracy']:.3f} "
+          f"{rate:.1f} steps/s" + (f" val {row['val_accuracy']:.4f}" if "val_accuracy" in row else "")
+      )
   return state

@@ -45,7 +45,9 @@ class MethodConfig:
       if not 0.0 < self.adv_fraction <= 1.0:
         raise ValueError(f"adv_fraction={self.adv_fraction} is not valid; valid range is (0, 1]")
       if self.method == "pgd" and (self.iters < 1 or not self.step_size > 0):
-        raise ValueError(f"iters={self.iters}, step_size={self.step_size} are not valid; give iters >= 1, step_size > 0")
+        raise ValueError(
+            f"iters={self.iters}, step_size={self.step_size} are not valid; give iters >= 1, step_size > 0"
+        )
     if self.method == "mixup" and not self.mixup_alpha > 0:
       raise ValueError(f"mixup_alpha={self.mixup_alpha} is not valid; give alpha > 0")
 
