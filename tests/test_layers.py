@@ -332,3 +332,21 @@ def test_int_bias_in_a_float_gate_graph_is_refused():
   qm = model.clone(quant=make_config(spec))
   with pytest.raises(ValueError, match=r"rnn/cell: int_bias in a recurrent cell needs its int8 graph"):
     qm.init(KEY, x)
+
+
+def test_int32_bias_is_clipped_to_the_int32_range():
+  """int_bias rounds the bias onto the accumulator grid (act scale x weight scale) and clips it to int32,
+  as the converter stores it: on a grid of about 3e-11 (2^31 steps is about 0.066) a bias of 100 saturates
+  at (2^31 - 1) steps; a bias of 0.01 fits and stays (up to its rounding)."""
+  x = 1e-3 * jax.random.uniform(jax.random.key(4), (4, 6))  # act range [0, ~1e-3]: scale ~4e-6
+  cfg = preset("tflite_int8")
+  for bias, clipped in [(100.0, True), (0.01, False)]:
+    layer = qnn.Dense(1, quant=cfg)
+    v = layer.init(KEY, x)
+    v = {**v, "params": {"kernel": jnp.full((6, 1), 1e-3), "bias": jnp.full((1,), bias)}}  # weight scale ~8e-6
+    stats = qnn.calibrate(layer, v, [x])
+    y = layer.apply({**v, **stats}, x)
+    s_in = (float(x.max()) - 0.0) / 255
+    s_w = 1e-3 / 127
+    want_bias = (2.0**31 - 1) * s_in * s_w if clipped else bias
+    np.testing.assert_allclose(y - x @ v["params"]["kernel"], want_bias, rtol=1e-3)
