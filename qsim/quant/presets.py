@@ -109,8 +109,8 @@ _FIXED: dict[str, LayerSpec | None] = {
         weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=True), act=int_act(8), fold_bn=True
     ),
     "ort_int8_mlas": dataclasses.replace(_ORT_INT8, requant="mlas"),
-    # gemm_gates=False: as defined before the recurrent ORT graph was added (kept; see the next commit)
-    "ort_int8_avx2": dataclasses.replace(_ORT_INT8, requant="mlas", u8s8_pairs="all", gemm_gates=False),
+    # the same ORT graph (gemm_gates: MatMulAddFusion does not depend on the CPU) with MLAS's saturation
+    "ort_int8_avx2": dataclasses.replace(_ORT_INT8, requant="mlas", u8s8_pairs="all"),
     "ort_dynamic_avx2": LayerSpec(
         weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=True),
         act=int_act(8),
