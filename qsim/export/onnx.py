@@ -48,6 +48,7 @@ sympy; TensorFlow from ``qsim[tflite]``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tempfile
 
@@ -72,14 +73,19 @@ def mlas_u8s8_saturates(flags: str | None = None) -> bool:
   env = os.environ.get("QSIM_ORT_U8S8_SATURATES")
   if env is not None and flags is None:
     return env.strip().lower() in ("1", "true", "yes")
-  if flags is None:
-    try:
-      with open("/proc/cpuinfo") as f:
-        flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-      return False
-  fl = set(flags.split())
+  fl = set((_cpu_flags() if flags is None else flags).split())
   return "avx2" in fl and not ({"avx_vnni", "avx512_vnni"} & fl)
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> str:
+  """This machine's /proc/cpuinfo flags line, read once per process ('' where
+  there is none): the fidelity run asks for every (set, kernels, mode)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((line for line in f if line.startswith("flags")), "")
+  except OSError:
+    return ""
 
 
 def ort_preset(mode: str, kernels: str, saturates: bool | None = None) -> str:
