@@ -185,9 +185,12 @@ def test_each_mechanism_is_needed(trained):
       "no in-place ranges": QuantConfig(default=dataclasses.replace(spec, inplace_ranges=False)),
       "no int32 bias": QuantConfig(default=dataclasses.replace(spec, int_bias=False)),
       "float residual ADDs": QuantConfig(
-          default=spec, rules=((r"(/in|final_in)$", dataclasses.replace(spec, output=None)),)
+          default=spec,
+          rules=((r"(/in|final_in|_block\d+)$", dataclasses.replace(spec, output=None, add_requant="fp32")),),
       ),
-      "float logits": QuantConfig(default=spec, rules=((r"^logits$", dataclasses.replace(spec, output=None)),)),
+      "float logits": QuantConfig(
+          default=spec, rules=((r"^logits$", dataclasses.replace(spec, output=None, add_requant="fp32")),)
+      ),
   }
   qs = build_quantizers(model, variables, list(variants.items()), calib.x)
   step = _logit_step(qs[0])  # the int8 logits' scale (a variant may have float logits)

@@ -327,7 +327,7 @@ def test_int_bias_in_a_float_gate_graph_is_refused():
 
   x = jax.random.uniform(KEY, (2, 28, 28, 1))
   model = RNNClassifier(cell="gru", hidden=4)
-  spec = dataclasses.replace(preset("tflite_int8").default, output=None)
+  spec = dataclasses.replace(preset("tflite_int8").default, output=None, add_requant="fp32")
   assert spec.int_bias and isinstance(spec, LayerSpec)
   qm = model.clone(quant=make_config(spec))
   with pytest.raises(ValueError, match=r"rnn/cell: int_bias in a recurrent cell needs its int8 graph"):

@@ -82,7 +82,9 @@ def test_presets_produce_documented_specs():
   assert (t8.act.bits, t8.act.granularity, t8.act.symmetric, t8.act.range) == (8, "per_tensor", False, "static")
   tb = layer_preset("tflite_int8_builtin")
   assert tb.requant == "fixed_point" and t8.requant == "fp32"
-  assert dataclasses.replace(tb, requant="fp32") == t8  # the same tensors, only the requantization differs
+  assert (tb.add_requant, t8.add_requant) == ("fixed_point", "xnnpack")
+  # the same tensors, only the requantization differs
+  assert dataclasses.replace(tb, requant="fp32", add_requant="xnnpack") == t8
   td = layer_preset("tflite_dynamic")
   assert (td.weight.bits, td.weight.granularity, td.weight.symmetric) == (8, "per_channel", True)
   assert (td.act.bits, td.act.symmetric, td.act.range) == (8, False, "dynamic")
@@ -154,6 +156,7 @@ def test_layer_spec_pytree_keeps_every_field():
       fold_bn=True,
       inplace_ranges=True,
       requant="fixed_point",
+      add_requant="xnnpack",
       calibrated_gates=True,
       u8s8_pairs="all",
       gemm_gates=True,

@@ -389,6 +389,11 @@ class TFLiteModel:
   def input_dtype(self):
     return self._in["dtype"]
 
+  @property
+  def interpreter(self):
+    """The interpreter itself (a model with several inputs is fed through it)."""
+    return self._interp
+
   def _resize(self, shape) -> None:
     if self._shape != tuple(shape):
       self._interp.resize_tensor_input(self._in["index"], list(shape))

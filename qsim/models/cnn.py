@@ -116,7 +116,7 @@ class PreActBlock(nn.Module):
     )
     h = qnn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, quant=self.quant, name="conv2")(h)
     conv2_out = qnn.Output(quant=self.quant, name="conv2_out")
-    y = conv2_out(h) + shortcut
+    y = qnn.add(self, conv2_out(h), shortcut)
     conv2_out.overwritten_by(y)  # the ADD runs in place on its first operand, used only there
     return y
 
@@ -168,7 +168,7 @@ class Bottleneck(nn.Module):
       x = _conv_bn(
           self, x, out, (1, 1), train, "shortcut", "bn_shortcut", act=None, strides=self.strides, use_bias=False
       )
-    y = nn.relu(h + x)
+    y = qnn.add(self, h, x, act=nn.relu)
     bn3.overwritten_by(y)  # the ADD (ReLU fused) runs in place on its first operand, used only there
     return qnn.Output(quant=self.quant, name="add")(y)
 

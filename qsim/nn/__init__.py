@@ -1,6 +1,6 @@
 """Quantized Flax Linen layers (Dense, Conv, Embed, LSTMCell, GRUCell, RNN)."""
 
-from qsim.nn.layers import AvgPool, BatchNorm, Conv, Dense, Embed, QUANT_RNG, QUANT_STATS, Output, QuantConv, QuantDotGeneral, global_mean, quantize_tensor
+from qsim.nn.layers import AvgPool, BatchNorm, Conv, Dense, Embed, QUANT_RNG, QUANT_STATS, Output, QuantConv, QuantDotGeneral, add, global_mean, quantize_tensor
 from qsim.nn.recurrent import GRUCell, LSTMCell, RNN
 from qsim.nn.calibration import calibrate, require_calibrated, uncalibrated
 
@@ -18,7 +18,9 @@ __all__ = [
     "QUANT_STATS",
     "QuantConv",
     "QuantDotGeneral",
+    "add",
     "calibrate",
+    "global_mean",
     "quantize_tensor",
     "require_calibrated",
     "uncalibrated",

@@ -160,17 +160,19 @@ def _registry(module: nn.Module) -> dict:
   root = module.scope.root
   reg = getattr(root, "_qsim_requant", None)
   if reg is None:
-    reg = {"pending": None, "grid": None}
+    # grids: id(stored tensor) -> (tensor, scale, zero point), for the ADDs that read it (the
+    # tensor is held so that its id is not reused within the apply)
+    reg = {"pending": None, "grid": None, "grids": {}}
     object.__setattr__(root, "_qsim_requant", reg)
   return reg
 
 
 def _set_pending(module: nn.Module, **pending) -> None:
   reg = _registry(module)
-  if reg["pending"] is not None:
+  if reg["pending"] is not None and reg["pending"]["kind"] != "add":  # an ADD's float consumer drops it
     raise ValueError(
         f"{layer_name(module)}: the int32 result of {reg['pending']['where']} was never stored"
-        " (requant='fixed_point' needs every op's output to reach an int8 point)"
+        " (requant='fixed_point' and 'mlas' need every op's output to reach an int8 point)"
     )
   reg["pending"] = pending
 
@@ -184,10 +186,17 @@ def _stored_tensor(module: nn.Module, x, y, spec: TensorSpec, lo, hi, where: str
   scale, z = scale.reshape(()), z.reshape(())
   reg["grid"] = (scale, z)
   pending, reg["pending"] = reg["pending"], None
-  if pending is None:
-    return y
+  if pending is None or (pending["kind"] == "add" and x is not pending["out"]):
+    return _record_grid(reg, y, scale, z)  # (an ADD whose result another op read first was float)
   xs = jax.lax.stop_gradient(x)
-  if pending["kind"] == "mean":
+  if pending["kind"] == "add":
+    total = pending["sum"]
+    (a, ga), (b, gb) = pending["operands"]
+    qa, qb = (jnp.round(jax.lax.stop_gradient(v) * jax.lax.reciprocal(g[0])) + g[1] for v, g in ((a, ga), (b, gb)))
+    q_add = fixed_point.int8_add(qa, qb, ga, gb, scale, pending["recipe"]).astype(jnp.float32)
+    # where a fused activation changed the sum (ReLU's zeros), the stored value is the activation's
+    q = jnp.where(xs == jax.lax.stop_gradient(total), q_add, jnp.round(xs * jax.lax.reciprocal(scale)))
+  elif pending["kind"] == "mean":
     # TFLite's int8 MEAN (reference QuantizedMeanOrSum): the int32 sum of q - zp,
     # times the multiplier of in_scale/out_scale with 1/N folded into it
     n, s_in = pending["n"], pending["scale"]
@@ -211,7 +220,48 @@ def _stored_tensor(module: nn.Module, x, y, spec: TensorSpec, lo, hi, where: str
       m, e = fixed_point.quantize_multiplier(a, b, scale)
       q = fixed_point.multiply_by_quantized_multiplier(acc, m, e, pending["rounding"])
   q = jnp.clip(q.astype(jnp.float32) + z, qmin, qmax)
-  return y + jax.lax.stop_gradient((q - z) * scale - y)
+  return _record_grid(reg, y + jax.lax.stop_gradient((q - z) * scale - y), scale, z)
+
+
+def _record_grid(reg: dict, y, scale, z):
+  reg["grids"][id(y)] = (y, scale, z)
+  return y
+
+
+def add(module: nn.Module, a, b, act: Callable[[jax.Array], jax.Array] | None = None):
+  """``act(a + b)``: a model's ADD of two stored tensors (a residual ADD).
+
+  Under a spec (resolved by ``module``'s name) with ``add_requant`` other
+  than 'fp32', in inference, the point that stores the result computes it
+  as that runtime's int8 ADD from the operands' integer values
+  (:func:`qsim.quant.fixed_point.int8_add`; a fused ``act`` such as ReLU
+  commutes with it). ``a`` and ``b`` must then be tensors as a static int8
+  point (``Output``, ``BatchNorm``) returned them, and the result is
+  simulated only where the next static int8 point stores this very tensor
+  (a float consumer in between: the float sum). Otherwise the float sum."""
+  y = a + b
+  out = y if act is None else act(y)
+  spec = resolve(module.quant, layer_name(module))
+  if spec is not None and spec.add_requant != "fp32" and _quantizing(module):
+    where = f"{layer_name(module)} ADD"
+    operands = _operands(module, where, a, b)
+    _set_pending(module, kind="add", operands=operands, sum=y, out=out, recipe=spec.add_requant, where=where)
+  return out
+
+
+def _operands(module: nn.Module, where: str, *tensors):
+  """``(tensor, (scale, zero point))`` of each stored int8 tensor."""
+  grids = _registry(module)["grids"]
+  out = []
+  for name, t in zip("ab", tensors):
+    if id(t) not in grids or grids[id(t)][0] is not t:
+      raise ValueError(
+          f"{where}: operand {name} is not a stored int8 tensor (the output of a static per-tensor int8"
+          f" Output or BatchNorm point); add_requant needs both operands' grids: store it, or give"
+          f" {layer_name(module)!r} add_requant='fp32' (a rule) for a float sum"
+      )
+    out.append((t, grids[id(t)][1:]))
+  return tuple(out)
 
 
 def _fixed_point(spec: LayerSpec | None, module: nn.Module) -> bool:
@@ -646,7 +696,11 @@ class BatchNorm(nn.BatchNorm):
         s_c = fake_quant.int_scale(mul, spec.const, where=f"{own}.const").reshape(())
         _set_pending(self, kind="acc", a=grid[0], b=s_c.reshape(1), rounding="half_away", where=f"{own} MUL")
       y = self._point(x * c, spec, "mul")
-      y = act(y + self._const(offset, spec, own))
+      offset = self._const(offset, spec, own)
+      if spec.const is not None and spec.const.is_int and spec.const.granularity == "per_tensor":
+        y = add(self, y, self._stored_const(offset, spec, own), act=act)  # the int8 ADD with an int8 vector
+      else:
+        y = act(y + offset)
       _widen(self, spec, y, "mul")  # the ADD overwrites the product in place
       return self._point(y, spec, "output")
     return self._point(act(y), spec, "output")
@@ -671,6 +725,13 @@ class BatchNorm(nn.BatchNorm):
     if spec.const is None or not _quantizing(self):
       return v
     return fake_quant.quantize(v, spec.const, where=f"{name}.const")
+
+  def _stored_const(self, q, spec: LayerSpec, name: str):
+    """The quantized constant ``q`` with its grid recorded (an ADD operand)."""
+    if not _quantizing(self):
+      return q
+    scale, z, _, _ = fake_quant.int_grid_params(q, spec.const, where=f"{name}.const")
+    return _record_grid(_registry(self), q, scale.reshape(()), z.reshape(()))
 
   def _point(self, y, spec: LayerSpec, slot: str):
     if spec.output is None:

@@ -26,6 +26,7 @@ in the 2^-48 place of the ratio).
 
 from __future__ import annotations
 
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
@@ -120,3 +121,51 @@ def multiply_by_quantized_multiplier(acc, m31, shift, rounding: str = "half_away
   shift = jnp.asarray(shift, jnp.int32)
   x = jnp.asarray(acc, jnp.int32) << jnp.maximum(shift, 0)
   return rounding_right_shift(high_mul(x, m31), jnp.maximum(-shift, 0), rounding)
+
+
+ADD_RECIPES = ("xnnpack", "fixed_point")
+
+
+def int8_add(qa, qb, grid_a, grid_b, out_scale, recipe: str):
+  """An int8 runtime's ADD of two stored tensors, before the output zero point.
+
+  ``qa``, ``qb``: the operands' integer values (zero points included);
+  ``grid_a``, ``grid_b``: their ``(scale, zero_point)`` (float32 scalars);
+  ``out_scale``: the stored output's scale. Returns int32 ``q`` such that the
+  runtime's int8 output is ``clip(q + out_zero_point)``:
+
+  - ``'xnnpack'`` (XNNPACK's qs8 VADD, TFLite's default delegate): each
+    ratio ``float32(s_x / s_out)`` becomes an integer multiplier with 20-21
+    significant bits (``lrintf(ratio * 2^shift)``, ``shift = 20 -
+    exponent(max ratio)``), and ``q = (rounding + (qa - za) ma + (qb - zb)
+    mb) >> shift``: one rounding, half up, of a slightly inexact sum.
+  - ``'fixed_point'`` (TFLite's built-in ADD, the reference kernel's
+    recipe): each ``(q - z) * 2^20`` is scaled by the Q31 multiplier of
+    ``s_x / (2 max(s_a, s_b))``, the two are summed and scaled by that of
+    ``2 max(s_a, s_b) / (2^20 s_out)``, every shift rounded half away from
+    zero. Measured on 29 calibration ranges (1.9 M operand pairs): 0
+    differing sums; with the optimized convolution's half-up shift on the
+    inputs, 1.
+
+  Both measured against the runtime on all 65,536 operand pairs
+  (``tests/test_add_requant.py``)."""
+  if recipe not in ADD_RECIPES:
+    raise ValueError(f"recipe={recipe!r} is not valid; choose one of {list(ADD_RECIPES)}")
+  (sa, za), (sb, zb) = grid_a, grid_b
+  sa, sb, so = (jnp.asarray(v, jnp.float32) for v in (sa, sb, out_scale))
+  da = jnp.asarray(qa, jnp.int32) - jnp.asarray(za).astype(jnp.int32)
+  db = jnp.asarray(qb, jnp.int32) - jnp.asarray(zb).astype(jnp.int32)
+  if recipe == "xnnpack":  # xnn_init_qs8_add_minmax_scalar_params + the qs8-vadd microkernels
+    ra, rb = sa / so, sb / so
+    exponent = (lax.bitcast_convert_type(jnp.maximum(ra, rb), jnp.int32) >> 23) - 127
+    shift = 20 - exponent
+    ma = jnp.round(jnp.ldexp(ra, shift)).astype(jnp.int32)
+    mb = jnp.round(jnp.ldexp(rb, shift)).astype(jnp.int32)
+    return ((jnp.int32(1) << (shift - 1)) + da * ma + db * mb) >> shift
+  twice_max = 2 * jnp.maximum(sa, sb)  # exact in float32
+  m1, e1 = quantize_multiplier(sa, 1.0, twice_max)
+  m2, e2 = quantize_multiplier(sb, 1.0, twice_max)
+  mo, eo = quantize_multiplier(twice_max, 1.0, so * jnp.float32(2.0**20))
+  raw = multiply_by_quantized_multiplier(da << 20, m1, e1, "half_away")
+  raw = raw + multiply_by_quantized_multiplier(db << 20, m2, e2, "half_away")
+  return multiply_by_quantized_multiplier(raw, mo, eo, "half_away")

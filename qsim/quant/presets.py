@@ -16,12 +16,16 @@ preset                    what it is
                           (residual ADDs, unfolded BatchNorm as int8
                           MUL/ADD with int8 constants, pooled features,
                           logits; a tensor an in-place ADD/MUL overwrites
-                          calibrated on the union with that op's output),
-                          as the TFLite converter and int8 kernels compute
+                          calibrated on the union with that op's output;
+                          ADDs with XNNPACK's integer multipliers,
+                          ``add_requant='xnnpack'``), as the TFLite
+                          converter and its default (XNNPACK) int8 kernels
+                          compute
 ``tflite_int8_builtin``   ``tflite_int8`` requantized as TFLite's built-in
                           kernels do (no XNNPACK delegate): Q31 fixed-point
                           multiplier and shift, rounded twice; the built-in
-                          MUL and MEAN recipes (``requant='fixed_point'``);
+                          MUL, MEAN and ADD recipes (``requant`` and
+                          ``add_requant='fixed_point'``);
                           its input QUANTIZE rounds ties to even, as
                           XNNPACK's (measured: benchmarks/rounding_ties.py)
 ``tflite_dynamic``        TFLite dynamic range: int8 symmetric per-channel
@@ -101,8 +105,10 @@ _FIXED: dict[str, LayerSpec | None] = {
     "float32": None,
     "fp16": LayerSpec(weight=TensorSpec(format="fp16"), const=TensorSpec(format="fp16"), fold_bn=True),
     "bf16": LayerSpec(weight=TensorSpec(format="bf16"), act=TensorSpec(format="bf16")),
-    "tflite_int8": dataclasses.replace(_INT8_STATIC, inplace_ranges=True),
-    "tflite_int8_builtin": dataclasses.replace(_INT8_STATIC, inplace_ranges=True, requant="fixed_point"),
+    "tflite_int8": dataclasses.replace(_INT8_STATIC, inplace_ranges=True, add_requant="xnnpack"),
+    "tflite_int8_builtin": dataclasses.replace(
+        _INT8_STATIC, inplace_ranges=True, requant="fixed_point", add_requant="fixed_point"
+    ),
     "tflite_dynamic": LayerSpec(weight=int_weight(8), act=int_act(8), min_weights=1024, fold_bn=True),
     "ort_int8": _ORT_INT8,
     "ort_dynamic": LayerSpec(

@@ -39,6 +39,7 @@ CALIBRATIONS = ("absmax", "percentile", "mse")
 ROUNDINGS = ("nearest_even", "nearest_away", "stochastic")
 RANGES = ("dynamic", "static")
 REQUANTS = ("fp32", "fixed_point", "mlas")
+ADD_REQUANTS = ("fp32", "xnnpack", "fixed_point")
 MIN_BITS, MAX_BITS = 2, 16
 
 
@@ -234,8 +235,17 @@ class LayerSpec:
       float arithmetic on dequantized operands, so it can round the other
       way on a near-tie, and one such intermediate step can move a logit by
       more than one step). 'fixed_point' and 'mlas' apply to Dense/Conv
-      layers; the ops between stored tensors (ADD, MUL, pooling) keep the
-      float arithmetic.
+      layers (and 'fixed_point' to the built-in MUL and MEAN); the ADD has
+      its own ``add_requant``.
+    add_requant: how an int8 ADD of two stored tensors (a residual ADD, the
+      ``+ offset`` of an unfolded BatchNorm; :func:`qsim.nn.add`) becomes the
+      next stored tensor (needs an int8 ``output``): 'fp32' (the float sum
+      of the dequantized operands, rounded once, half to even) or
+      'xnnpack' (XNNPACK's qs8 VADD: 21-bit integer multipliers, one
+      rounding half up) or 'fixed_point' (TFLite's built-in ADD: Q31
+      multipliers, three roundings); see
+      :func:`qsim.quant.fixed_point.int8_add`. Inference only; the gradient
+      is the float sum's.
     calibrated_gates: in a recurrent cell's int8 graph (``output`` set), the
       sigmoid and tanh outputs are stored on their own calibrated ranges, as
       ONNX Runtime's QDQ quantizer calibrates them; False: on TFLite's fixed
@@ -270,6 +280,7 @@ class LayerSpec:
   fold_bn: bool = False
   inplace_ranges: bool = False
   requant: str = "fp32"
+  add_requant: str = "fp32"
   calibrated_gates: bool = False
   u8s8_pairs: str = "none"
   gemm_gates: bool = False
@@ -291,6 +302,7 @@ class LayerSpec:
       if not isinstance(getattr(self, flag), bool):
         raise ValueError(f"LayerSpec.{flag}={getattr(self, flag)!r} is not valid; give True or False")
     _choice("LayerSpec", "requant", self.requant, REQUANTS)
+    _choice("LayerSpec", "add_requant", self.add_requant, ADD_REQUANTS)
     _choice("LayerSpec", "u8s8_pairs", self.u8s8_pairs, U8S8_PAIRS)
     if self.u8s8_pairs != "none" and not (
         self.act is not None
@@ -336,6 +348,11 @@ class LayerSpec:
           " with range='static' (the bias scale is act scale * weight scale);"
           f" got weight={self.weight}, act={self.act}"
       )
+    if self.add_requant != "fp32" and not (self.output is not None and self.output.is_int):
+      raise ValueError(
+          f"LayerSpec.add_requant={self.add_requant!r} needs an integer output spec (the ADD's operands"
+          " and result are stored tensors); use add_requant='fp32' otherwise"
+      )
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "LayerSpec":
@@ -359,6 +376,7 @@ _LAYER_META = (
     "fold_bn",
     "inplace_ranges",
     "requant",
+    "add_requant",
     "calibrated_gates",
     "gemm_gates",
     "u8s8_pairs",
