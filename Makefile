@@ -1,4 +1,4 @@
-# qsim: the two set-up commands of the README.
+# qsim: the README's two set-up commands (study, test), and the demo.
 #   make study  creates .venv, installs qsim and the offline Fashion-MNIST data,
 #               runs the main job end to end (the study, quick setting).
 #   make demo   the smaller LeNet-5 bit-grid demo.
