@@ -35,7 +35,6 @@ converter_scales=X both=X``.
 
 import argparse
 from collections import Counter
-import contextlib
 import dataclasses
 import os
 import sys
@@ -49,7 +48,7 @@ import numpy as np  # noqa: E402
 from qsim.evaluate.engine import build_quantizers  # noqa: E402
 from qsim.evaluate.sweep import load_set, open_run  # noqa: E402
 from qsim.export.tflite import TFLiteModel, export  # noqa: E402
-from qsim.quant import QuantConfig, _aqt, fake_quant, fixed_point, preset  # noqa: E402
+from qsim.quant import QuantConfig, fake_quant, fixed_point, preset  # noqa: E402
 
 RELU = 1  # tflite ActivationFunctionType.RELU
 
@@ -126,31 +125,6 @@ def _recompute(name, ins, out, options, get, grid):
   else:
     return None
   return np.clip(q + zo, lo, 127)
-
-
-@contextlib.contextmanager
-def converter_scales(theirs: np.ndarray, ulps: int = 16):
-  """qsim's int8 scales replaced by the nearest of ``theirs`` within ``ulps``
-  ulp (the zero point recomputed from the range's low end), for the
-  duration: a diagnostic that patches the one function all scales come from."""
-  original = _aqt.scale_and_zero_point
-  table = jnp.asarray(np.sort(theirs), jnp.float32)
-
-  def snapped(lo, hi, numerics_):
-    scale, z = original(lo, hi, numerics_)
-    d = jnp.abs(scale[..., None] - table)
-    near = table[jnp.argmin(d, -1)]
-    scale = jnp.where(jnp.min(d, -1) <= ulps * jnp.spacing(scale), near, scale)
-    if isinstance(numerics_, _aqt.IntNumerics) and not numerics_.symmetric:
-      qmin, _ = _aqt.int_grid(numerics_.bits, False)
-      z = jnp.round(qmin - jnp.minimum(jax.lax.stop_gradient(lo).astype(jnp.float32), 0.0) / scale)
-    return scale, z
-
-  _aqt.scale_and_zero_point = snapped
-  try:
-    yield
-  finally:
-    _aqt.scale_and_zero_point = original
 
 
 def _exact_logits(model, variables, config, calib, x, ref) -> float:
@@ -234,7 +208,7 @@ def main():
   figures = {}
   for label, c in (("as_is", cfg), ("exact_acc", exact_acc)):
     figures[label] = _exact_logits(run.model, run.variables, c, calib.x, x, ref)
-    with converter_scales(np.array(theirs, np.float32)):
+    with fake_quant.scales_snapped_to(theirs):
       figures["converter_scales" if label == "as_is" else "both"] = _exact_logits(
           run.model, run.variables, c, calib.x, x, ref
       )

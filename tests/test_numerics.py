@@ -289,3 +289,26 @@ def test_asymmetric_range_always_holds_zero_and_the_zero_point_is_on_the_grid(lo
   y = np.asarray(jq(jnp.asarray([0.0, lo, hi], jnp.float32), spec, lo=jnp.float32(lo), hi=jnp.float32(hi)))
   assert y[0] == 0.0
   assert abs(y[1] - lo) <= scale / 2 + 1e-6 * abs(lo) and abs(y[2] - hi) <= scale / 2 + 1e-6 * abs(hi)
+
+
+def test_scales_snapped_to_replaces_near_scales_only_and_restores():
+  """The fidelity diagnostic ``fake_quant.scales_snapped_to``: a scale within
+  ``ulps`` of a table value becomes that value (zero point recomputed from
+  the range), one farther away stays, and leaving the context restores qsim's
+  own scales."""
+  from qsim.quant import fake_quant
+
+  spec = TensorSpec(bits=8, symmetric=False, range="static")
+  lo, hi = jnp.float32(-1.3), jnp.float32(2.9)
+  s0, z0 = (np.float32(np.ravel(v)[0]) for v in fake_quant.scale_and_zero_point(spec, lo, hi))
+  near = np.nextafter(np.nextafter(s0, np.float32(1)), np.float32(1))  # 2 ulp above
+  far = s0 * np.float32(1.001)
+  with fake_quant.scales_snapped_to([near], ulps=4):
+    s, z = (np.float32(np.ravel(v)[0]) for v in fake_quant.scale_and_zero_point(spec, lo, hi))
+    assert s == near and z == np.round(-128 - np.float32(-1.3) / near)
+  with fake_quant.scales_snapped_to([far], ulps=4):
+    assert np.float32(np.ravel(fake_quant.scale_and_zero_point(spec, lo, hi)[0])[0]) == s0
+  assert (np.float32(np.ravel(fake_quant.scale_and_zero_point(spec, lo, hi)[0])[0]), z0) == (s0, z0)
+  with pytest.raises(ValueError, match="ulps=-1 is not valid"):
+    with fake_quant.scales_snapped_to([near], ulps=-1):
+      pass

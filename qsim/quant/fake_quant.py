@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from qsim.quant import _aqt
 from qsim.quant import ranges
@@ -118,3 +121,38 @@ def range_shape(shape, spec: TensorSpec, default_axis: int = -1, where="tensor")
   """The shape of a stored range for a tensor of ``shape``."""
   axes = ranges.shared_axes(len(shape), spec, default_axis, where)
   return tuple(1 if a in axes else d for a, d in enumerate(shape))
+
+
+@contextlib.contextmanager
+def scales_snapped_to(table, ulps: int = 16):
+  """A diagnostic: while active, every integer scale qsim computes is
+  replaced by the nearest value of ``table`` (e.g. a converted model's
+  per-tensor scales) when it lies within ``ulps`` ulp of it, and an
+  asymmetric zero point is recomputed from the range's low end with that
+  scale (``round(qmin - lo / scale)``). It asks "what if qsim had the
+  runtime's scales", matching by value, not by tensor; not for results.
+  Applies to programs traced while active (jit caches traced outside it
+  are not affected)."""
+  if int(ulps) < 0:
+    raise ValueError(f"ulps={ulps!r} is not valid; give 0 or more")
+  values = np.sort(np.asarray(table, np.float32).ravel())
+  if values.size == 0:
+    raise ValueError("table is empty; give at least one scale")
+  original = _aqt.scale_and_zero_point
+  table_j = jnp.asarray(values)
+
+  def snapped(lo, hi, numerics_):
+    scale, z = original(lo, hi, numerics_)
+    d = jnp.abs(scale[..., None] - table_j)
+    near = table_j[jnp.argmin(d, -1)]
+    scale = jnp.where(jnp.min(d, -1) <= int(ulps) * jnp.spacing(scale), near, scale)
+    if isinstance(numerics_, _aqt.IntNumerics) and not numerics_.symmetric:
+      qmin, _ = _aqt.int_grid(numerics_.bits, False)
+      z = jnp.round(qmin - jnp.minimum(jax.lax.stop_gradient(lo).astype(jnp.float32), 0.0) / scale)
+    return scale, z
+
+  _aqt.scale_and_zero_point = snapped
+  try:
+    yield
+  finally:
+    _aqt.scale_and_zero_point = original
