@@ -192,10 +192,10 @@ def _stored_tensor(module: nn.Module, x, y, spec: TensorSpec, lo, hi, where: str
   if pending["kind"] == "add":
     total = pending["sum"]
     (a, ga), (b, gb) = pending["operands"]
-    qa, qb = (jnp.round(jax.lax.stop_gradient(v) * jax.lax.reciprocal(g[0])) + g[1] for v, g in ((a, ga), (b, gb)))
+    qa, qb = (_steps(v, g[0]) + g[1] for v, g in ((a, ga), (b, gb)))
     q_add = fixed_point.int8_add(qa, qb, ga, gb, scale, pending["recipe"]).astype(jnp.float32)
     # where a fused activation changed the sum (ReLU's zeros), the stored value is the activation's
-    q = jnp.where(xs == jax.lax.stop_gradient(total), q_add, jnp.round(xs * jax.lax.reciprocal(scale)))
+    q = jnp.where(xs == jax.lax.stop_gradient(total), q_add, _steps(xs, scale))
   elif pending["kind"] == "mean":
     # TFLite's int8 MEAN (reference QuantizedMeanOrSum): the int32 sum of q - zp,
     # times the multiplier of in_scale/out_scale with 1/N folded into it
@@ -213,7 +213,7 @@ def _stored_tensor(module: nn.Module, x, y, spec: TensorSpec, lo, hi, where: str
           f" for a last axis of {x.shape[-1]}"
       )
     b = jnp.tile(b.reshape(-1), x.shape[-1] // b.size)  # a flattened NHWC map keeps channels last
-    acc = jnp.round(xs * jax.lax.reciprocal(a * b)).astype(jnp.int32)
+    acc = _steps(xs, a * b).astype(jnp.int32)
     if pending["rounding"] == "mlas":  # MlasRequantizeOutput: float(acc) * ((a * b) / scale), half to even
       q = jnp.round(acc.astype(jnp.float32) * ((a * b) / scale))
     else:
@@ -221,6 +221,12 @@ def _stored_tensor(module: nn.Module, x, y, spec: TensorSpec, lo, hi, where: str
       q = fixed_point.multiply_by_quantized_multiplier(acc, m, e, pending["rounding"])
   q = jnp.clip(q.astype(jnp.float32) + z, qmin, qmax)
   return _record_grid(reg, y + jax.lax.stop_gradient((q - z) * scale - y), scale, z)
+
+
+def _steps(v, scale):
+  """``v`` in steps of ``scale``, rounded half to even (forward only): the
+  integer value of a stored tensor, an accumulator or a bias."""
+  return jnp.round(jax.lax.stop_gradient(v) * jax.lax.reciprocal(scale))
 
 
 def _record_grid(reg: dict, y, scale, z):
@@ -388,14 +394,13 @@ def _exact_accumulator(module, op, lhs, rhs, y, bias, spec: LayerSpec, name: str
   (lhs, lq), (rhs, rq) = lhs, rhs  # (float, fake-quantized)
   s_in = _act_grid(module, lhs, spec, name)[0].reshape(())
   s_w = fake_quant.int_scale(rhs, spec.weight, where=f"{name}.weight").reshape(-1)
-  xi = jnp.round(jax.lax.stop_gradient(lq) * jax.lax.reciprocal(s_in))
-  wi = jnp.round(jax.lax.stop_gradient(rq) * jax.lax.reciprocal(s_w))
+  xi, wi = _steps(lq, s_in), _steps(rq, s_w)
   acc = op(xi, wi, *args, **kwargs)  # integers below 2^24: exact in float32
   s_acc = s_in * s_w
   if saturation is not None:
     acc = acc + jnp.round(saturation * jax.lax.reciprocal(s_acc))
   if bias is not None:
-    acc = acc + jnp.round(jax.lax.stop_gradient(bias) * jax.lax.reciprocal(s_acc))
+    acc = acc + _steps(bias, s_acc)
     y = y + bias.astype(y.dtype)
   _set_pending(
       module,
