@@ -78,6 +78,14 @@ def test_quantize_multiplier_is_the_double_precision_one():
   assert int(m) == 1 << 30 and int(e) == -2
   m, e = fp.quantize_multiplier(np.float32(0.0), np.float32(1.0), np.float32(1.0))
   assert int(m) == 0 and int(e) == 0
+  # below 2^-32 (shift < -31) TFLite's QuantizeMultiplier flushes to zero, so every result is 0 (a MUL
+  # of a recurrent cell's zero state, scale 7.8e-9, stored on an empty range: scale 1); just above, the
+  # shift is -31
+  m, e = fp.quantize_multiplier(np.float32(1 / 256), np.float32(2e-6 / 255), np.float32(1.0))
+  assert int(m) == 0 and int(e) == 0
+  assert int(fp.multiply_by_quantized_multiplier(_i32([2**30]), m, e)[0]) == 0
+  m, e = fp.quantize_multiplier(np.float32(2.0**-32), np.float32(1.0), np.float32(1.0))
+  assert int(m) == 1 << 30 and int(e) == -31
 
 
 @pytest.mark.parametrize("rounding", fp.ROUNDINGS)

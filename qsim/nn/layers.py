@@ -255,6 +255,23 @@ def add(module: nn.Module, a, b, act: Callable[[jax.Array], jax.Array] | None = 
   return out
 
 
+def mul(module: nn.Module, a, b):
+  """``a * b``: an elementwise MUL of two stored tensors (a recurrent
+  cell's gate products). Under a spec (resolved by ``module``'s name) with
+  ``requant='fixed_point'``, in inference, the point that stores the
+  product applies the built-in int8 MUL: ``(q_a - z_a)(q_b - z_b)`` times
+  the Q31 multiplier of ``s_a s_b / s_out``, shifts rounded half away from
+  zero (the reference kernel; 1 of 403,200 GRU values differs, measured in
+  BUILD_NOTES). Otherwise the float product (the stored point rounds it
+  once)."""
+  spec = resolve(module.quant, layer_name(module))
+  if _fixed_point(spec, module):
+    where = f"{layer_name(module)} MUL"
+    (_, (sa, _)), (_, (sb, _)) = _operands(module, where, a, b)
+    _set_pending(module, kind="acc", a=sa, b=sb.reshape(1), rounding="half_away", where=where)
+  return a * b
+
+
 def _operands(module: nn.Module, where: str, *tensors):
   """``(tensor, (scale, zero point))`` of each stored int8 tensor."""
   grids = _registry(module)["grids"]
@@ -263,8 +280,9 @@ def _operands(module: nn.Module, where: str, *tensors):
     if id(t) not in grids or grids[id(t)][0] is not t:
       raise ValueError(
           f"{where}: operand {name} is not a stored int8 tensor (the output of a static per-tensor int8"
-          f" Output or BatchNorm point); add_requant needs both operands' grids: store it, or give"
-          f" {layer_name(module)!r} add_requant='fp32' (a rule) for a float sum"
+          f" Output or BatchNorm point); the op's integer recipe needs both operands' grids: store it,"
+          f" or give {layer_name(module)!r} (a rule) add_requant='fp32' for a float ADD, requant='fp32'"
+          " for a float MUL"
       )
     out.append((t, grids[id(t)][1:]))
   return tuple(out)
@@ -315,6 +333,7 @@ class _QuantOperands(nn.Module):
 
   quant: Any = None
   batch_norm: tuple[str, float] | None = None
+  stored_input: bool = False
 
   def quantized_op(self, op, lhs, rhs, *args, **kwargs):
     name = layer_name(self, drop_last=1)
@@ -329,20 +348,25 @@ class _QuantOperands(nn.Module):
     if spec is None or rhs.size < spec.min_weights:
       y = op(lhs, rhs, *args, **kwargs)
     else:
-      lq = quantize_tensor(self, lhs, spec.act, slot="act", where=name, batch_axes=(0,))
+      # a stored input (stored_input) is already on its int8 grid, which the registry holds
+      lq = lhs if self.stored_input else quantize_tensor(self, lhs, spec.act, slot="act", where=name, batch_axes=(0,))
       rq = quantize_tensor(self, rhs, spec.weight, slot="weight", where=name)
+      s_w = None
+      if bias is not None and _quantizing(self):
+        if spec.int_bias:
+          bias, s_w = _accumulator_bias(self, lhs, rhs, bias, spec, name)
+          rq = _widened_weights(rhs, rq, s_w, spec)
+        elif spec.const is not None:
+          bias = fake_quant.quantize(bias, spec.const, where=f"{name}.bias")
       y = op(lq, rq, *args, **kwargs)
       saturation = None
       if (spec.u8s8_pairs == "all" or (spec.u8s8_pairs == "dense" and op is lax.dot_general)) and _quantizing(self):
         saturation = _u8s8_saturation(self, op, lhs, lq, rhs, rq, spec, name, args, kwargs)
         y = y + saturation
-      if bias is not None and _quantizing(self):
-        if spec.int_bias:
-          bias = _accumulator_bias(self, lhs, rhs, bias, spec, name)
-        elif spec.const is not None:
-          bias = fake_quant.quantize(bias, spec.const, where=f"{name}.bias")
       if spec.requant != "fp32" and _quantizing(self):
-        return _exact_accumulator(self, op, (lhs, lq), (rhs, rq), y, bias, spec, name, args, kwargs, saturation)
+        return _exact_accumulator(
+            self, op, (lhs, lq), (rhs, rq), y, bias, spec, name, args, kwargs, saturation, s_w=s_w
+        )
     # flax adds zeros in place of its bias (see _bias_to_hook): y + bias is
     # the runtime's one float add, bit for bit.
     return y if bias is None else y + bias.astype(y.dtype)
@@ -352,6 +376,8 @@ def _bias_to_hook(*args, dtype=None, inexact=True):
   """A flax ``promote_dtype`` for Dense/Conv whose quantization hook adds the
   bias itself: the layer's own bias add then adds zeros (exact)."""
   inputs, kernel, bias = flax_dtypes.promote_dtype(*args, dtype=dtype, inexact=inexact)
+  if inputs.dtype == args[0].dtype:  # the input itself, not a copy: a stored_input is found by identity
+    inputs = args[0]
   return inputs, kernel, None if bias is None else jnp.zeros_like(bias)
 
 
@@ -384,16 +410,20 @@ def _fold(module: nn.Module, spec: LayerSpec | None, batch_norm: tuple[str, floa
   return batch_norm_constants(params, stats, epsilon)
 
 
-def _exact_accumulator(module, op, lhs, rhs, y, bias, spec: LayerSpec, name: str, args, kwargs, saturation=None):
+def _exact_accumulator(
+    module, op, lhs, rhs, y, bias, spec: LayerSpec, name: str, args, kwargs, saturation=None, s_w=None
+):
   """Under ``requant='fixed_point'`` or ``'mlas'``: the layer's output as the
   exact int32 accumulator (integer operands, int32 bias, plus MLAS's pair
   ``saturation`` where given, already in ``y``) times its scale, and a pending
   requantization for the point that stores it (optimized CONV_2D /
   FULLY_CONNECTED: rounding shift half up; MLAS: see :class:`LayerSpec`).
-  Forward exact, gradient that of ``y``."""
+  Forward exact, gradient that of ``y``. ``s_w``: the weight scales where
+  :func:`_accumulator_bias` widened them."""
   (lhs, lq), (rhs, rq) = lhs, rhs  # (float, fake-quantized)
   s_in = _act_grid(module, lhs, spec, name)[0].reshape(())
-  s_w = fake_quant.int_scale(rhs, spec.weight, where=f"{name}.weight").reshape(-1)
+  if s_w is None:
+    s_w = fake_quant.int_scale(rhs, spec.weight, where=f"{name}.weight").reshape(-1)
   xi, wi = _steps(lq, s_in), _steps(rq, s_w)
   acc = op(xi, wi, *args, **kwargs)  # integers below 2^24: exact in float32
   s_acc = s_in * s_w
@@ -477,7 +507,16 @@ def _u8s8_saturation(module, op, lhs, lq, rhs, rq, spec: LayerSpec, name: str, a
 
 def _act_grid(module: nn.Module, lhs, spec: LayerSpec, name: str):
   """``(scale, zero_point)`` of the layer's input activation grid: its
-  calibrated static range, or (dynamic) each example's own range."""
+  calibrated static range, or (dynamic) each example's own range, or (a
+  ``stored_input``) the grid of the point that stored it."""
+  if getattr(module, "stored_input", False):
+    grids = _registry(module)["grids"]
+    if id(lhs) not in grids or grids[id(lhs)][0] is not lhs:
+      raise ValueError(
+          f"{name}: stored_input=True, but its input is not a tensor a static per-tensor int8 point"
+          " stored in this apply (no grid recorded for it); store it first, or drop stored_input"
+      )
+    return grids[id(lhs)][1:]
   if spec.act.range == "static":
     lo, hi = module.get_variable(QUANT_STATS, "act_lo"), module.get_variable(QUANT_STATS, "act_hi")
     return fake_quant.int_grid_params(lhs, spec.act, lo=lo, hi=hi, where=f"{name}.act")[:2]
@@ -485,10 +524,20 @@ def _act_grid(module: nn.Module, lhs, spec: LayerSpec, name: str):
   return fake_quant.scale_and_zero_point(spec.act, lo, hi)
 
 
+BIAS_LIMIT = 2.0**30  # the converter's largest int32 bias before it widens the weight scale
+
+
 def _accumulator_bias(module: nn.Module, lhs, rhs, bias, spec: LayerSpec, name: str):
-  """``bias`` rounded onto the int32 grid of the accumulator, scale ``act
-  scale * weight scale`` per output channel, clipped to int32 (no gradient
-  through the rounding: straight-through)."""
+  """``(bias, s_w)``: ``bias`` rounded onto the int32 grid of the
+  accumulator, scale ``act scale * weight scale`` per output channel (no
+  gradient through the rounding: straight-through), and the weight scales.
+
+  A bias the grid cannot hold within ``2^30`` steps widens its channel's
+  weight scale to ``|bias| / (act scale * 2^30)``, as the TFLite converter
+  does (measured on the GRU's first step, whose input is the zero state
+  with scale 7.8e-9: 34 of 75 channels widened, their biases stored as
+  +-2^30); the kernel is then requantized on the wider scale
+  (:func:`_widened_weights`)."""
   s_in = _act_grid(module, lhs, spec, name)[0]
   s_w = fake_quant.int_scale(rhs, spec.weight, where=f"{name}.weight").reshape(-1)
   if s_in.size != 1 or s_w.size not in (1, bias.size):
@@ -496,9 +545,24 @@ def _accumulator_bias(module: nn.Module, lhs, rhs, bias, spec: LayerSpec, name: 
         f"{name}: int_bias needs a per-tensor activation scale and a per-tensor or per-output-channel"
         f" weight scale; got {s_in.size} activation and {s_w.size} weight scales for {bias.size} outputs"
     )
-  s = s_in.reshape(()) * s_w
+  s_in = jax.lax.stop_gradient(s_in.reshape(()))
+  if s_w.size == bias.size:  # per channel: the converter widens only the overflowing channels
+    s_w = jnp.maximum(s_w, jnp.abs(jax.lax.stop_gradient(bias)) * jax.lax.reciprocal(s_in * BIAS_LIMIT))
+  s = s_in * s_w
   q = jnp.clip(jnp.round(bias / s), -(2.0**31), 2.0**31 - 1)
-  return bias + jax.lax.stop_gradient(q * s - bias)
+  return bias + jax.lax.stop_gradient(q * s - bias), s_w
+
+
+def _widened_weights(rhs, rq, s_w, spec: LayerSpec):
+  """The kernel ``rq`` (fake-quantized on its own per-channel scales) with
+  the channels whose scale :func:`_accumulator_bias` widened requantized
+  on ``s_w`` (straight-through)."""
+  own = fake_quant.int_scale(rhs, spec.weight).reshape(-1)
+  if own.size != s_w.size or own.size == 1:
+    return rq
+  qmax = 2.0 ** (spec.weight.bits - 1) - 1
+  wide = jnp.clip(jnp.round(jax.lax.stop_gradient(rhs) / s_w), -qmax, qmax) * s_w
+  return jnp.where(s_w > own, rq + jax.lax.stop_gradient(wide - rq), rq)
 
 
 class QuantDotGeneral(_QuantOperands):
@@ -747,7 +811,12 @@ class BatchNorm(nn.BatchNorm):
 
 
 def Dense(
-    features: int, *, quant: Quant = None, batch_norm: tuple[str, float] | None = None, **kwargs
+    features: int,
+    *,
+    quant: Quant = None,
+    batch_norm: tuple[str, float] | None = None,
+    stored_input: bool = False,
+    **kwargs,
 ) -> nn.Dense:  # pylint: disable=invalid-name
   """A ``flax.linen.Dense`` whose matmul is quantized by ``quant``.
 
@@ -757,10 +826,16 @@ def Dense(
       None (the plain flax layer).
     batch_norm: ``(name, epsilon)`` of the sibling :class:`BatchNorm` that
       follows this layer (folded into it under ``fold_bn``).
+    stored_input: the input is a tensor a static per-tensor int8 point
+      already stored in this apply (a recurrent cell's sliced input or
+      hidden state): the layer uses that point's grid for its int32 bias
+      and accumulator instead of quantizing the input on a range of its own.
     **kwargs: any ``flax.linen.Dense`` argument (``name``, ``use_bias``...).
   """
   if quant is not None:
-    kwargs["dot_general_cls"] = functools.partial(QuantDotGeneral, quant=quant, batch_norm=batch_norm)
+    kwargs["dot_general_cls"] = functools.partial(
+        QuantDotGeneral, quant=quant, batch_norm=batch_norm, stored_input=stored_input
+    )
     kwargs["promote_dtype"] = _bias_to_hook
   return nn.Dense(features, **kwargs)
 

@@ -30,11 +30,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from qsim.nn import layers
 from qsim.nn.layers import QUANT_RNG, QUANT_STATS, Dense, _quantizing, _widen, layer_name, quantize_tensor, resolve
 from qsim.quant.spec import LayerSpec
 
+# TFLite's grid for the zero initial state (a FILL of zeros, whose calibrated range is empty): scale
+# 2e-6 / 255, zero point 0, read from the converted GRU-rows model
+ZERO_STATE_SCALE = 2e-6 / 255
 
-def _gate_dense(quant, features, use_bias, kernel_init, bias_init, dtype, param_dtype):
+
+def _gate_dense(quant, features, use_bias, kernel_init, bias_init, dtype, param_dtype, stored_input=False):
   return functools.partial(
       Dense,
       features,
@@ -44,6 +49,7 @@ def _gate_dense(quant, features, use_bias, kernel_init, bias_init, dtype, param_
       bias_init=bias_init,
       dtype=dtype,
       param_dtype=param_dtype,
+      stored_input=stored_input,
   )
 
 
@@ -85,31 +91,98 @@ def _tanh_int8(y):
   return y + jax.lax.stop_gradient(jnp.clip(jnp.round(y * 128.0), -128.0, 127.0) / 128.0 - y)
 
 
+def gate_spec(spec: LayerSpec) -> LayerSpec:
+  """The spec of the gate matmuls of a cell's int8 graph under ``spec``:
+  weights only (their operands are tensors the graph stored); in TFLite's
+  graph (not ``gemm_gates``) with ``int_bias`` also the int32 bias on the
+  accumulator grid of the stored input and the requantization
+  (``requant``), as both TFLite kernel families compute FULLY_CONNECTED
+  (traced op by op: ``benchmarks/recurrent_trace.py``)."""
+  if not spec.gemm_gates and spec.int_bias:
+    return LayerSpec(weight=spec.weight, act=spec.output, output=spec.output, int_bias=True, requant=spec.requant)
+  return LayerSpec(weight=spec.weight)
+
+
 class _Int8Graph:
   """The int8 tensors of one cell step: ``store(y, slot)`` quantizes an op's
   output on its own (per-step) calibrated range; ``in_place(slot, y)``
-  declares that the op writing ``y`` overwrites ``slot`` in place."""
+  declares that the op writing ``y`` overwrites ``slot`` in place.
+
+  Each op is the runtime's: the gate matmuls add their int32 biases to the
+  exact accumulator (``int_bias``) and requantize by ``requant``, ADDs
+  follow ``add_requant`` (:func:`qsim.nn.layers.add`), MULs ``requant``
+  (:func:`qsim.nn.layers.mul`), SUB (``1 - z``) ``add_requant`` with a
+  negated operand."""
 
   def __init__(self, cell: nn.Module, spec: LayerSpec):
     self.cell, self.spec = cell, spec
 
-  def sigmoid(self, y, slot: str):
-    """LOGISTIC (float while calibrating, as the converter calibrates), on
-    its fixed grid, or on its own range (``calibrated_gates``)."""
-    y = jax.nn.sigmoid(y)
+  @property
+  def tflite(self) -> bool:
+    """TFLite's graph (every matmul stored, stored inputs), not ORT's."""
+    return not self.spec.gemm_gates
+
+  def _fixed(self, y, slot: str, on_grid, scale: float, zero_point: float):
     if self.spec.calibrated_gates:
       return self.store(y, slot)
-    return _sigmoid_int8(y) if _quantizing(self.cell) else y
+    if not _quantizing(self.cell):
+      return y  # float while calibrating, as the converter calibrates
+    y = on_grid(y)
+    layers._record_grid(layers._registry(self.cell), y, jnp.float32(scale), jnp.float32(zero_point))
+    return y
+
+  def sigmoid(self, y, slot: str):
+    """LOGISTIC on its fixed grid (scale 1/256, zero point -128), or on
+    its own range (``calibrated_gates``)."""
+    return self._fixed(jax.nn.sigmoid(y), slot, _sigmoid_int8, 1.0 / 256.0, -128.0)
 
   def tanh(self, y, slot: str):
-    """TANH (float while calibrating), as ``sigmoid``."""
-    y = jnp.tanh(y)
-    if self.spec.calibrated_gates:
-      return self.store(y, slot)
-    return _tanh_int8(y) if _quantizing(self.cell) else y
+    """TANH on its fixed grid (scale 1/128, zero point 0), as ``sigmoid``."""
+    return self._fixed(jnp.tanh(y), slot, _tanh_int8, 1.0 / 128.0, 0.0)
 
   def store(self, y, slot: str):
     return quantize_tensor(self.cell, y, self.spec.output, slot=slot, batch_axes=(0,))
+
+  def state(self, v, slot: str):
+    """The carry ``v`` (the previous step's stored output, or the zero
+    state) as a stored tensor of this step: its range, calibrated on the same
+    values, is the previous output's, so this re-stores nothing; in
+    TFLite's graph the zero state's empty range is the converter's (scale
+    ``ZERO_STATE_SCALE``, zero point 0), on which the first step's int32
+    biases overflow and widen their weight scales
+    (:func:`qsim.nn.layers._accumulator_bias`)."""
+    y = self.store(v, slot)
+    if self.tflite and _quantizing(self.cell):
+      reg = layers._registry(self.cell)
+      _, scale, z = reg["grids"][id(y)]
+      lo, hi = (self.cell.get_variable(QUANT_STATS, f"{slot}_{end}") for end in ("lo", "hi"))
+      empty = (jnp.maximum(hi, 0.0) - jnp.minimum(lo, 0.0)).reshape(()) == 0
+      layers._record_grid(reg, y, jnp.where(empty, jnp.float32(ZERO_STATE_SCALE), scale), jnp.where(empty, 0.0, z))
+    return y
+
+  def mul(self, a, b, slot: str):
+    """``a * b`` (MUL), stored."""
+    return self.store(layers.mul(self.cell, a, b), slot)
+
+  def add(self, a, b, slot: str):
+    """``a + b`` (ADD), stored."""
+    return self.store(layers.add(self.cell, a, b), slot)
+
+  def one_minus(self, z, slot: str):
+    """``1 - z`` (SUB), stored. The converter stores the 1.0 as an int8
+    constant (127 at scale 1/255, zero point -128); under ``add_requant``
+    the SUB is that runtime's ADD recipe with ``z``'s term negated (XNNPACK's
+    and the built-in SUB, traced: ``benchmarks/recurrent_trace.py``)."""
+    if self.spec.add_requant == "fp32" or not _quantizing(self.cell):
+      return self.store(1.0 - z, slot)
+    reg = layers._registry(self.cell)
+    if id(z) not in reg["grids"] or reg["grids"][id(z)][0] is not z:
+      raise ValueError(f"{layer_name(self.cell)} SUB: 1 - z needs z stored int8 first")
+    _, scale, zero = reg["grids"][id(z)]
+    one, neg = jnp.ones((), z.dtype), -z
+    layers._record_grid(reg, one, jnp.float32(1.0 / 255.0), jnp.float32(-128.0))
+    layers._record_grid(reg, neg, scale, zero)  # -(q - zp) s = ((2 zp - q) - zp) s
+    return self.store(layers.add(self.cell, one, neg), slot)
 
   def in_place(self, slot: str, y) -> None:
     _widen(self.cell, self.spec, y, slot)
@@ -117,7 +190,7 @@ class _Int8Graph:
   def gate_sum(self, x_part, h_part, gate: str):
     """``x_part + h_part`` (ADD; the x-side matmul, read only here, is
     overwritten in place)."""
-    y = self.store(x_part + h_part, f"add_{gate}")
+    y = self.add(x_part, h_part, f"add_{gate}")
     self.in_place(f"fc_i{gate}", y)
     return y
 
@@ -133,10 +206,10 @@ class LSTMCell(nn.LSTMCell):
     c, h = carry
     if int8_graph(spec):
       return self._int8(spec, c, h, inputs)
-    inputs, h_in, gate_spec = _quantize_inputs(self, spec, inputs, h)
+    inputs, h_in, g_spec = _quantize_inputs(self, spec, inputs, h)
     n = h.shape[-1]
-    dense_h = _gate_dense(gate_spec, n, True, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
-    dense_i = _gate_dense(gate_spec, n, False, self.kernel_init, self.bias_init, self.dtype, self.param_dtype)
+    dense_h = _gate_dense(g_spec, n, True, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
+    dense_i = _gate_dense(g_spec, n, False, self.kernel_init, self.bias_init, self.dtype, self.param_dtype)
     i = self.gate_fn(dense_i(name="ii")(inputs) + dense_h(name="hi")(h_in))
     f = self.gate_fn(dense_i(name="if")(inputs) + dense_h(name="hf")(h_in))
     g = self.activation_fn(dense_i(name="ig")(inputs) + dense_h(name="hg")(h_in))
@@ -153,9 +226,13 @@ class LSTMCell(nn.LSTMCell):
     ``h``: the previous step's int8 outputs, or zeros)."""
     g8 = _Int8Graph(self, spec)
     n = h.shape[-1]
-    gate_spec = LayerSpec(weight=spec.weight)
-    dense_h = _gate_dense(gate_spec, n, True, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
-    dense_i = _gate_dense(gate_spec, n, False, self.kernel_init, self.bias_init, self.dtype, self.param_dtype)
+    if g8.tflite:
+      h, c = g8.state(h, "h_in"), g8.state(c, "c_in")
+    g_spec, stored = gate_spec(spec), g8.tflite
+    dense_h = _gate_dense(
+        g_spec, n, True, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype, stored
+    )
+    dense_i = _gate_dense(g_spec, n, False, self.kernel_init, self.bias_init, self.dtype, self.param_dtype, stored)
 
     if spec.gemm_gates:  # ORT: Gemm(h, W_h, int32 bias) stored, then Gemm(x, W_i, C=it)
       dense_h = _gate_dense(
@@ -177,11 +254,11 @@ class LSTMCell(nn.LSTMCell):
       return fn(g8.gate_sum(xi, hh, g), f"gate_{g}")
 
     i, f, g, o = gate("i", g8.sigmoid), gate("f", g8.sigmoid), gate("g", g8.tanh), gate("o", g8.sigmoid)
-    fc = g8.store(f * c, "mul_fc")  # in place on f (a fixed grid: no range to widen)
-    ig = g8.store(i * g, "mul_ig")
-    new_c = g8.store(fc + ig, "new_c")
+    fc = g8.mul(f, c, "mul_fc")  # in place on f (a fixed grid: no range to widen)
+    ig = g8.mul(i, g, "mul_ig")
+    new_c = g8.add(fc, ig, "new_c")
     g8.in_place("mul_fc", new_c)
-    new_h = g8.store(o * g8.tanh(new_c, "tanh_c"), "new_h")
+    new_h = g8.mul(o, g8.tanh(new_c, "tanh_c"), "new_h")
     return (new_c, new_h), new_h
 
 
@@ -196,10 +273,10 @@ class GRUCell(nn.GRUCell):
     h = carry
     if int8_graph(spec):
       return self._int8(spec, h, inputs)
-    inputs, h_in, gate_spec = _quantize_inputs(self, spec, inputs, h)
+    inputs, h_in, g_spec = _quantize_inputs(self, spec, inputs, h)
     n = h.shape[-1]
-    dense_h = _gate_dense(gate_spec, n, False, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
-    dense_i = _gate_dense(gate_spec, n, True, self.kernel_init, self.bias_init, self.dtype, self.param_dtype)
+    dense_h = _gate_dense(g_spec, n, False, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
+    dense_i = _gate_dense(g_spec, n, True, self.kernel_init, self.bias_init, self.dtype, self.param_dtype)
     r = self.gate_fn(dense_i(name="ir")(inputs) + dense_h(name="hr")(h_in))
     z = self.gate_fn(dense_i(name="iz")(inputs) + dense_h(name="hz")(h_in))
     hn = dense_h(name="hn", use_bias=True)(h_in)
@@ -214,9 +291,13 @@ class GRUCell(nn.GRUCell):
     previous step's int8 output, or zeros)."""
     g8 = _Int8Graph(self, spec)
     n = h.shape[-1]
-    gate_spec = LayerSpec(weight=spec.weight)
-    dense_h = _gate_dense(gate_spec, n, False, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)
-    dense_i = _gate_dense(gate_spec, n, True, self.kernel_init, self.bias_init, self.dtype, self.param_dtype)
+    if g8.tflite:
+      h = g8.state(h, "h_in")
+    g_spec, stored = gate_spec(spec), g8.tflite
+    dense_h = _gate_dense(
+        g_spec, n, False, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype, stored
+    )
+    dense_i = _gate_dense(g_spec, n, True, self.kernel_init, self.bias_init, self.dtype, self.param_dtype, stored)
     xi = {g: g8.store(dense_i(name=f"i{g}")(x), f"fc_i{g}") for g in ("r", "z", "n")}
     if spec.gemm_gates:  # ORT: Gemm(h, W_h, C=x-side), one stored output per gate
       r = g8.sigmoid(g8.store(xi["r"] + dense_h(name="hr")(h), "add_r"), "gate_r")
@@ -234,13 +315,13 @@ class GRUCell(nn.GRUCell):
       r = g8.sigmoid(g8.gate_sum(xi["r"], hh["r"], "r"), "gate_r")
       z = g8.sigmoid(g8.gate_sum(xi["z"], hh["z"], "z"), "gate_z")
       hn = g8.store(dense_h(name="hn", use_bias=True)(h), "fc_hn")
-    rh = g8.store(r * hn, "mul_rh")
+    rh = g8.mul(r, hn, "mul_rh")
     g8.in_place("fc_hn", rh)  # r, operand 0, is a LOGISTIC output (fixed grid); hn is read only here
     n_ = g8.tanh(g8.gate_sum(xi["n"], rh, "n"), "gate_n")
-    one_minus_z = g8.store(1.0 - z, "sub_z")
-    kept = g8.store(one_minus_z * n_, "mul_n")
+    one_minus_z = g8.one_minus(z, "sub_z")
+    kept = g8.mul(one_minus_z, n_, "mul_n")
     g8.in_place("sub_z", kept)
-    new_h = g8.store(kept + g8.store(z * h, "mul_h"), "new_h")
+    new_h = g8.add(kept, g8.mul(z, h, "mul_h"), "new_h")
     g8.in_place("mul_n", new_h)
     return new_h, new_h
 
@@ -274,11 +355,15 @@ class RNN(nn.Module):
     calibrating = self.is_mutable_collection(QUANT_STATS) and not self.is_initializing()
     spec = resolve(self.cell.quant, f"{layer_name(self)}/cell") if hasattr(self.cell, "quant") else None
     per_step = int8_graph(spec)
+    grid = None
     if per_step:  # the model's input QUANTIZE: one range for the whole sequence
       inputs = quantize_tensor(self, inputs, spec.act, slot="input", batch_axes=(0,))
+      grid = layers._registry(self)["grids"].get(id(inputs))  # (recorded in inference)
 
     def body(cell, carry, xs):
       x, t = xs
+      if grid is not None:  # each time step is a slice of the stored input, on its grid
+        layers._record_grid(layers._registry(cell), x, grid[1], grid[2])
       new_carry, y = cell(carry, x)
       if seq_lengths is not None:
         live = (t < seq_lengths)[:, None]

@@ -57,7 +57,10 @@ def quantize_multiplier(a, b, c):
 
   ``a``, ``b``, ``c``: positive float32 scales (broadcast together). Returns
   ``(m31, shift)``, int32: ``a * b / c = m31 * 2^(shift - 31)``, ``m31`` in
-  ``[2^30, 2^31)`` (0 and shift 0 for a zero ratio).
+  ``[2^30, 2^31)`` (0 and shift 0 for a zero ratio). A ratio below about
+  ``2^-32`` (``shift < -31``) is flushed to ``m31 = 0``, shift 0, as
+  TFLite's ``QuantizeMultiplier`` does (every bit would be shifted out; met
+  by a MUL with the zero initial state of a recurrent cell, scale 7.8e-9).
   """
   a, b, c = (jnp.asarray(v, jnp.float32) for v in (a, b, c))
   p, pe = _two_product(a, b)  # a*b = p + pe exactly
@@ -71,7 +74,7 @@ def quantize_multiplier(a, b, c):
   full = d >= 0  # rounded up to 2^31: m31 = 2^30, one more in the exponent
   m31 = jnp.where(full, jnp.int32(1 << 30), (d.astype(jnp.uint32) + jnp.uint32(1 << 31)).astype(jnp.int32))
   shift = jnp.where(full, exp + 1, exp).astype(jnp.int32)
-  zero = q == 0
+  zero = (q == 0) | (shift < -31)
   return jnp.where(zero, 0, m31), jnp.where(zero, 0, shift)
 
 
