@@ -341,3 +341,39 @@ def test_launcher_refuses_checkpoints_sharing_a_folder_name(tmp_path):
   )
   assert out.returncode != 0 and "share a folder name" in out.stderr + out.stdout
   assert os.listdir(tmp_path) == []  # refused before any work
+
+
+def test_tflite_dynamic_is_xnnpacks_dynamic_fully_connected():
+  """A dynamic-range FULLY_CONNECTED on TFLite's default XNNPACK kernels
+  quantizes each input row with an inverse scale and a nudged zero point
+  (``TensorSpec.qparams='xnnpack_qd8'``): qsim's ``tflite_dynamic`` gives
+  every output within a quarter of a step of the runtime's (one differing
+  input integer moves an output by a whole step times a nonzero weight),
+  the standard grid (``tflite_dynamic_builtin``) does not."""
+  from qsim import nn as qnn
+  from qsim.quant import preset
+
+  tf = tflite.tensorflow()
+  rng = np.random.default_rng(5)
+  w = rng.normal(0, 0.1, (64, 48)).astype(np.float32)
+  b = rng.normal(0, 0.1, (48,)).astype(np.float32)
+  # image rows (pixels k/255, as the row-sequence RNNs read them): x / s lands near ties, where x * inv and
+  # x / s round apart
+  x = (rng.integers(0, 256, (400, 64)) / 255).astype(np.float32)
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32)])
+  def f(v):
+    return tf.matmul(v, w) + b
+
+  conv = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
+  conv.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative data: dynamic range
+  ref = tflite.TFLiteModel(conv.convert()).outputs(x)
+  lo, hi = np.minimum(x.min(1, keepdims=True), 0), np.maximum(x.max(1, keepdims=True), 0)
+  step = (hi - lo) / 255 * (np.abs(w).max(0) / 127)  # one input integer x one weight integer
+  off = {}
+  for name in ("tflite_dynamic", "tflite_dynamic_builtin"):
+    layer = qnn.Dense(48, quant=preset(name))
+    y = np.asarray(layer.apply({"params": {"kernel": w, "bias": b}}, x))
+    off[name] = int(np.sum(np.abs(y - ref) > 0.25 * step))
+  print("outputs off by more than a quarter step:", off)
+  assert off["tflite_dynamic"] == 0 and off["tflite_dynamic_builtin"] > 0, off

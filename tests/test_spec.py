@@ -19,7 +19,14 @@ def test_bad_bits_name_field_value_and_range(bits):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("format", "int9"), ("granularity", "per_row"), ("calibration", "kl"), ("rounding", "up"), ("range", "fixed")],
+    [
+        ("format", "int9"),
+        ("granularity", "per_row"),
+        ("calibration", "kl"),
+        ("rounding", "up"),
+        ("range", "fixed"),
+        ("qparams", "gemmlowp"),
+    ],
 )
 def test_bad_choice_lists_valid_choices(field, value):
   with pytest.raises(ValueError) as e:
@@ -46,6 +53,10 @@ def test_other_bad_fields():
       LayerSpec(**{flag: 1})
   with pytest.raises(ValueError, match="inplace_ranges=True needs output.calibration='absmax'.*'mse'"):
     LayerSpec(output=TensorSpec(range="static", calibration="mse"), inplace_ranges=True)
+  # XNNPACK's dynamic quantization: asymmetric integers, per-input min/max, round to even
+  for bad in (dict(), dict(symmetric=False, range="static"), dict(symmetric=False, rounding="nearest_away")):
+    with pytest.raises(ValueError, match="qparams='xnnpack_qd8' needs an asymmetric integer format"):
+      TensorSpec(qparams="xnnpack_qd8", **bad)
 
 
 def test_unknown_keys_are_named_with_valid_keys():
@@ -87,7 +98,9 @@ def test_presets_produce_documented_specs():
   assert dataclasses.replace(tb, requant="fp32", add_requant="xnnpack") == t8
   td = layer_preset("tflite_dynamic")
   assert (td.weight.bits, td.weight.granularity, td.weight.symmetric) == (8, "per_channel", True)
-  assert (td.act.bits, td.act.symmetric, td.act.range) == (8, False, "dynamic")
+  assert (td.act.bits, td.act.symmetric, td.act.range, td.act.qparams) == (8, False, "dynamic", "xnnpack_qd8")
+  # the built-in kernels' preset: the same but for the standard grid
+  assert layer_preset("tflite_dynamic_builtin") == dataclasses.replace(td, act=td.act.replace(qparams="standard"))
   wo = layer_preset("weight_only_int8")
   assert (wo.weight.bits, wo.weight.granularity, wo.weight.symmetric, wo.act) == (8, "per_channel", False, None)
   w3a5 = layer_preset("w3a5")

@@ -71,7 +71,7 @@ KERNELS = ("xnnpack", "builtin")
 
 # The qsim preset that simulates a (mode, kernels) pair where it is not the mode's own (MODES):
 # int8 on the built-in kernels requantizes in fixed point.
-KERNEL_PRESETS = {("int8", "builtin"): "tflite_int8_builtin"}
+KERNEL_PRESETS = {("int8", "builtin"): "tflite_int8_builtin", ("dynamic", "builtin"): "tflite_dynamic_builtin"}
 
 
 def preset_for(mode: str, kernels: str = "xnnpack") -> str:

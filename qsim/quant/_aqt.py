@@ -266,7 +266,29 @@ def quantize(
   numerics_ = _numerics(spec)
   if lo is None:
     lo, hi = _range(jax.lax.stop_gradient(x), spec, tuple(axes), numerics_)
+  if spec.qparams == "xnnpack_qd8":
+    return _xnnpack_qd8(x, lo, hi, spec.bits)
   return _run_quantizer(x, numerics_, lo, hi, axes, key)
+
+
+def _xnnpack_qd8(x, lo, hi, bits):
+  """XNNPACK's dynamic quantization (``TensorSpec.qparams='xnnpack_qd8'``):
+  the inverse scale ``(2^b - 1) / (hi - lo)`` in float32, the nudged zero
+  point, ``q = rint(x * inv) + z``, dequantized with ``1 / inv``;
+  straight-through gradient masked to the grid."""
+  qmin, qmax = int_grid(bits, False)
+  lo = jnp.minimum(jax.lax.stop_gradient(lo).astype(jnp.float32), 0.0)
+  hi = jnp.maximum(jax.lax.stop_gradient(hi).astype(jnp.float32), 0.0)
+  empty = hi == lo
+  inv = jnp.where(empty, 1.0, (qmax - qmin) / jnp.where(empty, 1.0, hi - lo))
+  a, b = lo * inv, hi * inv
+  z = jnp.where((qmin + a) + (qmax + b) > 0, qmin - a, qmax - b)  # the end with the smaller error
+  z = jnp.round(jnp.clip(z, qmin, qmax))
+  t = jax.lax.stop_gradient(x).astype(jnp.float32) * inv
+  q = jnp.clip(jnp.round(t) + z, qmin, qmax)
+  y = ((q - z) * (1.0 / inv)).astype(x.dtype)
+  mask = ((t + z >= qmin - 0.5) & (t + z <= qmax + 0.5)).astype(x.dtype)
+  return straight_through(x, y, mask)
 
 
 def int_scale(

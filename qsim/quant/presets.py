@@ -30,9 +30,15 @@ preset                    what it is
                           XNNPACK's (measured: benchmarks/rounding_ties.py)
 ``tflite_dynamic``        TFLite dynamic range: int8 symmetric per-channel
                           weights, int8 asymmetric per-tensor activations
-                          quantized on the fly (dynamic); BatchNorm
-                          folded first; layers with kernels under 1,024
-                          weights stay float, as the converter leaves them
+                          quantized on the fly (dynamic) per example as
+                          its default (XNNPACK) kernels do (inverse scale,
+                          nudged zero point: ``qparams='xnnpack_qd8'``);
+                          BatchNorm folded first; layers with kernels
+                          under 1,024 weights stay float, as the converter
+                          leaves them
+``tflite_dynamic_builtin`` ``tflite_dynamic`` with qsim's standard grid
+                          (``round(x / s) + z``), as the built-in hybrid
+                          kernels run it (close, not exact: BUILD_NOTES)
 ``ort_int8``              ONNX Runtime static QDQ (``quantize_static``
                           defaults): as ``tflite_int8`` (folded BatchNorm,
                           per-channel int8 weights, static asymmetric 8-bit
@@ -109,7 +115,10 @@ _FIXED: dict[str, LayerSpec | None] = {
     "tflite_int8_builtin": dataclasses.replace(
         _INT8_STATIC, inplace_ranges=True, requant="fixed_point", add_requant="fixed_point"
     ),
-    "tflite_dynamic": LayerSpec(weight=int_weight(8), act=int_act(8), min_weights=1024, fold_bn=True),
+    "tflite_dynamic": LayerSpec(
+        weight=int_weight(8), act=int_act(8, qparams="xnnpack_qd8"), min_weights=1024, fold_bn=True
+    ),
+    "tflite_dynamic_builtin": LayerSpec(weight=int_weight(8), act=int_act(8), min_weights=1024, fold_bn=True),
     "ort_int8": _ORT_INT8,
     "ort_dynamic": LayerSpec(
         weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=True), act=int_act(8), fold_bn=True

@@ -38,6 +38,7 @@ GRANULARITIES = ("per_tensor", "per_channel")
 CALIBRATIONS = ("absmax", "percentile", "mse")
 ROUNDINGS = ("nearest_even", "nearest_away", "stochastic")
 RANGES = ("dynamic", "static")
+QPARAMS = ("standard", "xnnpack_qd8")
 REQUANTS = ("fp32", "fixed_point", "mlas")
 ADD_REQUANTS = ("fp32", "xnnpack", "fixed_point")
 MIN_BITS, MAX_BITS = 2, 16
@@ -84,6 +85,15 @@ class TensorSpec:
     * ``range``: 'dynamic' (from the tensor itself at run time) or 'static'
       (from ranges calibrated beforehand and stored in the 'quant_stats'
       variable collection; activations only).
+    * ``qparams``: how a range becomes a grid. 'standard': ``s = (hi - lo) /
+      (2^b - 1)``, ``z = round(qmin - lo / s)``, ``q = round(x / s) + z``.
+      'xnnpack_qd8' (asymmetric dynamic integers only): XNNPACK's dynamic
+      quantization of an operator input (qd8), ``inv = (2^b - 1) / (hi -
+      lo)`` in float32, the zero point taken from the end of the range with
+      the smaller error (``qmin - lo inv`` or ``qmax - hi inv``, gemmlowp's
+      nudge) and rounded, ``q = rint(x inv) + z``, dequantized with ``s =
+      1 / inv`` (traced against TFLite's XNNPACK delegate: BUILD_NOTES,
+      "Deployment fidelity").
   """
 
   format: str = INT
@@ -97,9 +107,24 @@ class TensorSpec:
   mse_min_ratio: float = 0.2
   rounding: str = "nearest_even"
   range: str = "dynamic"
+  qparams: str = "standard"
 
   def __post_init__(self):
     cls = "TensorSpec"
+    _choice(cls, "qparams", self.qparams, QPARAMS)
+    if self.qparams == "xnnpack_qd8" and not (
+        self.format == INT
+        and not self.symmetric
+        and self.range == "dynamic"
+        and self.rounding == "nearest_even"
+        and self.calibration == "absmax"
+    ):
+      raise ValueError(
+          f"{cls}.qparams='xnnpack_qd8' needs an asymmetric integer format with range='dynamic',"
+          f" calibration='absmax' and rounding='nearest_even' (XNNPACK's dynamic quantization); got"
+          f" format={self.format!r}, symmetric={self.symmetric!r}, range={self.range!r},"
+          f" calibration={self.calibration!r}, rounding={self.rounding!r}"
+      )
     _choice(cls, "format", self.format, FORMATS)
     _choice(cls, "granularity", self.granularity, GRANULARITIES)
     _choice(cls, "calibration", self.calibration, CALIBRATIONS)
