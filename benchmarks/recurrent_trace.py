@@ -18,6 +18,10 @@ wrong:
 - LOGISTIC / TANH: the float function of the dequantized input, rounded
   half away (the built-in kernels' lookup table) or half to even.
 
+The dynamic-range model's FULLY_CONNECTEDs (float input, int8 weights) are
+recomputed from the runtime's float inputs with each way qsim can quantize
+them (``TensorSpec.qparams``: the standard grid, XNNPACK's qd8).
+
 Then the share of the runtime's int8 logits that qsim's preset for each family
 gives exactly, and its prediction agreement, with all of its recurrent
 mechanisms and with one of them off at a time: the MUL recipe
@@ -50,7 +54,8 @@ from qsim.evaluate.engine import build_quantizers  # noqa: E402
 from qsim.evaluate.sweep import load_set, open_run  # noqa: E402
 from qsim.export.tflite import TFLiteModel, export, preset_for  # noqa: E402
 from qsim.nn import layers, recurrent  # noqa: E402
-from qsim.quant import LayerSpec, QuantConfig, fixed_point, preset  # noqa: E402
+from qsim.quant import LayerSpec, QuantConfig, fake_quant, fixed_point, preset  # noqa: E402
+from qsim.quant.spec import QPARAMS  # noqa: E402
 from xnnpack_trace import RELU, _all_outputs, _ops  # noqa: E402
 
 KERNELS = ("xnnpack", "builtin")
@@ -134,6 +139,40 @@ def trace_ops(blob, x, kernels):
   return values, wrong
 
 
+def trace_dynamic(blob, x, kernels):
+  """Per qparams: ``(outputs, off)``, the dynamic-range model's int8-weight
+  FULLY_CONNECTED outputs and how many of them qsim's input quantization
+  (``tflite_dynamic``'s act spec with that ``qparams``) puts more than a
+  quarter of a step (one input integer times one weight integer) from the
+  runtime's, recomputed from the runtime's own float inputs."""
+  _, ops = _ops(blob)
+  it = TFLiteModel(_all_outputs(blob), kernels=kernels).interpreter
+  inp = it.get_input_details()[0]
+  it.resize_tensor_input(inp["index"], x.shape)
+  it.allocate_tensors()
+  it.set_tensor(inp["index"], x.astype(inp["dtype"]))
+  it.invoke()
+  details = {d["index"]: d for d in it.get_tensor_details()}
+  act = preset("tflite_dynamic").default.act
+  outputs, off = 0, Counter()
+  for name, ins, outs, _ in ops:
+    if name != "FULLY_CONNECTED" or details[ins[1]]["dtype"] != np.int8 or details[ins[0]]["dtype"] != np.float32:
+      continue
+    w = it.get_tensor(ins[1]).astype(np.float64)
+    sw = np.asarray(details[ins[1]]["quantization_parameters"]["scales"], np.float64)
+    v = it.get_tensor(ins[0]).reshape(-1, w.shape[1]).astype(np.float32)
+    b = it.get_tensor(ins[2]).astype(np.float64) if len(ins) > 2 and ins[2] >= 0 else 0.0
+    got = it.get_tensor(outs[0]).reshape(len(v), -1).astype(np.float64)
+    lo, hi = np.minimum(v.min(1, keepdims=True), 0), np.maximum(v.max(1, keepdims=True), 0)
+    step = (hi - lo).astype(np.float64) / 255 * sw
+    outputs += got.size
+    for qparams in QPARAMS:
+      vq = np.asarray(fake_quant.quantize(jnp.asarray(v), act.replace(qparams=qparams), batch_axes=(0,)))
+      want = vq.astype(np.float64) @ (w * sw[:, None]).T + b
+      off[qparams] += int(np.sum(np.abs(want - got) > 0.25 * step))
+  return outputs, off
+
+
 @contextlib.contextmanager
 def mechanism_off(which: str):
   """qsim with one recurrent mechanism switched off (``'all'``: none; the
@@ -181,6 +220,14 @@ def main():
     for op in values:
       recipes = ", ".join(f"{r} {n}" for (o, r), n in wrong.items() if o == op)
       print(f"  {op:16s} {values[op]:>10,}  {recipes}")
+
+  dyn = export(run.model, run.variables, "dynamic", calib.x[:1])
+  for kernels in KERNELS:
+    outputs, off = trace_dynamic(dyn, x[: args.images], kernels)
+    print(
+        f"== {kernels}, dynamic range: FULLY_CONNECTED outputs off by > 1/4 step, of {outputs:,}: "
+        + ", ".join(f"{q} {off[q]}" for q in QPARAMS)
+    )
 
   best = {}
   for kernels in KERNELS:
