@@ -56,7 +56,7 @@ from qsim.export.tflite import TFLiteModel, export, preset_for  # noqa: E402
 from qsim.nn import layers, recurrent  # noqa: E402
 from qsim.quant import LayerSpec, QuantConfig, fake_quant, fixed_point, preset  # noqa: E402
 from qsim.quant.spec import QPARAMS  # noqa: E402
-from xnnpack_trace import RELU, _all_outputs, _ops  # noqa: E402
+from xnnpack_trace import RELU, run_traced  # noqa: E402
 
 KERNELS = ("xnnpack", "builtin")
 MECHANISMS = ("all", "float MUL", "float gate bias", "zero state scale 1", "float ADD and SUB")
@@ -111,20 +111,7 @@ def _candidates(name, ins, out, options, get, grid):
 
 def trace_ops(blob, x, kernels):
   """Per (op, recipe): ``(values, wrong)`` over every int8 op of the model."""
-  _, ops = _ops(blob)
-  it = TFLiteModel(_all_outputs(blob), kernels=kernels).interpreter
-  inp = it.get_input_details()[0]
-  it.resize_tensor_input(inp["index"], x.shape)
-  it.allocate_tensors()
-  it.set_tensor(inp["index"], x.astype(inp["dtype"]))
-  it.invoke()
-  details = {d["index"]: d for d in it.get_tensor_details()}
-
-  def grid(i):
-    p = details[i]["quantization_parameters"]
-    s, z = np.asarray(p["scales"], np.float32), np.asarray(p["zero_points"])
-    return (s, z) if len(s) > 1 else (s[0], int(z[0]))
-
+  ops, it, details, grid = run_traced(blob, x, kernels)
   values, wrong = Counter(), Counter()
   for name, ins, outs, options in ops:
     if details[outs[0]]["dtype"] != np.int8:
@@ -145,14 +132,7 @@ def trace_dynamic(blob, x, kernels):
   (``tflite_dynamic``'s act spec with that ``qparams``) puts more than a
   quarter of a step (one input integer times one weight integer) from the
   runtime's, recomputed from the runtime's own float inputs."""
-  _, ops = _ops(blob)
-  it = TFLiteModel(_all_outputs(blob), kernels=kernels).interpreter
-  inp = it.get_input_details()[0]
-  it.resize_tensor_input(inp["index"], x.shape)
-  it.allocate_tensors()
-  it.set_tensor(inp["index"], x.astype(inp["dtype"]))
-  it.invoke()
-  details = {d["index"]: d for d in it.get_tensor_details()}
+  ops, it, details, _ = run_traced(blob, x, kernels)
   act = preset("tflite_dynamic").default.act
   outputs, off = 0, Counter()
   for name, ins, outs, _ in ops:

@@ -77,6 +77,29 @@ def _all_outputs(blob: bytes) -> bytes:
   return bytes(flatbuffer_utils.convert_object_to_bytearray(m))
 
 
+def run_traced(blob: bytes, x, kernels: str = "xnnpack"):
+  """Runs ``blob`` with every operator's output a graph output (so a
+  delegate must produce it) on ``x``. Returns ``(ops, interpreter, details,
+  grid)``: the operators, the invoked interpreter, its tensor details by
+  index and ``grid(i)``, tensor ``i``'s ``(scale, zero point)`` (arrays if
+  per channel)."""
+  _, ops = _ops(blob)
+  it = TFLiteModel(_all_outputs(blob), kernels=kernels).interpreter
+  inp = it.get_input_details()[0]
+  it.resize_tensor_input(inp["index"], x.shape)
+  it.allocate_tensors()
+  it.set_tensor(inp["index"], x.astype(inp["dtype"]))
+  it.invoke()
+  details = {d["index"]: d for d in it.get_tensor_details()}
+
+  def grid(i):
+    p = details[i]["quantization_parameters"]
+    s, z = np.asarray(p["scales"], np.float32), np.asarray(p["zero_points"])
+    return (s, z) if len(s) > 1 else (s[0], int(z[0]))
+
+  return ops, it, details, grid
+
+
 def _conv_acc(x, w, stride: int, same: bool):
   """Exact int64 accumulator of an NHWC convolution (OHWI kernel)."""
   kh, kw = w.shape[1], w.shape[2]
@@ -146,23 +169,11 @@ def main():
     raise SystemExit(f"--images={args.images} is not valid; give at least 1")
   run, calib = open_run(args.checkpoint, None, args.calib)
   blob = export(run.model, run.variables, "int8", calib.x[:1], representative=calib.x)
-  _, ops = _ops(blob)
-  it = TFLiteModel(_all_outputs(blob), kernels="xnnpack").interpreter
   x = load_set(run, "clean", seed=0, limit=args.images).x
-  inp = it.get_input_details()[0]
-  it.resize_tensor_input(inp["index"], x.shape)
-  it.allocate_tensors()
-  it.set_tensor(inp["index"], x.astype(inp["dtype"]))
-  it.invoke()
-  details = {d["index"]: d for d in it.get_tensor_details()}
+  ops, it, details, grid = run_traced(blob, x)
 
   def get(i):
     return it.get_tensor(i)  # every op output is a graph output, so the delegate kept it
-
-  def grid(i):
-    p = details[i]["quantization_parameters"]
-    s, z = np.asarray(p["scales"], np.float32), np.asarray(p["zero_points"])
-    return (s, z) if len(s) > 1 else (s[0], int(z[0]))
 
   wrong, values = Counter(), Counter()
   for name, ins, outs, options in ops:

@@ -190,3 +190,25 @@ def test_u8s8_pairs_needs_uint8_activations_and_int8_weights():
     LayerSpec(weight=TensorSpec(bits=8), act=TensorSpec(bits=8, symmetric=True), u8s8_pairs="dense")
   with pytest.raises(ValueError, match="u8s8_pairs"):
     LayerSpec(weight=TensorSpec(bits=8), act=TensorSpec(bits=8, symmetric=False), u8s8_pairs="yes")
+
+
+def test_derive_copies_without_validating_again():
+  """``LayerSpec.derive``: a layer's own spec with some fields changed,
+  usable while traced (a traced ``bits`` cannot be validated)."""
+  import jax
+  import jax.numpy as jnp
+
+  base = layer_preset("ort_int8_avx2")
+  d = base.derive(state=None, output=None)
+  assert d.output is None and d.u8s8_pairs == base.u8s8_pairs and d.weight == base.weight
+  with pytest.raises(ValueError, match=r"unknown field\(s\) \['colour'\]"):
+    base.derive(colour=1)
+
+  @jax.jit
+  def f(bits):
+    s = LayerSpec(weight=TensorSpec(bits=bits, granularity="per_channel")).derive(act=base.output, u8s8_pairs="all")
+    return s.weight.bits + 0
+
+  assert int(f(jnp.int32(8))) == 8
+  with pytest.raises(jax.errors.TracerBoolConversionError):  # the validated constructor reads bits
+    jax.jit(lambda b: LayerSpec(weight=TensorSpec(bits=b), act=base.output, u8s8_pairs="all").weight.bits)(8)

@@ -57,7 +57,11 @@ def _quantize_inputs(cell, spec, x, h):
   """Quantizes the cell's input and hidden state once for all gates.
 
   Returns the quantized ``x`` and ``h`` and the spec for the gate matmuls
-  (weights only: their operands are already quantized).
+  (weights only: their operands are already quantized). Under
+  ``u8s8_pairs`` (ONNX Runtime's MLAS on AVX2 without VNNI) each gate
+  matmul quantizes its operand itself (a dynamic range is per example, so
+  every gate gets the same grid) and saturates its int16 pair sums as
+  MatMulInteger does.
   """
   if spec is None:
     return x, h, None
@@ -66,6 +70,13 @@ def _quantize_inputs(cell, spec, x, h):
         f"{layer_name(cell)}: int_bias in a recurrent cell needs its int8 graph (an output spec, as"
         " in tflite_int8 / ort_int8): the gates' float graph has no accumulator scale for the bias"
     )
+  if spec.u8s8_pairs != "none":
+    if spec.act.range != "dynamic":
+      raise ValueError(
+          f"{layer_name(cell)}: u8s8_pairs in a recurrent cell's float graph needs dynamic activations"
+          f" (ORT's dynamic quantizer); got act.range={spec.act.range!r}"
+      )
+    return x, h, spec.derive(state=None, output=None, const=None)
   n = h.shape[-1]
   # a side whose kernels are under min_weights stays float (as the converter leaves them)
   if x.shape[-1] * n >= spec.min_weights:
@@ -100,7 +111,15 @@ def gate_spec(spec: LayerSpec) -> LayerSpec:
   (traced op by op: ``benchmarks/recurrent_trace.py``)."""
   if not spec.gemm_gates and spec.int_bias:
     return LayerSpec(weight=spec.weight, act=spec.output, output=spec.output, int_bias=True, requant=spec.requant)
+  if spec.gemm_gates and spec.u8s8_pairs != "none":  # ORT's QGemm on MLAS U8S8: saturating pairs
+    return LayerSpec(weight=spec.weight).derive(act=spec.output, u8s8_pairs=spec.u8s8_pairs)
   return LayerSpec(weight=spec.weight)
+
+
+def _ort_h_spec(spec: LayerSpec) -> LayerSpec:
+  """ORT's biased recurrent Gemm: h re-stored on its own range, int32 bias,
+  saturating pairs where ``u8s8_pairs``."""
+  return LayerSpec(weight=spec.weight, act=spec.output, int_bias=True).derive(u8s8_pairs=spec.u8s8_pairs)
 
 
 class _Int8Graph:
@@ -121,6 +140,12 @@ class _Int8Graph:
   def tflite(self) -> bool:
     """TFLite's graph (every matmul stored, stored inputs), not ORT's."""
     return not self.spec.gemm_gates
+
+  @property
+  def stored_inputs(self) -> bool:
+    """Whether the gate matmuls read their operands' stored grids: TFLite's
+    graph, and ORT's where MLAS saturates (the pairs need the integers)."""
+    return self.tflite or self.spec.u8s8_pairs != "none"
 
   def _fixed(self, y, slot: str, on_grid, scale: float, zero_point: float):
     if self.spec.calibrated_gates:
@@ -228,7 +253,9 @@ class LSTMCell(nn.LSTMCell):
     n = h.shape[-1]
     if g8.tflite:
       h, c = g8.state(h, "h_in"), g8.state(c, "c_in")
-    g_spec, stored = gate_spec(spec), g8.tflite
+    elif g8.stored_inputs:
+      h = g8.state(h, "h_in")
+    g_spec, stored = gate_spec(spec), g8.stored_inputs
     dense_h = _gate_dense(
         g_spec, n, True, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype, stored
     )
@@ -236,7 +263,7 @@ class LSTMCell(nn.LSTMCell):
 
     if spec.gemm_gates:  # ORT: Gemm(h, W_h, int32 bias) stored, then Gemm(x, W_i, C=it)
       dense_h = _gate_dense(
-          LayerSpec(weight=spec.weight, act=spec.output, int_bias=True),
+          _ort_h_spec(spec),
           n,
           True,
           self.recurrent_kernel_init,
@@ -291,9 +318,9 @@ class GRUCell(nn.GRUCell):
     previous step's int8 output, or zeros)."""
     g8 = _Int8Graph(self, spec)
     n = h.shape[-1]
-    if g8.tflite:
+    if g8.stored_inputs:
       h = g8.state(h, "h_in")
-    g_spec, stored = gate_spec(spec), g8.tflite
+    g_spec, stored = gate_spec(spec), g8.stored_inputs
     dense_h = _gate_dense(
         g_spec, n, False, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype, stored
     )
@@ -305,10 +332,9 @@ class GRUCell(nn.GRUCell):
       # hn's bias is int32 at (h's own per-step scale) x (weight scale): h is
       # re-stored on its calibrated range (the previous new_h's: a no-op), and
       # the zero state's empty range gives scale 1
-      hn_spec = LayerSpec(weight=spec.weight, act=spec.output, int_bias=True)
-      hn = _gate_dense(hn_spec, n, True, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype)(
-          name="hn"
-      )(h)
+      hn = _gate_dense(
+          _ort_h_spec(spec), n, True, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype
+      )(name="hn")(h)
       hn = g8.store(hn, "fc_hn")
     else:
       hh = {g: g8.store(dense_h(name=f"h{g}")(h), f"fc_h{g}") for g in ("r", "z")}

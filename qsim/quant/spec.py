@@ -384,6 +384,18 @@ class LayerSpec:
     _check_keys("LayerSpec", d, [f.name for f in dataclasses.fields(cls)])
     return cls(**d)
 
+  def derive(self, **changes) -> "LayerSpec":
+    """A copy with ``changes`` and every other field as is, not validated
+    again: for a spec a layer derives from its own, validated one while it
+    is traced (its ``bits`` may then be traced arrays, which validation
+    cannot read)."""
+    s = object.__new__(LayerSpec)
+    for f in dataclasses.fields(self):
+      object.__setattr__(s, f.name, changes.pop(f.name, getattr(self, f.name)))
+    if changes:
+      raise ValueError(f"LayerSpec.derive: unknown field(s) {sorted(changes)}")
+    return s
+
   def tensors(self) -> tuple[TensorSpec | None, ...]:
     """Every tensor spec of the layer (weight, act, state, output, const)."""
     return tuple(getattr(self, name) for name in _LAYER_TENSORS)
