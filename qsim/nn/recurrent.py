@@ -147,6 +147,14 @@ class _Int8Graph:
     graph, and ORT's where MLAS saturates (the pairs need the integers)."""
     return self.tflite or self.spec.u8s8_pairs != "none"
 
+  def gate_layers(self, n: int, h_bias: bool):
+    """``(dense_h, dense_i)``: partials of the h-side and x-side gate
+    matmuls (``n`` features; the bias on the h side or the x side)."""
+    c, g_spec, stored = self.cell, gate_spec(self.spec), self.stored_inputs
+    dense_h = _gate_dense(g_spec, n, h_bias, c.recurrent_kernel_init, c.bias_init, c.dtype, c.param_dtype, stored)
+    dense_i = _gate_dense(g_spec, n, not h_bias, c.kernel_init, c.bias_init, c.dtype, c.param_dtype, stored)
+    return dense_h, dense_i
+
   def _fixed(self, y, slot: str, on_grid, scale: float, zero_point: float):
     if self.spec.calibrated_gates:
       return self.store(y, slot)
@@ -255,11 +263,7 @@ class LSTMCell(nn.LSTMCell):
       h, c = g8.state(h, "h_in"), g8.state(c, "c_in")
     elif g8.stored_inputs:
       h = g8.state(h, "h_in")
-    g_spec, stored = gate_spec(spec), g8.stored_inputs
-    dense_h = _gate_dense(
-        g_spec, n, True, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype, stored
-    )
-    dense_i = _gate_dense(g_spec, n, False, self.kernel_init, self.bias_init, self.dtype, self.param_dtype, stored)
+    dense_h, dense_i = g8.gate_layers(n, h_bias=True)
 
     if spec.gemm_gates:  # ORT: Gemm(h, W_h, int32 bias) stored, then Gemm(x, W_i, C=it)
       dense_h = _gate_dense(
@@ -320,11 +324,7 @@ class GRUCell(nn.GRUCell):
     n = h.shape[-1]
     if g8.stored_inputs:
       h = g8.state(h, "h_in")
-    g_spec, stored = gate_spec(spec), g8.stored_inputs
-    dense_h = _gate_dense(
-        g_spec, n, False, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype, stored
-    )
-    dense_i = _gate_dense(g_spec, n, True, self.kernel_init, self.bias_init, self.dtype, self.param_dtype, stored)
+    dense_h, dense_i = g8.gate_layers(n, h_bias=False)
     xi = {g: g8.store(dense_i(name=f"i{g}")(x), f"fc_i{g}") for g in ("r", "z", "n")}
     if spec.gemm_gates:  # ORT: Gemm(h, W_h, C=x-side), one stored output per gate
       r = g8.sigmoid(g8.store(xi["r"] + dense_h(name="hr")(h), "add_r"), "gate_r")
