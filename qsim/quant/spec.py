@@ -225,7 +225,10 @@ class LayerSpec:
       float (only the layers' inputs are quantized).
     int_bias: Dense/Conv biases are rounded to int32 at the scale
       ``act scale * weight scale`` (per output channel) and added to the
-      integer accumulator, as TFLite's integer kernels do. Needs integer
+      integer accumulator, as TFLite's integer kernels do; a bias that
+      needs more than 2^30 steps widens its channel's weight scale instead
+      (TFLite's converter; measured on a GRU's first step, BUILD_NOTES;
+      ONNX Runtime's rule for such a bias is not measured). Needs integer
       weights and static integer activations (the scale must not depend on
       the example).
     min_weights: a Dense/Conv layer whose kernel has fewer elements runs in
