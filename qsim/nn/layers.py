@@ -272,19 +272,26 @@ def mul(module: nn.Module, a, b):
   return a * b
 
 
+def stored_grid(module: nn.Module, t):
+  """``(scale, zero point)`` of ``t`` if a static per-tensor int8 point
+  stored this very tensor in the current apply, else None."""
+  entry = _registry(module)["grids"].get(id(t))
+  return entry[1:] if entry is not None and entry[0] is t else None
+
+
 def _operands(module: nn.Module, where: str, *tensors):
   """``(tensor, (scale, zero point))`` of each stored int8 tensor."""
-  grids = _registry(module)["grids"]
   out = []
   for name, t in zip("ab", tensors):
-    if id(t) not in grids or grids[id(t)][0] is not t:
+    grid = stored_grid(module, t)
+    if grid is None:
       raise ValueError(
           f"{where}: operand {name} is not a stored int8 tensor (the output of a static per-tensor int8"
           f" Output or BatchNorm point); the op's integer recipe needs both operands' grids: store it,"
           f" or give {layer_name(module)!r} (a rule) add_requant='fp32' for a float ADD, requant='fp32'"
           " for a float MUL"
       )
-    out.append((t, grids[id(t)][1:]))
+    out.append((t, grid))
   return tuple(out)
 
 
@@ -354,8 +361,8 @@ class _QuantOperands(nn.Module):
       s_w = None
       if bias is not None and _quantizing(self):
         if spec.int_bias:
-          bias, s_w = _accumulator_bias(self, lhs, rhs, bias, spec, name)
-          rq = _widened_weights(rhs, rq, s_w, spec)
+          bias, own, s_w = _accumulator_bias(self, lhs, rhs, bias, spec, name)
+          rq = _widened_weights(rhs, rq, own, s_w, spec)
         elif spec.const is not None:
           bias = fake_quant.quantize(bias, spec.const, where=f"{name}.bias")
       y = op(lq, rq, *args, **kwargs)
@@ -510,13 +517,13 @@ def _act_grid(module: nn.Module, lhs, spec: LayerSpec, name: str):
   calibrated static range, or (dynamic) each example's own range, or (a
   ``stored_input``) the grid of the point that stored it."""
   if getattr(module, "stored_input", False):
-    grids = _registry(module)["grids"]
-    if id(lhs) not in grids or grids[id(lhs)][0] is not lhs:
+    grid = stored_grid(module, lhs)
+    if grid is None:
       raise ValueError(
           f"{name}: stored_input=True, but its input is not a tensor a static per-tensor int8 point"
           " stored in this apply (no grid recorded for it); store it first, or drop stored_input"
       )
-    return grids[id(lhs)][1:]
+    return grid
   if spec.act.range == "static":
     lo, hi = module.get_variable(QUANT_STATS, "act_lo"), module.get_variable(QUANT_STATS, "act_hi")
     return fake_quant.int_grid_params(lhs, spec.act, lo=lo, hi=hi, where=f"{name}.act")[:2]
@@ -528,9 +535,10 @@ BIAS_LIMIT = 2.0**30  # the converter's largest int32 bias before it widens the 
 
 
 def _accumulator_bias(module: nn.Module, lhs, rhs, bias, spec: LayerSpec, name: str):
-  """``(bias, s_w)``: ``bias`` rounded onto the int32 grid of the
+  """``(bias, own, s_w)``: ``bias`` rounded onto the int32 grid of the
   accumulator, scale ``act scale * weight scale`` per output channel (no
-  gradient through the rounding: straight-through), and the weight scales.
+  gradient through the rounding: straight-through), the kernel's own
+  weight scales and the ones used (widened where the bias overflows).
 
   A bias the grid cannot hold within ``2^30`` steps widens its channel's
   weight scale to ``|bias| / (act scale * 2^30)``, as the TFLite converter
@@ -546,20 +554,18 @@ def _accumulator_bias(module: nn.Module, lhs, rhs, bias, spec: LayerSpec, name: 
         f" weight scale; got {s_in.size} activation and {s_w.size} weight scales for {bias.size} outputs"
     )
   s_in = jax.lax.stop_gradient(s_in.reshape(()))
+  own = s_w
   if s_w.size == bias.size:  # per channel: the converter widens only the overflowing channels
     s_w = jnp.maximum(s_w, jnp.abs(jax.lax.stop_gradient(bias)) * jax.lax.reciprocal(s_in * BIAS_LIMIT))
   s = s_in * s_w
   q = jnp.clip(jnp.round(bias / s), -(2.0**31), 2.0**31 - 1)
-  return bias + jax.lax.stop_gradient(q * s - bias), s_w
+  return bias + jax.lax.stop_gradient(q * s - bias), own, s_w
 
 
-def _widened_weights(rhs, rq, s_w, spec: LayerSpec):
+def _widened_weights(rhs, rq, own, s_w, spec: LayerSpec):
   """The kernel ``rq`` (fake-quantized on its own per-channel scales) with
   the channels whose scale :func:`_accumulator_bias` widened requantized
-  on ``s_w`` (straight-through)."""
-  own = fake_quant.int_scale(rhs, spec.weight).reshape(-1)
-  if own.size != s_w.size or own.size == 1:
-    return rq
+  on ``s_w`` (straight-through; where nothing widened, ``rq`` itself)."""
   qmax = 2.0 ** (spec.weight.bits - 1) - 1
   wide = jnp.clip(jnp.round(jax.lax.stop_gradient(rhs) / s_w), -qmax, qmax) * s_w
   return jnp.where(s_w > own, rq + jax.lax.stop_gradient(wide - rq), rq)

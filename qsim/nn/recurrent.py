@@ -187,7 +187,7 @@ class _Int8Graph:
     y = self.store(v, slot)
     if self.tflite and _quantizing(self.cell):
       reg = layers._registry(self.cell)
-      _, scale, z = reg["grids"][id(y)]
+      scale, z = layers.stored_grid(self.cell, y)
       lo, hi = (self.cell.get_variable(QUANT_STATS, f"{slot}_{end}") for end in ("lo", "hi"))
       empty = (jnp.maximum(hi, 0.0) - jnp.minimum(lo, 0.0)).reshape(()) == 0
       layers._record_grid(reg, y, jnp.where(empty, jnp.float32(ZERO_STATE_SCALE), scale), jnp.where(empty, 0.0, z))
@@ -208,10 +208,8 @@ class _Int8Graph:
     and the built-in SUB, traced: ``benchmarks/recurrent_trace.py``)."""
     if self.spec.add_requant == "fp32" or not _quantizing(self.cell):
       return self.store(1.0 - z, slot)
+    ((_, (scale, zero)),) = layers._operands(self.cell, f"{layer_name(self.cell)} SUB", z)
     reg = layers._registry(self.cell)
-    if id(z) not in reg["grids"] or reg["grids"][id(z)][0] is not z:
-      raise ValueError(f"{layer_name(self.cell)} SUB: 1 - z needs z stored int8 first")
-    _, scale, zero = reg["grids"][id(z)]
     one, neg = jnp.ones((), z.dtype), -z
     layers._record_grid(reg, one, jnp.float32(1.0 / 255.0), jnp.float32(-128.0))
     layers._record_grid(reg, neg, scale, zero)  # -(q - zp) s = ((2 zp - q) - zp) s
