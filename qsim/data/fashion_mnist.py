@@ -20,7 +20,18 @@ _PREPARE = "apt-get update && apt-get install -y dataset-fashion-mnist"
 
 
 def read_idx(path: str) -> np.ndarray:
-  """Reads an IDX file (optionally gzipped) into a numpy array."""
+  """Reads an IDX file (optionally gzipped) into a numpy array.
+
+  Args:
+    path: the IDX file; read through gzip when it ends in '.gz'.
+
+  Returns:
+    The array, of the shape and dtype the header gives (multi-byte types big-endian).
+
+  Raises:
+    FileNotFoundError: there is no file at ``path``.
+    ValueError: the file is not IDX (bad magic number) or its size does not match its header.
+  """
   opener = gzip.open if path.endswith(".gz") else open
   with opener(path, "rb") as f:
     data = f.read()
@@ -41,6 +52,10 @@ def load_fashion_mnist(split: str, data_dir: str = DEFAULT_DIR) -> tuple[np.ndar
   Args:
     split: 'train' or 'test'.
     data_dir: folder holding the four IDX files.
+
+  Returns:
+    ``(images, labels)``: images float32 (N, 28, 28, 1) in [0, 1], labels int32 (N,) in 0..9; N = 60,000 for
+    'train', 10,000 for 'test'.
 
   Raises:
     ValueError: unknown split.

@@ -93,7 +93,23 @@ def mnist_c(
     limit: int | None = None,
     shard: Shard | None = None,
 ) -> Data:
-  """The MNIST-C test set for one of ``MNIST_C``."""
+  """The MNIST-C test set for one of ``MNIST_C``.
+
+  Args:
+    corruption: one of ``MNIST_C``.
+    data_dir: TFDS data_dir; None = TFDS's default.
+    download: let TFDS download and prepare (needs internet).
+    limit: only the first ``limit`` test examples; None = all.
+    shard: only this block of them (after ``limit``); None = all.
+
+  Returns:
+    :class:`Data` named 'mnist_corrupted/<corruption>': images float32 (N, 28, 28, 1) in [0, 1], int32 labels.
+
+  Raises:
+    ValueError: for an unknown corruption or a bad ``limit``.
+    FileNotFoundError: the data is not prepared on this machine; the message names the dataset/config, where it
+      looked, and the ``tfds build`` command that prepares it.
+  """
   _check("corruption", corruption, MNIST_C)
   return _images_data(f"mnist_corrupted/{corruption}", data_dir, download, limit, shard)
 
@@ -107,7 +123,25 @@ def cifar10_c(
     limit: int | None = None,
     shard: Shard | None = None,
 ) -> Data:
-  """The CIFAR-10-C test set for one of ``CIFAR10_C`` (or its paper alias) at severity 1..5."""
+  """The CIFAR-10-C test set for one of ``CIFAR10_C`` (or its paper alias) at severity 1..5.
+
+  Args:
+    corruption: one of ``CIFAR10_C``, or a paper name of ``CIFAR10_C_ALIASES``.
+    severity: int in 1..5.
+    data_dir: TFDS data_dir; None = TFDS's default.
+    download: let TFDS download and prepare (needs internet).
+    limit: only the first ``limit`` test examples; None = all.
+    shard: only this block of them (after ``limit``); None = all.
+
+  Returns:
+    :class:`Data` named 'cifar10_corrupted/<corruption>_<severity>': images float32 (N, 32, 32, 3) in [0, 1], int32
+    labels.
+
+  Raises:
+    ValueError: for an unknown corruption, a severity outside 1..5, or a bad ``limit``.
+    FileNotFoundError: the data is not prepared on this machine; the message names the dataset/config, where it
+      looked, and the ``tfds build`` command that prepares it.
+  """
   corruption = CIFAR10_C_ALIASES.get(corruption, corruption) if isinstance(corruption, str) else corruption
   _check("corruption", corruption, CIFAR10_C)
   _check("severity", severity, SEVERITIES)
@@ -122,7 +156,23 @@ def cifar10_1(
     limit: int | None = None,
     shard: Shard | None = None,
 ) -> Data:
-  """CIFAR-10.1 (``v6``: 2,000 images, the paper's main set; ``v4``: 2,021)."""
+  """CIFAR-10.1 (``v6``: 2,000 images, the paper's main set; ``v4``: 2,021).
+
+  Args:
+    version: 'v6' or 'v4'.
+    data_dir: TFDS data_dir; None = TFDS's default.
+    download: let TFDS download and prepare (needs internet).
+    limit: only the first ``limit`` test examples; None = all.
+    shard: only this block of them (after ``limit``); None = all.
+
+  Returns:
+    :class:`Data` named 'cifar10_1/<version>': images float32 (N, 32, 32, 3) in [0, 1], int32 labels.
+
+  Raises:
+    ValueError: for an unknown version or a bad ``limit``.
+    FileNotFoundError: the data is not prepared on this machine; the message names the dataset/config, where it
+      looked, and the ``tfds build`` command that prepares it.
+  """
   _check("version", version, CIFAR10_1_VERSIONS)
   return _images_data(f"cifar10_1/{version}", data_dir, download, limit, shard)
 
@@ -142,6 +192,25 @@ def yelp_polarity(
 
   ``vocab`` (e.g. the IMDb training run's) is required unless ``encode=False``,
   which returns ``x`` as the raw review strings.
+
+  Args:
+    split: 'test' or 'train'.
+    vocab: the vocabulary to encode with (required when ``encode``).
+    maxlen: token sequence length.
+    data_dir: TFDS data_dir; None = TFDS's default.
+    download: let TFDS download and prepare (needs internet).
+    limit: only the first ``limit`` reviews; None = all.
+    encode: False returns ``x`` as the raw review strings.
+    shard: only this block of them (after ``limit``); None = all.
+
+  Returns:
+    :class:`Data` named 'yelp_polarity_reviews' with 2 classes: ``x`` int32 token ids (N, ``maxlen``) or a list of
+    str, ``y`` int32 labels (N,).
+
+  Raises:
+    ValueError: for an unknown split, a bad ``limit``, or no ``vocab`` while ``encode``.
+    FileNotFoundError: the data is not prepared on this machine; the message names the dataset/config, where it
+      looked, and the ``tfds build`` command that prepares it.
   """
   _check("split", split, YELP_SPLITS)
   check_limit(limit)

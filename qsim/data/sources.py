@@ -74,8 +74,17 @@ def _not_prepared_error(name: str, looked_in: str, data_dir: str | None) -> File
 
 
 def span(n: int, limit: int | None = None, shard: Shard | None = None, start: int = 0) -> tuple[int, int]:
-  """``(start, stop)`` of ``shard``'s block of the first ``limit`` (default
-  all) of the ``n`` examples that begin at ``start``."""
+  """``(start, stop)`` of ``shard``'s block of the first ``limit`` of the ``n`` examples that begin at ``start``.
+
+  Args:
+    n: number of examples.
+    limit: keep only the first ``limit`` of them; None = all.
+    shard: the block to take; None = all.
+    start: index of the first example in the source.
+
+  Returns:
+    ``(start, stop)``: the block's indices in the source, ``stop`` exclusive.
+  """
   n = n if limit is None else min(limit, n)
   a, b = (shard or Shard()).bounds(n)
   return start + a, start + b
@@ -90,9 +99,26 @@ def read_tfds_split(
     shard: Shard | None = None,
     select=None,
 ):
-  """Examples of a TFDS split (``name`` may be 'name/config'): ``shard``'s
-  block of the first ``limit`` (default all), or ``select(len) -> (start,
-  stop)``; only those are read. Returns ``(examples, start)``."""
+  """Examples of a TFDS split (``name`` may be 'name/config').
+
+  ``shard``'s block of the first ``limit`` (default all), or ``select(len) -> (start, stop)``; only those are read.
+
+  Args:
+    name: TFDS dataset name, optionally 'name/config'.
+    split: TFDS split name, e.g. 'train' or 'test'.
+    data_dir: TFDS data_dir; None = TFDS's default.
+    download: let TFDS download and prepare (needs internet).
+    limit: only the first ``limit`` examples; None = all.
+    shard: only this block of them; None = all.
+    select: if given, ``select(len(split)) -> (start, stop)`` picks the examples (``limit`` and ``shard`` unused).
+
+  Returns:
+    ``(examples, start)``: the example dicts, and the split index of the first one.
+
+  Raises:
+    FileNotFoundError: the data is not prepared on this machine; the message names the dataset/config, where it
+      looked, and the ``tfds build`` command that prepares it.
+  """
   import tensorflow_datasets as tfds  # heavy import: only when used
 
   try:
@@ -108,21 +134,42 @@ def read_tfds_split(
 
 
 def image_arrays(examples) -> tuple[np.ndarray, np.ndarray]:
-  """TFDS image examples as (float32 images in [0, 1], int32 labels)."""
+  """TFDS image examples as (float32 images in [0, 1], int32 labels).
+
+  Args:
+    examples: TFDS example dicts with a uint8 'image' (H, W, C) and a 'label'.
+
+  Returns:
+    ``(x, y)``: images float32 (N, H, W, C) in [0, 1], labels int32 (N,).
+  """
   x = np.stack([np.asarray(e["image"]) for e in examples]).astype(np.float32) / 255.0
   y = np.asarray([int(e["label"]) for e in examples], np.int32)
   return x, y
 
 
 def text_arrays(examples) -> tuple[list[str], np.ndarray]:
-  """TFDS text examples as (decoded strings, int32 labels)."""
+  """TFDS text examples as (decoded strings, int32 labels).
+
+  Args:
+    examples: TFDS example dicts with a 'text' (bytes or str) and a 'label'.
+
+  Returns:
+    ``(x, y)``: a list of N strings (bytes decoded as UTF-8, bad bytes replaced), labels int32 (N,).
+  """
   raw = (e["text"] for e in examples)
   x = [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t) for t in raw]
   return x, np.asarray([int(e["label"]) for e in examples], np.int32)
 
 
 def check_limit(limit: int | None) -> None:
-  """Raises ``ValueError`` unless ``limit`` is None or an int >= 1."""
+  """Raises ``ValueError`` unless ``limit`` is None or an int >= 1.
+
+  Args:
+    limit: the value to check.
+
+  Raises:
+    ValueError: ``limit`` is not None or an int >= 1 (bools rejected).
+  """
   if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
     raise ValueError(f"limit={limit!r} is not valid; give an int >= 1 or None")
 
@@ -180,6 +227,11 @@ def load(
       whole, then cut); ``Data.offset`` says where the block starts. A text
       'train' split loaded without ``vocab`` still reads every text: the
       vocabulary is built from all of them.
+
+  Returns:
+    :class:`Data` with ``x`` as float32 images (N, H, W, C) in [0, 1], int32 token ids (N, ``maxlen``), or raw texts
+    (``encode=False``); ``y`` int32 labels (N,); ``vocab`` the text vocabulary (None when none was given or
+    built); ``offset`` the index of ``x[0]`` in the split.
 
   Raises:
     ValueError: unknown dataset or split, or a bad size (message lists the

@@ -50,6 +50,16 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 def get_model(name: str, *, num_classes: int, quant: Any = None, **overrides) -> nn.Module:
   """Builds model ``name`` with ``num_classes`` outputs.
 
+  Args:
+    name: a key of ``MODELS`` (e.g. ``'lenet5'``, ``'resnet20_tiny'``, ``'gru'``).
+    num_classes: the classifier width.
+    quant: a QuantConfig or LayerSpec, or None (the float model).
+    **overrides: other attributes of the model (override the entry's
+      defaults).
+
+  Returns:
+    The (unbound) flax module.
+
   Raises:
     ValueError: unknown name (the message lists the valid ones).
   """

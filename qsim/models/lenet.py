@@ -44,13 +44,36 @@ class LeNet(nn.Module):
 
 
 def lenet1(**kw) -> LeNet:
+  """LeNet-1: two conv blocks of 4 and 12 channels, no hidden dense layer.
+
+  Args:
+    **kw: other :class:`LeNet` attributes (``num_classes``, ``quant``...).
+
+  Returns:
+    The (unbound) LeNet module.
+  """
   return LeNet(conv_features=(4, 12), dense_features=(), **kw)
 
 
 def lenet5(**kw) -> LeNet:
+  """LeNet-5: two conv blocks of 6 and 16 channels, hidden dense layers of 120 and 84.
+
+  Args:
+    **kw: other :class:`LeNet` attributes (``num_classes``, ``quant``...).
+
+  Returns:
+    The (unbound) LeNet module.
+  """
   return LeNet(conv_features=(6, 16), dense_features=(120, 84), **kw)
 
 
 def lenet_tiny(**kw) -> LeNet:
-  """A test-sized variant: 2 and 4 channels, one 16-wide hidden layer."""
+  """A test-sized variant: 2 and 4 channels, one 16-wide hidden layer.
+
+  Args:
+    **kw: other :class:`LeNet` attributes (``num_classes``, ``quant``...).
+
+  Returns:
+    The (unbound) LeNet module.
+  """
   return LeNet(conv_features=(2, 4), dense_features=(16,), **kw)

@@ -27,6 +27,11 @@ class RNNClassifier(nn.Module):
   quant: Any = None
 
   def setup(self):
+    """Builds the embedding (with ``vocab_size``), the RNN, the head and the logits point.
+
+    Raises:
+      ValueError: ``cell`` is not 'lstm' or 'gru'.
+    """
     if self.vocab_size is not None:
       self.embed = qnn.Embed(self.vocab_size, self.embed_dim, quant=self.quant)
     cells = {"lstm": qnn.LSTMCell, "gru": qnn.GRUCell}
@@ -39,7 +44,17 @@ class RNNClassifier(nn.Module):
     self.logits = qnn.Output(quant=self.quant)
 
   def embed_tokens(self, tokens):
-    """Token ids -> embeddings (text models only)."""
+    """Token ids -> embeddings (text models only).
+
+    Args:
+      tokens: integer token ids, (batch, time), each in ``[0, vocab_size)``.
+
+    Returns:
+      The embeddings, (batch, time, embed_dim).
+
+    Raises:
+      ValueError: the model has no vocabulary (``vocab_size`` is None).
+    """
     if self.vocab_size is None:
       raise ValueError("embed_tokens: this RNNClassifier has no vocabulary (vocab_size=None)")
     return self.embed(tokens)

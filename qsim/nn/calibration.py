@@ -30,7 +30,11 @@ def calibrate(
     **apply_kwargs: passed to ``apply`` (e.g. ``rngs=``).
 
   Returns:
-    ``variables`` with the calibrated 'quant_stats' collection.
+    ``variables`` with the calibrated 'quant_stats' collection (unchanged
+    when there is none).
+
+  Raises:
+    ValueError: ``batches`` is empty (and there are ranges to calibrate).
   """
   if QUANT_STATS not in variables:
     return variables
@@ -50,7 +54,15 @@ def calibrate(
 
 
 def uncalibrated(variables: dict[str, Any]) -> list[str]:
-  """Names of static ranges that no calibration batch has reached."""
+  """Names of static ranges that no calibration batch has reached.
+
+  Args:
+    variables: a model's variables (those without 'quant_stats' have none).
+
+  Returns:
+    The ranges' paths in 'quant_stats', '/'-joined, without the ``_count``
+    suffix (e.g. ``'conv1/QuantConv_0/act'``); empty when all are calibrated.
+  """
   stats = variables.get(QUANT_STATS, {})
   missing = []
   for path, leaf in jax.tree_util.tree_leaves_with_path(stats):
@@ -61,7 +73,15 @@ def uncalibrated(variables: dict[str, Any]) -> list[str]:
 
 
 def require_calibrated(variables: dict[str, Any]) -> None:
-  """Raises ``ValueError`` naming every static range not yet calibrated."""
+  """Raises ``ValueError`` naming every static range not yet calibrated.
+
+  Args:
+    variables: a model's variables.
+
+  Raises:
+    ValueError: some static range was never calibrated (see
+      :func:`uncalibrated`).
+  """
   missing = uncalibrated(variables)
   if missing:
     raise ValueError(

@@ -41,15 +41,32 @@ Quant = QuantConfig | LayerSpec | None
 
 
 def layer_name(module: nn.Module, drop_last: int = 0, then: str | None = None) -> str:
-  """``module``'s path joined by '/', less its last ``drop_last`` parts,
-  with ``then`` appended (e.g. a sibling's name)."""
+  """``module``'s path joined by '/', with its last parts dropped or one appended.
+
+  Args:
+    module: a bound flax module (unbound: the empty path).
+    drop_last: how many trailing path parts to drop (0 = none).
+    then: a name appended after dropping (e.g. a sibling's name); None or
+      empty: nothing appended.
+
+  Returns:
+    The path, e.g. ``'block1/conv2'``.
+  """
   path = module.scope.path if module.scope is not None else ()
   path = tuple(path[: len(path) - drop_last]) + ((then,) if then else ())
   return "/".join(path)
 
 
 def resolve(quant: Quant, name: str) -> LayerSpec | None:
-  """The LayerSpec for layer ``name`` (a config is looked up by name)."""
+  """The LayerSpec for layer ``name`` (a config is looked up by name).
+
+  Args:
+    quant: a QuantConfig, a LayerSpec (used for every layer), or None.
+    name: the layer's path, as :func:`layer_name` gives it.
+
+  Returns:
+    The layer's LayerSpec, or None (float).
+  """
   if isinstance(quant, QuantConfig):
     return quant.resolve(name)
   return quant
@@ -86,6 +103,15 @@ def quantize_tensor(
     range_of: a static range is still calibrated on ``x`` (its own, for
       inspection), but inference quantizes with ``range_of``'s range of the
       same ``slot`` (a tensor of a same-scale group: see :class:`Output`).
+
+  Returns:
+    ``x`` fake-quantized (same shape and dtype); ``x`` itself when ``spec``
+    is None, while initializing, and while calibrating (a static range is
+    then updated from ``x``).
+
+  Raises:
+    ValueError: the spec's per-channel axis is out of range for ``x``, or
+      stochastic rounding without a 'quant' PRNG stream.
   """
   if spec is None:
     return x
@@ -244,7 +270,23 @@ def add(module: nn.Module, a, b, act: Callable[[jax.Array], jax.Array] | None = 
   commutes with it). ``a`` and ``b`` must then be tensors as a static int8
   point (``Output``, ``BatchNorm``) returned them, and the result is
   simulated only where the next static int8 point stores this very tensor
-  (a float consumer in between: the float sum). Otherwise the float sum."""
+  (a float consumer in between: the float sum). Otherwise the float sum.
+
+  Args:
+    module: the module whose name resolves the spec (``module.quant``).
+    a: the first operand.
+    b: the second operand (broadcasts with ``a``).
+    act: a fused activation applied to the sum (e.g. ReLU); None: identity.
+
+  Returns:
+    ``act(a + b)`` in float; the storing point replaces it by the integer
+    result where that applies.
+
+  Raises:
+    ValueError: under an integer ``add_requant`` in inference, an operand
+      that no static per-tensor int8 point stored, or a pending op result
+      that was never stored.
+  """
   y = a + b
   out = y if act is None else act(y)
   spec = resolve(module.quant, layer_name(module))
@@ -263,7 +305,22 @@ def mul(module: nn.Module, a, b):
   the Q31 multiplier of ``s_a s_b / s_out``, shifts rounded half away from
   zero (the reference kernel; 1 of 403,200 GRU values differs, measured in
   BUILD_NOTES). Otherwise the float product (the stored point rounds it
-  once)."""
+  once).
+
+  Args:
+    module: the module whose name resolves the spec (``module.quant``).
+    a: the first operand.
+    b: the second operand (broadcasts with ``a``).
+
+  Returns:
+    ``a * b`` in float; the storing point replaces it by the integer result
+    where that applies.
+
+  Raises:
+    ValueError: under ``requant='fixed_point'`` in inference, an operand that
+      no static per-tensor int8 point stored, or a pending op result that was
+      never stored.
+  """
   spec = resolve(module.quant, layer_name(module))
   if _fixed_point(spec, module):
     where = f"{layer_name(module)} MUL"
@@ -273,8 +330,16 @@ def mul(module: nn.Module, a, b):
 
 
 def stored_grid(module: nn.Module, t):
-  """``(scale, zero point)`` of ``t`` if a static per-tensor int8 point
-  stored this very tensor in the current apply, else None."""
+  """The grid of ``t`` if a static per-tensor int8 point stored it in this apply.
+
+  Args:
+    module: any module of the current apply (the registry is the root's).
+    t: the tensor, matched by identity (not by value).
+
+  Returns:
+    ``(scale, zero point)`` (float32 scalars), or None when no such point
+    stored this very tensor.
+  """
   entry = _registry(module)["grids"].get(id(t))
   return entry[1:] if entry is not None and entry[0] is t else None
 
@@ -300,10 +365,25 @@ def _fixed_point(spec: LayerSpec | None, module: nn.Module) -> bool:
 
 
 def global_mean(module: nn.Module, x, axis=(1, 2)):
-  """``jnp.mean(x, axis)``, the model's global average pool; under
-  ``requant='fixed_point'`` (resolved by ``module``'s name) the point that
-  stores it applies TFLite's int8 MEAN recipe to the last stored tensor
-  (``x``'s grid)."""
+  """``jnp.mean(x, axis)``, the model's global average pool.
+
+  Under ``requant='fixed_point'`` (resolved by ``module``'s name) the point
+  that stores it applies TFLite's int8 MEAN recipe to the last stored tensor
+  (``x``'s grid).
+
+  Args:
+    module: the module whose name resolves the spec (``module.quant``).
+    x: the feature map, e.g. NHWC.
+    axis: the axes averaged over (default: H and W of NHWC).
+
+  Returns:
+    ``jnp.mean(x, axis)`` in float; the storing point replaces it by the
+    integer result where that applies.
+
+  Raises:
+    ValueError: under ``requant='fixed_point'`` in inference, no tensor was
+      stored int8 before, or a pending op result was never stored.
+  """
   spec = resolve(module.quant, layer_name(module))
   if _fixed_point(spec, module):
     grid = _registry(module)["grid"]
@@ -389,9 +469,19 @@ def _bias_to_hook(*args, dtype=None, inexact=True):
 
 
 def batch_norm_constants(params, stats, epsilon: float):
-  """An inference BatchNorm as ``x * mul + offset``, the form the TFLite
-  converter lowers it to: ``mul = gamma / sqrt(var + eps)``, ``offset = beta
-  - mean * mul``."""
+  """An inference BatchNorm as ``x * mul + offset``, the form the TFLite converter lowers it to.
+
+  ``mul = gamma / sqrt(var + eps)``, ``offset = beta - mean * mul``.
+
+  Args:
+    params: the BatchNorm's params, with ``'scale'`` (gamma) and ``'bias'``
+      (beta).
+    stats: its batch stats, with ``'mean'`` and ``'var'``.
+    epsilon: the BatchNorm's epsilon.
+
+  Returns:
+    ``(mul, offset)``, each of the features' shape.
+  """
   mul = params["scale"] * jax.lax.rsqrt(stats["var"] + jnp.float32(epsilon))
   return mul, params["bias"] - stats["mean"] * mul
 
@@ -451,11 +541,22 @@ def _exact_accumulator(
 
 
 def pair_saturation_excess(u, w, chunk_elems: int = 1 << 22):
-  """``sum(clip16(pairs)) - sum(pairs)`` of ``u @ w`` (``u`` [M, K] raw
-  uint8 values, ``w`` [K, N] int8 values, both integer-valued floats): the
-  products of each adjacent pair along K (0-1, 2-3, ...; odd K padded with a
-  zero product) summed and saturated to int16, as VPMADDUBSW does. [M, N],
-  exact in float32 (|pair| <= 64,770). Rows in chunks (bounded memory)."""
+  """``sum(clip16(pairs)) - sum(pairs)`` of ``u @ w``.
+
+  The products of each adjacent pair along K (0-1, 2-3, ...; odd K padded with
+  a zero product) summed and saturated to int16, as VPMADDUBSW does; exact in
+  float32 (|pair| <= 64,770). Rows in chunks (bounded memory).
+
+  Args:
+    u: [M, K] raw uint8 values, as integer-valued floats.
+    w: [K, N] int8 values, as integer-valued floats.
+    chunk_elems: the most pair products computed at once (sets the rows per
+      chunk).
+
+  Returns:
+    [M, N] float32: what saturation adds to ``u @ w`` (0 where nothing
+    saturates).
+  """
   m, k = u.shape
   if k % 2:
     u, w = jnp.pad(u, ((0, 0), (0, 1))), jnp.pad(w, ((0, 1), (0, 0)))
@@ -591,6 +692,15 @@ def conv_general_dilated(lhs, rhs, *args, **kwargs):
   convolution runs such shapes about 8x slower (BUILD_NOTES.md, fidelity
   benchmark). The result equals XLA's up to float rounding (summation order,
   ~1e-6 relative). Every other case, and every other backend, is XLA's op.
+
+  Args:
+    lhs: the input.
+    rhs: the kernel.
+    *args: further positional arguments of ``lax.conv_general_dilated``.
+    **kwargs: further keyword arguments of ``lax.conv_general_dilated``.
+
+  Returns:
+    The convolution's output, as ``lax.conv_general_dilated`` returns it.
   """
   a = _CONV_ARGS.bind(lhs, rhs, *args, **kwargs).arguments
   ones = lambda v: v is None or all(int(s) == 1 for s in v)  # noqa: E731
@@ -666,9 +776,14 @@ class Output(nn.Module):
     return quantize_tensor(self, x, spec.output, slot="output", batch_axes=(0,), range_of=self.range_of)
 
   def overwritten_by(self, y) -> None:
-    """Declares ``y`` the output of an elementwise op that overwrites this
-    point's tensor in place (its only consumer): under ``inplace_ranges``
-    calibration widens the range to cover ``y`` too."""
+    """Declares ``y`` the output of an op that overwrites this point's tensor in place.
+
+    The op is elementwise and this tensor's only consumer: under
+    ``inplace_ranges`` calibration widens the range to cover ``y`` too.
+
+    Args:
+      y: the overwriting op's output (same shape as this point's tensor).
+    """
     _widen(self, resolve(self.quant, layer_name(self)), y, "output")
 
 
@@ -781,13 +896,25 @@ class BatchNorm(nn.BatchNorm):
     return self._point(act(y), spec, "output")
 
   def overwritten_by(self, y) -> None:
-    """As :meth:`Output.overwritten_by`, for this BatchNorm's output."""
+    """As :meth:`Output.overwritten_by`, for this BatchNorm's output.
+
+    Args:
+      y: the overwriting op's output (same shape as this BatchNorm's output).
+    """
     _widen(self, self._spec(), y, "output")
 
   def product(self, x):
-    """``x * mul`` in float: what the converter's MUL writes when this
-    BatchNorm is not folded (for :meth:`Output.overwritten_by` of the
-    tensor it reads, when it is that tensor's only consumer)."""
+    """``x * mul`` in float: what the converter's MUL writes when this BatchNorm is not folded.
+
+    For :meth:`Output.overwritten_by` of the tensor it reads, when it is that
+    tensor's only consumer.
+
+    Args:
+      x: this BatchNorm's input.
+
+    Returns:
+      ``x * gamma / sqrt(var + eps)``, same shape as ``x``.
+    """
     return x * batch_norm_constants(self.variables["params"], self.variables["batch_stats"], self.epsilon)[0]
 
   def _spec(self) -> LayerSpec | None:
@@ -837,6 +964,9 @@ def Dense(
       hidden state): the layer uses that point's grid for its int32 bias
       and accumulator instead of quantizing the input on a range of its own.
     **kwargs: any ``flax.linen.Dense`` argument (``name``, ``use_bias``...).
+
+  Returns:
+    The ``flax.linen.Dense`` module (plain when ``quant`` is None).
   """
   if quant is not None:
     kwargs["dot_general_cls"] = functools.partial(
@@ -849,9 +979,22 @@ def Dense(
 def Conv(
     features: int, kernel_size, *, quant: Quant = None, batch_norm: tuple[str, float] | None = None, **kwargs
 ) -> nn.Conv:  # pylint: disable=invalid-name
-  """A ``flax.linen.Conv`` whose convolution is quantized by ``quant``
-  (``None``: float), lowered by :func:`conv_general_dilated`; ``batch_norm``
-  as for :func:`Dense`."""
+  """A ``flax.linen.Conv`` whose convolution is quantized by ``quant``.
+
+  Lowered by :func:`conv_general_dilated`.
+
+  Args:
+    features: output channels.
+    kernel_size: the window, e.g. ``(3, 3)``.
+    quant: a QuantConfig (looked up by this layer's name), a LayerSpec, or
+      None (float).
+    batch_norm: ``(name, epsilon)`` of the sibling :class:`BatchNorm` that
+      follows this layer (folded into it under ``fold_bn``).
+    **kwargs: any ``flax.linen.Conv`` argument (``name``, ``padding``...).
+
+  Returns:
+    The ``flax.linen.Conv`` module.
+  """
   kwargs["conv_general_dilated_cls"] = functools.partial(QuantConv, quant=quant, batch_norm=batch_norm)
   return nn.Conv(features, kernel_size, promote_dtype=_bias_to_hook, **kwargs)
 

@@ -87,8 +87,16 @@ def _quantize_inputs(cell, spec, x, h):
 
 
 def int8_graph(spec: LayerSpec | None) -> bool:
-  """Whether a cell under ``spec`` runs as the converter's unrolled int8
-  graph (every op's output stored int8, ranges per time step)."""
+  """Whether a cell under ``spec`` runs as the converter's unrolled int8 graph.
+
+  In that graph every op's output is stored int8, with ranges per time step.
+
+  Args:
+    spec: the cell's resolved spec, or None (float).
+
+  Returns:
+    True when ``spec`` has an ``output`` spec.
+  """
   return spec is not None and spec.output is not None
 
 
@@ -103,12 +111,22 @@ def _tanh_int8(y):
 
 
 def gate_spec(spec: LayerSpec) -> LayerSpec:
-  """The spec of the gate matmuls of a cell's int8 graph under ``spec``:
-  weights only (their operands are tensors the graph stored); in TFLite's
+  """The spec of the gate matmuls of a cell's int8 graph under ``spec``.
+
+  Weights only (their operands are tensors the graph stored); in TFLite's
   graph (not ``gemm_gates``) with ``int_bias`` also the int32 bias on the
-  accumulator grid of the stored input and the requantization
-  (``requant``), as both TFLite kernel families compute FULLY_CONNECTED
-  (traced op by op: ``benchmarks/recurrent_trace.py``)."""
+  accumulator grid of the stored input and the requantization (``requant``),
+  as both TFLite kernel families compute FULLY_CONNECTED (traced op by op:
+  ``benchmarks/recurrent_trace.py``); in ORT's graph (``gemm_gates``) with
+  ``u8s8_pairs`` also the saturating pairs, with ``output`` as the operand
+  spec.
+
+  Args:
+    spec: the cell's spec (an int8 graph one: ``output`` set).
+
+  Returns:
+    The LayerSpec the gate Dense layers use.
+  """
   if not spec.gemm_gates and spec.int_bias:
     return LayerSpec(weight=spec.weight, act=spec.output, output=spec.output, int_bias=True, requant=spec.requant)
   if spec.gemm_gates and spec.u8s8_pairs != "none":  # ORT's QGemm on MLAS U8S8: saturating pairs

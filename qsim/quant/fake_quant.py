@@ -45,6 +45,10 @@ def quantize(
 
   Returns:
     The dequantized array.
+
+  Raises:
+    ValueError: stochastic rounding without ``key``, or a per-channel axis
+      out of range for ``x``.
   """
   if spec is None:
     return x
@@ -66,8 +70,23 @@ def int_scale(
     hi: jax.Array | None = None,
     where: str = "tensor",
 ) -> jax.Array:
-  """The scale of the integer grid ``quantize`` puts ``x`` on (shape of
-  ``x`` with the shared axes set to 1); ``lo``/``hi``: a stored range."""
+  """The scale of the integer grid ``quantize`` puts ``x`` on.
+
+  Args:
+    x: a float array.
+    spec: an integer spec.
+    default_axis: the channel axis when ``spec.axis`` is None.
+    lo, hi: a stored range (shape of ``x`` with the shared axes set to 1);
+      ``None`` = computed from ``x`` by ``spec.calibration``.
+    where: a name for error messages (e.g. the layer).
+
+  Returns:
+    The float32 scale, shape of ``x`` with the shared axes set to 1.
+
+  Raises:
+    ValueError: ``spec`` is not an integer spec, or its per-channel axis is
+      out of range for ``x``.
+  """
   if not spec.is_int:
     raise ValueError(f"{where}: int_scale needs an integer spec; got format={spec.format!r}")
   axes = ranges.shared_axes(x.ndim, spec, default_axis, where)
@@ -75,9 +94,23 @@ def int_scale(
 
 
 def scale_and_zero_point(spec: TensorSpec, lo: jax.Array, hi: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """``(scale, zero_point)`` of the integer grid ``quantize`` puts a tensor
-  on under ``spec`` with the stored range ``lo``/``hi``: value ``x`` is the
-  integer ``round(x / scale) + zero_point``."""
+  """``(scale, zero_point)`` of the grid ``quantize`` uses for a stored range.
+
+  Under ``spec`` with the stored range ``lo``/``hi``, value ``x`` is the
+  integer ``round(x / scale) + zero_point``.
+
+  Args:
+    spec: an integer spec.
+    lo, hi: the range (any matching shapes, e.g. kept dims); asymmetric specs
+      widen it to hold 0.
+
+  Returns:
+    ``(scale, zero_point)``, float32 arrays of the range's shape;
+    ``zero_point`` is integer-valued, 0 when symmetric.
+
+  Raises:
+    ValueError: ``spec`` is not an integer spec.
+  """
   if not spec.is_int:
     raise ValueError(f"scale_and_zero_point needs an integer spec; got format={spec.format!r}")
   return _aqt.scale_and_zero_point(lo, hi, _aqt._int_numerics(spec))  # pylint: disable=protected-access
@@ -92,8 +125,25 @@ def int_grid_params(
     hi: jax.Array | None = None,
     where: str = "tensor",
 ):
-  """``(scale, zero_point, qmin, qmax)`` of the integer grid ``quantize``
-  puts ``x`` on (``zero_point`` an integer-valued float; 0 if symmetric)."""
+  """``(scale, zero_point, qmin, qmax)`` of the integer grid ``quantize`` puts ``x`` on.
+
+  Args:
+    x: a float array.
+    spec: an integer spec.
+    default_axis: the channel axis when ``spec.axis`` is None.
+    lo, hi: a stored range (shape of ``x`` with the shared axes set to 1);
+      ``None`` = computed from ``x`` by ``spec.calibration``.
+    where: a name for error messages (e.g. the layer).
+
+  Returns:
+    ``(scale, zero_point, qmin, qmax)``: float32 ``scale`` and
+    ``zero_point`` (integer-valued; 0 if symmetric) of the range's shape, and
+    the float32 grid ends ``qmin``, ``qmax``.
+
+  Raises:
+    ValueError: ``spec`` is not an integer spec, or its per-channel axis is
+      out of range for ``x``.
+  """
   if not spec.is_int:
     raise ValueError(f"{where}: int_grid_params needs an integer spec; got format={spec.format!r}")
   axes = ranges.shared_axes(x.ndim, spec, default_axis, where)
@@ -112,27 +162,66 @@ def calibrated_range(
     where: str = "tensor",
     batch_axes: tuple[int, ...] = (),
 ) -> tuple[jax.Array, jax.Array]:
-  """The range ``spec.calibration`` picks for ``x``, as ``(lo, hi)``."""
+  """The range ``spec.calibration`` picks for ``x``, as ``(lo, hi)``.
+
+  Args:
+    x: a float array.
+    spec: the tensor's spec.
+    default_axis: the channel axis when ``spec.axis`` is None.
+    where: a name for error messages (e.g. the layer).
+    batch_axes: axes whose entries get their own range.
+
+  Returns:
+    ``(lo, hi)``, each of shape of ``x`` with the shared axes set to 1.
+
+  Raises:
+    ValueError: the per-channel axis is out of range for ``x``.
+  """
   axes = ranges.shared_axes(x.ndim, spec, default_axis, where, batch_axes)
   return _aqt.calibrated_range(x, spec, axes)
 
 
 def range_shape(shape, spec: TensorSpec, default_axis: int = -1, where="tensor"):
-  """The shape of a stored range for a tensor of ``shape``."""
+  """The shape of a stored range for a tensor of ``shape``.
+
+  Args:
+    shape: the tensor's shape.
+    spec: the tensor's spec.
+    default_axis: the channel axis when ``spec.axis`` is None.
+    where: a name for error messages (e.g. the layer).
+
+  Returns:
+    ``shape`` with the axes that share one scale set to 1, as a tuple.
+
+  Raises:
+    ValueError: the per-channel axis is out of range for ``shape``.
+  """
   axes = ranges.shared_axes(len(shape), spec, default_axis, where)
   return tuple(1 if a in axes else d for a, d in enumerate(shape))
 
 
 @contextlib.contextmanager
 def scales_snapped_to(table, ulps: int = 16):
-  """A diagnostic: while active, every integer scale qsim computes is
-  replaced by the nearest value of ``table`` (e.g. a converted model's
-  per-tensor scales) when it lies within ``ulps`` ulp of it, and an
-  asymmetric zero point is recomputed from the range's low end with that
-  scale (``round(qmin - lo / scale)``). It asks "what if qsim had the
-  runtime's scales", matching by value, not by tensor; not for results.
-  Applies to programs traced while active (jit caches traced outside it
-  are not affected)."""
+  """A diagnostic context that snaps qsim's integer scales to a table.
+
+  While active, every integer scale qsim computes is replaced by the nearest
+  value of ``table`` (e.g. a converted model's per-tensor scales) when it lies
+  within ``ulps`` ulp of it, and an asymmetric zero point is recomputed from
+  the range's low end with that scale (``round(qmin - lo / scale)``). It asks
+  "what if qsim had the runtime's scales", matching by value, not by tensor;
+  not for results. Applies to programs traced while active (jit caches traced
+  outside it are not affected).
+
+  Args:
+    table: the scales to snap to (any array-like, flattened, as float32).
+    ulps: the largest distance, in ulps of qsim's scale, that is snapped (>= 0).
+
+  Yields:
+    None; the snapping is undone on exit.
+
+  Raises:
+    ValueError: ``ulps`` is negative or ``table`` is empty.
+  """
   if int(ulps) < 0:
     raise ValueError(f"ulps={ulps!r} is not valid; give 0 or more")
   values = np.sort(np.asarray(table, np.float32).ravel())

@@ -55,12 +55,21 @@ def _two_product(a, b):
 def quantize_multiplier(a, b, c):
   """TFLite's ``QuantizeMultiplier(double(a) * double(b) / double(c))``.
 
-  ``a``, ``b``, ``c``: positive float32 scales (broadcast together). Returns
-  ``(m31, shift)``, int32: ``a * b / c = m31 * 2^(shift - 31)``, ``m31`` in
-  ``[2^30, 2^31)`` (0 and shift 0 for a zero ratio). A ratio below about
-  ``2^-32`` (``shift < -31``) is flushed to ``m31 = 0``, shift 0, as
-  TFLite's ``QuantizeMultiplier`` does (every bit would be shifted out; met
-  by a MUL with the zero initial state of a recurrent cell, scale 7.8e-9).
+  A ratio below about ``2^-32`` (``shift < -31``) is flushed to ``m31 = 0``,
+  shift 0, as TFLite's ``QuantizeMultiplier`` does (every bit would be shifted
+  out; met by a MUL with the zero initial state of a recurrent cell, scale
+  7.8e-9).
+
+  Args:
+    a: a positive float32 scale (the numerator's first factor).
+    b: a positive float32 scale (the numerator's second factor).
+    c: a positive float32 scale (the denominator); all three broadcast
+      together.
+
+  Returns:
+    ``(m31, shift)``, int32 arrays of the broadcast shape: ``a * b / c = m31 *
+    2^(shift - 31)``, ``m31`` in ``[2^30, 2^31)`` (0 and shift 0 for a zero
+    ratio).
   """
   a, b, c = (jnp.asarray(v, jnp.float32) for v in (a, b, c))
   p, pe = _two_product(a, b)  # a*b = p + pe exactly
@@ -79,9 +88,18 @@ def quantize_multiplier(a, b, c):
 
 
 def high_mul(a, b):
-  """gemmlowp's ``SaturatingRoundingDoublingHighMul(a, b)`` for int32 ``a``
-  and ``0 <= b < 2^31``: ``a * b / 2^31`` rounded half away from zero (the
-  saturating case ``a = b = -2^31`` cannot occur with ``b >= 0``)."""
+  """gemmlowp's ``SaturatingRoundingDoublingHighMul(a, b)`` for ``b >= 0``.
+
+  The saturating case ``a = b = -2^31`` cannot occur with ``b >= 0``.
+
+  Args:
+    a: int32 values.
+    b: int32 values in ``[0, 2^31)`` (e.g. a Q31 multiplier); broadcasts with
+      ``a``.
+
+  Returns:
+    int32 ``a * b / 2^31`` rounded half away from zero.
+  """
   a = jnp.asarray(a, jnp.int32)
   b = jnp.asarray(b, jnp.int32)
   neg = a < 0
@@ -103,9 +121,21 @@ def high_mul(a, b):
 
 
 def rounding_right_shift(x, s, rounding: str):
-  """``x / 2^s`` for int32 ``x`` and ``0 <= s <= 31``, rounded half up
-  (``'half_up'``, the optimized kernels' rounding shift) or half away from
-  zero (``'half_away'``, gemmlowp's ``RoundingDivideByPOT``)."""
+  """``x / 2^s`` for int32 ``x`` and ``0 <= s <= 31``, rounded.
+
+  Args:
+    x: int32 values.
+    s: the shift, int32 in ``[0, 31]``; broadcasts with ``x``.
+    rounding: ``'half_up'`` (the optimized kernels' rounding shift) or
+      ``'half_away'`` (half away from zero, gemmlowp's
+      ``RoundingDivideByPOT``).
+
+  Returns:
+    int32 ``x / 2^s``, rounded as ``rounding`` says.
+
+  Raises:
+    ValueError: ``rounding`` is not one of ``ROUNDINGS``.
+  """
   if rounding not in ROUNDINGS:
     raise ValueError(f"rounding={rounding!r} is not valid; choose one of {list(ROUNDINGS)}")
   x = jnp.asarray(x, jnp.int32)
@@ -120,7 +150,23 @@ def rounding_right_shift(x, s, rounding: str):
 
 
 def multiply_by_quantized_multiplier(acc, m31, shift, rounding: str = "half_away"):
-  """TFLite's ``MultiplyByQuantizedMultiplier(acc, m31, shift)`` (int32)."""
+  """TFLite's ``MultiplyByQuantizedMultiplier(acc, m31, shift)`` (int32).
+
+  Args:
+    acc: int32 accumulator values.
+    m31: the Q31 multiplier from :func:`quantize_multiplier`, int32 in
+      ``[0, 2^31)``.
+    shift: its shift, int32 (positive: left shift before the multiply;
+      negative: rounding right shift after it, at most 31).
+    rounding: the right shift's rounding, ``'half_away'`` (reference
+      kernels) or ``'half_up'`` (optimized convolution).
+
+  Returns:
+    int32 ``acc * m31 * 2^(shift - 31)``, rounded twice.
+
+  Raises:
+    ValueError: ``rounding`` is not one of ``ROUNDINGS``.
+  """
   shift = jnp.asarray(shift, jnp.int32)
   x = jnp.asarray(acc, jnp.int32) << jnp.maximum(shift, 0)
   return rounding_right_shift(high_mul(x, m31), jnp.maximum(-shift, 0), rounding)
@@ -132,10 +178,7 @@ ADD_RECIPES = ("xnnpack", "fixed_point")
 def int8_add(qa, qb, grid_a, grid_b, out_scale, recipe: str):
   """An int8 runtime's ADD of two stored tensors, before the output zero point.
 
-  ``qa``, ``qb``: the operands' integer values (zero points included);
-  ``grid_a``, ``grid_b``: their ``(scale, zero_point)`` (float32 scalars);
-  ``out_scale``: the stored output's scale. Returns int32 ``q`` such that the
-  runtime's int8 output is ``clip(q + out_zero_point)``:
+  The recipes:
 
   - ``'xnnpack'`` (XNNPACK's qs8 VADD, TFLite's default delegate): each
     ratio ``float32(s_x / s_out)`` becomes an integer multiplier with 20-21
@@ -151,7 +194,23 @@ def int8_add(qa, qb, grid_a, grid_b, out_scale, recipe: str):
     inputs, 1.
 
   Both measured against the runtime on all 65,536 operand pairs
-  (``tests/test_add_requant.py``)."""
+  (``tests/test_add_requant.py``).
+
+  Args:
+    qa: the first operand's integer values (zero point included).
+    qb: the second operand's integer values (zero point included).
+    grid_a: ``qa``'s ``(scale, zero_point)`` (float32 scalars).
+    grid_b: ``qb``'s ``(scale, zero_point)`` (float32 scalars).
+    out_scale: the stored output's scale.
+    recipe: ``'xnnpack'`` or ``'fixed_point'`` (see above).
+
+  Returns:
+    int32 ``q`` (the broadcast shape of ``qa`` and ``qb``) such that the
+    runtime's int8 output is ``clip(q + out_zero_point)``.
+
+  Raises:
+    ValueError: ``recipe`` is not one of ``ADD_RECIPES``.
+  """
   if recipe not in ADD_RECIPES:
     raise ValueError(f"recipe={recipe!r} is not valid; choose one of {list(ADD_RECIPES)}")
   (sa, za), (sb, zb) = grid_a, grid_b

@@ -41,6 +41,11 @@ def _unnamed(tree):
 def group(items: Sequence[Any]) -> list[tuple[list[int], Any]]:
   """Groups configs (or pytrees holding configs) by structure and stacks each.
 
+  Config names are ignored (cleared) for grouping and in the stacked result.
+
+  Args:
+    items: configs, or pytrees holding configs (e.g. ``(config, quant_stats)``).
+
   Returns:
     ``[(indices, stacked), ...]``: the positions in ``items`` of each group
     and the group stacked along a new leading axis.
@@ -57,6 +62,17 @@ def group(items: Sequence[Any]) -> list[tuple[list[int], Any]]:
 
 
 def resolve_mapping(mapping: str) -> str:
+  """The concrete mapping over the config axis for ``mapping``.
+
+  Args:
+    mapping: ``'auto'``, ``'map'`` or ``'vmap'``.
+
+  Returns:
+    ``'map'`` or ``'vmap'``; ``'auto'`` is 'map' on CPU, 'vmap' otherwise.
+
+  Raises:
+    ValueError: ``mapping`` is not one of ``MAPPINGS``.
+  """
   if mapping not in MAPPINGS:
     raise ValueError(f"mapping={mapping!r} is not valid; choose one of {list(MAPPINGS)}")
   if mapping == "auto":
@@ -83,8 +99,22 @@ class ConfigGrid:
     self._jitted = jax.jit(self.apply_groups, static_argnames=("order", "sizes"))
 
   def apply_groups(self, stacked_groups, args, order, sizes):
-    """The traceable body (call it inside another jit): ``fn`` over each
-    stacked group (from :func:`group`), results back in item order."""
+    """The traceable body (call it inside another jit).
+
+    Applies ``fn`` over each stacked group (from :func:`group`) and puts the
+    results back in item order.
+
+    Args:
+      stacked_groups: the stacked groups, from :meth:`prepare`.
+      args: the extra arguments of ``fn``, as a tuple.
+      order: static tuple: the position, in group-concatenated order, of each
+        item.
+      sizes: static tuple: the number of items in each group.
+
+    Returns:
+      ``fn``'s result pytree with a leading axis over all items, in item
+      order.
+    """
     outs = []
     for stacked, size in zip(stacked_groups, sizes):
       if not jax.tree.leaves(stacked):  # e.g. float32, fp16: nothing to map
@@ -101,7 +131,19 @@ class ConfigGrid:
 
   @staticmethod
   def prepare(items: Sequence[Any]):
-    """``(stacked_groups, order, sizes)`` for :meth:`apply_groups`."""
+    """``(stacked_groups, order, sizes)`` for :meth:`apply_groups`.
+
+    Args:
+      items: configs, or pytrees holding configs; at least one.
+
+    Returns:
+      ``(stacked_groups, order, sizes)``: a tuple of stacked groups, the
+      static tuple mapping item positions into the concatenated group
+      results, and the static tuple of group sizes.
+
+    Raises:
+      ValueError: ``items`` is empty.
+    """
     if not items:
       raise ValueError("ConfigGrid: got an empty list of configs")
     groups = group(items)

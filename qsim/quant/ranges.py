@@ -16,7 +16,19 @@ from qsim.quant.spec import TensorSpec
 
 
 def channel_axis(ndim: int, axis: int, where: str = "tensor") -> int:
-  """Normalises ``axis`` for a rank-``ndim`` tensor, with a clear error."""
+  """Normalises ``axis`` for a rank-``ndim`` tensor, with a clear error.
+
+  Args:
+    ndim: the tensor's rank.
+    axis: the channel axis, in ``[-ndim, ndim - 1]``.
+    where: a name for error messages (e.g. the layer).
+
+  Returns:
+    ``axis`` as a non-negative index in ``[0, ndim - 1]``.
+
+  Raises:
+    ValueError: ``axis`` is out of range.
+  """
   if not -ndim <= axis < ndim:
     raise ValueError(
         f"{where}: per-channel axis={axis} is out of range for a rank-{ndim}"
@@ -32,8 +44,24 @@ def shared_axes(
     where: str = "tensor",
     batch_axes: Sequence[int] = (),
 ) -> tuple[int, ...]:
-  """The axes that share one scale: all but the channel axis (if any) and
-  the ``batch_axes`` (each example gets its own range)."""
+  """The axes that share one scale.
+
+  All axes but the channel axis (if any) and the ``batch_axes`` (each example
+  gets its own range).
+
+  Args:
+    ndim: the tensor's rank.
+    spec: the tensor's spec (its granularity and axis).
+    default_axis: the channel axis when ``spec.axis`` is None.
+    where: a name for error messages (e.g. the layer).
+    batch_axes: axes whose entries get their own range (may be negative).
+
+  Returns:
+    The shared axes, ascending non-negative indices.
+
+  Raises:
+    ValueError: the per-channel axis is out of range.
+  """
   keep = {a % ndim for a in batch_axes}
   if spec.granularity == "per_channel":
     axis = default_axis if spec.axis is None else spec.axis
@@ -60,6 +88,15 @@ def data_range(x: jax.Array, spec: TensorSpec, axes: Sequence[int]) -> tuple[jax
 
   Symmetric specs get ``(-m, m)``; asymmetric specs get ``(min, max)``
   widened to include zero.
+
+  Args:
+    x: the tensor.
+    spec: its spec: 'percentile' calibration uses ``spec.percentile``, any
+      other calibration gives the absmax (min/max) range.
+    axes: the axes that share a scale (reduced).
+
+  Returns:
+    ``(lo, hi)``, float32, shape of ``x`` with ``axes`` set to 1.
   """
   axes = tuple(axes)
   x = jax.lax.stop_gradient(x).astype(jnp.float32)

@@ -162,11 +162,33 @@ class TensorSpec:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "TensorSpec":
-    """Builds a spec from a mapping; unknown keys raise ``ValueError``."""
+    """Builds a spec from a mapping; unknown keys raise ``ValueError``.
+
+    Args:
+      d: ``{field name: value}`` for any of the TensorSpec fields; missing
+        fields take their defaults.
+
+    Returns:
+      The validated TensorSpec.
+
+    Raises:
+      ValueError: an unknown key, or a field value that is not valid.
+    """
     _check_keys("TensorSpec", d, [f.name for f in dataclasses.fields(cls)])
     return cls(**d)
 
   def replace(self, **changes) -> "TensorSpec":
+    """A copy with ``changes``, validated again.
+
+    Args:
+      **changes: new values of TensorSpec fields.
+
+    Returns:
+      The new TensorSpec.
+
+    Raises:
+      ValueError: a changed field makes the spec not valid.
+    """
     return dataclasses.replace(self, **changes)
 
   @property
@@ -384,14 +406,38 @@ class LayerSpec:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "LayerSpec":
+    """Builds a spec from a mapping; unknown keys raise ``ValueError``.
+
+    Args:
+      d: ``{field name: value}`` for any of the LayerSpec fields; tensor
+        fields take a TensorSpec, a dict of its fields, or None; missing fields
+        take their defaults.
+
+    Returns:
+      The validated LayerSpec.
+
+    Raises:
+      ValueError: an unknown key, or a field value that is not valid.
+    """
     _check_keys("LayerSpec", d, [f.name for f in dataclasses.fields(cls)])
     return cls(**d)
 
   def derive(self, **changes) -> "LayerSpec":
-    """A copy with ``changes`` and every other field as is, not validated
-    again: for a spec a layer derives from its own, validated one while it
-    is traced (its ``bits`` may then be traced arrays, which validation
-    cannot read)."""
+    """A copy with ``changes`` and every other field as is, not validated again.
+
+    For a spec a layer derives from its own, validated one while it is traced
+    (its ``bits`` may then be traced arrays, which validation cannot read).
+
+    Args:
+      **changes: new values of LayerSpec fields (tensor fields must already be
+        TensorSpecs or None).
+
+    Returns:
+      The new LayerSpec.
+
+    Raises:
+      ValueError: a key of ``changes`` is not a LayerSpec field.
+    """
     s = object.__new__(LayerSpec)
     for f in dataclasses.fields(self):
       object.__setattr__(s, f.name, changes.pop(f.name, getattr(self, f.name)))
@@ -400,7 +446,11 @@ class LayerSpec:
     return s
 
   def tensors(self) -> tuple[TensorSpec | None, ...]:
-    """Every tensor spec of the layer (weight, act, state, output, const)."""
+    """Every tensor spec of the layer (weight, act, state, output, const).
+
+    Returns:
+      ``(weight, act, state, output, const)``, each a TensorSpec or None.
+    """
     return tuple(getattr(self, name) for name in _LAYER_TENSORS)
 
   @property
@@ -479,17 +529,41 @@ class QuantConfig:
     object.__setattr__(self, "rules", tuple(rules))
 
   def resolve(self, layer_name: str) -> LayerSpec | None:
-    """The spec of the layer called ``layer_name`` (None = float)."""
+    """The spec of the layer called ``layer_name`` (None = float).
+
+    Args:
+      layer_name: the layer's module path joined by '/', e.g. ``'block1/conv2'``.
+
+    Returns:
+      The spec of the first rule whose pattern ``re.search``-matches
+      ``layer_name``, otherwise ``default``; None keeps the layer float.
+    """
     for pattern, spec in self.rules:
       if re.search(pattern, layer_name):
         return spec
     return self.default
 
   def layer_specs(self):
-    """All LayerSpecs this config can hand out (default first)."""
+    """All LayerSpecs this config can hand out (default first).
+
+    Returns:
+      A list: ``default``, then each rule's spec in rule order (entries may be
+      None).
+    """
     return [self.default] + [spec for _, spec in self.rules]
 
   def replace(self, **changes) -> "QuantConfig":
+    """A copy with ``changes``, validated again.
+
+    Args:
+      **changes: new values of ``default``, ``rules`` or ``name``.
+
+    Returns:
+      The new QuantConfig.
+
+    Raises:
+      ValueError: a changed field makes the config not valid.
+    """
     return dataclasses.replace(self, **changes)
 
 
@@ -516,6 +590,13 @@ def structure(config: QuantConfig | None):
   """The static part of a config: configs with equal structure stack.
 
   The name is a label, not structure: it is left out.
+
+  Args:
+    config: a config, or None (float).
+
+  Returns:
+    The config's pytree structure (a ``jax.tree_util.PyTreeDef``) with the
+    name cleared, or None when ``config`` is None.
   """
   if config is None:
     return None

@@ -12,6 +12,9 @@ def straight_through(x: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Array:
     x: the float input.
     y: its quantized value (same shape and dtype).
     mask: 1 inside the clip range, 0 outside (same shape).
+
+  Returns:
+    ``y``, unchanged.
   """
   del x, mask
   return y

@@ -103,12 +103,30 @@ def _to_channels(layer2d, c):
 
 
 def gaussian_noise(key, img, c):
-  """Additive N(0, c^2) noise."""
+  """Additive N(0, c^2) noise.
+
+  Args:
+    key: PRNG key of this image.
+    img: one image (H, W, C), float in [0, 1].
+    c: standard deviation of the noise, in intensity units.
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   return img + c * jax.random.normal(key, img.shape)
 
 
 def shot_noise(key, img, c):
-  """Poisson photon noise: Poisson(x * c) / c."""
+  """Poisson photon noise: Poisson(x * c) / c.
+
+  Args:
+    key: PRNG key of this image.
+    img: one image (H, W, C), float in [0, 1].
+    c: photons per unit intensity (larger = less noise).
+
+  Returns:
+    The noisy image (H, W, C) float32, not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   return jax.random.poisson(key, img * c, img.shape).astype(jnp.float32) / c
 
 
@@ -141,15 +159,33 @@ def _poisson_inverse_cdf(key, lam, kmax, unroll: int = 8):
 
 
 def shot_noise_small(key, img, c):
-  """Poisson photon noise Poisson(x * c) / c for photon counts c <= 60
-  (MNIST-C), sampled by inverting the CDF (float32 underflows beyond)."""
+  """Poisson photon noise Poisson(x * c) / c for photon counts c <= 60 (MNIST-C).
+
+  Sampled by inverting the CDF (float32 underflows beyond).
+
+  Args:
+    key: PRNG key of this image.
+    img: one image (H, W, C), float in [0, 1].
+    c: photons per unit intensity, at most 60 (larger = less noise).
+
+  Returns:
+    The noisy image (H, W, C) float32, not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   kmax = jnp.ceil(c + 10 * jnp.sqrt(c) + 10).astype(jnp.int32)
   return _poisson_inverse_cdf(key, img * c, kmax) / c
 
 
 def impulse_noise(key, img, c):
-  """Salt and pepper on a fraction c of the values, half each
-  (skimage.util.random_noise 's&p')."""
+  """Salt and pepper on a fraction c of the values, half each (skimage.util.random_noise 's&p').
+
+  Args:
+    key: PRNG key of this image.
+    img: one image (H, W, C), float in [0, 1].
+    c: fraction of the values (pixels x channels) hit, in [0, 1].
+
+  Returns:
+    The image (H, W, C) with each hit value set to 0 or 1 at random.
+  """
   k_hit, k_salt = jax.random.split(key)
   hit = jax.random.uniform(k_hit, img.shape) < c
   salt = jax.random.uniform(k_salt, img.shape) < 0.5
@@ -157,7 +193,16 @@ def impulse_noise(key, img, c):
 
 
 def speckle_noise(key, img, c):
-  """Multiplicative noise x + x * N(0, c^2)."""
+  """Multiplicative noise x + x * N(0, c^2).
+
+  Args:
+    key: PRNG key of this image.
+    img: one image (H, W, C), float in [0, 1].
+    c: standard deviation of the relative noise.
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   return img + img * c * jax.random.normal(key, img.shape)
 
 
@@ -174,22 +219,51 @@ def _rgb_value_shift(img, c):
 
 
 def brightness(key, img, c):
-  """HSV value + c (gray images: x + c, what MNIST-C's HSV round trip gives)."""
+  """HSV value + c (gray images: x + c, what MNIST-C's HSV round trip gives).
+
+  Args:
+    key: unused (the corruption is deterministic).
+    img: one image (H, W, C), float in [0, 1].
+    c: amount added to the HSV value (V in [0, 1]).
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   del key
   return img + c if img.shape[-1] == 1 else _rgb_value_shift(img, c)
 
 
 def contrast(key, img, c):
-  """(x - mean) * c + mean, the mean over the whole image."""
+  """(x - mean) * c + mean, the mean over the whole image.
+
+  Args:
+    key: unused (the corruption is deterministic).
+    img: one image (H, W, C), float in [0, 1].
+    c: contrast factor (< 1 lowers the contrast).
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   del key
   mean = jnp.mean(img, keepdims=True)
   return (img - mean) * c + mean
 
 
 def saturate(key, img, c_mul, c_add):
-  """HSV saturation * c_mul + c_add (clipped to [0, 1]). Gray images have no
-  saturation, so there H, S and V are all scaled and shifted and the result
-  turned back to gray: MNIST-C's own saturate."""
+  """HSV saturation * c_mul + c_add (clipped to [0, 1]).
+
+  Gray images have no saturation, so there H, S and V are all scaled and shifted and the result turned back to gray:
+  MNIST-C's own saturate.
+
+  Args:
+    key: unused (the corruption is deterministic).
+    img: one image (H, W, C), float in [0, 1].
+    c_mul: factor on the saturation.
+    c_add: amount added to the saturation after scaling.
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   del key
   if img.shape[-1] == 1:
     hsv = jnp.concatenate([jnp.zeros_like(img), jnp.zeros_like(img), img], axis=-1)
@@ -205,13 +279,32 @@ def saturate(key, img, c_mul, c_add):
 
 
 def gaussian_blur(key, img, sigma):
-  """Gaussian blur per channel (skimage: truncated at 4 sigma, edge border)."""
+  """Gaussian blur per channel (skimage: truncated at 4 sigma, edge border).
+
+  Args:
+    key: unused (the corruption is deterministic).
+    img: one image (H, W, C), float in [0, 1].
+    sigma: standard deviation of the Gaussian, in pixels.
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   del key
   return _ops.gaussian(img, sigma)
 
 
 def defocus_blur(key, img, radius, alias_blur):
-  """Convolution with an antialiased disk (OpenCV reflect-101 border)."""
+  """Convolution with an antialiased disk (OpenCV reflect-101 border).
+
+  Args:
+    key: unused (the corruption is deterministic).
+    img: one image (H, W, C), float in [0, 1].
+    radius: radius of the disk, in pixels.
+    alias_blur: standard deviation of the Gaussian that smooths the disk, in pixels.
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   del key
   return _ops.filter2d(img, _ops.disk_kernel(radius, alias_blur), "reflect")
 
@@ -267,12 +360,34 @@ _glass.batch_level = True
 
 
 def glass_blur_cifar(keys, images, sigma, delta, iterations):
-  """Glass blur (every pixel swapped); see ``_glass``."""
+  """Glass blur (every pixel swapped); see ``_glass``.
+
+  Args:
+    keys: one PRNG key per image, shape (N,).
+    images: the batch (N, H, W, C), float in [0, 1].
+    sigma: standard deviation of the two Gaussian blurs, in pixels.
+    delta: swap reach in pixels (offsets randint(-delta, delta) per axis); static int.
+    iterations: number of swap passes over the image; static int.
+
+  Returns:
+    The corrupted batch (N, H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   return _glass(keys, images, sigma, delta, iterations, 1.0)
 
 
 def glass_blur_mnist(keys, images, sigma, delta, iterations):
-  """Glass blur, each swap done with probability 1/2 (MNIST-C); see ``_glass``."""
+  """Glass blur, each swap done with probability 1/2 (MNIST-C); see ``_glass``.
+
+  Args:
+    keys: one PRNG key per image, shape (N,).
+    images: the batch (N, H, W, C), float in [0, 1].
+    sigma: standard deviation of the two Gaussian blurs, in pixels.
+    delta: swap reach in pixels (offsets randint(-delta, delta) per axis); static int.
+    iterations: number of swap passes over the image; static int.
+
+  Returns:
+    The corrupted batch (N, H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   return _glass(keys, images, sigma, delta, iterations, 0.5)
 
 
@@ -280,15 +395,34 @@ glass_blur_cifar.batch_level = glass_blur_mnist.batch_level = True
 
 
 def motion_blur(key, img, radius, sigma):
-  """ImageMagick's motion blur (radius, sigma) at an angle ~ U(-45, 45)
-  degrees: a one-sided Gaussian trail (``_ops.motion_blur``)."""
+  """ImageMagick's motion blur (radius, sigma) at an angle ~ U(-45, 45) degrees.
+
+  A one-sided Gaussian trail (``_ops.motion_blur``).
+
+  Args:
+    key: PRNG key of this image (draws the angle).
+    img: one image (H, W, C), float in [0, 1].
+    radius: length of the trail in pixels (2 ceil(radius) + 1 taps); static.
+    sigma: standard deviation of the trail's Gaussian weights, in pixels; static.
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   angle = jax.random.uniform(key, (), minval=-45.0, maxval=45.0)
   return _ops.motion_blur(img, radius, sigma, angle)
 
 
 def zoom_blur(key, img, zooms):
-  """Mean of the image and its central zooms by each factor of ``zooms``
-  (ImageNet-C clipped_zoom, bilinear)."""
+  """Mean of the image and its central zooms by each factor of ``zooms`` (ImageNet-C clipped_zoom, bilinear).
+
+  Args:
+    key: unused (the corruption is deterministic).
+    img: one image (H, W, C), float in [0, 1].
+    zooms: zoom factors (>= 1), a static tuple of floats.
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   del key
   h, w = img.shape[:2]
   out = img
@@ -314,14 +448,34 @@ def _fog(keys, images, amount, decay, mapsize):
 
 
 def fog_cifar(keys, images, amount, decay):
-  """Adds ``amount`` x a diamond-square plasma fractal (map side 32, or the
-  next power of two), rescaled so the brightest value stays put."""
+  """Adds ``amount`` x a diamond-square plasma fractal, rescaled so the brightest value stays put.
+
+  The fractal's map side is 32, or the next power of two >= H, W.
+
+  Args:
+    keys: one PRNG key per image, shape (N,).
+    images: the batch (N, H, W, C), float in [0, 1].
+    amount: strength of the fog (the fractal is in [0, 1]).
+    decay: the fractal's noise decay per level (larger = smoother fog).
+
+  Returns:
+    The corrupted batch (N, H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   return _fog(keys, images, amount, decay, 32)
 
 
 def fog_mnist(keys, images, amount, decay):
-  """MNIST-C's fog: as CIFAR-10-C's, cut from a 256x256 fractal (coarser
-  clouds for the small digits)."""
+  """MNIST-C's fog: as CIFAR-10-C's, cut from a 256x256 fractal (coarser clouds for the small digits).
+
+  Args:
+    keys: one PRNG key per image, shape (N,).
+    images: the batch (N, H, W, C), float in [0, 1].
+    amount: strength of the fog (the fractal is in [0, 1]).
+    decay: the fractal's noise decay per level (larger = smoother fog).
+
+  Returns:
+    The corrupted batch (N, H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   return _fog(keys, images, amount, decay, 256)
 
 
@@ -329,10 +483,26 @@ fog_cifar.batch_level = fog_mnist.batch_level = True
 
 
 def snow(key, img, loc, scale, zoom, threshold, radius, sigma, keep):
-  """Snowflakes: a N(loc, scale) layer, zoomed by ``zoom``, values under
-  ``threshold`` dropped, motion-blurred (radius, sigma, angle U(-135, -45)),
-  added with its 180-degree rotation to the image, itself whitened as
-  keep * x + (1 - keep) * max(x, 1.5 gray(x) + 0.5)."""
+  """Snowflakes added to a whitened image.
+
+  A N(loc, scale) layer, zoomed by ``zoom``, values under ``threshold`` dropped, motion-blurred (radius, sigma, angle
+  U(-135, -45)), added with its 180-degree rotation to the image, itself whitened as
+  keep * x + (1 - keep) * max(x, 1.5 gray(x) + 0.5).
+
+  Args:
+    key: PRNG key of this image (draws the layer and the blur angle).
+    img: one image (H, W, C), float in [0, 1].
+    loc: mean of the snow layer's Gaussian noise.
+    scale: standard deviation of the snow layer's Gaussian noise.
+    zoom: zoom factor (>= 1) of the layer (larger = bigger flakes); static.
+    threshold: layer values below it are dropped.
+    radius: motion-blur length of the flakes, in pixels; static.
+    sigma: motion-blur standard deviation, in pixels; static.
+    keep: weight of the original image in the whitening, in [0, 1].
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   h, w, c = img.shape
   k_layer, k_angle = jax.random.split(key)
   layer = loc + scale * jax.random.normal(k_layer, (h, w, 1))
@@ -345,9 +515,19 @@ def snow(key, img, loc, scale, zoom, threshold, radius, sigma, keep):
 
 
 def frost_texture(key, h, w):
-  """A procedural frost image (H, W) in [0, 1]: a plasma-fractal haze plus
-  many thin bright ice needles at random positions, angles and lengths.
-  Generated, not downloaded (the reference crops six photographs)."""
+  """A procedural frost image (H, W) in [0, 1].
+
+  A plasma-fractal haze plus many thin bright ice needles at random positions, angles and lengths. Generated, not
+  downloaded (the reference crops six photographs).
+
+  Args:
+    key: PRNG key of the texture.
+    h: height in pixels (static int).
+    w: width in pixels (static int).
+
+  Returns:
+    The texture, float32 (h, w) in [0, 1].
+  """
   k_haze, k_pos, k_ang, k_len, k_int = jax.random.split(key, 5)
   haze = _ops.plasma_fractal(k_haze, _mapsize(h, w, 32), 1.6, (h, w))
   n = max(24, (h * w) // 40)
@@ -368,8 +548,17 @@ _ICE = np.array([0.86, 0.93, 1.0], np.float32)  # frost is a pale blue-white (nu
 
 
 def frost(key, img, keep, amount):
-  """keep * x + amount * frost texture (``frost_texture``; tinted pale blue
-  on RGB)."""
+  """keep * x + amount * frost texture (``frost_texture``; tinted pale blue on RGB).
+
+  Args:
+    key: PRNG key of this image (draws the texture).
+    img: one image (H, W, C), float in [0, 1].
+    keep: weight of the original image.
+    amount: weight of the frost texture.
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   h, w, c = img.shape
   tex = frost_texture(key, h, w)[..., None]
   tex = tex * _ICE if c == 3 else tex * jnp.mean(_ICE)
@@ -392,10 +581,24 @@ _EMBOSS = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], np.float32)
 
 
 def spatter_cifar(key, img, loc, scale, sigma, threshold, strength, mud):
-  """Liquid splashes from a thresholded, blurred N(loc, scale) layer: mud
-  (brown, opaque) at severities 4-5, water (pale turquoise, added) at 1-3.
-  The water's shading is an emboss of the liquid layer, in place of the
-  reference's OpenCV Canny / distance-transform / histogram chain."""
+  """Liquid splashes from a thresholded, blurred N(loc, scale) layer.
+
+  Mud (brown, opaque) at severities 4-5, water (pale turquoise, added) at 1-3. The water's shading is an emboss of the
+  liquid layer, in place of the reference's OpenCV Canny / distance-transform / histogram chain.
+
+  Args:
+    key: PRNG key of this image (draws the liquid layer).
+    img: one image (H, W, C), float in [0, 1].
+    loc: mean of the liquid layer's Gaussian noise.
+    scale: standard deviation of the liquid layer's Gaussian noise.
+    sigma: blur of the liquid layer, in pixels; static.
+    threshold: layer values below it hold no liquid.
+    strength: water: the peak intensity added; mud: the blur of the mud mask, in pixels.
+    mud: 1 for mud, 0 for water (static).
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   h, w, c = img.shape
   liquid = _liquid(key, h, w, loc, scale, sigma, threshold)
   if mud:
@@ -409,8 +612,20 @@ def spatter_cifar(key, img, loc, scale, sigma, threshold, strength, mud):
 
 
 def spatter_mnist(key, img, loc, scale, sigma, threshold, strength):
-  """MNIST-C's spatter: mud of gray 63/255 from a thresholded, blurred
-  N(loc, scale) layer."""
+  """MNIST-C's spatter: mud of gray 63/255 from a thresholded, blurred N(loc, scale) layer.
+
+  Args:
+    key: PRNG key of this image (draws the liquid layer).
+    img: one image (H, W, C), float in [0, 1].
+    loc: mean of the liquid layer's Gaussian noise.
+    scale: standard deviation of the liquid layer's Gaussian noise.
+    sigma: blur of the liquid layer, in pixels; static.
+    threshold: layer values below it hold no liquid.
+    strength: blur of the mud mask, in pixels; static.
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   h, w, _ = img.shape
   liquid = _liquid(key, h, w, loc, scale, sigma, threshold)
   return _mud(img, liquid, threshold, strength, 63 / 255)
@@ -420,10 +635,22 @@ def spatter_mnist(key, img, loc, scale, sigma, threshold, strength):
 
 
 def elastic_transform(key, img, alpha, sigma, affine):
-  """A random affine (three points moved by U(-affine, affine) pixels,
-  reflect-101 border) then a smooth random displacement field (uniform noise
-  blurred by ``sigma``, times ``alpha``; symmetric border). Parameters are
-  the published fractions of the image side (32 for CIFAR-10)."""
+  """A random affine warp, then a smooth random displacement field.
+
+  The affine moves three points by U(-affine, affine) pixels (reflect-101 border); the field is uniform noise blurred by
+  ``sigma``, times ``alpha`` (symmetric border). Parameters are the published fractions of the image side (32 for
+  CIFAR-10).
+
+  Args:
+    key: PRNG key of this image (draws the affine and the field).
+    img: one image (H, W, C), float in [0, 1].
+    alpha: displacement scale, as a fraction of min(H, W).
+    sigma: blur of the displacement noise, as a fraction of min(H, W); static (0 = no blur).
+    affine: largest shift of the affine's points, as a fraction of min(H, W).
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   h, w, _ = img.shape
   size = min(h, w)
   alpha, sigma, affine = alpha * size, sigma * size, affine * size
@@ -448,8 +675,16 @@ def elastic_transform(key, img, alpha, sigma, affine):
 
 
 def pixelate(key, img, c):
-  """Box-downsample to ``int(side * c)`` pixels and box-upsample back
-  (PIL's BOX filter, in float)."""
+  """Box-downsample to ``int(side * c)`` pixels and box-upsample back (PIL's BOX filter, in float).
+
+  Args:
+    key: unused (the corruption is deterministic).
+    img: one image (H, W, C), float in [0, 1].
+    c: fraction of each side kept, in (0, 1]; static.
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   del key
   h, w = img.shape[:2]
   hs, ws = max(1, int(h * c)), max(1, int(w * c))
@@ -474,10 +709,19 @@ def _jpeg_host(images, quality):
 
 
 def jpeg_compression(key, img, quality):
-  """JPEG encode/decode at ``quality`` with Pillow's codec. Not expressible
-  in JAX: it runs on the host through ``jax.pure_callback`` (so it still
-  composes with jit and vmap, but not with grad, and costs a host round
-  trip); the image is rounded to 8 bits first, as JPEG needs."""
+  """JPEG encode/decode at ``quality`` with Pillow's codec.
+
+  Not expressible in JAX: it runs on the host through ``jax.pure_callback`` (so it still composes with jit and vmap, but
+  not with grad, and costs a host round trip); the image is rounded to 8 bits first, as JPEG needs.
+
+  Args:
+    key: unused (the corruption is deterministic).
+    img: one image (H, W, C), float in [0, 1].
+    quality: Pillow JPEG quality (1..95, lower = stronger artifacts); static int.
+
+  Returns:
+    The decoded image (H, W, C), float32 in [0, 1] (multiples of 1/255).
+  """
   del key
   return jax.pure_callback(
       functools.partial(_jpeg_host, quality=quality),
@@ -502,37 +746,84 @@ def _random_sign(key):
 
 
 def shear(key, img, c):
-  """Shear by c (random direction) about the centre: inverse map
-  [[1, -sin c], [0, cos c]] (skimage's AffineTransform(shear=c) as MNIST-C
-  used it), bilinear, zeros outside."""
+  """Shear by c (random direction) about the centre.
+
+  Inverse map [[1, -sin c], [0, cos c]] (skimage's AffineTransform(shear=c) as MNIST-C used it), bilinear, zeros
+  outside.
+
+  Args:
+    key: PRNG key of this image (draws the direction).
+    img: one image (H, W, C), float in [0, 1].
+    c: shear angle, in radians.
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   c = c * _random_sign(key)
   a = jnp.array([[1.0, -jnp.sin(c)], [0.0, jnp.cos(c)]])
   return _ops.warp_affine_inverse(img, _about_centre(*img.shape[:2], a))
 
 
 def rotate(key, img, c):
-  """Rotation by c radians (random direction) about the centre."""
+  """Rotation by c radians (random direction) about the centre.
+
+  Args:
+    key: PRNG key of this image (draws the direction).
+    img: one image (H, W, C), float in [0, 1].
+    c: rotation angle, in radians.
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   c = c * _random_sign(key)
   a = jnp.array([[jnp.cos(c), -jnp.sin(c)], [jnp.sin(c), jnp.cos(c)]])
   return _ops.warp_affine_inverse(img, _about_centre(*img.shape[:2], a))
 
 
 def scale(key, img, c):
-  """Shrink about the centre: inverse map scales coordinates by c > 1."""
+  """Shrink about the centre: inverse map scales coordinates by c > 1.
+
+  Args:
+    key: unused (the corruption is deterministic).
+    img: one image (H, W, C), float in [0, 1].
+    c: inverse scale factor (> 1: the image shrinks by 1 / c; zeros come in).
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   del key
   return _ops.warp_affine_inverse(img, _about_centre(*img.shape[:2], jnp.array([[c, 0.0], [0.0, c]])))
 
 
 def translate(key, img, c):
-  """Shift by c pixels along each axis (random signs), zeros come in."""
+  """Shift by c pixels along each axis (random signs), zeros come in.
+
+  Args:
+    key: PRNG key of this image (draws the two signs).
+    img: one image (H, W, C), float in [0, 1].
+    c: shift along each axis, in pixels.
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   s = jnp.where(jax.random.bernoulli(key, 0.5, (2,)), 1.0, -1.0) * c
   m = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).at[:, 2].set(s)
   return _ops.warp_affine_inverse(img, m)
 
 
 def stripe(key, img, frac):
-  """Inverts the ``round(frac * W)`` leftmost and rightmost columns; MNIST-C
-  (one setting) inverts 7 of 28 on each side: severity 3 here."""
+  """Inverts the ``round(frac * W)`` leftmost and rightmost columns (at least one each).
+
+  MNIST-C (one setting) inverts 7 of 28 on each side: severity 3 here.
+
+  Args:
+    key: unused (the corruption is deterministic).
+    img: one image (H, W, C), float in [0, 1].
+    frac: fraction of the width inverted on each side.
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   del key
   w = img.shape[1]
   k = jnp.maximum(1, jnp.round(frac * w))
@@ -542,9 +833,18 @@ def stripe(key, img, frac):
 
 
 def dotted_line(key, img, n_lines):
-  """``n_lines`` dotted strokes across the image (MNIST-C draws 1: severity
-  1), each from column 0 to W-1 between random rows, with every other pair
-  of columns blanked."""
+  """``n_lines`` dotted strokes across the image (MNIST-C draws 1: severity 1).
+
+  Each goes from column 0 to W-1 between random rows, with every other pair of columns blanked.
+
+  Args:
+    key: PRNG key of this image (draws the rows).
+    img: one image (H, W, C), float in [0, 1].
+    n_lines: number of strokes (static int).
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   h, w, c = img.shape
   rows = jax.random.randint(key, (n_lines, 2), 0, h - 1).astype(jnp.float32)
   strokes = jax.vmap(lambda r: _ops.line_from_points((h, w), 0.0, r[0], float(w - 1), r[1]))(rows)
@@ -584,18 +884,38 @@ def _zigzag_layer(key, h, w, a=2.0, b=2.0):
 
 
 def zigzag(key, img, n_lines):
-  """``n_lines`` zigzag strokes (MNIST-C draws 1: severity 1): arms of
-  length 2 and amplitude 2 along a line from column 2 to W-3 with a random
-  start row and a slope of at most 5 rows."""
+  """``n_lines`` zigzag strokes (MNIST-C draws 1: severity 1).
+
+  Arms of length 2 and amplitude 2 along a line from column 2 to W-3 with a random start row and a slope of at most 5
+  rows.
+
+  Args:
+    key: PRNG key of this image (draws the lines).
+    img: one image (H, W, C), float in [0, 1].
+    n_lines: number of strokes (static int).
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   h, w, c = img.shape
   layers = jax.vmap(lambda k: _zigzag_layer(k, h, w))(jax.random.split(key, n_lines))
   return img + _to_channels(jnp.sum(layers, axis=0), c)
 
 
 def canny_edges(key, img, alpha):
-  """The Canny edge map (skimage defaults: sigma 1, thresholds 0.1 / 0.2) of
-  the image's gray level, blended as (1 - alpha) x + alpha edges; MNIST-C
-  (one setting) replaces the image by its edges: severity 5 here."""
+  """The Canny edge map of the image's gray level, blended as (1 - alpha) x + alpha edges.
+
+  skimage defaults: sigma 1, thresholds 0.1 / 0.2. MNIST-C (one setting) replaces the image by its edges: severity 5
+  here.
+
+  Args:
+    key: unused (the corruption is deterministic).
+    img: one image (H, W, C), float in [0, 1].
+    alpha: weight of the 0/1 edge map, in [0, 1] (1 = edges only).
+
+  Returns:
+    The corrupted image (H, W, C), not yet clipped (the suite wrapper clips to [0, 1]).
+  """
   del key
   edges = _ops.canny(_luma_or_self(img)[..., 0])
   return (1 - alpha) * img + alpha * _to_channels(edges, img.shape[-1])
@@ -701,8 +1021,18 @@ CHUNK = 1000
 
 
 def check(suite: str, name: str, images_shape, severity) -> None:
-  """Raises ``ValueError`` for an unknown suite or corruption, a severity
-  outside 1..5, or images that are not (N, H, W, 1|3) with H, W >= 16."""
+  """Raises ``ValueError`` unless the suite, corruption, severity and image shape are valid.
+
+  Args:
+    suite: 'mnist_c' or 'cifar10_c' (a key of ``SUITES``).
+    name: a corruption of that suite.
+    images_shape: shape of the image batch.
+    severity: Python or numpy int in 1..5.
+
+  Raises:
+    ValueError: for an unknown suite or corruption, a severity outside 1..5 (bools included), or images that are not
+      (N, H, W, 1|3) with H, W >= 16.
+  """
   if suite not in SUITES:
     raise ValueError(f"suite={suite!r} is not valid; choose one of {sorted(SUITES)}")
   if name not in SUITES[suite]:
@@ -720,12 +1050,28 @@ def check(suite: str, name: str, images_shape, severity) -> None:
 def corrupt(
     suite: str, name: str, key: jax.Array, images, severity: int, *, chunk: int = CHUNK, offset: int = 0
 ) -> jax.Array:
-  """Applies corruption ``name`` of ``suite`` at ``severity`` (validated
-  first), compiled once per (suite, name, severity, chunk shape), ``chunk``
-  images at a time; equal to ``SUITES[suite][name](key, images, severity)``.
-  ``offset``: the index of ``images[0]`` in the whole set (image i draws
-  from ``fold_in(key, offset + i)``), so a block corrupted alone equals the
-  same images of the whole set corrupted at once."""
+  """Applies corruption ``name`` of ``suite`` at ``severity`` (validated first).
+
+  Compiled once per (suite, name, severity, chunk shape), ``chunk`` images at a time; equal to
+  ``SUITES[suite][name](key, images, severity)``.
+
+  Args:
+    suite: 'mnist_c' or 'cifar10_c'.
+    name: a corruption of that suite.
+    key: PRNG key of the whole set.
+    images: (N, H, W, C) with C = 1 or 3 and H, W >= 16, values in [0, 1] (any array-like).
+    severity: int in 1..5.
+    chunk: images per compiled call (bounds memory; the last chunk is zero-padded).
+    offset: int >= 0, the index of ``images[0]`` in the whole set (image i draws from ``fold_in(key, offset + i)``),
+      so a block corrupted alone equals the same images of the whole set corrupted at once.
+
+  Returns:
+    The corrupted images, float32 (N, H, W, C) in [0, 1].
+
+  Raises:
+    ValueError: for an invalid suite, corruption, severity or image shape (see ``check``), or an offset that is not
+      an int >= 0.
+  """
   check(suite, name, np.shape(images), severity)
   if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
     raise ValueError(f"offset={offset!r} is not valid; give an int >= 0")

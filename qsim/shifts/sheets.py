@@ -16,7 +16,23 @@ from qsim.shifts import text as text_shifts
 def contact_sheet(
     dataset: str, path: str, samples: int = 3, seed: int = 0, data_dir: str | None = None, corruptions=None
 ) -> str:
-  """Draws corruption x severity for ``samples`` test images into ``path``."""
+  """Draws corruption x severity for ``samples`` test images into ``path``.
+
+  Args:
+    dataset: an image dataset of the registry (a key of ``registry.SUITE_OF``).
+    path: the PNG file to write (folders are created).
+    samples: number of test images per cell, 1..16.
+    seed: the seed the registry's sets use.
+    data_dir: TFDS data_dir; None = TFDS's default.
+    corruptions: the corruptions to draw (rows); None = all of the suite.
+
+  Returns:
+    ``path``.
+
+  Raises:
+    ValueError: for ``samples`` outside 1..16, or an unknown corruption.
+    FileNotFoundError: the test split is not on this machine.
+  """
   if not 1 <= samples <= 16:
     raise ValueError(f"samples={samples} is not valid; give 1..16")
   clean = registry.clean_test(dataset, data_dir=data_dir, download=False, limit=samples)
@@ -24,9 +40,24 @@ def contact_sheet(
 
 
 def draw_sheet(images: np.ndarray, suite: str, dataset: str, path: str, seed: int = 0, corruptions=None) -> str:
-  """The contact sheet of ``suite`` (or some of its ``corruptions``) on
-  ``images`` (N, H, W, C); keys as the registry derives them for
-  ``dataset``'s sets."""
+  """The contact sheet of ``suite`` (or some of its ``corruptions``) on ``images`` (N, H, W, C).
+
+  Keys as the registry derives them for ``dataset``'s sets.
+
+  Args:
+    images: the clean images (N, H, W, C), float in [0, 1]; all N are drawn in each cell.
+    suite: 'mnist_c' or 'cifar10_c'.
+    dataset: the dataset's name (for the keys and the title).
+    path: the file to write, as PNG (written atomically; folders are created).
+    seed: the seed the registry's sets use.
+    corruptions: the corruptions to draw (rows); None = all of the suite.
+
+  Returns:
+    ``path``.
+
+  Raises:
+    ValueError: for an unknown suite or corruption, or images of an unsupported shape.
+  """
   import matplotlib
 
   matplotlib.use("Agg")
@@ -73,7 +104,22 @@ def draw_sheet(images: np.ndarray, suite: str, dataset: str, path: str, seed: in
 
 
 def text_sheet(dataset: str, path: str, seed: int = 0, data_dir: str | None = None) -> str:
-  """One test review under every text shift and severity, as markdown."""
+  """One test review under every text shift and severity, as markdown.
+
+  The review is the first 40 words of the first test review.
+
+  Args:
+    dataset: a text dataset of the registry ('imdb_reviews').
+    path: the markdown file to write (written atomically; folders are created).
+    seed: the seed of the shifts.
+    data_dir: TFDS data_dir; None = TFDS's default.
+
+  Returns:
+    ``path``.
+
+  Raises:
+    FileNotFoundError: the test split is not on this machine.
+  """
   clean = registry.clean_test(dataset, data_dir=data_dir, download=False, limit=1, encode=False)
   review = " ".join(clean.x[0].split()[:40])
   lines = [f"# {dataset}: text shifts (seed {seed})", "", f"**clean**: {review}", ""]

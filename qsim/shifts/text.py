@@ -105,8 +105,18 @@ def _typo(rng: np.random.Generator, word: str) -> str:
 
 
 def typos(rng: np.random.Generator, words: list[str], severity: int) -> list[str]:
-  """One character typo (swap, delete, insert, keyboard substitution) in a
-  fraction p of the words, p in (.05, .1, .2, .3, .5)."""
+  """One character typo (swap, delete, insert, keyboard substitution) in a fraction p of the words.
+
+  p in (.05, .1, .2, .3, .5) by severity.
+
+  Args:
+    rng: the review's random generator.
+    words: the review's words (``qsim.data.text.tokenize`` output).
+    severity: int in 1..5.
+
+  Returns:
+    A new list of the same length, the picked words each with one edit.
+  """
   out = list(words)
   for i in sorted(_pick(rng, len(out), _count(P[severity - 1], len(out)))):
     out[i] = _typo(rng, out[i])
@@ -114,8 +124,16 @@ def typos(rng: np.random.Generator, words: list[str], severity: int) -> list[str
 
 
 def word_dropout(rng: np.random.Generator, words: list[str], severity: int) -> list[str]:
-  """Deletes a fraction p of the words, p in (.05, .1, .2, .3, .5), keeping at
-  least one."""
+  """Deletes a fraction p of the words, p in (.05, .1, .2, .3, .5), keeping at least one.
+
+  Args:
+    rng: the review's random generator.
+    words: the review's words (``qsim.data.text.tokenize`` output).
+    severity: int in 1..5.
+
+  Returns:
+    A new list of the remaining words, in order (an empty review stays empty).
+  """
   n = len(words)
   k = min(n - 1, _count(P[severity - 1], n)) if n else 0
   drop = set(_pick(rng, n, k).tolist())
@@ -123,8 +141,19 @@ def word_dropout(rng: np.random.Generator, words: list[str], severity: int) -> l
 
 
 def word_swap(rng: np.random.Generator, words: list[str], severity: int) -> list[str]:
-  """round(p n / 2) words, p in (.05, .1, .2, .3, .5), each swap with a
-  different word at most W in (1, 1, 2, 2, 3) positions away."""
+  """Swaps words locally.
+
+  round(p n / 2) words, p in (.05, .1, .2, .3, .5), each swap with a different word at most W in (1, 1, 2, 2, 3)
+  positions away.
+
+  Args:
+    rng: the review's random generator.
+    words: the review's words (``qsim.data.text.tokenize`` output).
+    severity: int in 1..5.
+
+  Returns:
+    A new list of the same words, some swapped.
+  """
   out, n, w = list(words), len(words), SWAP_WINDOW[severity - 1]
   for i in _pick(rng, n, _count(P[severity - 1] / 2, n)):
     near = [j for j in range(max(0, i - w), min(n, i + w + 1)) if out[j] != out[i]]
@@ -142,9 +171,20 @@ def _random_word(rng: np.random.Generator, avoid: Collection[str], word: str) ->
 
 
 def oov_noise(rng: np.random.Generator, words: list[str], severity: int, *, vocab: Collection[str] = ()) -> list[str]:
-  """Replaces a fraction p of the words, p in (.05, .1, .2, .3, .5), by random
-  10-letter lowercase strings (redrawn if in ``vocab``: a collision is so rare
-  that the result is the same with or without it)."""
+  """Replaces a fraction p of the words, p in (.05, .1, .2, .3, .5), by random 10-letter lowercase strings.
+
+  A string is redrawn if in ``vocab`` (or equal to the word it replaces): a collision is so rare that the result is the
+  same with or without it.
+
+  Args:
+    rng: the review's random generator.
+    words: the review's words (``qsim.data.text.tokenize`` output).
+    severity: int in 1..5.
+    vocab: words the new strings must avoid.
+
+  Returns:
+    A new list of the same length, the picked words replaced.
+  """
   out = list(words)
   for i in sorted(_pick(rng, len(out), _count(P[severity - 1], len(out)))):
     out[i] = _random_word(rng, vocab, out[i])
@@ -164,8 +204,17 @@ def _is_int(x) -> bool:
 
 
 def check(name: str, seed: int, severity: int) -> None:
-  """Raises ``ValueError`` for an unknown shift, a severity outside 1..5
-  (bools and floats included) or a seed that is not an int >= 0."""
+  """Raises ``ValueError`` unless the shift, seed and severity are valid.
+
+  Args:
+    name: a key of ``TEXT_SHIFTS``.
+    seed: int >= 0.
+    severity: int in 1..5.
+
+  Raises:
+    ValueError: for an unknown shift, a severity outside 1..5 (bools and floats included) or a seed that is not an
+      int >= 0.
+  """
   if name not in TEXT_SHIFTS:
     raise ValueError(f"text shift={name!r} is not valid; choose one of {sorted(TEXT_SHIFTS)}")
   if not _is_int(severity) or severity not in SEVERITIES:
@@ -175,9 +224,23 @@ def check(name: str, seed: int, severity: int) -> None:
 
 
 def shift_texts(name: str, seed: int, texts: Sequence[str | bytes], severity: int, offset: int = 0) -> list[str]:
-  """Shifted reviews: ``name`` at ``severity`` on each text, words joined by
-  single spaces (a review without words stays ``""``). ``offset``: the index
-  of ``texts[0]`` in the whole set (review i is seeded by ``offset + i``)."""
+  """Shifted reviews: ``name`` at ``severity`` on each text, words joined by single spaces.
+
+  A review without words stays ``""``.
+
+  Args:
+    name: a key of ``TEXT_SHIFTS``.
+    seed: int >= 0.
+    texts: the reviews (str, or UTF-8 bytes), a sequence (not one string).
+    severity: int in 1..5.
+    offset: int >= 0, the index of ``texts[0]`` in the whole set (review i is seeded by ``offset + i``).
+
+  Returns:
+    One shifted, tokenized review string per text.
+
+  Raises:
+    ValueError: for an invalid name, seed, severity or offset, or ``texts`` given as one string.
+  """
   check(name, seed, severity)
   if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
     raise ValueError(f"offset={offset!r} is not valid; give an int >= 0")
