@@ -81,9 +81,15 @@ def _die_if(due: str | None, phase: str, n: int, path: str) -> None:
 
 
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:
-  """Calls ``write(file)`` on a temporary binary file next to ``path``,
-  fsyncs it and renames it to ``path``; on any error the temporary file is
-  removed and ``path`` is untouched."""
+  """Calls ``write(file)`` on a temporary binary file next to ``path``, fsyncs it and renames it to ``path``.
+
+  On any error the temporary file is removed, ``path`` is untouched and the
+  error is re-raised.
+
+  Args:
+    path: the file to write (replaced whole if it exists).
+    write: a function that writes the content (bytes) to the open file it is given.
+  """
   n, due = _write_started("file", path)
   tmp = f"{path}.tmp{os.getpid()}"
   try:
@@ -104,14 +110,24 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes ``obj`` as JSON (indented, keys sorted) atomically: a full disk
-  leaves no partial file."""
+  """Writes ``obj`` as JSON (indented, keys sorted) atomically: a full disk leaves no partial file.
+
+  Args:
+    path: the JSON file to write (replaced whole if it exists).
+    obj: a JSON-serializable object.
+  """
   body = json.dumps(obj, indent=1, sort_keys=True).encode()
   atomic_write(path, lambda f: f.write(body))
 
 
 def read_config(workdir: str) -> dict:
   """The training run's ``config.json`` (model, dataset, method, seed, ...).
+
+  Args:
+    workdir: the run directory.
+
+  Returns:
+    The config, as a dict with at least model, dataset and method.
 
   Raises:
     FileNotFoundError: ``workdir`` has no config.json (not a training run).
@@ -137,7 +153,14 @@ def read_config(workdir: str) -> dict:
 
 
 def read_summary(workdir: str) -> dict | None:
-  """The run's ``summary.json``, or None while training has not finished."""
+  """The run's ``summary.json``, or None while training has not finished.
+
+  Args:
+    workdir: the run directory.
+
+  Returns:
+    The summary dict (validation and test accuracy, ...), or None where there is no summary.json.
+  """
   path = os.path.join(workdir, SUMMARY)
   if not os.path.exists(path):
     return None
@@ -146,7 +169,14 @@ def read_summary(workdir: str) -> dict | None:
 
 
 def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
-  """The orbax manager training saves its state with (the 2 latest kept)."""
+  """The orbax manager training saves its state with (the 2 latest kept).
+
+  Args:
+    workdir: the run directory; its checkpoints/ is created if missing.
+
+  Returns:
+    The checkpoint manager of ``workdir/checkpoints``.
+  """
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), CHECKPOINTS),
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
@@ -154,8 +184,13 @@ def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
 
 
 def save_state(mngr: ocp.CheckpointManager, step: int, state: dict) -> None:
-  """Saves the state dict (``flax.serialization.to_state_dict``) as ``step``
-  and waits until it is on disk."""
+  """Saves the state dict (``flax.serialization.to_state_dict``) as ``step`` and waits until it is on disk.
+
+  Args:
+    mngr: the checkpoint manager (:func:`checkpoint_manager`).
+    step: the training step the checkpoint is saved as.
+    state: the training state as a state dict.
+  """
   where = f"{mngr.directory}/{step}"
   n, due = _write_started("checkpoint", where)
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
@@ -165,14 +200,31 @@ def save_state(mngr: ocp.CheckpointManager, step: int, state: dict) -> None:
 
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, like: dict) -> dict:
-  """The state dict saved as ``step``, restored into the structure of ``like``."""
+  """The state dict saved as ``step``, restored into the structure of ``like``.
+
+  Args:
+    mngr: the checkpoint manager (:func:`checkpoint_manager`).
+    step: the saved step to restore.
+    like: a state dict whose structure (and shardings) the restored one takes.
+
+  Returns:
+    The restored state dict.
+  """
   return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like)))["state"]
 
 
 def load_variables(workdir: str, step: int | None = None) -> dict:
-  """The model variables (params, batch_stats) of a training run's checkpoint
-  (the latest by default), replicated onto this run's devices and then taken
-  as this host's copy.
+  """The model variables (params, batch_stats) of a training run's checkpoint.
+
+  The checkpoint is replicated onto this run's devices and then taken as this
+  host's copy.
+
+  Args:
+    workdir: the run directory.
+    step: the checkpoint's step; None (the default) for the latest.
+
+  Returns:
+    ``{'params': ...}``, with ``'batch_stats'`` where the model has BatchNorm.
 
   Raises:
     FileNotFoundError: no checkpoint.
@@ -234,8 +286,22 @@ class Run:
 
   @classmethod
   def open(cls, path: str, config: dict | None = None) -> Run:
-    """Opens the run directory ``path`` (``config``: its already read
-    config.json, to skip reading it again)."""
+    """Opens the run directory ``path``.
+
+    Args:
+      path: the run directory.
+      config: its already read config.json, to skip reading it again; None
+        (the default) reads it.
+
+    Returns:
+      The opened run: config, float model, latest checkpoint's variables and,
+      for text, vocabulary.
+
+    Raises:
+      FileNotFoundError: ``path`` has no config.json or no checkpoint.
+      ValueError: config.json or the checkpoint is corrupted, or the config
+        names an unknown model.
+    """
     config = read_config(path) if config is None else config
     info = data_lib.DATASETS[config["dataset"]]
     model = get_model(config["model"], num_classes=info.num_classes)
@@ -256,20 +322,39 @@ class Run:
     return read_summary(self.path)
 
   def data_kwargs(self, data_dir: str | None = None) -> dict:
-    """Keyword arguments of :func:`qsim.data.load` for this run's data:
-    ``data_dir`` (default: the one it was trained with)."""
+    """Keyword arguments of :func:`qsim.data.load` for this run's data.
+
+    Args:
+      data_dir: the data directory; None (the default) for the one the run was
+        trained with.
+
+    Returns:
+      ``{'data_dir': ...}`` (None for the default data directory).
+    """
     return dict(data_dir=data_dir or self.config.get("data_dir") or None)
 
   def text_kwargs(self) -> dict:
-    """Keyword arguments of :func:`qsim.data.load` that encode text as the
-    run's model reads it (vocabulary and size); empty for images."""
+    """Keyword arguments of :func:`qsim.data.load` that encode text as the run's model reads it.
+
+    Returns:
+      ``{'vocab': ..., 'vocab_size': ...}`` for a text run; empty for images.
+    """
     if self.vocab is None:
       return {}
     return {"vocab": self.vocab, "vocab_size": getattr(self.model, "vocab_size", 20000)}
 
   def calibration(self, samples: int, data_dir: str | None = None) -> data_lib.Data:
-    """The first ``samples`` training samples (the training split as the run
-    cut it, validation held out): static ranges are calibrated on them."""
+    """The first ``samples`` training samples: static ranges are calibrated on them.
+
+    The training split is the one the run cut (validation held out).
+
+    Args:
+      samples: how many training samples to load.
+      data_dir: the data directory; None (the default) for the run's.
+
+    Returns:
+      The calibration data.
+    """
     return data_lib.load(
         self.dataset,
         "train",

@@ -52,8 +52,19 @@ class Quantizer:
 
 
 def check_variables(model: nn.Module, variables: dict, example: np.ndarray) -> None:
-  """Raises ``ValueError`` naming the first parameter whose path or shape
-  differs between ``variables`` (e.g. a checkpoint) and ``model``."""
+  """Raises ``ValueError`` naming the first parameter whose path or shape differs between ``variables`` and ``model``.
+
+  Only the ``params`` and ``batch_stats`` collections are compared.
+
+  Args:
+    model: the (float) model the variables are meant for.
+    variables: the variables to check, e.g. a loaded checkpoint.
+    example: model inputs ``[N, ...]`` (N >= 1); only the first sample's shape is used to trace ``model.init``.
+
+  Raises:
+    ValueError: a collection is present on one side only, or a parameter is missing from either side or has a
+      different shape.
+  """
   expected = jax.eval_shape(model.init, jax.random.key(0), example[:1])
   for col in ("params", "batch_stats"):
     want = expected.get(col)
@@ -94,9 +105,26 @@ def build_quantizers(
     *,
     calib_batch: int = 100,
 ) -> list[Quantizer]:
-  """Quantizers from preset names (or ``(name, QuantConfig)`` pairs);
-  configs with static activation ranges are calibrated on ``calib_x`` (e.g.
-  the first 100 training samples, as TFLite's representative dataset)."""
+  """Quantizers from preset names (or ``(name, QuantConfig)`` pairs).
+
+  Configs with static activation ranges are calibrated on ``calib_x`` (e.g.
+  the first 100 training samples, as TFLite's representative dataset).
+
+  Args:
+    model: the float model; each config is applied with ``model.clone(quant=cfg)``.
+    variables: the model's trained variables (any existing quant stats are replaced by calibration).
+    specs: preset names (see :func:`qsim.quant.presets.preset`) or ``(name, QuantConfig)`` pairs; names must be
+      unique.
+    calib_x: calibration inputs ``[N, ...]``; N >= 1 is required when a config has static ranges.
+    calib_batch: calibration batch size, in samples.
+
+  Returns:
+    One :class:`Quantizer` per spec, in order; ``quant_stats`` is None for configs without static ranges.
+
+  Raises:
+    ValueError: a name is listed twice or is not a valid preset, a config with static ranges gets no calibration
+      samples, or calibration leaves a range uncalibrated.
+  """
   out = []
   seen = set()
   for spec in specs:
@@ -146,7 +174,14 @@ class SetResult:
 
     Samples whose float or quantized logits are not finite are counted in
     ``nonfinite`` and left out of every other figure (never turned into
-    predictions)."""
+    predictions).
+
+    Returns:
+      One row per quantizer, in order: ``quantizer``, ``n`` (all samples), ``nonfinite``, correct counts and
+      accuracies (float and quant), ``disagreements``, ``disagreement_rate`` with its Wilson 95% interval
+      (``rate_ci_low``, ``rate_ci_high``), the three flip counts, and ``{float,quant}_{score}_{auroc,aupr,tnr95}``
+      for every score in ``metrics.SCORE_NAMES``. Rates and metrics are NaN when undefined.
+    """
     out = []
     y = self.y
     for k, qname in enumerate(self.quantizers):
@@ -184,7 +219,11 @@ class SetResult:
 
 
 def default_mesh() -> Mesh:
-  """A 1-D mesh over every device of every process, axis 'data'."""
+  """A 1-D mesh over every device of every process, axis 'data'.
+
+  Returns:
+    A ``Mesh`` with the single axis ``'data'`` spanning ``jax.devices()``.
+  """
   return distributed.data_mesh()
 
 
@@ -232,8 +271,18 @@ class Engine:
     self._stacked = distributed.replicate(stacked, self.mesh)
 
   def update(self, variables: dict, quantizers: Sequence[Quantizer]) -> None:
-    """New weights and re-calibrated ranges for the same quantizers (e.g. a
-    fine-tuned model): the compiled program is reused, not rebuilt."""
+    """New weights and re-calibrated ranges for the same quantizers (e.g. a fine-tuned model).
+
+    The compiled program is reused, not rebuilt.
+
+    Args:
+      variables: the model's new variables (any ``quant_stats`` collection is ignored).
+      quantizers: the engine's quantizers with new ranges: same names in the same order, grouping the same way.
+
+    Raises:
+      ValueError: the names differ from the engine's, the quantizers group differently, or a static range is
+        uncalibrated.
+    """
     names = [q.name for q in quantizers]
     if names != self.names:
       raise ValueError(f"update needs the engine's quantizers {self.names}, got {names}; build a new Engine")
@@ -268,7 +317,20 @@ class Engine:
     """Evaluates every quantizer on ``(x, y)``: the whole set, or in a
     multi-process run this process's block of it (blocks in process order,
     as :class:`qsim.distributed.Shard` cuts them; every process calls
-    ``run`` together). The result holds the whole set, on every process."""
+    ``run`` together). The result holds the whole set, on every process.
+
+    Args:
+      x: model inputs ``[n, ...]`` (this process's block); inputs with NaN/Inf give a warning and ``nonfinite`` rows.
+      y: integer labels ``[n]``.
+      name: the dataset's name, stored in the result and used in messages.
+      progress: print per-batch progress to stderr.
+
+    Returns:
+      A :class:`SetResult` over the whole set (all processes' blocks, in order).
+
+    Raises:
+      ValueError: ``x`` and ``y`` differ in length, or the whole set is empty.
+    """
     n = len(y)
     if len(x) != n:
       raise ValueError(f"dataset {name!r}: got {len(x)} inputs and {n} labels; need the same number, >= 1")

@@ -31,7 +31,14 @@ SCORE_NAMES = ("margin", "entropy", "gini", "least_confidence", "logit_margin")
 
 
 def finite_rows(logits) -> jax.Array:
-  """True where every logit of a sample (the last axis) is finite; shape ``[...]``."""
+  """True where every logit of a sample (the last axis) is finite; shape ``[...]``.
+
+  Args:
+    logits: array ``[..., C]``, classes on the last axis.
+
+  Returns:
+    Bool array ``[...]``: True where all ``C`` logits of the sample are finite (no NaN or inf).
+  """
   return jnp.all(jnp.isfinite(logits), axis=-1)
 
 
@@ -54,6 +61,15 @@ def uncertainty_scores(logits) -> dict[str, jax.Array]:
 
   A sample with any NaN or infinite logit gets NaN for every score (see
   :func:`finite_rows`); nothing is masked. Works under ``jit`` and ``vmap``.
+
+  Args:
+    logits: array ``[..., C]`` with ``C >= 2`` classes on the last axis (any float dtype; cast to float32).
+
+  Returns:
+    Dict from each name in ``SCORE_NAMES`` (in that order) to a float32 array ``[...]``.
+
+  Raises:
+    ValueError: ``logits`` has no last axis or fewer than 2 classes.
   """
   z = jnp.asarray(logits, jnp.float32)
   if z.ndim < 1 or z.shape[-1] < 2:
@@ -82,7 +98,17 @@ def uncertainty_scores(logits) -> dict[str, jax.Array]:
 
 
 def stack_scores(logits) -> jax.Array:
-  """The scores of :func:`uncertainty_scores` stacked last, ``[..., len(SCORE_NAMES)]``."""
+  """The scores of :func:`uncertainty_scores` stacked last, ``[..., len(SCORE_NAMES)]``.
+
+  Args:
+    logits: array ``[..., C]`` with ``C >= 2`` classes on the last axis.
+
+  Returns:
+    Float32 array ``[..., len(SCORE_NAMES)]``, scores in ``SCORE_NAMES`` order.
+
+  Raises:
+    ValueError: ``logits`` has no last axis or fewer than 2 classes.
+  """
   s = uncertainty_scores(logits)
   return jnp.stack([s[k] for k in SCORE_NAMES], axis=-1)
 
@@ -154,7 +180,17 @@ def auroc(labels, scores) -> float:
   """Area under the ROC curve of ``scores`` for detecting ``labels`` (True = positive).
 
   Ties count one half (the trapezoid on the tie-collapsed ROC), as scikit-learn's
-  ``roc_auc_score``. NaN when either class is empty; ValueError on NaN scores.
+  ``roc_auc_score``.
+
+  Args:
+    labels: bool or 0/1 array, True for a disagreement (the positive class).
+    scores: array of the same shape as ``labels``, higher = more likely positive.
+
+  Returns:
+    The AUROC in [0, 1]; NaN when either class is empty.
+
+  Raises:
+    ValueError: shapes differ, labels are not bool or 0/1, or a score is NaN.
   """
   return _auroc(*_counts(*_check(labels, scores)))
 
@@ -163,8 +199,17 @@ def aupr(labels, scores) -> float:
   """Average precision, ``sum_k (R_k - R_{k-1}) P_k`` over distinct thresholds.
 
   Step-wise (no interpolation), equal to scikit-learn's
-  ``average_precision_score``. NaN when either class is empty; ValueError on
-  NaN scores.
+  ``average_precision_score``.
+
+  Args:
+    labels: bool or 0/1 array, True for a disagreement (the positive class).
+    scores: array of the same shape as ``labels``, higher = more likely positive.
+
+  Returns:
+    The average precision in [0, 1]; NaN when either class is empty.
+
+  Raises:
+    ValueError: shapes differ, labels are not bool or 0/1, or a score is NaN.
   """
   return _aupr(*_counts(*_check(labels, scores)))
 
@@ -178,7 +223,17 @@ def tnr_at_tpr(labels, scores, tpr: float = 0.95) -> float:
   ``1 - n_flagged_neg / n_neg`` there. Samples tied at ``t`` are all flagged.
   Same as ``1 - fpr[i]`` at the first ``i`` with ``tpr[i] >= tpr`` on
   scikit-learn's ``roc_curve(..., drop_intermediate=False)``. ``tpr=0`` gives 1.
-  NaN when either class is empty; ValueError on NaN scores.
+
+  Args:
+    labels: bool or 0/1 array, True for a disagreement (the positive class).
+    scores: array of the same shape as ``labels``, higher = more likely positive.
+    tpr: the target true-positive rate, in [0, 1].
+
+  Returns:
+    The true-negative rate in [0, 1] at that operating point; NaN when either class is empty.
+
+  Raises:
+    ValueError: ``tpr`` is outside [0, 1], shapes differ, labels are not bool or 0/1, or a score is NaN.
   """
   if not 0.0 <= tpr <= 1.0:
     raise ValueError(f"tpr={tpr} is not in [0, 1]")
@@ -189,8 +244,19 @@ def roc_curve(labels, scores, max_points: int = 200) -> tuple[np.ndarray, np.nda
   """ROC curve ``(fpr, tpr)`` from (0, 0) to (1, 1), thinned for plotting.
 
   The tie-collapsed curve, thinned to at most ``max_points`` points spread
-  evenly along its length; both endpoints are kept. Empty arrays when either
-  class is empty; ValueError on NaN scores.
+  evenly along its length; both endpoints are kept.
+
+  Args:
+    labels: bool or 0/1 array, True for a disagreement (the positive class).
+    scores: array of the same shape as ``labels``, higher = more likely positive.
+    max_points: the most points to return, at least 2.
+
+  Returns:
+    ``(fpr, tpr)``: float64 arrays of equal length, nondecreasing from 0 to 1; both empty when either class is
+    empty.
+
+  Raises:
+    ValueError: ``max_points < 2``, shapes differ, labels are not bool or 0/1, or a score is NaN.
   """
   if max_points < 2:
     raise ValueError(f"max_points={max_points}: need at least 2")
@@ -208,8 +274,19 @@ def roc_curve(labels, scores, max_points: int = 200) -> tuple[np.ndarray, np.nda
 
 
 def detection_report(labels, scores) -> dict:
-  """``auroc``, ``aupr``, ``tnr_at_95tpr`` (float, NaN when a class is empty),
-  ``n_pos`` and ``n_neg`` (int), from one sort. ValueError on NaN scores."""
+  """:func:`auroc`, :func:`aupr` and :func:`tnr_at_tpr` at 95% TPR with class counts, from one sort.
+
+  Args:
+    labels: bool or 0/1 array, True for a disagreement (the positive class).
+    scores: array of the same shape as ``labels``, higher = more likely positive.
+
+  Returns:
+    Dict with ``auroc``, ``aupr``, ``tnr_at_95tpr`` (float, NaN when a class is empty), ``n_pos`` and ``n_neg``
+    (int).
+
+  Raises:
+    ValueError: shapes differ, labels are not bool or 0/1, or a score is NaN.
+  """
   y, s = _check(labels, scores)
   n_pos = int(np.count_nonzero(y))
   out = {
@@ -230,6 +307,18 @@ def rate_ci(k, n, level: float = 0.95):
 
   Vectorised: ``k`` and ``n`` broadcast. ``n == 0`` gives ``(nan, nan)``.
   Scalars in, numpy float64 scalars out.
+
+  Args:
+    k: number of successes (scalar or array), ``0 <= k <= n``.
+    n: number of trials (scalar or array), broadcast against ``k``.
+    level: confidence level, in (0, 1).
+
+  Returns:
+    ``(low, high)``: float64 bounds in [0, 1] of the broadcast shape (scalars for scalar inputs); NaN where
+    ``n == 0``.
+
+  Raises:
+    ValueError: ``level`` is outside (0, 1), or some ``k`` is negative or above ``n``.
   """
   if not 0.0 < level < 1.0:
     raise ValueError(f"level={level} is not in (0, 1)")

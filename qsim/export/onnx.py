@@ -66,10 +66,18 @@ ORT_KERNELS = ("mlas", "reference")
 
 
 def mlas_u8s8_saturates(flags: str | None = None) -> bool:
-  """True where MLAS runs U8S8 GEMMs with VPMADDUBSW (saturating int16 pair
-  sums): x86 with AVX2 and without AVX-VNNI / AVX512-VNNI. ``flags``: a
-  /proc/cpuinfo flags line (default: this machine's). Override with the
-  environment variable QSIM_ORT_U8S8_SATURATES=1 or 0."""
+  """True where MLAS runs U8S8 GEMMs with VPMADDUBSW (saturating int16 pair sums).
+
+  That is x86 with AVX2 and without AVX-VNNI / AVX512-VNNI. Override with the
+  environment variable QSIM_ORT_U8S8_SATURATES=1 or 0 (read only when
+  ``flags`` is None).
+
+  Args:
+    flags: a /proc/cpuinfo flags line; None (the default) for this machine's.
+
+  Returns:
+    Whether U8S8 GEMMs saturate on that CPU.
+  """
   env = os.environ.get("QSIM_ORT_U8S8_SATURATES")
   if env is not None and flags is None:
     return env.strip().lower() in ("1", "true", "yes")
@@ -89,11 +97,22 @@ def _cpu_flags() -> str:
 
 
 def ort_preset(mode: str, kernels: str, saturates: bool | None = None) -> str:
-  """The qsim preset that simulates ORT ``mode`` on ``kernels``: ``ort_int8``
-  on ``mlas`` (fused QLinearConv/QGemm) is ``ort_int8_mlas`` (MLAS's float32
-  requantization of the exact accumulator); the U8S8 modes that run on
-  MLAS (``ort_int8`` fused, ``ort_dynamic`` always) get the ``_avx2``
-  preset where :func:`mlas_u8s8_saturates`."""
+  """The qsim preset that simulates ORT ``mode`` on ``kernels``.
+
+  ``ort_int8`` on ``mlas`` (fused QLinearConv/QGemm) is ``ort_int8_mlas``
+  (MLAS's float32 requantization of the exact accumulator); the U8S8 modes
+  that run on MLAS (``ort_int8`` fused, ``ort_dynamic`` always) get the
+  ``_avx2`` preset where :func:`mlas_u8s8_saturates`.
+
+  Args:
+    mode: the ORT mode, one of ``ORT_MODES`` (not checked).
+    kernels: the kernel family, one of ``ORT_KERNELS`` (not checked).
+    saturates: whether MLAS's U8S8 GEMMs saturate; None (the default) asks
+      :func:`mlas_u8s8_saturates` about this machine.
+
+  Returns:
+    The qsim preset name.
+  """
   saturates = mlas_u8s8_saturates() if saturates is None else saturates
   if saturates and ((mode == "ort_int8" and kernels == "mlas") or mode == "ort_dynamic"):
     return ORT_MODES[mode] + "_avx2"
@@ -106,7 +125,14 @@ OPSET = 17
 
 
 def onnx_modules():
-  """``(onnx, onnxruntime, tf2onnx)``, or an ImportError naming the extra."""
+  """``(onnx, onnxruntime, tf2onnx)``, or an ImportError naming the extra.
+
+  Returns:
+    The imported ``(onnx, onnxruntime, tf2onnx)`` modules.
+
+  Raises:
+    ImportError: one of them is not installed (they are the ``qsim[onnx]`` extra).
+  """
   try:
     import onnx  # pylint: disable=g-import-not-at-top
     import onnxruntime  # pylint: disable=g-import-not-at-top
@@ -117,20 +143,55 @@ def onnx_modules():
 
 
 def check_ort_mode(mode: str) -> str:
+  """Checks that ``mode`` is an ONNX Runtime export mode.
+
+  Args:
+    mode: the mode to check; one of ``ORT_MODES``.
+
+  Returns:
+    ``mode`` itself.
+
+  Raises:
+    ValueError: ``mode`` is not one of ``ORT_MODES``.
+  """
   if mode not in ORT_MODES:
     raise ValueError(f"mode={mode!r} is not valid; choose one of {list(ORT_MODES)}")
   return mode
 
 
 def check_ort_kernels(kernels: str) -> str:
+  """Checks that ``kernels`` is an ONNX Runtime kernel family.
+
+  Args:
+    kernels: the kernel family to check; one of ``ORT_KERNELS`` ('mlas', 'reference').
+
+  Returns:
+    ``kernels`` itself.
+
+  Raises:
+    ValueError: ``kernels`` is not one of ``ORT_KERNELS``.
+  """
   if kernels not in ORT_KERNELS:
     raise ValueError(f"kernels={kernels!r} is not valid; choose one of {list(ORT_KERNELS)}")
   return kernels
 
 
 def to_onnx(model, variables: dict, example: np.ndarray):
-  """The model's float inference graph as an ONNX ``ModelProto`` (dynamic
-  batch axis; input named ``x``), converted by tf2onnx."""
+  """The model's float inference graph as an ONNX ``ModelProto``, converted by tf2onnx.
+
+  Args:
+    model: a float qsim model of an architecture :func:`tf_forward` supports.
+    variables: its variables (``params`` and, for BatchNorm, ``batch_stats``).
+    example: one or more inputs (only the shape and dtype past the batch axis
+      are used; integer inputs give an int32 input).
+
+  Returns:
+    The ONNX ``ModelProto`` (opset ``OPSET``, dynamic batch axis, input named ``x``).
+
+  Raises:
+    ValueError: ``model``'s architecture is not supported.
+    ImportError: TensorFlow or the ``qsim[onnx]`` extra is not installed.
+  """
   tf = tensorflow()
   fwd = tf_forward(model, variables)  # raises, naming the architecture, before any conversion work
   _, _, tf2onnx = onnx_modules()
@@ -233,8 +294,18 @@ class ORTModel:
     self.per_sample = any(n.op_type == "DynamicQuantizeLinear" for n in onnx.load_from_string(self.content).graph.node)
 
   def outputs(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Float outputs for ``x``, ``batch_size`` at a time (one at a time for a
-    dynamic model)."""
+    """Float outputs for ``x``, ``batch_size`` at a time (one at a time for a dynamic model).
+
+    Args:
+      x: the inputs, batch first (integer inputs are fed as int32, others as float32).
+      batch_size: samples per session run, >= 1 (ignored for a dynamic model).
+
+    Returns:
+      The outputs, one row per sample (an empty array for empty ``x``).
+
+    Raises:
+      ValueError: ``batch_size`` is < 1.
+    """
     if batch_size < 1:
       raise ValueError(f"batch_size={batch_size} is not valid; give an int >= 1")
     step = 1 if self.per_sample else batch_size
@@ -243,5 +314,16 @@ class ORTModel:
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
   def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Top-1 predictions."""
+    """Top-1 predictions.
+
+    Args:
+      x: the inputs, batch first (as for :meth:`outputs`).
+      batch_size: samples per session run, >= 1.
+
+    Returns:
+      The predicted class index of each sample.
+
+    Raises:
+      ValueError: ``batch_size`` is < 1.
+    """
     return self.outputs(x, batch_size).argmax(-1)

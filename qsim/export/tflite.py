@@ -39,7 +39,14 @@ MODES = {"int8": "tflite_int8", "dynamic": "tflite_dynamic", "float16": "fp16", 
 
 
 def tensorflow():
-  """The ``tensorflow`` module, or an ImportError saying how to install it."""
+  """The ``tensorflow`` module, or an ImportError saying how to install it.
+
+  Returns:
+    The imported ``tensorflow`` module.
+
+  Raises:
+    ImportError: TensorFlow is not installed (it is the ``qsim[tflite]`` extra).
+  """
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -57,6 +64,17 @@ def _interpreter_cls():
 
 
 def check_mode(mode: str) -> str:
+  """Checks that ``mode`` is a TFLite export mode.
+
+  Args:
+    mode: the mode to check; one of ``MODES`` ('int8', 'dynamic', 'float16', 'float32').
+
+  Returns:
+    ``mode`` itself.
+
+  Raises:
+    ValueError: ``mode`` is not one of ``MODES``.
+  """
   if mode not in MODES:
     raise ValueError(f"mode={mode!r} is not valid; choose one of {list(MODES)}")
   return mode
@@ -75,11 +93,34 @@ KERNEL_PRESETS = {("int8", "builtin"): "tflite_int8_builtin", ("dynamic", "built
 
 
 def preset_for(mode: str, kernels: str = "xnnpack") -> str:
-  """The qsim preset that simulates TFLite ``mode`` on the kernel family ``kernels``."""
+  """The qsim preset that simulates TFLite ``mode`` on the kernel family ``kernels``.
+
+  Args:
+    mode: the TFLite mode, one of ``MODES``.
+    kernels: the interpreter's kernel family, one of ``KERNELS`` (default 'xnnpack').
+
+  Returns:
+    The qsim preset name: the ``KERNEL_PRESETS`` entry for ``(mode, kernels)``
+    where there is one, else ``MODES[mode]``.
+
+  Raises:
+    ValueError: ``mode`` or ``kernels`` is not valid.
+  """
   return KERNEL_PRESETS.get((check_mode(mode), check_kernels(kernels)), MODES[mode])
 
 
 def check_kernels(kernels: str) -> str:
+  """Checks that ``kernels`` is a TFLite interpreter kernel family.
+
+  Args:
+    kernels: the kernel family to check; one of ``KERNELS`` ('xnnpack', 'builtin').
+
+  Returns:
+    ``kernels`` itself.
+
+  Raises:
+    ValueError: ``kernels`` is not one of ``KERNELS``.
+  """
   if kernels not in KERNELS:
     raise ValueError(f"kernels={kernels!r} is not valid; choose one of {list(KERNELS)}")
   return kernels
@@ -288,7 +329,23 @@ _BUILDERS: dict[type, Callable] = {
 
 
 def tf_forward(model, variables: dict) -> Callable:
-  """The model's inference forward pass (inputs -> logits) in TensorFlow ops."""
+  """The model's inference forward pass (inputs -> logits) in TensorFlow ops.
+
+  Args:
+    model: a qsim model of a supported architecture (LeNet, NiN, ResNetV2,
+      ResNet50, DenseNet or RNNClassifier).
+    variables: its variables (``params`` and, for BatchNorm, ``batch_stats``);
+      they become constants of the graph.
+
+  Returns:
+    A function from a batch of inputs (a TensorFlow tensor: NHWC images, or
+    token ids for text models) to the logits; calling it raises ValueError
+    where ``variables`` lacks a weight the architecture needs.
+
+  Raises:
+    ValueError: ``model``'s architecture is not supported.
+    ImportError: TensorFlow is not installed.
+  """
   for cls, build in _BUILDERS.items():
     if isinstance(model, cls):
       return build(tensorflow(), model, _Weights(variables))
@@ -409,7 +466,19 @@ class TFLiteModel:
   def outputs(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Float outputs for ``x`` (float model inputs), run ``batch_size`` at a
     time; integer inputs and outputs are (de)quantized with the model's own
-    parameters, rounding to nearest."""
+    parameters, rounding to nearest.
+
+    Args:
+      x: the inputs, batch first (float inputs are quantized where the model
+        takes integers; integer inputs are passed as they are).
+      batch_size: samples per interpreter call, >= 1.
+
+    Returns:
+      The float outputs, one row per sample (an empty array for empty ``x``).
+
+    Raises:
+      ValueError: ``batch_size`` is < 1.
+    """
     if batch_size < 1:
       raise ValueError(f"batch_size={batch_size} is not valid; give an int >= 1")
     out = []
@@ -429,14 +498,32 @@ class TFLiteModel:
     return y
 
   def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Top-1 predictions, batched."""
+    """Top-1 predictions, batched.
+
+    Args:
+      x: the inputs, batch first (as for :meth:`outputs`).
+      batch_size: samples per interpreter call, >= 1.
+
+    Returns:
+      The predicted class index of each sample.
+
+    Raises:
+      ValueError: ``batch_size`` is < 1.
+    """
     return self.outputs(x, batch_size).argmax(-1)
 
   def predict_study(self, x: np.ndarray) -> np.ndarray:
     """Predictions as the study's pipeline made them: one sample at a time;
     a uint8 input is ``(x / scale + zero_point).astype(uint8)`` (truncated,
     not rounded or clipped); the prediction is the argmax of the raw
-    (quantized) output, so near ties go to the lower class index."""
+    (quantized) output, so near ties go to the lower class index.
+
+    Args:
+      x: the inputs, batch first (float for a uint8-input model).
+
+    Returns:
+      The predicted class index of each sample (int64).
+    """
     preds = np.empty(len(x), np.int64)
     integer = np.issubdtype(self.input_dtype, np.integer)
     s, z = self._in["quantization"]

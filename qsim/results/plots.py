@@ -6,7 +6,11 @@ from qsim.runs import atomic_write
 
 
 def pyplot():
-  """``matplotlib.pyplot`` on the Agg backend (imported only when plotting)."""
+  """``matplotlib.pyplot`` on the Agg backend (imported only when plotting).
+
+  Returns:
+    The ``matplotlib.pyplot`` module, with the non-interactive Agg backend selected.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
@@ -16,6 +20,11 @@ def pyplot():
 
 
 def save_figure(fig, path: str) -> None:
-  """Writes ``fig`` as PNG (110 dpi) to ``path`` atomically and closes it."""
+  """Writes ``fig`` as PNG (110 dpi) to ``path`` atomically and closes it.
+
+  Args:
+    fig: the matplotlib figure to save; it is closed afterwards.
+    path: destination file path (PNG is written whatever the extension).
+  """
   atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
   pyplot().close(fig)

@@ -16,6 +16,12 @@ _NUM = re.compile(r"^-?\d+(\.\d+)?(e-?\d+)?$")
 def read_rows(path: str) -> list[dict]:
   """The results table ``path`` (CSV) with numbers parsed (empty cells become NaN).
 
+  Args:
+    path: path of a ``results.csv`` written by ``ResultsStore.write_table``.
+
+  Returns:
+    One dict per row, column name to value: numeric cells as float, empty cells as NaN, other cells as str.
+
   Raises:
     FileNotFoundError: no such table (the message names the command that writes one).
     ValueError: the table has no rows.
@@ -36,14 +42,28 @@ def read_rows(path: str) -> list[dict]:
 
 
 def mean(xs: Iterable) -> float:
-  """The mean of ``xs`` ignoring NaN; NaN when nothing is left."""
+  """The mean of ``xs`` ignoring NaN; NaN when nothing is left.
+
+  Args:
+    xs: numbers; float NaNs are dropped before averaging.
+
+  Returns:
+    The mean of the non-NaN values, or NaN when there are none.
+  """
   xs = [x for x in xs if not (isinstance(x, float) and math.isnan(x))]
   return sum(xs) / len(xs) if xs else float("nan")
 
 
 def mean_ci(values: Iterable) -> tuple[float, float]:
-  """Mean and half-width of its 95% t-interval, NaN ignored (NaN half-width
-  for one value, both NaN for none)."""
+  """Mean and half-width of its 95% t-interval, NaN ignored.
+
+  Args:
+    values: numbers (e.g. one metric over seeds); float NaNs are dropped.
+
+  Returns:
+    ``(mean, half_width)`` of the two-sided 95% Student-t interval; the half-width is NaN for one value, both are
+    NaN for none.
+  """
   v = np.asarray([x for x in values if not (isinstance(x, float) and math.isnan(x))], float)
   if len(v) == 0:
     return float("nan"), float("nan")
@@ -55,7 +75,16 @@ def mean_ci(values: Iterable) -> tuple[float, float]:
 
 
 def fmt_ci(m: float, h: float, digits: int = 1) -> str:
-  """'m ± h' with ``digits`` decimals; 'm' when ``h`` is NaN, '-' when ``m`` is."""
+  """'m ± h' with ``digits`` decimals; 'm' when ``h`` is NaN, '-' when ``m`` is.
+
+  Args:
+    m: the mean.
+    h: the interval half-width (NaN to print the mean alone).
+    digits: decimal places for both numbers.
+
+  Returns:
+    The formatted string.
+  """
   if math.isnan(m):
     return "-"
   return f"{m:.{digits}f}" if math.isnan(h) else f"{m:.{digits}f} ± {h:.{digits}f}"

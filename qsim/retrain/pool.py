@@ -37,13 +37,32 @@ class Part:
     return len(self.y)
 
   def take(self, idx) -> "Part":
+    """A subset of the samples, in the order given.
+
+    Args:
+      idx: integer indices into this part (repeats allowed).
+
+    Returns:
+      A new part with the same name holding the samples, labels and ids at ``idx``.
+    """
     idx = np.asarray(idx, np.int64)
     x = self.x[idx] if isinstance(self.x, np.ndarray) else [self.x[i] for i in idx]
     return Part(self.name, x, self.y[idx], self.ids[idx])
 
 
 def parse_split(spec: str) -> tuple[str, slice]:
-  """'val', 'val[:2500]', 'test[5000:]', 'train[50000:55000]' -> (split, slice)."""
+  """'val', 'val[:2500]', 'test[5000:]', 'train[50000:55000]' -> (split, slice).
+
+  Args:
+    spec: a split name (train, val or test), optionally followed by a Python
+      slice ``[start:stop]`` without a step; surrounding whitespace is ignored.
+
+  Returns:
+    The split name and the slice (``slice(None, None)`` when unsliced).
+
+  Raises:
+    ValueError: ``spec`` is not a string of that form.
+  """
   m = _SPEC.match(spec.strip()) if isinstance(spec, str) else None
   if not m:
     raise ValueError(
@@ -54,13 +73,31 @@ def parse_split(spec: str) -> tuple[str, slice]:
 
 
 def base_ids(ids: np.ndarray) -> np.ndarray:
-  """Ids without their shift suffix."""
+  """Ids without their shift suffix.
+
+  Args:
+    ids: sample ids, e.g. ``train:55003~c/fog/1``.
+
+  Returns:
+    The ids cut at the first '~' (``train:55003``), as a str array.
+  """
   return np.asarray([s.split("~", 1)[0] for s in ids.tolist()], dtype=str)
 
 
 def check_disjoint(pool: np.ndarray, others: dict[str, np.ndarray]) -> None:
   """Raises ``ValueError`` if the pool shares a (base) sample id with any of
-  ``others`` (e.g. the fine-tuning data and the evaluation sets)."""
+  ``others`` (e.g. the fine-tuning data and the evaluation sets).
+
+  Ids are compared without their shift suffix (see :func:`base_ids`).
+
+  Args:
+    pool: the candidate pool's sample ids.
+    others: the ids of each set the pool must not overlap, by a name used in
+      the error message.
+
+  Raises:
+    ValueError: the pool shares a sample with one of ``others``.
+  """
   pool_set = set(base_ids(pool).tolist())
   for name, ids in others.items():
     shared = pool_set.intersection(base_ids(ids).tolist())
@@ -101,8 +138,20 @@ class Splits:
     return self._cache[(split, encode)]
 
   def part(self, spec: str, *, encode: bool = True) -> Part:
-    """The samples of a split spec (see :func:`parse_split`); ``encode=False``
-    gives a text dataset's raw reviews."""
+    """The samples of a split spec (see :func:`parse_split`).
+
+    Args:
+      spec: a split spec, e.g. 'val' or 'val[:2500]'.
+      encode: for a text dataset, True gives token ids and False the raw
+        reviews; ignored for images.
+
+    Returns:
+      The selected samples, named ``spec``, with ids ``train:<i>`` (train and
+      val, ``i`` indexing the whole training split) or ``test:<i>``.
+
+    Raises:
+      ValueError: ``spec`` is not valid or selects no samples.
+    """
     split, sl = parse_split(spec)
     d = self._load(split, encode)
     offset = len(self._load("train", encode)) if split == "val" else 0

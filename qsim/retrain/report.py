@@ -23,8 +23,20 @@ COUNTS = ("before", "after", "resolved", "persisted", "new")
 
 
 def final_rounds(rows) -> dict:
-  """{(model, quantizer, strategy, seed): {'clean': {count: n}, 'shifted': {...} or None, 'acc': (before, after),
-  'added': n}} from each run's last completed round."""
+  """Each run's last completed round, its counts summed over sets.
+
+  Args:
+    rows: the retraining table's rows (as :func:`qsim.results.read_rows` gives
+      them); only rows with status 'done' count.
+
+  Returns:
+    {(model, quantizer, strategy, seed): {'round': r, 'clean': {count: n},
+    'shifted': {count: n} or None, 'acc': (before, after), 'added': n}}: the
+    counts of ``COUNTS`` summed over the evaluation split ('clean') and over
+    the shifted sets ('shifted', None without any), the float accuracy
+    (fraction) on the evaluation split before and after, and the samples added
+    to the training data so far.
+  """
   done = [r for r in rows if r.get("status") == "done"]
   run_key = lambda r: (r["model"], r["quantizer"], r["strategy"], int(r["seed"]))  # noqa: E731
   last = {}
@@ -51,6 +63,20 @@ def _cells(runs) -> list[tuple[str, str]]:
 
 
 def section(rows) -> list[str]:
+  """The retraining section of a report, in Markdown.
+
+  Tables of disagreements (before, after, resolved, persisted, new; mean ±
+  95% t-interval over seeds, with the paired difference to the random
+  control) on the evaluation split and the shifted sets, the float accuracy
+  before and after, and the runs stopped for lack of disagreements.
+
+  Args:
+    rows: the retraining table's rows (as :func:`qsim.results.read_rows` gives
+      them).
+
+  Returns:
+    The section's lines, without line ends.
+  """
   runs = final_rounds(rows)
   cells = _cells(runs)
   strategies = list(dict.fromkeys(r["strategy"] for r in rows))
@@ -122,7 +148,20 @@ def section(rows) -> list[str]:
 
 
 def plot(rows, path) -> bool:
-  """Per (model, quantizer) and kind of set: a before | after bar pair per strategy."""
+  """Per (model, quantizer) and kind of set: a before | after bar pair per strategy.
+
+  Bars are stacked (before = persisted + resolved, after = persisted + new)
+  and averaged over seeds, from each run's last round.
+
+  Args:
+    rows: the retraining table's rows (as :func:`qsim.results.read_rows` gives
+      them).
+    path: where to write the PNG figure.
+
+  Returns:
+    True if the figure was written; False (nothing written) when no run has a
+    completed round.
+  """
   runs = final_rounds(rows)
   if not runs:
     return False
@@ -156,7 +195,18 @@ def plot(rows, path) -> bool:
 
 
 def write_report(workdir: str) -> str:
-  """Writes ``report.md`` and ``retrain.png`` into ``workdir``; returns the report path."""
+  """Writes ``report.md`` and ``retrain.png`` into ``workdir``.
+
+  Args:
+    workdir: a retraining workdir holding ``results.csv``.
+
+  Returns:
+    The path of ``report.md``.
+
+  Raises:
+    FileNotFoundError: ``workdir`` has no ``results.csv``.
+    ValueError: the table has no rows or is not a retraining table.
+  """
   rows = read_rows(os.path.join(workdir, "results.csv"))
   if "strategy" not in rows[0]:
     raise ValueError(

@@ -72,6 +72,20 @@ def _quantizer_order(rows):
 
 
 def rq1(rows, workdir) -> tuple[list[str], str, str]:
+  """RQ1: disagreements on shifted vs clean data, with its verdict (rule in the module docstring).
+
+  Uses the standard-trained models' rows (all rows if there are none) and
+  writes ``rq1_severity.png`` into ``workdir``.
+
+  Args:
+    rows: the evaluation sweep's rows (as :func:`qsim.results.read_rows` gives
+      them).
+    workdir: the study workdir the plot is written into.
+
+  Returns:
+    The section's Markdown lines, the verdict ('supported', 'mixed' or 'not
+    supported') and a one-sentence evidence string for the summary.
+  """
   std = [r for r in rows if r["method"] == "standard"] or rows
   models = list(dict.fromkeys(r["model"] for r in std))
   quantizers = _quantizer_order(std)
@@ -188,6 +202,20 @@ def _plot_severity(sev, quantizers, severities, path):
 
 
 def rq2(rows, workdir) -> tuple[list[str], str, str]:
+  """RQ2: which training method gives the fewest disagreements, with its verdict.
+
+  Writes ``rq2_methods.png`` into ``workdir``.
+
+  Args:
+    rows: the evaluation sweep's rows (as :func:`qsim.results.read_rows` gives
+      them).
+    workdir: the study workdir the plot is written into.
+
+  Returns:
+    The section's Markdown lines, the verdict ('supported', 'mixed', 'not
+    supported', or 'not tested' without QAT models) and a one-sentence
+    evidence string for the summary.
+  """
   methods = list(dict.fromkeys(r["method"] for r in rows))
   models = list(dict.fromkeys(r["model"] for r in rows))
   quantizers = _quantizer_order(rows)
@@ -256,6 +284,21 @@ def _plot_methods(rate, models, quantizers, methods, path):
 
 
 def rq3(rows, workdir) -> tuple[list[str], str, str]:
+  """RQ3: which uncertainty score detects disagreements best, with its verdict.
+
+  Only rows with both disagreements and agreements count. Writes
+  ``rq3_auroc.png`` into ``workdir``.
+
+  Args:
+    rows: the evaluation sweep's rows (as :func:`qsim.results.read_rows` gives
+      them).
+    workdir: the study workdir the plot is written into.
+
+  Returns:
+    The section's Markdown lines, the verdict ('supported', 'mixed', 'not
+    supported', or 'not tested' without usable rows) and a one-sentence
+    evidence string for the summary.
+  """
   usable = [r for r in rows if r["disagreements"] > 0 and r["disagreements"] < r["n"] - r["nonfinite"]]
   seeds = sorted({int(r["train_seed"]) for r in usable})
   lines = [
@@ -344,6 +387,22 @@ def _plot_auroc(per_seed, path):
 
 
 def rq4(workdir) -> tuple[list[str], str, str]:
+  """RQ4: what retraining with disagreements resolves, keeps and breaks, with its verdict.
+
+  Reads every ``retrain/<model>/seed<s>/results.csv`` under ``workdir`` and writes
+  ``retrain.png`` into it.
+
+  Args:
+    workdir: the study workdir.
+
+  Returns:
+    The section's Markdown lines, the verdict ('supported', 'mixed', 'not
+    supported', or 'not tested' without retraining results or 'all' runs with
+    disagreements) and a one-sentence evidence string for the summary.
+
+  Raises:
+    ValueError: a retraining results table has no rows.
+  """
   paths = sorted(glob.glob(os.path.join(workdir, "retrain", "*", "*", "results.csv")))
   rows = [r for p in paths for r in read_rows(p)]
   lines = ["## RQ4: what retraining with disagreements resolves, keeps and breaks", ""]
@@ -380,7 +439,21 @@ def rq4(workdir) -> tuple[list[str], str, str]:
 
 
 def write_report(workdir: str) -> str:
-  """Writes ``report.md`` and its plots into ``workdir``; returns its path."""
+  """Writes ``report.md`` and its plots into ``workdir``.
+
+  Also writes the evaluation sweep's own report, ``eval/report.md``.
+
+  Args:
+    workdir: the study workdir, holding ``eval/results.csv`` and optionally
+      ``retrain/<model>/seed<s>/results.csv``.
+
+  Returns:
+    The path of ``report.md``.
+
+  Raises:
+    FileNotFoundError: ``workdir`` has no ``eval/results.csv``.
+    ValueError: a results table has no rows.
+  """
   rows = read_rows(os.path.join(workdir, "eval", "results.csv"))
   seeds = sorted({int(r["train_seed"]) for r in rows})
   models = list(dict.fromkeys(r["model"] for r in rows))

@@ -57,7 +57,21 @@ def _log(msg: str) -> None:
 def make_optimizer(
     name: str, learning_rate: float, steps: int, schedule: str = "cosine", momentum: float = 0.9
 ) -> optax.GradientTransformation:
-  """Adam or SGD (momentum) with a constant or cosine-decayed learning rate."""
+  """Adam or SGD (momentum) with a constant or cosine-decayed learning rate.
+
+  Args:
+    name: the optimizer, 'adam' or 'sgd'.
+    learning_rate: the initial learning rate.
+    steps: the training steps; the cosine schedule decays to 0 over them.
+    schedule: 'cosine' (default) or 'constant'.
+    momentum: SGD's momentum (ignored for Adam).
+
+  Returns:
+    The optax optimizer.
+
+  Raises:
+    ValueError: ``name`` or ``schedule`` is not valid.
+  """
   if schedule == "cosine":
     lr = optax.cosine_decay_schedule(learning_rate, steps)
   elif schedule == "constant":
@@ -76,7 +90,20 @@ def _is_text(model: nn.Module) -> bool:
 
 
 def make_forward(model: nn.Module, params, batch_stats, *, embedded: bool):
-  """(inputs, dropout key) -> (logits, new batch_stats) in train mode."""
+  """(inputs, dropout key) -> (logits, new batch_stats) in train mode.
+
+  Args:
+    model: the flax model.
+    params: its parameters.
+    batch_stats: its BatchNorm statistics, or None for a model without BatchNorm.
+    embedded: the inputs are token embeddings, not token ids (text models
+      attacked or mixed in embedding space).
+
+  Returns:
+    ``forward(x, key) -> (logits, new batch_stats)``; the new batch_stats are
+    None where ``batch_stats`` is. ``key`` seeds dropout and the quantizers'
+    random stream.
+  """
   kwargs = {"embedded": True} if embedded else {}
 
   def forward(x, key):
@@ -92,9 +119,20 @@ def make_forward(model: nn.Module, params, batch_stats, *, embedded: bool):
 
 
 def make_train_step(model: nn.Module, cfg: MethodConfig, mesh: Mesh | None = None):
-  """A jit-compiled ``step(state, x, y, key) -> (state, loss, accuracy)``;
-  with ``mesh``, ``x`` and ``y`` are split over its 'data' axis and the
-  state and outputs are replicated."""
+  """A jit-compiled ``step(state, x, y, key) -> (state, loss, accuracy)``.
+
+  With ``mesh``, ``x`` and ``y`` are split over its 'data' axis and the
+  state and outputs are replicated.
+
+  Args:
+    model: the flax model to train.
+    cfg: the training method and its hyper-parameters.
+    mesh: the device mesh to run data parallel on; None for plain ``jax.jit``.
+
+  Returns:
+    The step function: one optimizer step on the batch ``(x, y)`` with the
+    random key ``key``; ``loss`` and ``accuracy`` are the batch's.
+  """
   # Text models are attacked and mixed in embedding space, never on token ids.
   in_embedding_space = _is_text(model) and cfg.method in ("pgd", "fgsm", "mixup")
   box = None if in_embedding_space else cfg.box
@@ -120,6 +158,17 @@ def make_train_step(model: nn.Module, cfg: MethodConfig, mesh: Mesh | None = Non
 
 
 def init_state(model: nn.Module, x0, tx, seed: int) -> TrainState:
+  """The training state at step 0, with ``model``'s parameters drawn from ``seed``.
+
+  Args:
+    model: the flax model.
+    x0: an example input batch (e.g. one sample); fixes the input shape.
+    tx: the optax optimizer.
+    seed: the seed of the initial parameters.
+
+  Returns:
+    The new state (``bad_step`` -1).
+  """
   variables = jax.jit(lambda k, x: model.init({"params": k, "dropout": k}, x))(jax.random.key(seed), x0)
   return TrainState.create(
       apply_fn=model.apply,
@@ -136,9 +185,22 @@ def _epoch_permutation(n: int, seed: int, epoch: int, stream: int = 0) -> np.nda
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int, stream: int = 0) -> np.ndarray:
-  """The examples of (0-based) step ``step``: epoch-wise permutations, the
-  remainder of each epoch dropped. ``stream``: an independent order (data
-  block ``stream`` of a sharded run; block 0 uses the unsharded order)."""
+  """The examples of (0-based) step ``step``: epoch-wise permutations, the remainder of each epoch dropped.
+
+  Args:
+    n: the number of examples.
+    batch_size: the examples per step, 1 to ``n``.
+    seed: the seed of the permutations.
+    step: the 0-based training step.
+    stream: an independent order (data block ``stream`` of a sharded run;
+      block 0 uses the unsharded order).
+
+  Returns:
+    ``batch_size`` distinct indices into ``range(n)``.
+
+  Raises:
+    ValueError: ``batch_size`` is larger than ``n``.
+  """
   per_epoch = n // batch_size
   if per_epoch < 1:
     raise ValueError(f"batch_size={batch_size} is larger than the dataset ({n} examples)")
@@ -147,11 +209,26 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int, stream: int = 0
 
 
 def sharded_batch_indices(n: int, batch_size: int, seed: int, step: int, shards: int) -> list[np.ndarray]:
-  """Step ``step``'s global batch when the ``n`` training examples are cut
-  into ``shards`` blocks (:class:`qsim.distributed.Shard`), one per process:
-  for each block, the indices *within that block* of its ``batch_size //
-  shards`` examples (in block order, they make up the global batch).
-  ``shards=1`` is :func:`batch_indices`."""
+  """Step ``step``'s global batch when the ``n`` training examples are cut into ``shards`` blocks.
+
+  The blocks are :class:`qsim.distributed.Shard`, one per process.
+  ``shards=1`` is :func:`batch_indices`.
+
+  Args:
+    n: the number of training examples (all blocks).
+    batch_size: the global batch size; a multiple of ``shards``.
+    seed: the seed of the permutations.
+    step: the 0-based training step.
+    shards: the number of blocks, an int >= 1.
+
+  Returns:
+    For each block, the indices *within that block* of its ``batch_size //
+    shards`` examples (in block order, they make up the global batch).
+
+  Raises:
+    ValueError: ``shards`` is not an int >= 1 dividing ``batch_size``, or a
+      block has fewer than ``batch_size // shards`` examples.
+  """
   if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1 or batch_size % shards:
     raise ValueError(
         f"data_shards={shards!r} is not valid for batch_size={batch_size}; give an int >= 1 that"
@@ -172,7 +249,17 @@ def _predict_fn(model: nn.Module):
 
 
 def predict(model: nn.Module, variables, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-  """Argmax predictions in eval mode; the last batch is padded (exact)."""
+  """Argmax predictions in eval mode; the last batch is padded (exact).
+
+  Args:
+    model: the flax model.
+    variables: its variables (``params`` and, for BatchNorm, ``batch_stats``).
+    x: the inputs, batch first (non-empty).
+    batch_size: samples per compiled call.
+
+  Returns:
+    The predicted class index of each sample.
+  """
   try:
     fwd = _predict_fn(model)
   except TypeError:  # a model with an unhashable attribute: compile uncached
@@ -188,8 +275,21 @@ def predict(model: nn.Module, variables, x: np.ndarray, batch_size: int = 1000) 
 
 
 def accuracy(model: nn.Module, variables, x, y, batch_size: int = 1000) -> float:
-  """Accuracy on ``(x, y)``; in a multi-process run each process passes its
-  block and gets the accuracy over all blocks (exact integer counts)."""
+  """Accuracy on ``(x, y)``.
+
+  In a multi-process run each process passes its block and gets the accuracy
+  over all blocks (exact integer counts).
+
+  Args:
+    model: the flax model.
+    variables: its variables (``params`` and, for BatchNorm, ``batch_stats``).
+    x: the inputs, batch first.
+    y: the integer labels.
+    batch_size: samples per compiled call.
+
+  Returns:
+    The fraction of samples predicted correctly, in [0, 1].
+  """
   if jax.process_count() > 1:
     variables = distributed.host_local(variables)  # this host's copy of the replicated state
   correct = int(np.sum(predict(model, variables, x, batch_size) == y)) if len(y) else 0
@@ -198,6 +298,14 @@ def accuracy(model: nn.Module, variables, x, y, batch_size: int = 1000) -> float
 
 
 def variables_of(state: TrainState) -> dict:
+  """The model variables of a training state.
+
+  Args:
+    state: the training state.
+
+  Returns:
+    ``{'params': ...}``, with ``'batch_stats'`` where the model has BatchNorm.
+  """
   v = {"params": state.params}
   if state.batch_stats is not None:
     v["batch_stats"] = state.batch_stats
@@ -256,19 +364,46 @@ def train(
   """Trains ``model``; resumes automatically from ``workdir/checkpoints``.
 
   Writes ``workdir/metrics.jsonl`` (step, loss, train accuracy, steps/s, and
-  validation accuracy at each checkpoint). ``init_from``: a workdir whose
-  latest checkpoint initialises the parameters (e.g. a float run for QAT).
+  validation accuracy at each checkpoint).
 
-  ``mesh``: the devices to train on, data parallel over axis 'data'
-  (default: every device of every process); ``batch_size`` must be a
-  multiple of its size. ``data_shards``: how many blocks the training set is
-  cut into, one per process (default: the process count). In a multi-process
-  run ``train_x``, ``train_y`` (and ``val``) are this process's block
-  (``qsim.data.load(..., shard=qsim.distributed.process_shard())``); in one
-  process they are the whole set, and ``data_shards=N`` trains on the same
-  batches as N processes would.
+  In a multi-process run ``train_x``, ``train_y`` (and ``val``) are this
+  process's block (``qsim.data.load(..., shard=qsim.distributed.process_shard())``);
+  in one process they are the whole set, and ``data_shards=N`` trains on the
+  same batches as N processes would.
+
+  Args:
+    model: the flax model to train (built with a quant config for QAT).
+    train_x: the training inputs, batch first.
+    train_y: the integer training labels.
+    workdir: the run directory (created if missing): checkpoints/ and metrics.jsonl.
+    steps: the total optimizer steps, >= 1 (a resumed run continues up to it).
+    batch_size: the global batch size; a multiple of the mesh's size and of
+      ``data_shards``, at most the training examples per block.
+    method: the training method and its hyper-parameters (default: standard).
+    optimizer: 'adam' (default) or 'sgd' (momentum 0.9).
+    learning_rate: the initial learning rate.
+    schedule: 'cosine' (decays to 0 over ``steps``, default) or 'constant'.
+    seed: the seed of the parameters, the batch order and every random draw.
+    log_every: log a metrics row every this many steps, >= 1.
+    checkpoint_every: checkpoint (and evaluate on ``val``) every this many
+      steps, >= 1; the last step is always checkpointed.
+    val: the validation ``(x, y)`` evaluated at each checkpoint; None to skip.
+    init_from: a workdir whose latest checkpoint initialises the parameters
+      (e.g. a float run for QAT); None for a fresh initialisation.
+    mesh: the devices to train on, data parallel over axis 'data' (default:
+      every device of every process).
+    data_shards: how many blocks the training set is cut into, one per
+      process (default: the process count).
+
+  Returns:
+    The final training state, replicated over ``mesh``.
 
   Raises:
+    ValueError: ``steps``, ``log_every`` or ``checkpoint_every`` is < 1;
+      ``batch_size`` or ``data_shards`` does not fit the mesh, the process
+      count or the data; ``optimizer`` or ``schedule`` is not valid; or
+      ``workdir/metrics.jsonl`` is corrupted.
+    FileNotFoundError: ``init_from`` has no checkpoint.
     FloatingPointError: a non-finite loss; names the step. The last
       checkpoint written (all finite) is kept.
   """

@@ -60,6 +60,15 @@ class MethodConfig:
 
 
 def cross_entropy(logits, labels):
+  """The mean softmax cross-entropy of ``logits`` against integer ``labels``.
+
+  Args:
+    logits: the logits, shape (batch, classes).
+    labels: the integer class labels, shape (batch,).
+
+  Returns:
+    The mean loss over the batch (a scalar).
+  """
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
@@ -68,9 +77,23 @@ Forward = Callable[[jax.Array, jax.Array], tuple[jax.Array, Any]]
 
 
 def pgd(forward: Forward, x, y, key, cfg: MethodConfig, box):
-  """Adversarial version of ``x``: ``x + delta`` with the perturbation
-  treated as a constant, so the gradient still reaches whatever produced
-  ``x`` (for text: the embedding table)."""
+  """Adversarial version of ``x``: ``x + delta`` with the perturbation treated as a constant.
+
+  The gradient still reaches whatever produced ``x`` (for text: the embedding
+  table). ``cfg.attack`` sets the step size, iterations and random start
+  (FGSM: one step of size eps, no random start).
+
+  Args:
+    forward: ``(inputs, dropout key) -> (logits, batch_stats)``.
+    x: the clean inputs, batch first.
+    y: their integer labels.
+    key: the random key of the random start and the forward's dropout.
+    cfg: the method config (``eps``: the L-inf radius of the perturbation).
+    box: ``(low, high)`` the iterates are clipped to, or None for no clipping.
+
+  Returns:
+    The adversarial inputs, shaped as ``x``.
+  """
   step, iters, random_start = cfg.attack
   k_init, k_drop = jax.random.split(key)
   x_in, x = x, jax.lax.stop_gradient(x)
@@ -91,7 +114,20 @@ def pgd(forward: Forward, x, y, key, cfg: MethodConfig, box):
 
 
 def batch_loss(forward: Forward, x, y, key, cfg: MethodConfig, box):
-  """The method's loss on one batch; returns (loss, (logits, batch_stats))."""
+  """The method's loss on one batch; returns (loss, (logits, batch_stats)).
+
+  Args:
+    forward: ``(inputs, dropout key) -> (logits, batch_stats)``.
+    x: the inputs, batch first (embeddings where a text model is attacked or mixed).
+    y: their integer labels.
+    key: the step's random key (attack, Mixup weights and dropout).
+    cfg: the training method and its hyper-parameters.
+    box: the valid input range ``(low, high)`` for attacks, or None.
+
+  Returns:
+    ``(loss, (logits, batch_stats))``: the scalar loss, the logits of the
+    (attacked or mixed) batch and the new BatchNorm statistics.
+  """
   k_method, k_drop = jax.random.split(key)
   if cfg.method in ("pgd", "fgsm"):
     n_adv = max(1, int(round(cfg.adv_fraction * x.shape[0])))
