@@ -50,8 +50,9 @@ def main():
     cfg = preset(name)
     float_sum = QuantConfig(default=dataclasses.replace(cfg.default, add_requant="fp32"), rules=cfg.rules)
     qs = build_quantizers(model, variables, [(name, cfg), ("float sum", float_sum)], calib.x)
-    for set_name in sets:
-      x = load_set(run, set_name, seed=0, limit=args.limit).x
+    for shifted in sets:
+      set_name = shifted.name
+      x = load_set(run, shifted, seed=0, limit=args.limit).x
       logits = []
       for q in qs:
         apply = model.clone(quant=q.config).apply

@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 
 from qsim.evaluate.engine import build_quantizers  # noqa: E402
 from qsim.evaluate.sweep import load_set, open_run  # noqa: E402
+from qsim.shifts import registry  # noqa: E402
 from qsim.quant import QuantConfig, preset  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def main():
     raise SystemExit(f"--images={args.images} is not valid; give at least 1")
   run, calib = open_run(args.checkpoint, None, 100)
   model, variables = run.model, run.variables
-  x = load_set(run, "clean", seed=0, limit=args.images).x
+  x = load_set(run, registry.clean_set(run.dataset), seed=0, limit=args.images).x
   int8 = preset("tflite_int8")
   variants = [
       ("float32", preset("float32")),

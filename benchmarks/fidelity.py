@@ -46,6 +46,7 @@ from qsim.evaluate import sweep  # noqa: E402
 from qsim.evaluate.engine import Engine, build_quantizers  # noqa: E402
 from qsim.export import fidelity  # noqa: E402
 from qsim.export.onnx import ORTModel, export_onnx  # noqa: E402
+from qsim.shifts import registry  # noqa: E402
 from qsim.export.tflite import TFLiteModel, export  # noqa: E402
 
 # model -> training steps (enough for a trained model: the run prints each test accuracy)
@@ -63,7 +64,9 @@ def _trained(cache: str, name: str, steps: int) -> str:
   if not os.path.exists(os.path.join(path, "summary.json")):
     print(f"training {name} for {steps} steps -> {path}", flush=True)
     job.run(
-        mnist.get_config(f"model={name},steps={steps},batch_size=64,seed=0,log_every=200,checkpoint_every=200"),
+        job.TrainConfig.from_config_dict(
+            mnist.get_config(f"model={name},steps={steps},batch_size=64,seed=0,log_every=200,checkpoint_every=200")
+        ),
         path,
     )
   return path
@@ -83,7 +86,7 @@ def _speed(ckpt: str, images: int) -> tuple[float, float, float, float]:
   """(qsim s, TFLite s, qsim s, ORT s) for the TFLite modes and the ORT modes on ``images`` clean images."""
   run, calib = sweep.open_run(ckpt, None, 100)
   model, variables = run.model, run.variables
-  d = sweep.load_set(run, "clean", seed=0, limit=images)
+  d = sweep.load_set(run, registry.clean_set(run.dataset), seed=0, limit=images)
   out = []
   for modes, presets, make in [
       (
@@ -116,14 +119,16 @@ def main():
     ckpt = _trained(args.cache, name, steps)
     work = os.path.join(args.cache, f"fid_{name}_{ARCHS[name]}")
     fidelity.run_fidelity(
-        ckpt,
+        fidelity.FidelityConfig(
+            checkpoints=(ckpt,),
+            modes=TFLITE_MODES + ORT_MODES,
+            kernels=("xnnpack", "builtin", "mlas", "reference"),
+            shifts=SHIFTS,
+            limit=args.images,
+            study=False,
+        ),
         work,
-        modes=TFLITE_MODES + ORT_MODES,
-        kernels=("xnnpack", "builtin", "mlas", "reference"),
-        shifts=SHIFTS,
-        limit=args.images,
-        study=False,
-    )
+    )[ckpt]
     works[name] = work
     rows += [dict(r, arch=name) for r in fidelity.ResultsStore(work).rows()]
     s = np.array(_speed(ckpt, args.images))

@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 
 from qsim.evaluate.engine import build_quantizers  # noqa: E402
 from qsim.evaluate.sweep import load_set, open_run  # noqa: E402
+from qsim.shifts import registry  # noqa: E402
 from qsim.export.tflite import TFLiteModel, export, preset_for  # noqa: E402
 from qsim.nn import layers, recurrent  # noqa: E402
 from qsim.quant import LayerSpec, QuantConfig, fake_quant, fixed_point, preset  # noqa: E402
@@ -192,7 +193,7 @@ def main():
   if "rnn" not in run.variables.get("params", {}):
     raise SystemExit(f"--checkpoint={args.checkpoint}: model {type(run.model).__name__} is not recurrent")
   blob = export(run.model, run.variables, "int8", calib.x[:1], representative=calib.x)
-  x = load_set(run, "clean", seed=0, limit=max(args.images, args.logit_images)).x
+  x = load_set(run, registry.clean_set(run.dataset), seed=0, limit=max(args.images, args.logit_images)).x
 
   for kernels in KERNELS:
     values, wrong = trace_ops(blob, x[: args.images], kernels)

@@ -56,15 +56,15 @@ def main():
   )
   total = tm = td = 0
   per_family = {}
-  for name in resolve_sets(DATASET, "c"):
+  for shifted in resolve_sets(DATASET, "c"):
     d = (
         data_lib.load(DATASET, "test", limit=args.limit)
-        if name == "clean"
-        else registry.load_shifted(name, limit=args.limit)
+        if shifted.family == registry.CLEAN
+        else registry.load_shifted(shifted.name, limit=args.limit)
     )
     x = np.asarray(d.x, np.float32)
     a, b = ties(x * (np.float32(1) / s32)), ties(x / s32)
-    fam = name if name == "clean" else name.split("/")[-2]
+    fam = shifted.family if shifted.family == registry.CLEAN else shifted.shift
     n, ma, mb = per_family.get(fam, (0, 0, 0))
     per_family[fam] = (n + x.size, ma + a, mb + b)
     total, tm, td = total + x.size, tm + a, td + b

@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 
 from qsim.evaluate.engine import build_quantizers  # noqa: E402
 from qsim.evaluate.sweep import load_set, open_run  # noqa: E402
+from qsim.shifts import registry  # noqa: E402
 from qsim.export.tflite import TFLiteModel, export  # noqa: E402
 from qsim.quant import QuantConfig, fake_quant, fixed_point, preset  # noqa: E402
 
@@ -169,7 +170,7 @@ def main():
     raise SystemExit(f"--images={args.images} is not valid; give at least 1")
   run, calib = open_run(args.checkpoint, None, args.calib)
   blob = export(run.model, run.variables, "int8", calib.x[:1], representative=calib.x)
-  x = load_set(run, "clean", seed=0, limit=args.images).x
+  x = load_set(run, registry.clean_set(run.dataset), seed=0, limit=args.images).x
   ops, it, details, grid = run_traced(blob, x)
 
   def get(i):

@@ -27,49 +27,48 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where results go.")
 def bit_grid_counts(by_quantizer: dict, weight_bits, act_bits) -> np.ndarray:
   """Disagreements as a weight x activation array, from the sweep's rows
   keyed by quantizer name, in the order ``bit_grid_names`` builds them."""
-  from qsim.evaluate import sweep  # pylint: disable=g-import-not-at-top
+  from qsim.quant import bit_grid_names  # pylint: disable=g-import-not-at-top
 
-  names = sweep.bit_grid_names(weight_bits, act_bits)
+  names = bit_grid_names(weight_bits, act_bits)
   return np.array([int(by_quantizer[n]["disagreements"]) for n in names]).reshape(len(weight_bits), len(act_bits))
 
 
 def run(c, workdir: str) -> list[dict]:
   """Runs the demo; returns the sweep's rows (one per quantizer, clean set)."""
   from qsim.evaluate import report, sweep  # pylint: disable=g-import-not-at-top
+  from qsim.quant import bit_grid_names  # pylint: disable=g-import-not-at-top
   from qsim.results import read_rows  # pylint: disable=g-import-not-at-top
   from qsim.train import job  # pylint: disable=g-import-not-at-top
 
   acts = [None if a == 0 else a for a in c.act_bits]
-  grid = sweep.bit_grid_names(c.weight_bits, acts)
+  grid = bit_grid_names(c.weight_bits, acts)
   quantizers = list(dict.fromkeys([*c.presets, *grid]))
-  train_cfg = common.base()
-  train_cfg.update(
-      dict(
-          model=c.model,
-          seed=c.seed,
-          steps=c.steps,
-          batch_size=c.batch_size,
-          learning_rate=c.learning_rate,
-          val_size=c.val_size,
-          log_every=max(1, c.steps // 10),
-          checkpoint_every=c.steps,
-      )
+  train_cfg = job.TrainConfig.from_config_dict(
+      common.base(),
+      model=c.model,
+      seed=c.seed,
+      steps=c.steps,
+      batch_size=c.batch_size,
+      learning_rate=c.learning_rate,
+      val_size=c.val_size,
+      log_every=max(1, c.steps // 10),
+      checkpoint_every=c.steps,
   )
-  train_cfg.lock()
   train_dir, eval_dir = os.path.join(workdir, "train"), os.path.join(workdir, "eval")
   print(f"[1/3] training {c.model} (float) for {c.steps} steps, seed {c.seed} -> {train_dir}", flush=True)
   job.run(train_cfg, train_dir)
   print(f"[2/3] {len(quantizers)} quantizers on the clean test split, one compiled grid -> {eval_dir}", flush=True)
   path = sweep.run_sweep(
-      [train_dir],
-      quantizers,
-      [],
+      sweep.SweepConfig(
+          checkpoints=(train_dir,),
+          quantizers=tuple(quantizers),
+          limit=c.test_limit,
+          batch_size=c.eval_batch_size,
+          calib_samples=c.calib_samples,
+          seed=c.seed,
+          mapping=c.mapping,
+      ),
       eval_dir,
-      limit=c.test_limit or None,
-      batch_size=c.eval_batch_size,
-      calib_samples=c.calib_samples,
-      seed=c.seed,
-      mapping=c.mapping,
   )
   rows = read_rows(path)
   by = {r["quantizer"]: r for r in rows}

@@ -3,7 +3,6 @@
 See experiments/configs/evaluate.py for the fields and commands.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -23,12 +22,7 @@ def main(argv):
   del argv
   launch.init_distributed()  # multi-process runs only; see experiments/launch.py
   logging.set_verbosity(logging.WARNING)
-  c = _CONFIG.value
-  if not c.checkpoint:
-    raise app.UsageError("give the checkpoint: --config=experiments/configs/evaluate.py:checkpoint=<train workdir>")
-  path = sweep.run_sweep(
-      [c.checkpoint], sweep.split(c.quantizers), sweep.split(c.shifts), _WORKDIR.value, **sweep.config_kwargs(c)
-  )
+  path = sweep.run_sweep(sweep.SweepConfig.from_config_dict(_CONFIG.value), _WORKDIR.value)
   print(path)
 
 

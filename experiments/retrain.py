@@ -4,13 +4,12 @@ See experiments/configs/retrain.py for the fields and commands. Writes
 DIR/results.csv and DIR/report.md (with DIR/retrain.png).
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
 from experiments import cli
-from experiments.configs.retrain import retrain_config
+from qsim.retrain import RetrainConfig
 from qsim.retrain import run_retrain
 from qsim.retrain import report
 
@@ -24,10 +23,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  c = _CONFIG.value
-  if not c.checkpoint:
-    raise app.UsageError("give the checkpoint: --config=experiments/configs/retrain.py:checkpoint=<train workdir>")
-  path = run_retrain(retrain_config(c), _WORKDIR.value)
+  path = run_retrain(RetrainConfig.from_config_dict(_CONFIG.value), _WORKDIR.value)
   print(path)
   print(report.write_report(_WORKDIR.value))
 

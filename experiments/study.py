@@ -9,7 +9,8 @@ from absl import logging
 from ml_collections import config_flags
 
 from experiments import cli
-from experiments.configs.study import study_config, train_config_fn
+from experiments.configs.study import train_config_fn
+from qsim.study import StudyConfig
 from qsim.study import run_study
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -22,8 +23,8 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  c = _CONFIG.value
-  path = run_study(study_config(c), _WORKDIR.value, train_config_fn(c))
+  c = StudyConfig.from_config_dict(_CONFIG.value)
+  path = run_study(c, _WORKDIR.value, train_config_fn(c))
   print(f"report: {path}")
 
 

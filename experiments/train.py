@@ -21,7 +21,7 @@ def main(argv):
   del argv
   launch.init_distributed()  # multi-process runs only; see experiments/launch.py
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  job.run(_CONFIG.value, _WORKDIR.value)
+  job.run(job.TrainConfig.from_config_dict(_CONFIG.value), _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -41,5 +41,5 @@ def tiny_ckpt(tmp_path_factory):
   from qsim.train import job
 
   path = tmp_path_factory.mktemp("tiny_ckpt")
-  job.run(mnist.get_config("runlocal,steps=20"), str(path))
+  job.run(job.TrainConfig.from_config_dict(mnist.get_config("runlocal,steps=20")), str(path))
   return path

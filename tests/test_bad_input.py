@@ -15,7 +15,7 @@ import pytest
 from experiments.configs import mnist
 from qsim.data.fashion_mnist import load_fashion_mnist
 from qsim.evaluate import report
-from qsim.evaluate.results import ResultsStore
+from qsim.results import ResultsStore
 from qsim.runs import load_variables, read_config, write_json
 from qsim.train import job
 
@@ -128,7 +128,7 @@ def test_unwritable_workdir_fails_before_any_work(tmp_path):
   with pytest.raises(OSError, match="cannot create results folders in .*; pass a writable --workdir"):
     ResultsStore(str(blocker / "eval"))
   with pytest.raises(OSError, match="cannot create workdir .*; pass a writable --workdir"):
-    job.run(mnist.get_config("runlocal"), str(blocker / "train"))
+    job.run(job.TrainConfig.from_config_dict(mnist.get_config("runlocal")), str(blocker / "train"))
 
 
 def _enospc(*_, **__):

@@ -160,13 +160,13 @@ TWO = textwrap.dedent("""
     import jax
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 8, 4)
     work = sys.argv[4]
-    job.run(mnist.get_config(sys.argv[5]), f"{work}/train")
-    sweep.run_sweep([f"{work}/train"], QUANTIZERS, SETS, f"{work}/eval", **SWEEP_KW)
+    job.run(job.TrainConfig.from_config_dict(mnist.get_config(sys.argv[5])), f"{work}/train")
+    sweep.run_sweep(sweep.SweepConfig(checkpoints=(f"{work}/train",), quantizers=QUANTIZERS, shifts=SETS, **SWEEP_KW), f"{work}/eval")
     print("DONE", jax.process_index(), flush=True)
 """)
 TRAIN_ARGS = "runlocal,steps=4,log_every=4,checkpoint_every=4"
-QUANTIZERS = ["w4a4", "w2a8", "fp16"]  # static ranges would add ~9 s of op-by-op calibration per process
-SETS = ["fashion_mnist_debian/c/shot_noise/4"]
+QUANTIZERS = ("w4a4", "w2a8", "fp16")  # static ranges would add ~9 s of op-by-op calibration per process
+SETS = ("fashion_mnist_debian/c/shot_noise/4",)
 SWEEP_KW = dict(limit=101, batch_size=24, calib_samples=20)  # blocks of 50 and 51: padded last batches
 
 
@@ -215,13 +215,18 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
   for i, (p, (stdout, stderr)) in enumerate(zip(procs, outs)):
     assert p.returncode == 0 and f"DONE {i}" in stdout, stderr[-3000:]
   # training: the same batches on one process (data_shards=2), up to float addition order
-  one = job.run(mnist.get_config(f"{TRAIN_ARGS},data_shards=2"), str(tmp_path / "one"))
+  one = job.run(
+      job.TrainConfig.from_config_dict(mnist.get_config(f"{TRAIN_ARGS},data_shards=2")), str(tmp_path / "one")
+  )
   two = json.load(open(work / "train" / "summary.json"))
   assert abs(one["val_accuracy"] - two["val_accuracy"]) <= 1 / 256 and one["steps"] == two["steps"] == 4
   for a, b in zip(jax.tree.leaves(load_variables(work / "train")), jax.tree.leaves(load_variables(tmp_path / "one"))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
   # evaluation: the same table from one process, on the two-process checkpoint; only process 0 wrote it
-  path = sweep.run_sweep([str(work / "train")], QUANTIZERS, SETS, str(tmp_path / "ref"), **SWEEP_KW)
+  path = sweep.run_sweep(
+      sweep.SweepConfig(checkpoints=(str(work / "train"),), quantizers=QUANTIZERS, shifts=SETS, **SWEEP_KW),
+      str(tmp_path / "ref"),
+  )
   strip = lambda r: {k: v for k, v in r.items() if k not in ("devices", "processes")}  # noqa: E731
   rows_two = [json.loads(l) for l in open(work / "eval" / "results.jsonl")]
   rows_one = [json.loads(l) for l in open(os.path.join(os.path.dirname(path), "results.jsonl"))]

@@ -220,13 +220,15 @@ def test_report_from_a_real_sweep(ckpt, tmp_path):
 
   sets = ["fashion_mnist_debian/c/fog/5", "fashion_mnist_debian/c/rotate/3"]
   path = sweep.run_sweep(
-      [str(ckpt)],
-      ["w2a2", "w4a4", "w8a8", "tflite_int8", "fp16"],
-      sets,
+      sweep.SweepConfig(
+          checkpoints=(str(ckpt),),
+          quantizers=("w2a2", "w4a4", "w8a8", "tflite_int8", "fp16"),
+          shifts=tuple(sets),
+          limit=120,
+          batch_size=60,
+          calib_samples=20,
+      ),
       str(tmp_path),
-      limit=120,
-      batch_size=60,
-      calib_samples=20,
   )
   rows = report.read_rows(path)
   assert len(rows) == 3 * 5 and {r["set"] for r in rows} == {"clean", *sets}

@@ -161,8 +161,10 @@ def _short(name):
 
 
 def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
-  kw = dict(modes=("int8", "float32"), shifts="c/fog/1", limit=120, calib_samples=40, batch_size=60)
-  path = fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("xnnpack",), **kw)
+  kw = dict(modes=("int8", "float32"), shifts=("c/fog/1",), limit=120, calib_samples=40, batch_size=60)
+  path = fidelity.run_fidelity(
+      fidelity.FidelityConfig(checkpoints=(str(tiny_ckpt),), kernels=("xnnpack",), **kw), str(tmp_path)
+  )[str(tiny_ckpt)]
   # the table is byte-identical to the recorded one (tests/golden.py)
   golden.check("fidelity/results.csv", path, {"<WORKDIR>": tmp_path, "<CHECKPOINT>": tiny_ckpt})
   rows = fidelity.ResultsStore(str(tmp_path)).rows()
@@ -179,11 +181,18 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
   assert os.path.getsize(tmp_path / "models" / "int8.tflite") > 0
   parts = sorted(os.listdir(tmp_path / "parts"))
   mtimes = [os.path.getmtime(tmp_path / "parts" / p) for p in parts]
-  assert fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("xnnpack",), **kw) == path  # nothing recomputed
+  assert (
+      fidelity.run_fidelity(
+          fidelity.FidelityConfig(checkpoints=(str(tiny_ckpt),), kernels=("xnnpack",), **kw), str(tmp_path)
+      )[str(tiny_ckpt)]
+      == path
+  )  # nothing recomputed
   assert [os.path.getmtime(tmp_path / "parts" / p) for p in parts] == mtimes
 
   # resumed with the built-in kernels too: exactly their rows are added, the XNNPACK units stay as they are
-  fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("xnnpack", "builtin"), **kw)
+  fidelity.run_fidelity(
+      fidelity.FidelityConfig(checkpoints=(str(tiny_ckpt),), kernels=("xnnpack", "builtin"), **kw), str(tmp_path)
+  )[str(tiny_ckpt)]
   assert [os.path.getmtime(tmp_path / "parts" / p) for p in parts] == mtimes
   assert len(os.listdir(tmp_path / "parts")) == len(parts) + 2  # (clean, builtin), (fog, builtin)
   rows2 = fidelity.ResultsStore(str(tmp_path)).rows()
@@ -206,7 +215,9 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
     ]
   with open(tmp_path / "parts" / old, "w") as f:
     json.dump(legacy, f)
-  fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("builtin", "xnnpack"), **kw)
+  fidelity.run_fidelity(
+      fidelity.FidelityConfig(checkpoints=(str(tiny_ckpt),), kernels=("builtin", "xnnpack"), **kw), str(tmp_path)
+  )[str(tiny_ckpt)]
   rows3 = fidelity.ResultsStore(str(tmp_path)).rows()
   assert len(rows3) == 8 and sum(r["kernels"] == "xnnpack" for r in rows3) == 4
   migrated = json.load(open(tmp_path / "parts" / old))
@@ -220,7 +231,9 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
   with open(tmp_path / "parts" / fog, "w") as f:
     json.dump(stale, f)
   before = {p: os.path.getmtime(tmp_path / "parts" / p) for p in os.listdir(tmp_path / "parts")}
-  fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("builtin", "xnnpack"), **kw)
+  fidelity.run_fidelity(
+      fidelity.FidelityConfig(checkpoints=(str(tiny_ckpt),), kernels=("builtin", "xnnpack"), **kw), str(tmp_path)
+  )[str(tiny_ckpt)]
   after = {p: os.path.getmtime(tmp_path / "parts" / p) for p in os.listdir(tmp_path / "parts")}
   assert [p for p in after if after[p] != before[p]] == [fog]
   assert [r["quantizer"] for r in json.load(open(tmp_path / "parts" / fog))] == [
@@ -237,15 +250,23 @@ def test_fidelity_run_resumes_and_reports(tiny_ckpt, tmp_path):
   )
   assert os.path.exists(tmp_path / "fidelity.png")
   with pytest.raises(ValueError, match="lists a mode twice"):
-    fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), modes=("int8", "int8"))
+    fidelity.run_fidelity(
+        fidelity.FidelityConfig(checkpoints=(str(tiny_ckpt),), modes=("int8", "int8")), str(tmp_path)
+    )[str(tiny_ckpt)]
   with pytest.raises(ValueError, match="lists a kernel family twice"):
-    fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("builtin", "builtin"))
+    fidelity.run_fidelity(
+        fidelity.FidelityConfig(checkpoints=(str(tiny_ckpt),), kernels=("builtin", "builtin")), str(tmp_path)
+    )[str(tiny_ckpt)]
   with pytest.raises(ValueError, match="kernels is empty"):
-    fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=())
+    fidelity.run_fidelity(fidelity.FidelityConfig(checkpoints=(str(tiny_ckpt),), kernels=()), str(tmp_path))[
+        str(tiny_ckpt)
+    ]
   with pytest.raises(
       ValueError, match=r"kernels='gpu' is not valid; choose one of \['xnnpack', 'builtin', 'mlas', 'reference'\]"
   ):
-    fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), kernels=("xnnpack", "gpu"))
+    fidelity.run_fidelity(
+        fidelity.FidelityConfig(checkpoints=(str(tiny_ckpt),), kernels=("xnnpack", "gpu")), str(tmp_path)
+    )[str(tiny_ckpt)]
   json.dumps(rows2)  # rows are plain JSON
 
 

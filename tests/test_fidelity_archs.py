@@ -63,9 +63,11 @@ def trained(tmp_path_factory):
     if name not in _CACHE:
       path = tmp_path_factory.mktemp(name)
       job.run(
-          mnist.get_config(
-              f"runlocal,model={name},steps={STEPS[name]},batch_size=64,train_limit=4096,"
-              f"log_every=50,checkpoint_every=100"
+          job.TrainConfig.from_config_dict(
+              mnist.get_config(
+                  f"runlocal,model={name},steps={STEPS[name]},batch_size=64,train_limit=4096,"
+                  f"log_every=50,checkpoint_every=100"
+              )
           ),
           str(path),
       )
@@ -81,15 +83,17 @@ def test_presets_predict_the_tflite_models(trained, tmp_path, name):
   summary = read_config(ckpt)
   assert summary["model"] == name
   fidelity.run_fidelity(
-      ckpt,
+      fidelity.FidelityConfig(
+          checkpoints=(ckpt,),
+          modes=("int8", "dynamic", "float16"),
+          shifts=("c/fog/1",),
+          limit=300,
+          calib_samples=100,
+          batch_size=150,
+          study=False,
+      ),
       str(tmp_path),
-      modes=("int8", "dynamic", "float16"),
-      shifts="c/fog/1",
-      limit=300,
-      calib_samples=100,
-      batch_size=150,
-      study=False,
-  )
+  )[ckpt]
   rows = fidelity.ResultsStore(str(tmp_path)).rows()
   assert len(rows) == 6
   for r in rows:
@@ -140,16 +144,18 @@ ORT_FLOOR = {("ort_int8", "reference"): 299 / 300, ("ort_dynamic_u8", "mlas"): 2
 def test_presets_predict_the_onnxruntime_models(trained, tmp_path, name):
   ckpt = trained(name)
   fidelity.run_fidelity(
-      ckpt,
+      fidelity.FidelityConfig(
+          checkpoints=(ckpt,),
+          modes=("ort_int8", "ort_dynamic_u8"),
+          kernels=("mlas", "reference"),
+          shifts=("c/fog/1",),
+          limit=300,
+          calib_samples=100,
+          batch_size=150,
+          study=False,
+      ),
       str(tmp_path),
-      modes=("ort_int8", "ort_dynamic_u8"),
-      kernels=("mlas", "reference"),
-      shifts="c/fog/1",
-      limit=300,
-      calib_samples=100,
-      batch_size=150,
-      study=False,
-  )
+  )[ckpt]
   rows = fidelity.ResultsStore(str(tmp_path)).rows()
   assert len(rows) == 8
   for r in rows:

@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOORS = {
     "qsim": 0,
     "qsim.distributed": 0,
+    "qsim.configs": 0,
     "qsim.quant": 0,
     "qsim.nn": 0,
     "qsim.data": 0,
@@ -151,3 +152,100 @@ def test_bit_width_names_are_parsed_in_one_function():
   assert hits == [os.path.join("qsim", "quant", "presets.py")], hits
   assert [parse_bits(bits_name(w, a)) for w, a in [(4, 8), (2, None), (16, 16)]] == [(4, 8), (2, None), (16, 16)]
   assert parse_bits("tflite_int8") is None and parse_bits("w4a") is None and parse_bits(None) is None
+
+
+def _returns_value(fn) -> bool:
+  if fn.returns is not None and not (isinstance(fn.returns, ast.Constant) and fn.returns.value is None):
+    return True
+  inner = {
+      id(n) for f in ast.walk(fn) if f is not fn and isinstance(f, (ast.FunctionDef, ast.Lambda)) for n in ast.walk(f)
+  }
+  return any(
+      isinstance(n, ast.Return)
+      and id(n) not in inner
+      and not (n.value is None or isinstance(n.value, ast.Constant) and n.value.value is None)
+      for n in ast.walk(fn)
+  )
+
+
+def _docstring_gaps(tree) -> list[tuple[int, str, str]]:
+  """(line, name, what is missing) for each public function and public method
+  of a public class in a module: a docstring, ``Args:`` when it takes
+  arguments, ``Returns:``/``Yields:`` when it returns a value (properties
+  and ``_private`` names exempt)."""
+  items = [(n.name, n) for n in tree.body if isinstance(n, ast.FunctionDef)]
+  for c in tree.body:
+    if isinstance(c, ast.ClassDef) and not c.name.startswith("_"):
+      items += [(f"{c.name}.{m.name}", m) for m in c.body if isinstance(m, ast.FunctionDef)]
+  out = []
+  for name, fn in items:
+    decorators = {getattr(d, "id", getattr(d, "attr", "")) for d in fn.decorator_list}
+    if name.split(".")[-1].startswith("_") or decorators & {"property", "cached_property"}:
+      continue
+    doc = ast.get_docstring(fn) or ""
+    args = [a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs if a.arg not in ("self", "cls")]
+    args += [a.arg for a in (fn.args.vararg, fn.args.kwarg) if a is not None]
+    for missing, gap in (
+        ("a docstring", not doc),
+        ("Args:", args and "Args:" not in doc),
+        ("Returns:", _returns_value(fn) and "Returns:" not in doc and "Yields:" not in doc),
+    ):
+      if gap:
+        out.append((fn.lineno, name, missing))
+  return out
+
+
+def test_every_public_function_has_a_google_style_docstring():
+  """Issue 18: every public function of ``qsim`` (modules whose name starts
+  with '_' are private: ``quant/_aqt.py``, ``shifts/_ops.py``) documents its
+  arguments and what it returns, Google style."""
+  gaps = []
+  for path, module in _sources():
+    if module.split(".")[0] == "qsim" and not module.split(".")[-1].startswith("_"):
+      gaps += [
+          f"{module}:{line} {name}: no {what}" for line, name, what in _docstring_gaps(ast.parse(open(path).read()))
+      ]
+  assert not gaps, "\n".join(gaps)
+
+
+def test_the_docstring_check_catches_gaps():
+  source = '''
+def documented(x):
+  """Doubles.
+
+  Args:
+    x: a number.
+
+  Returns:
+    2x.
+  """
+  return 2 * x
+
+
+def no_returns(x):
+  """Doubles.
+
+  Args:
+    x: a number.
+  """
+  return 2 * x
+
+
+def no_args(x) -> None:
+  """Prints."""
+
+
+class Public:
+  def method(self):
+    return 1
+
+  @property
+  def value(self):
+    return 1
+'''
+  assert [(n, w) for _, n, w in _docstring_gaps(ast.parse(source))] == [
+      ("no_returns", "Returns:"),
+      ("no_args", "Args:"),
+      ("Public.method", "a docstring"),
+      ("Public.method", "Returns:"),
+  ]

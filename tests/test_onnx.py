@@ -112,16 +112,21 @@ def test_onnx_bad_input(monkeypatch):
 
 
 def test_fidelity_run_covers_both_runtimes(tiny_ckpt, tmp_path, monkeypatch):
-  kw = dict(shifts="c/fog/1", limit=100, calib_samples=40, batch_size=50, study=False)
+  kw = dict(shifts=("c/fog/1",), limit=100, calib_samples=40, batch_size=50, study=False)
   with pytest.raises(ValueError, match=r"run on onnxruntime, but kernels=\['xnnpack'\] names none"):
-    fidelity.run_fidelity(str(tiny_ckpt), str(tmp_path), modes=("int8", "ort_int8"), kernels=("xnnpack",), **kw)
+    fidelity.run_fidelity(
+        fidelity.FidelityConfig(checkpoints=(str(tiny_ckpt),), modes=("int8", "ort_int8"), kernels=("xnnpack",), **kw),
+        str(tmp_path),
+    )[str(tiny_ckpt)]
   path = fidelity.run_fidelity(
-      str(tiny_ckpt),
+      fidelity.FidelityConfig(
+          checkpoints=(str(tiny_ckpt),),
+          modes=("int8", "ort_int8", "ort_float32"),
+          kernels=("xnnpack", "mlas", "reference"),
+          **kw,
+      ),
       str(tmp_path),
-      modes=("int8", "ort_int8", "ort_float32"),
-      kernels=("xnnpack", "mlas", "reference"),
-      **kw,
-  )
+  )[str(tiny_ckpt)]
   rows = fidelity.ResultsStore(str(tmp_path)).rows()
   got = sorted(
       (r["set"].split("/")[-2] if "/" in r["set"] else r["set"], r["runtime"], r["mode"], r["kernels"]) for r in rows
@@ -151,12 +156,14 @@ def test_fidelity_run_covers_both_runtimes(tiny_ckpt, tmp_path, monkeypatch):
   monkeypatch.setattr(fidelity, "export_onnx", lambda *a, **k: pytest.fail("re-exported"))
   assert (
       fidelity.run_fidelity(
-          str(tiny_ckpt),
+          fidelity.FidelityConfig(
+              checkpoints=(str(tiny_ckpt),),
+              modes=("int8", "ort_int8", "ort_float32"),
+              kernels=("xnnpack", "mlas", "reference"),
+              **kw,
+          ),
           str(tmp_path),
-          modes=("int8", "ort_int8", "ort_float32"),
-          kernels=("xnnpack", "mlas", "reference"),
-          **kw,
-      )
+      )[str(tiny_ckpt)]
       == path
   )
   json.dumps(rows)

@@ -9,7 +9,7 @@ import pytest
 
 from qsim.evaluate.engine import Engine, build_quantizers
 from qsim.evaluate.report import read_rows
-from qsim.evaluate.results import ResultsStore
+from qsim.results import ResultsStore
 from qsim.models import get_model
 from qsim.retrain import RetrainConfig, check_disjoint, parse_split, run_retrain, select
 from qsim.retrain import report
@@ -195,11 +195,15 @@ def test_report_and_launcher_config(done):
       f" {r['resolved']:.1f} |"
   ) in body
   assert np.asarray(Image.open(os.path.join(wd, "retrain.png")).convert("L")).std() > 10
-  c = retrain_config.retrain_config(retrain_config.get_config("checkpoint=/x,runlocal,quantizers=w4a4+fp16,seeds=1+2"))
+  c = RetrainConfig.from_config_dict(retrain_config.get_config("checkpoint=/x,runlocal,quantizers=w4a4+fp16,seeds=1+2"))
   assert c.quantizers == ("w4a4", "fp16") and c.seeds == (1, 2) and c.shifts == ("c/fog/3", "c/rotate/2")
   c.validate()
-  with pytest.raises(ValueError, match="seeds='a' is not valid"):
-    retrain_config.retrain_config(retrain_config.get_config("checkpoint=/x,seeds=a"))
+  with pytest.raises(
+      ValueError, match=r"seeds=\('a',\) is not valid; give a tuple of ints \(on the command line: a\+b\+c\)"
+  ):
+    RetrainConfig.from_config_dict(retrain_config.get_config("checkpoint=/x,seeds=a"))
+  with pytest.raises(ValueError, match=r"checkpoint='' is not valid; give a train workdir"):
+    RetrainConfig.from_config_dict(retrain_config.get_config(""))
 
 
 def test_qat_finetuning_and_static_ranges_recalibrated(tiny_ckpt, tmp_path):

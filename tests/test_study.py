@@ -9,7 +9,7 @@ import pytest
 from experiments.configs import study as study_config
 from tests import golden
 from qsim.evaluate.report import read_rows
-from qsim.study import run_study, train_dir
+from qsim.study import StudyConfig, run_study, train_dir
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,8 @@ def study(tmp_path_factory):
     pytest.skip("make test installs dataset-fashion-mnist")
   wd = str(tmp_path_factory.mktemp("study"))
   c = study_config.get_config("runlocal")
-  path = run_study(study_config.study_config(c), wd, study_config.train_config_fn(c))
+  c = StudyConfig.from_config_dict(c)
+  path = run_study(c, wd, study_config.train_config_fn(c))
   return wd, path, c
 
 
@@ -56,7 +57,7 @@ def test_a_rerun_resumes_without_redoing_work(study):
   parts = os.path.join(wd, "retrain", "lenet_tiny", "seed0", "parts")
   stamps = {p: os.stat(p).st_mtime_ns for p in [summary] + [os.path.join(parts, f) for f in os.listdir(parts)]}
   report = open(path).read()
-  assert run_study(study_config.study_config(c), wd, study_config.train_config_fn(c)) == path
+  assert run_study(c, wd, study_config.train_config_fn(c)) == path
   assert {p: os.stat(p).st_mtime_ns for p in stamps} == stamps
   assert open(path).read() == report
 
@@ -64,14 +65,14 @@ def test_a_rerun_resumes_without_redoing_work(study):
 def test_bad_study_config():
   c = study_config.get_config("runlocal,methods=qat")
   with pytest.raises(ValueError, match="method 'qat' fine-tunes the 'standard' checkpoint"):
-    study_config.study_config(c).validate()
+    StudyConfig.from_config_dict(c).validate()
   with pytest.raises(ValueError, match=r"severities=\[6\] is not valid; give ints in 1..5"):
-    study_config.study_config(study_config.get_config("runlocal,severities=6")).validate()
-  with pytest.raises(ValueError, match="seeds='a' is not valid"):
-    study_config.study_config(study_config.get_config("seeds=a"))
+    StudyConfig.from_config_dict(study_config.get_config("runlocal,severities=6")).validate()
+  with pytest.raises(ValueError, match=r"seeds=\('a',\) is not valid; give a tuple of ints"):
+    StudyConfig.from_config_dict(study_config.get_config("seeds=a"))
   with pytest.raises(ValueError, match=r"methods=\['sgd'\] is not valid"):
-    study_config.study_config(study_config.get_config("methods=sgd")).validate()
-  quick = study_config.study_config(study_config.get_config("quick"))
+    StudyConfig.from_config_dict(study_config.get_config("methods=sgd")).validate()
+  quick = StudyConfig.from_config_dict(study_config.get_config("quick"))
   quick.validate()
   assert quick.seeds == (0, 1) and len(quick.shift_names()) == 15 * 3
 

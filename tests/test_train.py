@@ -216,7 +216,7 @@ def test_configs_run_end_to_end(module, arg, tmp_path):
   if c.dataset == "fashion_mnist_debian" and not os.path.exists("/usr/share/datasets/fashion-mnist"):
     pytest.skip("make test installs dataset-fashion-mnist")
   with tfds.testing.mock_data(num_examples=24):
-    summary = job.run(c, str(tmp_path))
+    summary = job.run(job.TrainConfig.from_config_dict(c), str(tmp_path))
   assert 0.0 <= summary["test_accuracy"] <= 1.0
   for f in ("config.json", "metrics.jsonl", "summary.json"):
     assert (tmp_path / f).exists()
@@ -227,7 +227,7 @@ def test_config_errors():
   with pytest.raises(ValueError, match=r"config key 'modle' is not valid; valid keys are"):
     mnist.get_config("modle=lenet1")
   with pytest.raises(ValueError, match="static activation ranges"):
-    job.build_model(mnist.get_config("method=qat,quant=tflite_int8"), 10)
+    job.TrainConfig.from_config_dict(mnist.get_config("method=qat,quant=tflite_int8"))
 
 
 def test_text_adversarial_training_updates_the_embedding():

@@ -7,7 +7,7 @@ more checkpoints (e.g. one per training method), over all shifted sets.
 
 Defaults: weights 2..8 and 16 bits, activations 2..8, 16 and float (72
 configs) plus tflite_int8, tflite_dynamic, weight_only_int8 and fp16, all in
-one compiled program per checkpoint. Lists are '+'-separated; other fields
+one compiled program per checkpoint. Lists are tuples ('+'-joined on the command line); other fields
 as in evaluate.py. Rerunning the same command resumes. Expected (2-core CPU,
 LeNet-5, 10,000 images): about 1 s per quantizer per set, i.e. about 1.5
 hours for 76 quantizers x 76 sets; use limit= or shifts= for less.
@@ -16,15 +16,15 @@ hours for 76 quantizers x 76 sets; use limit= or shifts= for less.
 from experiments.configs import common
 from experiments.configs import evaluate
 
-RUNLOCAL = dict(limit=100, shifts="c", batch_size=100, calib_samples=50, weight_bits="4+8", act_bits="8+float")
+RUNLOCAL = dict(limit=100, shifts=("c",), batch_size=100, calib_samples=50, weight_bits=(4, 8), act_bits=(8, "float"))
 
 
 def get_config(arg: str = ""):
   import ml_collections
 
   c = evaluate.fields(ml_collections.ConfigDict())
-  c.checkpoints = ""
-  c.weight_bits = "2+3+4+5+6+7+8+16"
-  c.act_bits = "2+3+4+5+6+7+8+16+float"
+  c.checkpoints = ()
+  c.weight_bits = (2, 3, 4, 5, 6, 7, 8, 16)
+  c.act_bits = (2, 3, 4, 5, 6, 7, 8, 16, "float")
   c.presets = evaluate.STUDY_QUANTIZERS
   return common.apply_args(c, arg, RUNLOCAL)

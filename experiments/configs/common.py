@@ -35,11 +35,23 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
+def _scalar(text: str):
+  """A list item from the command line: an int, a float, or the text."""
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
+
+
 def apply_args(
     c: ml_collections.ConfigDict, arg: str, runlocal: dict, settings: dict[str, dict] | None = None
 ) -> ml_collections.ConfigDict:
   """Applies ``arg`` ("model=lenet5,method=qat,bits=4,runlocal") to ``c``.
 
+  A key whose default is a tuple takes a '+'-joined list
+  (``quantizers=w4a4+tflite_int8``, ``seeds=0+1``; empty: ``pool_shifts=``).
   ``bits=N`` is short for ``quant=wNaN``; ``runlocal`` applies the tiny
   smoke-run overrides, and a name in ``settings`` (e.g. 'quick') its own.
   Unknown keys raise ``ValueError`` with the valid ones.
@@ -65,7 +77,9 @@ def apply_args(
     if key not in c:
       raise ValueError(f"config key {key!r} is not valid; valid keys are {sorted(c.keys()) + ['bits'] + sorted(named)}")
     old = c[key]
-    if isinstance(old, bool):
+    if isinstance(old, (tuple, list)):  # a list: '+'-joined on the command line
+      value = tuple(_scalar(s) for s in value.split("+") if s)
+    elif isinstance(old, bool):
       if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
         raise ValueError(f"config key {key!r} takes a boolean (true/false), not {value!r}")
       value = value.lower() in ("1", "true", "yes")

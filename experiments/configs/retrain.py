@@ -4,7 +4,7 @@
   python -m experiments.retrain --config=experiments/configs/retrain.py:checkpoint=runs/lenet5,quantizers=w4a4,rounds=3,pool_shifts=c/fog/1+c/shot_noise/2 --workdir=runs/retrain_fog
   python -m experiments.retrain --config=experiments/configs/retrain.py:checkpoint=runs/lenet5,runlocal --workdir=/tmp/retrain
 
-Lists are '+'-separated. For each quantizer x strategy x seed and each round:
+Lists are tuples ('+'-joined on the command line). For each quantizer x strategy x seed and each round:
 find the quantized model's disagreements in the candidate pool (``pool``, by
 default the held-out validation end of the training split, plus any
 ``pool_shifts``), select samples (``all`` disagreements, the ``margin`` top-k,
@@ -23,16 +23,14 @@ strategies x 3 seeds x 1 round, 1 fine-tuning epoch, 75 shifted sets of 1,000):
 about 30 s per round, 10 minutes in all.
 """
 
-import dataclasses
-
 from experiments.configs import common
 
 RUNLOCAL = dict(
     pool="val[:300]",
     eval_split="test[:200]",
-    shifts="c/fog/3+c/rotate/2",
+    shifts=("c/fog/3", "c/rotate/2"),
     shift_limit=100,
-    seeds="0",
+    seeds=(0,),
     epochs=0.05,
     train_limit=2000,
     calib_samples=50,
@@ -45,14 +43,14 @@ def get_config(arg: str = ""):
 
   c = ml_collections.ConfigDict()
   c.checkpoint = ""
-  c.quantizers = "w4a4+tflite_int8"
-  c.strategies = "all+margin+random"
-  c.seeds = "0+1+2"
+  c.quantizers = ("w4a4", "tflite_int8")
+  c.strategies = ("all", "margin", "random")
+  c.seeds = (0, 1, 2)
   c.rounds = 1
   c.pool = "val"
-  c.pool_shifts = ""
+  c.pool_shifts = ()
   c.eval_split = "test"
-  c.shifts = "c"
+  c.shifts = ("c",)
   c.shift_limit = 1000
   c.budget = 0
   c.epochs = 1.0
@@ -67,21 +65,3 @@ def get_config(arg: str = ""):
   c.shift_seed = 0
   c.data_dir = ""
   return common.apply_args(c, arg, RUNLOCAL)
-
-
-LISTS = ("quantizers", "strategies", "pool_shifts", "shifts")
-
-
-def retrain_config(c):
-  """The ConfigDict as a :class:`qsim.retrain.RetrainConfig` ('+'-separated lists)."""
-  from qsim.evaluate import sweep
-  from qsim.retrain import RetrainConfig
-
-  values = {f.name: c[f.name] for f in dataclasses.fields(RetrainConfig)}
-  for k in LISTS:
-    values[k] = tuple(sweep.split(values[k]))
-  seeds = sweep.split(str(values["seeds"]))
-  if not all(s.isdigit() for s in seeds):
-    raise ValueError(f"seeds={values['seeds']!r} is not valid; give '+'-separated ints >= 0, e.g. 0+1+2")
-  values["seeds"] = tuple(int(s) for s in seeds)
-  return RetrainConfig(**values)

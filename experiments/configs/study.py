@@ -11,7 +11,7 @@ quantizers plus the wNaN grid (``bits``) on the clean test split and every
 shifted set (``shifts`` at ``severities``); retrain each standard checkpoint
 with its disagreements (``retrain_*``: strategies all / margin / random);
 then write workdir/report.md answering RQ1-RQ4, each with a verdict against
-the original study's claim. Lists are '+'-separated. Rerunning the same
+the original study's claim. Lists are tuples ('+'-joined on the command line). Rerunning the same
 command resumes (finished training runs, sweep units and retraining rounds
 are kept).
 
@@ -35,14 +35,12 @@ Settings:
   ``dataset=imdb_reviews,models=lstm+gru,shifts=text+natural``.
 """
 
-import dataclasses
-
 from experiments.configs import common
 
 RUNLOCAL = dict(
-    models="lenet_tiny",
-    methods="standard+qat",
-    seeds="0",
+    models=("lenet_tiny",),
+    methods=("standard", "qat"),
+    seeds=(0,),
     train_steps=8,
     qat_steps=4,
     pgd_iters=2,
@@ -50,12 +48,12 @@ RUNLOCAL = dict(
     val_size=400,
     batch_size=32,
     limit=100,
-    shifts="c/fog+c/rotate",
-    severities="2+5",
-    bits="4",
-    quantizers="tflite_int8+fp16",
-    retrain_quantizers="w4a4",
-    retrain_strategies="all+random",
+    shifts=("c/fog", "c/rotate"),
+    severities=(2, 5),
+    bits=(4,),
+    quantizers=("tflite_int8", "fp16"),
+    retrain_quantizers=("w4a4",),
+    retrain_strategies=("all", "random"),
     retrain_pool="val[:200]",
     retrain_eval_split="test[:150]",
     retrain_epochs=0.2,
@@ -64,15 +62,15 @@ RUNLOCAL = dict(
     calib_samples=40,
 )
 QUICK = dict(
-    seeds="0+1",
+    seeds=(0, 1),
     train_steps=300,
     qat_steps=100,
     pgd_iters=2,
     limit=250,
     eval_batch_size=250,
-    severities="1+3+5",
-    bits="4+8",
-    retrain_quantizers="w4a4",
+    severities=(1, 3, 5),
+    bits=(4, 8),
+    retrain_quantizers=("w4a4",),
     retrain_pool="val[:1000]",
     retrain_eval_split="test[:1000]",
     retrain_epochs=0.2,
@@ -85,9 +83,9 @@ def get_config(arg: str = ""):
 
   c = ml_collections.ConfigDict()
   c.dataset = "fashion_mnist_debian"
-  c.models = "lenet1+lenet5+gru_rows"
-  c.methods = "standard+qat+pgd+mixup"
-  c.seeds = "0+1+2"
+  c.models = ("lenet1", "lenet5", "gru_rows")
+  c.methods = ("standard", "qat", "pgd", "mixup")
+  c.seeds = (0, 1, 2)
   # training: the model's own config (experiments/configs/mnist.py, rows.py, cifar.py, imdb.py) with these
   # overrides; 0 = that config's value
   c.train_steps = 0
@@ -99,52 +97,22 @@ def get_config(arg: str = ""):
   c.qat_learning_rate = 1e-4
   c.pgd_iters = 0
   # evaluation
-  c.quantizers = "tflite_int8+tflite_dynamic+weight_only_int8+fp16"
-  c.bits = "2+3+4+5+6+7+8"
-  c.shifts = "c"
-  c.severities = "1+2+3+4+5"
+  c.quantizers = ("tflite_int8", "tflite_dynamic", "weight_only_int8", "fp16")
+  c.bits = (2, 3, 4, 5, 6, 7, 8)
+  c.shifts = ("c",)
+  c.severities = (1, 2, 3, 4, 5)
   c.limit = 0
   c.eval_batch_size = 500
   c.calib_samples = 100
   # retraining
-  c.retrain_quantizers = "tflite_int8+w4a4"
-  c.retrain_strategies = "all+margin+random"
+  c.retrain_quantizers = ("tflite_int8", "w4a4")
+  c.retrain_strategies = ("all", "margin", "random")
   c.retrain_rounds = 1
   c.retrain_epochs = 1.0
   c.retrain_pool = "val"
   c.retrain_eval_split = "test"
   c.retrain_shift_limit = 1000
   return common.apply_args(c, arg, RUNLOCAL, {"quick": QUICK, "full": {}})
-
-
-TUPLES = {
-    "models": str,
-    "methods": str,
-    "seeds": int,
-    "quantizers": str,
-    "bits": int,
-    "shifts": str,
-    "severities": int,
-    "retrain_quantizers": str,
-    "retrain_strategies": str,
-}
-
-
-def study_config(c):
-  """The ConfigDict as a :class:`qsim.study.StudyConfig` ('+'-separated lists)."""
-  from qsim.evaluate import sweep
-  from qsim.study import StudyConfig
-
-  values = {}
-  for f in dataclasses.fields(StudyConfig):
-    v = c[f.name]
-    if f.name in TUPLES:
-      items = sweep.split(str(v))
-      if TUPLES[f.name] is int and not all(s.isdigit() for s in items):
-        raise ValueError(f"{f.name}={v!r} is not valid; give '+'-separated ints, e.g. 0+1+2")
-      v = tuple(TUPLES[f.name](s) for s in items)
-    values[f.name] = v
-  return StudyConfig(**values)
 
 
 def _train_module(model: str):
@@ -160,27 +128,31 @@ def _train_module(model: str):
 
 
 def train_config_fn(c):
-  """(model, method, seed, standard_dir) -> the training ConfigDict of one run."""
+  """(model, method, seed, standard_dir) -> the training config of one run of the study ``c``
+  (a :class:`qsim.study.StudyConfig`): the model's own config with the study's overrides."""
+  from qsim.train.job import TrainConfig
 
   def make(model: str, method: str, seed: int, standard_dir: str):
     module = _train_module(model)
     steps = c.qat_steps if method == "qat" else (c.train_steps or module.get_config().steps)
-    args = [
-        f"model={model}",
-        f"method={method}",
-        f"seed={seed}",
-        f"steps={steps}",
-        f"dataset={c.dataset}",
-        f"train_limit={c.train_limit}",
-        f"val_size={c.val_size}",
-        f"test_limit={c.limit}",
-        f"log_every={max(1, min(100, steps))}",
-        f"checkpoint_every={max(1, min(500, steps))}",
-    ]
-    args += [f"batch_size={c.batch_size}"] if c.batch_size else []
-    args += [f"iters={c.pgd_iters}"] if c.pgd_iters else []
+    overrides = dict(
+        model=model,
+        method=method,
+        seed=seed,
+        steps=steps,
+        dataset=c.dataset,
+        train_limit=c.train_limit,
+        val_size=c.val_size,
+        test_limit=c.limit,
+        log_every=max(1, min(100, steps)),
+        checkpoint_every=max(1, min(500, steps)),
+    )
+    if c.batch_size:
+      overrides["batch_size"] = c.batch_size
+    if c.pgd_iters:
+      overrides["iters"] = c.pgd_iters
     if method == "qat":
-      args += [f"init_from={standard_dir}", f"quant={c.qat_quant}", f"learning_rate={c.qat_learning_rate}"]
-    return module.get_config(",".join(args))
+      overrides.update(init_from=standard_dir, quant=c.qat_quant, learning_rate=c.qat_learning_rate)
+    return TrainConfig.from_config_dict(module.get_config(), **overrides)
 
   return make

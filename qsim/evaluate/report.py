@@ -25,15 +25,26 @@ from collections import defaultdict
 import numpy as np
 
 from qsim.evaluate import metrics
-from qsim.evaluate.results import ResultsStore
-from qsim.quant import parse_bits
-from qsim.results import mean, pyplot, read_rows, save_figure
+from qsim.quant import bits_name
+from qsim.quant.presets import STUDY_PRESETS
+from qsim.results import ResultsStore, mean, pyplot, read_rows, save_figure, with_quant_fields
 from qsim.runs import atomic_write
 
-STUDY_QUANTIZERS = ("tflite_int8", "tflite_dynamic", "weight_only_int8", "fp16")
+STUDY_QUANTIZERS = STUDY_PRESETS
 
 
-_bits = parse_bits
+def _bits(r) -> tuple[int, int | None] | None:
+  """(weight bits, activation bits or None) of a bit-grid row (a ``wXaY`` /
+  ``wX`` preset, by its fields), None for any other quantizer."""
+  w, a = r.get("weight_bits"), r.get("act_bits")
+  if r.get("weight_format") != "int" or r.get("act_format") not in ("int", "float") or _missing(w):
+    return None
+  bits = (int(w), None if _missing(a) else int(a))
+  return bits if r["quantizer"] == bits_name(*bits) else None
+
+
+def _missing(v) -> bool:
+  return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def _family(r) -> str:
@@ -41,16 +52,26 @@ def _family(r) -> str:
 
 
 def plot_rate_vs_bits(rows, path) -> bool:
+  """Plots disagreement rate against bit-width, one line per set family.
+
+  Uses the bit-grid quantizers with equal weight and activation bits (``wNaN``), or the weight-only ones (``wN``)
+  when no ``wNaN`` was run; each point is the mean rate over that family's rows, in %, on a symlog axis.
+
+  Args:
+    rows: results rows with the quantizer fields filled in (see ``with_quant_fields``).
+    path: the PNG file to write.
+
+  Returns:
+    True when the plot was written, False when ``rows`` hold no such bit-grid quantizer (nothing written).
+  """
   by = defaultdict(list)
-  diag = {
-      r["quantizer"] for r in rows if _bits(r["quantizer"]) and _bits(r["quantizer"])[0] == _bits(r["quantizer"])[1]
-  }
-  use = diag or {r["quantizer"] for r in rows if _bits(r["quantizer"]) and _bits(r["quantizer"])[1] is None}
+  diag = {r["quantizer"] for r in rows if _bits(r) and _bits(r)[0] == _bits(r)[1]}
+  use = diag or {r["quantizer"] for r in rows if _bits(r) and _bits(r)[1] is None}
   if not use:
     return False
   for r in rows:
     if r["quantizer"] in use:
-      by[(_family(r), _bits(r["quantizer"])[0])].append(r["disagreement_rate"])
+      by[(_family(r), _bits(r)[0])].append(r["disagreement_rate"])
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for fam in sorted({f for f, _ in by}):
@@ -67,6 +88,14 @@ def plot_rate_vs_bits(rows, path) -> bool:
 
 
 def plot_heatmap(rows, quantizers, sets, path):
+  """Plots a quantizer x set heatmap of the disagreement rate (mean over rows, in %, log colour scale).
+
+  Args:
+    rows: results rows; each row's ``quantizer`` and ``set`` must be in ``quantizers`` and ``sets``.
+    quantizers: quantizer names, one heatmap row each, in this order.
+    sets: set names, one heatmap column each, in this order (labelled without their ``family/`` prefix).
+    path: the PNG file to write.
+  """
   grid = np.full((len(quantizers), len(sets)), np.nan)
   qi = {q: i for i, q in enumerate(quantizers)}
   si = {s: j for j, s in enumerate(sets)}
@@ -87,6 +116,12 @@ def plot_heatmap(rows, quantizers, sets, path):
 
 
 def plot_scatter(rows, path):
+  """Plots disagreement rate (%) against accuracy drop (float minus quantized, in points), one point per row.
+
+  Args:
+    rows: results rows with ``float_accuracy``, ``quant_accuracy`` and ``disagreement_rate`` (fractions).
+    path: the PNG file to write.
+  """
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(5.5, 4))
   xs = [100 * (r["float_accuracy"] - r["quant_accuracy"]) for r in rows]
@@ -103,8 +138,22 @@ def plot_scatter(rows, path):
 
 
 def pooled_samples(workdir, quantizer):
-  """Disagreement labels and quantized-model scores of ``quantizer``, pooled
-  over every stored set (finite rows only)."""
+  """Disagreement labels and quantized-model scores of ``quantizer``, pooled over every stored set.
+
+  Only samples whose float and quantized logits are all finite are kept.
+
+  Args:
+    workdir: the sweep's work directory (per-sample arrays in ``samples/``).
+    quantizer: the quantizer's name.
+
+  Returns:
+    ``(labels, scores)``: bool ``[N]`` (True = the quantized prediction differs from the float one) and
+    ``[N, len(metrics.SCORE_NAMES)]`` scores from the quantized model's outputs; ``(None, None)`` when no stored
+    set has that quantizer.
+
+  Raises:
+    ValueError: a samples file is corrupted or not a qsim samples file.
+  """
   store = ResultsStore(workdir)
   labels, scores = [], []
   for fname in sorted(os.listdir(store.samples_dir)):
@@ -131,6 +180,20 @@ def pooled_samples(workdir, quantizer):
 
 
 def plot_roc(workdir, quantizer, path) -> dict | None:
+  """Plots the ROC curve of every uncertainty score for ``quantizer``, all stored sets pooled.
+
+  Args:
+    workdir: the sweep's work directory (per-sample arrays in ``samples/``).
+    quantizer: the quantizer's name.
+    path: the PNG file to write.
+
+  Returns:
+    Score name to its :func:`metrics.detection_report` on the pooled samples, or None (nothing written) when no
+    samples are stored for ``quantizer`` or they are all, or none, disagreements.
+
+  Raises:
+    ValueError: a samples file is corrupted or not a qsim samples file.
+  """
   labels, scores = pooled_samples(workdir, quantizer)
   if labels is None or labels.all() or not labels.any():
     return None
@@ -159,8 +222,19 @@ def _fmt(v, pct=False):
 
 
 def write_report(workdir: str) -> str:
-  """Writes report.md and the plots into ``workdir``; returns the report path."""
-  rows = read_rows(os.path.join(workdir, "results.csv"))
+  """Writes report.md and the plots into ``workdir``; returns the report path.
+
+  Args:
+    workdir: a sweep's work directory holding ``results.csv`` (and ``samples/`` for the ROC plot).
+
+  Returns:
+    The path of ``report.md`` in ``workdir``.
+
+  Raises:
+    FileNotFoundError: ``workdir`` has no ``results.csv``.
+    ValueError: the table has no rows, or a samples file is corrupted.
+  """
+  rows = [with_quant_fields(r) for r in read_rows(os.path.join(workdir, "results.csv"))]
   quantizers = list(dict.fromkeys(r["quantizer"] for r in rows))
   sets = list(dict.fromkeys(r["set"] for r in rows))
   ckpts = list(dict.fromkeys(r["checkpoint"] for r in rows))
@@ -243,10 +317,22 @@ def write_report(workdir: str) -> str:
 
 
 def plot_bit_grid(counts: np.ndarray, weight_bits, act_bits, path: str, n: int) -> None:
-  """A weight-bits x activation-bits heatmap of disagreement counts (of
-  ``n`` samples); ``counts[i, j]`` is the count at ``weight_bits[i]`` and
-  ``act_bits[j]`` (``None`` = float activations). The caller indexes the
-  grid by the bits it built the quantizers from (no name parsing)."""
+  """A weight-bits x activation-bits heatmap of disagreement counts (of ``n`` samples).
+
+  ``counts[i, j]`` is the count at ``weight_bits[i]`` and ``act_bits[j]``
+  (``None`` = float activations). The caller indexes the grid by the bits it
+  built the quantizers from (no name parsing).
+
+  Args:
+    counts: integer disagreement counts, shape ``(len(weight_bits), len(act_bits))``.
+    weight_bits: the weight bit-widths, one heatmap row each.
+    act_bits: the activation bit-widths (None = float activations), one heatmap column each.
+    path: the PNG file to write.
+    n: the number of samples the counts are out of (shown in the title).
+
+  Raises:
+    ValueError: ``counts`` does not have shape ``(len(weight_bits), len(act_bits))``.
+  """
   counts = np.asarray(counts)
   if counts.shape != (len(weight_bits), len(act_bits)):
     raise ValueError(

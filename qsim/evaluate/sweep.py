@@ -3,7 +3,7 @@
 Used by ``experiments.evaluate`` (one checkpoint) and
 ``experiments.ablate_bits`` (the bit-width grid on several checkpoints).
 Everything is validated before any long work; each (checkpoint, set) unit
-is stored atomically (:mod:`qsim.evaluate.results`), so rerunning the same
+is stored atomically (:mod:`qsim.results.store`), so rerunning the same
 command after a crash resumes where it stopped.
 
 Multi-process (``jax.distributed``): every process runs ``run_sweep`` with
@@ -16,24 +16,24 @@ to do, for every process).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import sys
 import time
 from typing import Sequence
 
-import jax
 import numpy as np
 
-import qsim
+from qsim import configs
 from qsim import data as data_lib
 from qsim import distributed
 from qsim.evaluate.engine import Engine, build_quantizers, check_variables
-from qsim.evaluate.results import ResultsStore
 from qsim.quant import presets
+from qsim.results import QuantInfo, ResultsStore, Row, RunInfo, SetInfo
 from qsim.runs import Run, read_config
 from qsim.shifts import registry
 
-CLEAN = "clean"
+CLEAN = registry.CLEAN
 SORT_KEYS = ("checkpoint", "set_index", "quantizer_index")
 
 
@@ -42,73 +42,176 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def split(value: str) -> list[str]:
-  """A '+'-separated config list ('w4a4+tflite_int8') as a list."""
-  return [s for s in str(value).split("+") if s]
+MAPPINGS = ("auto", "map", "vmap")
 
 
-def config_kwargs(c) -> dict:
-  """``run_sweep`` keyword arguments from an evaluate/ablate config."""
-  return dict(
-      limit=c.limit or None,
-      batch_size=c.batch_size,
-      calib_samples=c.calib_samples,
-      seed=c.seed,
-      data_dir=c.data_dir or None,
-      skip_missing=c.skip_missing,
-      mapping=c.mapping,
-  )
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+  """What a sweep evaluates; checked when built.
+
+  Attributes:
+    checkpoints: train workdirs.
+    quantizers: preset names (``qsim.quant.preset_names``; a wXaY grid is
+      :func:`qsim.quant.bit_grid_names`).
+    shifts: shifted sets besides the clean test split, as :func:`resolve_sets` reads them.
+    limit: samples per set (0: all).
+    batch_size: samples per compiled batch.
+    calib_samples: training samples that calibrate static ranges (TFLite's representative set).
+    seed: seeds the synthetic shifts.
+    data_dir: TFDS data folder ('': TFDS's default).
+    skip_missing: skip shifted sets whose published data is not on this machine.
+    mapping: how the config axis is mapped: 'auto', 'map' or 'vmap'.
+    cache_bytes: loaded sets kept for the next checkpoints of a dataset (least recently used dropped first).
+  """
+
+  checkpoints: tuple[str, ...]
+  quantizers: tuple[str, ...] = presets.STUDY_PRESETS
+  shifts: tuple[str, ...] = ()
+  limit: int = 0
+  batch_size: int = 500
+  calib_samples: int = 100
+  seed: int = 0
+  data_dir: str = ""
+  skip_missing: bool = False
+  mapping: str = "auto"
+  cache_bytes: int = 2 << 30
+
+  def __post_init__(self):
+    if not self.checkpoints or not all(self.checkpoints):
+      raise ValueError(
+          f"checkpoints={list(self.checkpoints)} is not valid; give train workdirs, e.g. checkpoint=runs/lenet5"
+      )
+    if not self.quantizers:
+      raise ValueError("quantizers=() is not valid; give preset names, e.g. quantizers=w4a4+tflite_int8")
+    for q in self.quantizers:
+      presets.preset(q)  # unknown names fail here, listing the valid ones
+    if len(set(self.quantizers)) != len(self.quantizers):
+      raise ValueError(f"quantizers={list(self.quantizers)} lists one twice")
+    for name, lo in (("limit", 0), ("batch_size", 1), ("calib_samples", 1), ("seed", 0), ("cache_bytes", 0)):
+      if getattr(self, name) < lo:
+        raise ValueError(f"{name}={getattr(self, name)} is not valid; give an int >= {lo}")
+    if self.mapping not in MAPPINGS:
+      raise ValueError(f"mapping={self.mapping!r} is not valid; choose one of {list(MAPPINGS)}")
+
+  @classmethod
+  def from_config_dict(cls, config) -> SweepConfig:
+    """The sweep an evaluate or ablation config asks for.
+
+    ``experiments/configs/evaluate.py`` names one ``checkpoint`` and its
+    ``quantizers``; ``experiments/configs/ablate.py`` names ``checkpoints``
+    and a grid: ``weight_bits`` x ``act_bits`` (ints, 'float' for float
+    activations) then the ``presets`` not already in it.
+
+    Args:
+      config: the ConfigDict.
+
+    Returns:
+      The checked config.
+
+    Raises:
+      ValueError: a key that is not valid, a value of the wrong type, or a value that is not valid.
+    """
+    values = configs.as_dict(config)
+    if "checkpoint" in values:
+      one = values.pop("checkpoint")
+      values["checkpoints"] = (one,) if one else ()
+    if "weight_bits" in values:
+      weight_bits = tuple(values.pop("weight_bits"))
+      act_bits = tuple(values.pop("act_bits"))
+      for name, bits, allow_float in (("weight_bits", weight_bits, False), ("act_bits", act_bits, True)):
+        bad = [
+            b for b in bits if not (b == "float" and allow_float) and (isinstance(b, bool) or not isinstance(b, int))
+        ]
+        if bad or not bits:
+          raise ValueError(
+              f"{name}={list(bits)} is not valid; give ints in 2..16{' or float' if allow_float else ''}, e.g. 4+8"
+          )
+      grid = presets.bit_grid_names(weight_bits, [None if a == "float" else a for a in act_bits])
+      values["quantizers"] = tuple(grid) + tuple(p for p in values.pop("presets") if p not in grid)
+    return configs.from_config_dict(cls, values)
 
 
-def bit_grid_names(weight_bits: Sequence[int], act_bits: Sequence[int | None]) -> list[str]:
-  """Preset names of a W x A grid (``None`` activation bits = float)."""
-  return [presets.bits_name(w, a) for w in weight_bits for a in act_bits]
+def resolve_sets(dataset: str, shifts: Sequence[str] | str) -> list[registry.ShiftedSet]:
+  """The sets a run measures, as set objects, the clean test split first.
 
+  Args:
+    dataset: the checkpoint's dataset.
+    shifts: what to add to the clean split: 'all' (every shifted set of the
+      dataset), a family name ('c', 'official_c', 'natural', 'text': its sets),
+      set names in full or relative to the dataset ('c/fog/3'), or a shift's
+      prefix ('c/fog': every severity); a string is split at commas.
 
-def resolve_sets(dataset: str, shifts: Sequence[str] | str) -> list[str]:
-  """'all' = every shifted set of the dataset; a family name ('c',
-  'official_c', 'natural', 'text') = its sets; otherwise set names, in full
-  or relative to the dataset ('c/fog/3'), or a shift's prefix ('c/fog': every
-  severity). The clean
-  test split ('clean') always comes first."""
+  Returns:
+    :func:`qsim.shifts.registry.clean_set` then each shifted set once, in the order given.
+
+  Raises:
+    ValueError: a name that is not a set of ``dataset`` (the message lists close ones).
+  """
   if isinstance(shifts, str):
     shifts = [s for s in shifts.split(",") if s]
-  out = [CLEAN]
+  names = []
   for s in shifts:
     if s == CLEAN:
       continue
     if s == "all":
-      out += registry.list_shifts(dataset)
+      names += registry.list_shifts(dataset)
     elif "/" not in s:
-      out += registry.list_shifts(dataset, [s])
+      names += registry.list_shifts(dataset, [s])
     else:
       if s.split("/", 1)[0] not in registry.DATASETS:
         s = f"{dataset}/{s}"  # relative to the dataset: 'c/fog/3'
       prefixed = [n for n in registry.list_shifts(dataset) if n.startswith(s.rstrip("/") + "/")]
       if prefixed:  # every severity of a shift: 'c/fog'
-        out += prefixed
+        names += prefixed
         continue
       if registry.parse(s).dataset != dataset:
         raise ValueError(f"shifted set {s!r} is not a set of the checkpoint's dataset {dataset!r}")
-      out.append(s)
-  seen = set()
-  return [s for s in out if not (s in seen or seen.add(s))]
+      names.append(s)
+  return [registry.clean_set(dataset)] + [registry.parse(n) for n in dict.fromkeys(names)]
 
 
-def load_set(run: Run, name: str, *, seed: int, limit: int | None, data_dir: str | None = None, shard=None):
-  """The run's clean test split (``name == 'clean'``) or a shifted set of its
-  dataset, as Data, encoded as the run's model reads it (``shard``: only this
-  process's block, see :class:`qsim.distributed.Shard`)."""
+def load_set(
+    run: Run, shifted: registry.ShiftedSet, *, seed: int, limit: int | None, data_dir: str | None = None, shard=None
+) -> data_lib.Data:
+  """A set of the run's dataset, encoded as the run's model reads it.
+
+  Args:
+    run: the opened run directory.
+    shifted: the set (:func:`resolve_sets`; the clean test split is
+      :func:`qsim.shifts.registry.clean_set`).
+    seed: seeds a synthetic shift (with the set's name).
+    limit: its first ``limit`` samples (None: all).
+    data_dir: TFDS data folder (None: TFDS's default).
+    shard: only this process's block of it (:class:`qsim.distributed.Shard`).
+
+  Returns:
+    The set's samples and labels.
+  """
   kw = run.data_kwargs(data_dir)
-  if name == CLEAN:
+  if shifted.family == CLEAN:
     return data_lib.load(run.dataset, "test", limit=limit, shard=shard, **kw, **run.text_kwargs())
-  return registry.load_shifted(name, seed=seed, limit=limit, vocab=run.vocab, shard=shard, **kw)
+  return registry.load_shifted(shifted.name, seed=seed, limit=limit, vocab=run.vocab, shard=shard, **kw)
 
 
 def open_run(ckpt: str, cfg: dict | None, calib_samples: int, data_dir: str | None = None) -> tuple[Run, data_lib.Data]:
-  """The run directory ``ckpt`` opened (:meth:`qsim.runs.Run.open`) with its
-  first ``calib_samples`` training samples, its variables checked against its
-  model on them."""
+  """The run directory ``ckpt`` opened (:meth:`qsim.runs.Run.open`) with its first ``calib_samples`` training samples.
+
+  The run's variables are checked against its model on those samples.
+
+  Args:
+    ckpt: the training run directory.
+    cfg: its already read config.json; None reads it.
+    calib_samples: how many training samples to load for calibration (>= 1).
+    data_dir: the data directory; None for the run's.
+
+  Returns:
+    ``(run, calib)``: the opened :class:`qsim.runs.Run` and its calibration data.
+
+  Raises:
+    FileNotFoundError: ``ckpt`` has no config.json or no checkpoint.
+    ValueError: config.json or the checkpoint is corrupted, the config names an unknown model, or the variables
+      do not fit the model.
+  """
   run = Run.open(ckpt, cfg)
   calib = run.calibration(calib_samples, data_dir)
   check_variables(run.model, run.variables, calib.x)
@@ -140,44 +243,39 @@ def _nbytes(item) -> int:
   return (x.nbytes if isinstance(x, np.ndarray) else sum(len(t) for t in x)) + y.nbytes
 
 
-def run_sweep(
-    checkpoints: Sequence[str],
-    quantizers: Sequence[str],
-    shifts: Sequence[str] | str,
-    workdir: str,
-    *,
-    limit: int | None = None,
-    batch_size: int = 500,
-    calib_samples: int = 100,
-    seed: int = 0,
-    data_dir: str | None = None,
-    skip_missing: bool = False,
-    mapping: str = "auto",
-    cache_bytes: int = 2 << 30,
-) -> str:
-  """Evaluates each checkpoint under each quantizer on its clean test split
-  and shifted sets; returns the path of results.csv. Sets loaded or
-  generated for one checkpoint are kept (up to ``cache_bytes``, least
-  recently used dropped first) for the next checkpoints of the dataset."""
-  if not checkpoints:
-    raise ValueError("no checkpoints given")
-  quantizers = list(quantizers)
-  for q in quantizers:
-    presets.preset(q)  # unknown names fail here, listing the valid ones
-  if calib_samples < 1:
-    raise ValueError(f"calib_samples={calib_samples} is not valid; give an int >= 1")
+def run_sweep(c: SweepConfig, workdir: str) -> str:
+  """Evaluates each checkpoint under each quantizer on its clean test split and shifted sets.
+
+  Sets loaded or generated for one checkpoint are kept (up to
+  ``c.cache_bytes``) for the next checkpoints of the dataset, and checkpoints
+  of one model share its compiled engine.
+
+  Args:
+    c: what to evaluate.
+    workdir: the results folder (parts/, samples/, results.csv); a rerun resumes from it.
+
+  Returns:
+    The path of results.csv.
+
+  Raises:
+    ValueError: a shifted set that is not a set of a checkpoint's dataset, or
+      a checkpoint whose variables do not fit its model.
+    FileNotFoundError: a checkpoint or a set's data that is not there (unless ``c.skip_missing``).
+  """
+  quantizers = list(c.quantizers)
+  limit, data_dir, seed, calib_samples = c.limit or None, c.data_dir or None, c.seed, c.calib_samples
   plans = []
-  for ckpt in checkpoints:
+  for ckpt in c.checkpoints:
     cfg = read_config(ckpt)
-    plans.append((ckpt, cfg, resolve_sets(cfg["dataset"], shifts)))
+    plans.append((ckpt, cfg, resolve_sets(cfg["dataset"], c.shifts)))
   shard = distributed.process_shard()  # this process's block of every set
   writer = distributed.is_writer()
   store = ResultsStore(workdir) if writer else None
   t0 = time.time()
-  cache = _SetCache(cache_bytes)  # checkpoints of one dataset share the loaded and generated sets
+  cache = _SetCache(c.cache_bytes)  # checkpoints of one dataset share the loaded and generated sets
   engines: dict[tuple, Engine] = {}  # and checkpoints of one model its compiled engine
   for ckpt, cfg, sets in plans:
-    done = np.asarray([writer and store.has(ResultsStore.key(os.path.abspath(ckpt), s)) for s in sets])
+    done = np.asarray([writer and store.has(ResultsStore.key(os.path.abspath(ckpt), s.name)) for s in sets])
     todo = [s for s, d in zip(sets, distributed.broadcast(done)) if not d]  # process 0 decides for all
     _log(
         f"{ckpt}: {cfg['model']} ({cfg['method']}) on {cfg['dataset']}: {len(sets)} sets x"
@@ -192,55 +290,41 @@ def run_sweep(
     qs = build_quantizers(model, variables, quantizers, calib.x)
     engine = engines.get((cfg["model"], info.num_classes))
     if engine is None:
-      engine = Engine(model, variables, qs, batch_size=batch_size, mapping=mapping)
+      engine = Engine(model, variables, qs, batch_size=c.batch_size, mapping=c.mapping)
       engines[(cfg["model"], info.num_classes)] = engine
     else:  # another checkpoint of the same model: same program, new weights and ranges
       engine.update(variables, qs)
-    for i, name in enumerate(sets):
-      if name not in todo:
+    run_info = RunInfo.of(ckpt, cfg)
+    for i, shifted in enumerate(sets):
+      if shifted not in todo:
         continue
+      name = shifted.name
       key = ResultsStore.key(os.path.abspath(ckpt), name)
       try:
         set_key = (name, dataset, None if vocab is None else hash(tuple(vocab)))
         if set_key not in cache:
-          d = load_set(run, name, seed=seed, limit=limit, data_dir=data_dir, shard=shard)
+          d = load_set(run, shifted, seed=seed, limit=limit, data_dir=data_dir, shard=shard)
           cache.put(set_key, (d.x, d.y))
         x, y = cache[set_key]
       except FileNotFoundError as e:
-        if skip_missing:
+        if c.skip_missing:
           _log(f"  skipped {name}: {e}")
           continue
         raise
       res = engine.run(x, y, name)
       if not writer:  # every process has the whole result; process 0 writes it
         continue
-      rows = []
-      meta = registry.parse(name) if name != CLEAN else None
-      for k, r in enumerate(res.rows()):
-        rows.append(
-            {
-                "checkpoint": os.path.abspath(ckpt),
-                "model": cfg["model"],
-                "method": cfg["method"],
-                "train_seed": cfg.get("seed"),
-                "dataset": dataset,
-                "set": name,
-                "set_index": f"{i:05d}",
-                "family": meta.family if meta else CLEAN,
-                "shift": meta.shift if meta else "",
-                "severity": meta.severity if meta else None,
-                "quantizer_index": f"{k:03d}",
-                **r,
-                "eval_seed": seed,
-                "limit": limit,
-                "calib_samples": calib_samples,
-                "qsim_version": qsim.__version__,
-                "jax_version": jax.__version__,
-                "backend": jax.default_backend(),
-                "devices": jax.device_count(),
-                "processes": jax.process_count(),
-            }
-        )
+      settings = {"eval_seed": seed, "limit": limit, "calib_samples": calib_samples}
+      rows = [
+          Row(
+              run=run_info,
+              set=SetInfo.of(shifted, i),
+              quantizer=QuantInfo.of(engine.quantizers[k].config, k, m.pop("quantizer")),
+              metrics=m,
+              settings=settings,
+          ).as_dict()
+          for k, m in enumerate(res.rows())
+      ]
       store.put(
           key,
           rows,

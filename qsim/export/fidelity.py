@@ -22,7 +22,7 @@ kernels) or ``reference`` (graph optimizations off: the QDQ graph as written)
 families of its own runtime. A row is one (set, mode, kernels); qsim runs
 once per set for all of them.
 
-Rows are committed per (set, kernels) (:class:`qsim.evaluate.results.ResultsStore`):
+Rows are committed per (set, kernels) (:class:`qsim.results.ResultsStore`):
 a killed run resumes where it stopped, and a run resumed with more kernel
 families computes only the missing ones. XNNPACK units keep the set-only key
 of runs made before the kernels option, whose rows read as ``xnnpack``.
@@ -30,18 +30,18 @@ of runs made before the kernels option, whose rows read as ``xnnpack``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import time
 from typing import Sequence
 
-import jax
 import numpy as np
 
-import qsim
+from qsim import configs
 from qsim.evaluate.engine import Engine, build_quantizers
-from qsim.evaluate.results import ResultsStore
+from qsim.results import QuantInfo, ResultsStore, Row, RunInfo, SetInfo
 from qsim.evaluate.sweep import load_set, open_run, resolve_sets
 from qsim.export.onnx import ORT_KERNELS, ORT_MODES, ORTModel, export_onnx, onnx_modules, ort_preset
 from qsim.export.tflite import KERNELS, MODES, TFLiteModel, export, preset_for
@@ -53,7 +53,14 @@ ALL_KERNELS = (*KERNELS, *ORT_KERNELS)
 
 
 def runtime_of(name: str) -> str:
-  """'onnxruntime' for an ONNX Runtime mode or kernel family, else 'tflite'."""
+  """'onnxruntime' for an ONNX Runtime mode or kernel family, else 'tflite'.
+
+  Args:
+    name: a deployment mode (``ALL_MODES``) or a kernel family (``ALL_KERNELS``).
+
+  Returns:
+    The runtime's name: 'onnxruntime' or 'tflite' (also for unknown names).
+  """
   return "onnxruntime" if name in ORT_MODES or name in ORT_KERNELS else "tflite"
 
 
@@ -74,13 +81,35 @@ def _log(msg: str) -> None:
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-  """|A & B| / |A | B| of two boolean masks; 1.0 when both are empty."""
+  """|A & B| / |A | B| of two boolean masks; 1.0 when both are empty.
+
+  Args:
+    a: a boolean mask.
+    b: a boolean mask of the same shape.
+
+  Returns:
+    The Jaccard index, in [0, 1].
+  """
   union = int((a | b).sum())
   return 1.0 if union == 0 else int((a & b).sum()) / union
 
 
 def compare(float_pred: np.ndarray, qsim_pred: np.ndarray, runtime_pred: np.ndarray) -> dict:
-  """Agreement of qsim and the runtime, and the overlap of their disagreement sets."""
+  """Agreement of qsim and the runtime, and the overlap of their disagreement sets.
+
+  A disagreement is a sample whose prediction differs from the float model's.
+
+  Args:
+    float_pred: the float model's predicted classes, one per sample.
+    qsim_pred: qsim's simulated quantized predictions on the same samples.
+    runtime_pred: the runtime's predictions on the same samples.
+
+  Returns:
+    'n' (samples), 'agreement' (fraction of samples where qsim and the
+    runtime predict the same; NaN without samples), 'jaccard' (of the two
+    disagreement sets, :func:`jaccard`), 'qsim_disagreements',
+    'runtime_disagreements' and 'both_disagree' (counts).
+  """
   dq, dt = qsim_pred != float_pred, runtime_pred != float_pred
   return {
       "n": len(float_pred),
@@ -105,8 +134,18 @@ def _checked(values: Sequence[str] | str, check, valid: Sequence[str], what: str
 
 def unit_key(store: ResultsStore, name: str, kernels: str) -> str:
   """The part-file key of one unit of work, (set ``name``, ``kernels``).
+
   XNNPACK units keep the set-only key that runs made before the kernels
-  option, so those runs' parts count as their XNNPACK units."""
+  option, so those runs' parts count as their XNNPACK units.
+
+  Args:
+    store: the run's results store.
+    name: the set's name ('clean' or a shifted set's name).
+    kernels: the kernel family (``ALL_KERNELS``).
+
+  Returns:
+    The key for ``store.get`` / ``store.put``.
+  """
   return store.key(name) if kernels == LEGACY_KERNELS else store.key(name, kernels)
 
 
@@ -147,45 +186,128 @@ def _with_kernels(row: dict) -> dict:
   return out
 
 
-def run_fidelity(
-    checkpoint: str,
-    workdir: str,
-    *,
-    modes: Sequence[str] = ("int8", "dynamic", "float16"),
-    kernels: Sequence[str] = ("xnnpack",),
-    shifts: Sequence[str] | str = "c",
-    limit: int | None = None,
-    calib_samples: int = 100,
-    batch_size: int = 500,
-    seed: int = 0,
-    data_dir: str | None = None,
-    study: bool = True,
-) -> str:
-  """Measures qsim vs the runtimes for ``checkpoint``; returns the CSV path.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FidelityConfig:
+  """What a fidelity run compares; checked when built.
 
-  Each mode in ``modes`` (TFLite's ``MODES``, ONNX Runtime's
-  ``ORT_MODES``) runs on each kernel family of its runtime in
-  ``kernels`` (TFLite: ``xnnpack``, ``builtin``; ONNX Runtime: ``mlas``,
-  ``reference``); the study-way comparison (``study``) runs on XNNPACK only,
-  as the study did. A unit of work is (set, kernels), holding one row per
-  mode of that runtime: a resumed run computes the missing units only (a unit
-  already stored is not extended by modes added later).
+  Attributes:
+    checkpoints: train workdirs; with several, each runs in ``workdir/<its folder name>``
+      (:meth:`workdirs`), so their folder names must differ.
+    modes: deployment modes, TFLite's (``MODES``) and ONNX Runtime's (``ORT_MODES``).
+    kernels: the kernel families each mode runs on, TFLite's (``KERNELS``:
+      xnnpack, builtin) and ONNX Runtime's (``ORT_KERNELS``: mlas, reference);
+      each mode's runtime needs at least one.
+    shifts: shifted sets besides the clean test split (:func:`qsim.evaluate.sweep.resolve_sets`).
+    limit: samples per set (0: all).
+    calib_samples: the representative dataset: the first N training samples.
+    batch_size: samples per runtime and engine batch.
+    seed: seeds the synthetic shifts.
+    data_dir: TFDS data folder ('': TFDS's default).
+    study: also run the int8 model the study's way (uint8 input truncated,
+      one sample at a time; XNNPACK only).
   """
-  modes = _checked(modes, _check_in(ALL_MODES, "mode"), ALL_MODES, "modes", "mode")
-  kernels = _checked(kernels, _check_in(ALL_KERNELS, "kernels"), ALL_KERNELS, "kernels", "kernel family")
-  for rt in {runtime_of(m) for m in modes}:
-    if not any(runtime_of(k) == rt for k in kernels):
+
+  checkpoints: tuple[str, ...]
+  modes: tuple[str, ...] = ("int8", "dynamic", "float16")
+  kernels: tuple[str, ...] = ("xnnpack",)
+  shifts: tuple[str, ...] = ("c",)
+  limit: int = 0
+  calib_samples: int = 100
+  batch_size: int = 500
+  seed: int = 0
+  data_dir: str = ""
+  study: bool = True
+
+  def __post_init__(self):
+    if not self.checkpoints or not all(self.checkpoints):
       raise ValueError(
-          f"modes {[m for m in modes if runtime_of(m) == rt]} run on {rt}, but kernels={kernels}"
-          f" names none of its kernel families {[k for k in ALL_KERNELS if runtime_of(k) == rt]}"
+          f"checkpoint={list(self.checkpoints)} is not valid; give a train workdir, e.g. checkpoint=runs/lenet5"
       )
-  kernels = [k for k in kernels if any(runtime_of(m) == runtime_of(k) for m in modes)]
-  if any(runtime_of(m) == "onnxruntime" for m in modes):
-    onnx_modules()  # the extra is installed, or an error naming it, before any work
-  if calib_samples < 1:
-    raise ValueError(f"calib_samples={calib_samples} is not valid; give an int >= 1")
+    labels = [os.path.basename(os.path.normpath(p)) for p in self.checkpoints]
+    if len(set(labels)) < len(labels):
+      raise ValueError(
+          f"checkpoints {list(self.checkpoints)} share a folder name; each runs in workdir/<folder name>, so"
+          " give checkpoints with distinct folder names"
+      )
+    modes = _checked(self.modes, _check_in(ALL_MODES, "mode"), ALL_MODES, "modes", "mode")
+    kernels = _checked(self.kernels, _check_in(ALL_KERNELS, "kernels"), ALL_KERNELS, "kernels", "kernel family")
+    for rt in {runtime_of(m) for m in modes}:
+      if not any(runtime_of(k) == rt for k in kernels):
+        raise ValueError(
+            f"modes {[m for m in modes if runtime_of(m) == rt]} run on {rt}, but kernels={kernels}"
+            f" names none of its kernel families {[k for k in ALL_KERNELS if runtime_of(k) == rt]}"
+        )
+    if any(runtime_of(m) == "onnxruntime" for m in modes):
+      onnx_modules()  # the extra is installed, or an error naming it, before any work
+    for name, lo in (("limit", 0), ("calib_samples", 1), ("batch_size", 1), ("seed", 0)):
+      if getattr(self, name) < lo:
+        raise ValueError(f"{name}={getattr(self, name)} is not valid; give an int >= {lo}")
+
+  @classmethod
+  def from_config_dict(cls, config) -> FidelityConfig:
+    """The config of ``experiments/configs/fidelity.py`` (its ``checkpoint`` key holds the checkpoints).
+
+    Args:
+      config: the ConfigDict.
+
+    Returns:
+      The checked config.
+
+    Raises:
+      ValueError: a key that is not valid, a value of the wrong type, or a value that is not valid.
+    """
+    values = configs.as_dict(config)
+    values["checkpoints"] = values.pop("checkpoint", ())
+    return configs.from_config_dict(cls, values)
+
+  def workdirs(self, workdir: str) -> dict[str, str]:
+    """Where each checkpoint's run goes.
+
+    Args:
+      workdir: the run's folder.
+
+    Returns:
+      Checkpoint -> its results folder: ``workdir`` itself for one checkpoint,
+      ``workdir/<checkpoint folder name>`` for each of several.
+    """
+    if len(self.checkpoints) == 1:
+      return {self.checkpoints[0]: workdir}
+    return {p: os.path.join(workdir, os.path.basename(os.path.normpath(p))) for p in self.checkpoints}
+
+  @property
+  def run_kernels(self) -> list[str]:
+    """The kernel families some mode runs on (the others are dropped)."""
+    return [k for k in self.kernels if any(runtime_of(m) == runtime_of(k) for m in self.modes)]
+
+
+def run_fidelity(c: FidelityConfig, workdir: str) -> dict[str, str]:
+  """Measures qsim vs the runtimes for each checkpoint of ``c``.
+
+  Each mode runs on each kernel family of its runtime in ``c.kernels``; the
+  study-way comparison (``c.study``) runs on XNNPACK only, as the study did.
+  A unit of work is (set, kernels), holding one row per mode of that
+  runtime: a resumed run computes the missing units only (a unit already
+  stored is not extended by modes added later).
+
+  Args:
+    c: what to compare.
+    workdir: the results folder (one per checkpoint inside it when there are several, :meth:`FidelityConfig.workdirs`).
+
+  Returns:
+    Checkpoint -> the path of its results.csv.
+
+  Raises:
+    ValueError: a shifted set that is not a set of a checkpoint's dataset.
+    FileNotFoundError: a checkpoint that is not there.
+  """
+  return {ckpt: _run_checkpoint(c, ckpt, wd) for ckpt, wd in c.workdirs(workdir).items()}
+
+
+def _run_checkpoint(c: FidelityConfig, checkpoint: str, workdir: str) -> str:
+  modes, kernels = list(c.modes), c.run_kernels
+  limit, seed, calib_samples = c.limit or None, c.seed, c.calib_samples
   cfg = read_config(checkpoint)
-  sets = resolve_sets(cfg["dataset"], shifts)
+  sets = resolve_sets(cfg["dataset"], c.shifts)
   store = ResultsStore(workdir)
   _add_kernels_column(store)
   todo = {}  # set -> the kernel families it still needs
@@ -193,7 +315,7 @@ def run_fidelity(
   for s in sets:
     missing = []
     for k in kernels:
-      done = unit_done(store.get(unit_key(store, s, k)), modes, k)
+      done = unit_done(store.get(unit_key(store, s.name, k)), modes, k)
       if done is not True:
         missing.append(k)
         stale += done is False
@@ -215,10 +337,10 @@ def run_fidelity(
         modes,
         limit=limit,
         calib_samples=calib_samples,
-        batch_size=batch_size,
+        batch_size=c.batch_size,
         seed=seed,
-        data_dir=data_dir,
-        study=study,
+        data_dir=c.data_dir or None,
+        study=c.study,
     )
   return store.write_table(SORT_KEYS)
 
@@ -249,7 +371,16 @@ def unit_done(rows: list[dict] | None, modes: Sequence[str], kernels: str) -> bo
   """Whether a stored unit's ``rows`` (None: not stored) are what this run
   would write: one row per mode of ``kernels``' runtime, each simulated by
   today's :func:`preset_of`. False (stale: a run with other modes, or
-  before a preset changed) means recompute; the new part replaces it."""
+  before a preset changed) means recompute; the new part replaces it.
+
+  Args:
+    rows: the unit's stored rows, or None when it is not stored.
+    modes: this run's modes (those of another runtime than ``kernels``' are ignored).
+    kernels: the unit's kernel family.
+
+  Returns:
+    None when not stored, True when up to date, False when stale.
+  """
   if rows is None:
     return None
   want = {m: preset_of(m, kernels) for m in modes if runtime_of(m) == runtime_of(kernels)}
@@ -257,7 +388,18 @@ def unit_done(rows: list[dict] | None, modes: Sequence[str], kernels: str) -> bo
 
 
 def preset_of(mode: str, kernels: str) -> str:
-  """The qsim preset that simulates ``mode`` on the kernel family ``kernels``."""
+  """The qsim preset that simulates ``mode`` on the kernel family ``kernels``.
+
+  Args:
+    mode: a deployment mode, TFLite's (``MODES``) or ONNX Runtime's (``ORT_MODES``).
+    kernels: a kernel family of the same runtime as ``mode``.
+
+  Returns:
+    The qsim preset name.
+
+  Raises:
+    ValueError: a TFLite ``mode`` or its ``kernels`` is not valid.
+  """
   return ort_preset(mode, kernels) if runtime_of(mode) == "onnxruntime" else preset_for(mode, kernels)
 
 
@@ -280,26 +422,23 @@ def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, bat
       dict.fromkeys(preset_of(m, k) for m in modes for k in needed if runtime_of(m) == runtime_of(k))
   )  # qsim runs each once
   engine = Engine(model, variables, build_quantizers(model, variables, presets, calib.x), batch_size=batch_size)
-  for i, name in enumerate(sets):
-    if name not in todo:
+  run_info = RunInfo.of(checkpoint, cfg)
+  settings = {"eval_seed": seed, "limit": limit, "calib_samples": calib_samples}
+  for i, shifted in enumerate(sets):
+    if shifted not in todo:
       continue
-    d = load_set(run, name, seed=seed, limit=limit, data_dir=data_dir)
+    name = shifted.name
+    d = load_set(run, shifted, seed=seed, limit=limit, data_dir=data_dir)
     res = engine.run(d.x, d.y, name)
     lowest = []
-    for kern in todo[name]:
+    for kern in todo[shifted]:
       rows = []
       for m in modes:
         if runtime_of(m) != runtime_of(kern):
           continue
         tp = tfl[m, kern].predict(d.x, batch_size)
         j = presets.index(preset_of(m, kern))
-        row = {
-            "set": name,
-            "set_index": f"{i:05d}",
-            "mode": m,
-            "runtime": runtime_of(m),
-            "kernels": kern,
-            "quantizer": presets[j],
+        found = {
             **compare(res.float_pred, res.quant_pred[j], tp),
             "qsim_accuracy": float(np.mean(res.quant_pred[j] == d.y)),
             "runtime_accuracy": float(np.mean(tp == d.y)),
@@ -307,21 +446,18 @@ def _run(cfg, checkpoint, store, sets, todo, modes, *, limit, calib_samples, bat
         }
         if m == "int8" and kern == "xnnpack" and study_model is not None:
           sp = study_model.predict_study(d.x)
-          row.update(
+          found.update(
               study_disagreements=int((sp != res.float_pred).sum()), study_vs_tflite_agreement=float(np.mean(sp == tp))
           )
-        row.update(
-            checkpoint=os.path.abspath(checkpoint),
-            model=cfg["model"],
-            method=cfg["method"],
-            dataset=cfg["dataset"],
-            limit=limit,
-            calib_samples=calib_samples,
-            eval_seed=seed,
-            qsim_version=qsim.__version__,
-            jax_version=jax.__version__,
+        row = Row(
+            run=run_info,
+            set=SetInfo.of(shifted, i),
+            quantizer=QuantInfo.of(engine.quantizers[j].config, j, presets[j]),
+            keys={"mode": m, "runtime": runtime_of(m), "kernels": kern},
+            metrics=found,
+            settings=settings,
         )
-        rows.append(row)
+        rows.append(row.as_dict())
       store.put(unit_key(store, name, kern), rows)
       worst = min(rows, key=lambda r: r["agreement"])
       lowest.append(f"{worst['mode']}/{kern} {worst['agreement']:.4f} (jaccard {worst['jaccard']:.2f})")
@@ -350,12 +486,19 @@ def _sorted_rows(workdir: str) -> list[dict]:
 
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
-  """One dict per (mode, kernels) of ``rows`` (a fidelity run's rows), in
-  report order: runtime, mode, kernels, quantizer (the qsim preset),
-  clean agreement and Jaccard (NaN without a clean row), the number of
-  shifted sets, min / mean agreement and Jaccard over them (NaN without
-  any), and the disagreements of qsim and of the runtime summed over all
-  sets."""
+  """One dict per (mode, kernels) of a fidelity run's rows, in report order.
+
+  Args:
+    rows: a fidelity run's rows (rows written before the kernels option read
+      as XNNPACK).
+
+  Returns:
+    Per (mode, kernels), sorted by runtime, mode and kernel family: runtime,
+    mode, kernels, quantizer (the qsim preset), clean agreement and Jaccard
+    (NaN without a clean row), the number of shifted sets, min / mean
+    agreement and Jaccard over them (NaN without any), and the disagreements
+    of qsim and of the runtime summed over all sets.
+  """
   rows = [_with_kernels(r) for r in rows]
   groups = sorted(
       {(r["mode"], _kernels(r)) for r in rows}, key=lambda g: (runtime_of(g[0]), g[0], ALL_KERNELS.index(g[1]))
@@ -405,7 +548,20 @@ _SUMMARY_HEADER = (
 
 def write_report(workdir: str) -> str:
   """``fidelity.md``: per (mode, kernels), agreement and Jaccard on the clean
-  set and over the shifted sets (min and mean), with a plot of both per set."""
+  set and over the shifted sets (min and mean), with a plot of both per set.
+
+  Also lists the study-way comparison where the run has one, and writes the
+  plot as ``fidelity.png``.
+
+  Args:
+    workdir: a fidelity run's results folder (one checkpoint's).
+
+  Returns:
+    The path of ``fidelity.md``.
+
+  Raises:
+    ValueError: ``workdir`` holds no fidelity rows, or a part file is corrupted.
+  """
   rows = _sorted_rows(workdir)
   lines = [
       "# Fidelity: qsim vs the real runtimes (TFLite, ONNX Runtime)",
@@ -441,11 +597,22 @@ def write_report(workdir: str) -> str:
 
 
 def write_summary(runs: dict[str, str], out_dir: str) -> str:
-  """``out_dir/summary.md`` and ``summary.png`` over several fidelity runs
-  (``runs``: a label, e.g. the architecture, -> that run's workdir): the
-  per (mode, kernels) figures of :func:`summarize` for every run in one
+  """``out_dir/summary.md`` and ``summary.png`` over several fidelity runs.
+
+  The per (mode, kernels) figures of :func:`summarize` for every run in one
   table, and a heatmap of the lowest agreement over all sets (clean
-  included) per run and (mode, kernels). Returns the markdown's path."""
+  included) per run and (mode, kernels).
+
+  Args:
+    runs: a label (e.g. the architecture) -> that fidelity run's workdir.
+    out_dir: the folder to write into (created if missing).
+
+  Returns:
+    The path of ``summary.md``.
+
+  Raises:
+    ValueError: ``runs`` is empty, or a run's workdir holds no fidelity rows.
+  """
   if not runs:
     raise ValueError("runs is empty; give at least one label -> fidelity workdir")
   per = {label: summarize(_sorted_rows(wd)) for label, wd in runs.items()}

@@ -84,14 +84,38 @@ from typing import Any, Mapping, Sequence
 
 from qsim.quant.spec import LayerSpec, MAX_BITS, MIN_BITS, QuantConfig, TensorSpec
 
+STUDY_PRESETS = ("tflite_int8", "tflite_dynamic", "weight_only_int8", "fp16")  # the study's four deployments
+
 
 def int_weight(bits: int, **kw) -> TensorSpec:
-  """Symmetric per-channel absmax integer weights."""
+  """Symmetric per-channel absmax integer weights.
+
+  Args:
+    bits: the integer bit-width, in [2, 16].
+    **kw: other TensorSpec fields (e.g. ``calibration``, ``axis``).
+
+  Returns:
+    The TensorSpec.
+
+  Raises:
+    ValueError: ``bits`` or a field of ``kw`` is not valid.
+  """
   return TensorSpec(bits=bits, granularity="per_channel", symmetric=True, **kw)
 
 
 def int_act(bits: int, **kw) -> TensorSpec:
-  """Asymmetric per-tensor integer activations (dynamic unless told)."""
+  """Asymmetric per-tensor integer activations (dynamic unless told).
+
+  Args:
+    bits: the integer bit-width, in [2, 16].
+    **kw: other TensorSpec fields (e.g. ``range='static'``, ``qparams``).
+
+  Returns:
+    The TensorSpec.
+
+  Raises:
+    ValueError: ``bits`` or a field of ``kw`` is not valid.
+  """
   return TensorSpec(bits=bits, granularity="per_tensor", symmetric=False, **kw)
 
 
@@ -141,15 +165,34 @@ _WXAY = re.compile(r"^w(\d+)(?:a(\d+))?$")
 
 
 def bits_name(weight_bits: int, act_bits: int | None) -> str:
-  """The preset name of an integer bit pair: ``wXaY``, or ``wX`` when
-  activations stay float (``act_bits`` None). The one place such names are
-  built; :func:`parse_bits` is the one place they are read."""
+  """The preset name of an integer bit pair.
+
+  ``wXaY``, or ``wX`` when activations stay float (``act_bits`` None). The one
+  place such names are built; :func:`parse_bits` is the one place they are
+  read.
+
+  Args:
+    weight_bits: the weight bit-width X (not range-checked here).
+    act_bits: the activation bit-width Y, or None for float activations.
+
+  Returns:
+    The name, e.g. ``'w4a8'`` or ``'w4'``.
+  """
   return f"w{int(weight_bits)}" if act_bits is None else f"w{int(weight_bits)}a{int(act_bits)}"
 
 
 def parse_bits(name: str) -> tuple[int, int | None] | None:
-  """``(weight_bits, act_bits or None)`` of a ``wXaY`` / ``wX`` preset name,
-  None for any other name (bits not range-checked: see :func:`layer_preset`)."""
+  """``(weight_bits, act_bits or None)`` of a ``wXaY`` / ``wX`` preset name.
+
+  Bits are not range-checked: see :func:`layer_preset`.
+
+  Args:
+    name: a preset name (any value; non-strings give None).
+
+  Returns:
+    ``(weight_bits, act_bits)`` with ``act_bits`` None for ``wX``, or None
+    when ``name`` is not of that form.
+  """
   m = _WXAY.match(name) if isinstance(name, str) else None
   if not m:
     return None
@@ -158,11 +201,29 @@ def parse_bits(name: str) -> tuple[int, int | None] | None:
 
 
 def preset_names() -> list[str]:
+  """The names of the presets, for messages and listings.
+
+  Returns:
+    The fixed preset names in table order, then the patterns ``'wXaY'`` and
+    ``'wX'``.
+  """
   return list(_FIXED) + ["wXaY", "wX"]
 
 
 def layer_preset(name: str) -> LayerSpec | None:
-  """The LayerSpec of a named preset (``None`` = float)."""
+  """The LayerSpec of a named preset (``None`` = float).
+
+  Args:
+    name: a fixed preset name (see the module table) or ``wXaY`` / ``wX``
+      with X, Y in [2, 16].
+
+  Returns:
+    The preset's LayerSpec, or None for ``'float32'``.
+
+  Raises:
+    ValueError: ``name`` is not a string, not a known preset, or has bits
+      outside [2, 16].
+  """
   if not isinstance(name, str):
     raise ValueError(f"preset={name!r} is not valid; give one of {preset_names()}")
   if name in _FIXED:
@@ -218,10 +279,44 @@ def make_config(
 
 
 def preset(name: str) -> QuantConfig:
-  """A whole-model config from a preset name (see the module table)."""
+  """A whole-model config from a preset name (see the module table).
+
+  Args:
+    name: a preset name, as :func:`layer_preset` takes.
+
+  Returns:
+    A QuantConfig with that preset as its default, no rules, named ``name``.
+
+  Raises:
+    ValueError: ``name`` is not a valid preset.
+  """
   return make_config(name)
 
 
+def bit_grid_names(weight_bits: Sequence[int], act_bits: Sequence[int | None]) -> list[str]:
+  """The preset names of a W x A grid, the one place a grid is built.
+
+  Args:
+    weight_bits: the weight bit-widths X.
+    act_bits: the activation bit-widths Y (None: float activations, a ``wX`` name).
+
+  Returns:
+    One name per ``(w, a)`` pair, weight bits outer, activation bits inner.
+  """
+  return [bits_name(w, a) for w in weight_bits for a in act_bits]
+
+
 def bit_grid(weight_bits: Sequence[int], act_bits: Sequence[int | None]) -> list[QuantConfig]:
-  """The ``wXaY`` configs for every pair (``None`` activation = weight-only)."""
-  return [preset(bits_name(w, a)) for w in weight_bits for a in act_bits]
+  """The ``wXaY`` configs for every pair (``None`` activation = weight-only).
+
+  Args:
+    weight_bits: the weight bit-widths X, each in [2, 16].
+    act_bits: the activation bit-widths Y, each in [2, 16] or None.
+
+  Returns:
+    One config per ``(w, a)`` pair, weight bits outer, activation bits inner.
+
+  Raises:
+    ValueError: a bit-width outside [2, 16].
+  """
+  return [preset(n) for n in bit_grid_names(weight_bits, act_bits)]

@@ -60,7 +60,16 @@ class ResultsStore:
 
   @staticmethod
   def key(*parts: str) -> str:
-    """A file-name-safe, unique key for a unit of work."""
+    """A file-name-safe, unique key for a unit of work.
+
+    Args:
+      *parts: strings identifying the unit (e.g. checkpoint path, dataset name); paths contribute their last
+        component to the readable slug.
+
+    Returns:
+      ``<slug>-<hash>``: the parts' last path components joined by ``__`` with unsafe characters replaced by ``_``
+      (at most 80 characters), then the first 12 hex digits of the SHA-1 of all parts in full.
+    """
     text = "|".join(parts)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", "__".join(p.rstrip("/").split("/")[-1] for p in parts))[:80]
     return f"{slug}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
@@ -69,16 +78,39 @@ class ResultsStore:
     return os.path.join(self.parts_dir, f"{key}.json")
 
   def has(self, key: str) -> bool:
+    """Whether the unit ``key`` is finished (its part file exists).
+
+    Args:
+      key: a unit key from :meth:`key`.
+
+    Returns:
+      True when ``parts/<key>.json`` exists.
+    """
     return os.path.exists(self._part(key))
 
   def put(self, key: str, rows: Sequence[dict], samples: dict[str, np.ndarray] | None = None) -> None:
-    """Stores a finished unit: samples first, rows last (the commit)."""
+    """Stores a finished unit: samples first, rows last (the commit).
+
+    Args:
+      key: the unit key from :meth:`key`.
+      rows: the unit's result rows (JSON-serialisable values; NumPy scalars are converted, non-finite floats are
+        stored as null and read back as NaN).
+      samples: optional per-sample arrays, saved to ``samples/<key>.npz``; None stores none.
+    """
     if samples is not None:
       atomic_write(os.path.join(self.samples_dir, f"{key}.npz"), lambda f: np.savez_compressed(f, **samples))
     body = json.dumps([{k: _clean(v) for k, v in r.items()} for r in rows], default=_json_default, allow_nan=False)
     atomic_write(self._part(key), lambda f: f.write(body.encode()))
 
   def samples(self, key: str) -> dict[str, np.ndarray]:
+    """The per-sample arrays stored for the unit ``key``.
+
+    Args:
+      key: a unit key from :meth:`key` whose :meth:`put` was given ``samples``.
+
+    Returns:
+      Array name to array, as saved in ``samples/<key>.npz``.
+    """
     path = os.path.join(self.samples_dir, f"{key}.npz")
     with np.load(path, allow_pickle=False) as z:
       return {k: z[k] for k in z.files}
@@ -97,11 +129,28 @@ class ResultsStore:
     return rows
 
   def get(self, key: str) -> list[dict] | None:
-    """The rows of the unit ``key``, or None when it is not stored."""
+    """The rows of the unit ``key``, or None when it is not stored.
+
+    Args:
+      key: a unit key from :meth:`key`.
+
+    Returns:
+      The stored rows, or None when the unit has no part file.
+
+    Raises:
+      ValueError: the part file is corrupted (not a JSON list of rows).
+    """
     return self._read(self._part(key)) if self.has(key) else None
 
   def rows(self) -> list[dict]:
-    """Every stored row, parts in name order, rows in stored order."""
+    """Every stored row, parts in name order, rows in stored order.
+
+    Returns:
+      The rows of all part files concatenated (temporary files are skipped).
+
+    Raises:
+      ValueError: a part file is corrupted.
+    """
     out = []
     for fname in sorted(os.listdir(self.parts_dir)):
       if not fname.endswith(".json"):
@@ -110,8 +159,18 @@ class ResultsStore:
     return out
 
   def write_table(self, sort_keys: Sequence[str] = ()) -> str:
-    """Writes ``results.csv`` and ``results.jsonl`` from all parts; returns
-    the CSV path."""
+    """Writes ``results.csv`` and ``results.jsonl`` from all parts; returns the CSV path.
+
+    Args:
+      sort_keys: columns to sort rows by (compared as strings, missing values first); empty keeps
+        :meth:`rows` order.
+
+    Returns:
+      The path of ``results.csv`` under ``workdir``.
+
+    Raises:
+      ValueError: a part file is corrupted.
+    """
     rows = self.rows()
     if sort_keys:
       rows.sort(key=lambda r: tuple("" if r.get(k) is None else str(r.get(k)) for k in sort_keys))

@@ -37,15 +37,14 @@ import os
 import sys
 import time
 import zlib
-import jax
 import numpy as np
 
-import qsim
+from qsim import configs
 from qsim import data as data_lib
 from qsim.evaluate import metrics
 from qsim.evaluate.engine import Engine, build_quantizers, check_variables
-from qsim.evaluate.results import ResultsStore
-from qsim.evaluate.sweep import CLEAN, resolve_sets
+from qsim.results import QuantInfo, ResultsStore, Row, RunInfo, SetInfo
+from qsim.evaluate.sweep import resolve_sets
 from qsim.models import get_model
 from qsim.quant import presets
 from qsim.retrain.pool import Part, Splits, check_disjoint, parse_split
@@ -65,7 +64,7 @@ def _log(msg: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class RetrainConfig:
+class RetrainConfig(configs.FromConfigDict):
   """What to retrain and how; see the module docstring and
   ``experiments/configs/retrain.py``."""
 
@@ -92,8 +91,17 @@ class RetrainConfig:
   shift_seed: int = 0  # seeds the synthetic shifts (as experiments.evaluate's seed)
   data_dir: str = ""
 
+  def __post_init__(self):
+    self.validate()
+
   def validate(self) -> None:
-    """Every field checked before any work; errors name the value and the valid range."""
+    """Checks every field before any work.
+
+    Raises:
+      ValueError: naming the field, the bad value and the valid range.
+    """
+    if not self.checkpoint:
+      raise ValueError("checkpoint='' is not valid; give a train workdir, e.g. checkpoint=runs/lenet5")
     if not self.quantizers:
       raise ValueError("no quantizers given; e.g. quantizers=w4a4+tflite_int8")
     for q in self.quantizers:
@@ -134,9 +142,21 @@ class RetrainConfig:
 def select(strategy: str, disagree: np.ndarray, margin: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
   """Indices (sorted) of the samples a strategy picks from the pool.
 
-  ``disagree``: the pool's disagreements; ``margin``: the float model's
-  Margin score (higher = less sure; NaN = never picked first); ``k``: the
-  size for 'margin' and 'random'."""
+  Args:
+    strategy: one of ``STRATEGIES``: 'all' (every disagreement), 'margin' (the
+      ``k`` highest Margin scores), 'random' (``k`` at random) or 'none'.
+    disagree: bool per pool sample, True where float and quantized disagree.
+    margin: the float model's Margin score per pool sample (higher = less sure;
+      NaN = never picked first); used by 'margin' only.
+    k: the selection size for 'margin' and 'random', capped at the pool size.
+    rng: draws the 'random' selection.
+
+  Returns:
+    The picked pool indices, sorted ascending (empty for 'none').
+
+  Raises:
+    ValueError: ``strategy`` is not one of ``STRATEGIES``.
+  """
   n = len(disagree)
   k = min(int(k), n)
   if strategy == "all":
@@ -187,23 +207,22 @@ def _pool_with_shifts(splits: Splits, cfg: RetrainConfig, vocab) -> Part:
   )
 
 
-def _eval_sets(splits: Splits, cfg: RetrainConfig, dataset: str, vocab) -> list[Part]:
+def _eval_sets(splits: Splits, cfg: RetrainConfig, dataset: str, vocab) -> list[tuple[registry.ShiftedSet, Part]]:
   """The evaluation split, then each shifted set built on its first
   ``shift_limit`` samples (the same sets ``experiments.evaluate`` measures
   when the evaluation split is 'test')."""
   ev = splits.part(cfg.eval_split)
-  out = [Part(CLEAN, ev.x, ev.y, ev.ids)]
-  names = resolve_sets(dataset, list(cfg.shifts))[1:]
+  clean, *shifted = resolve_sets(dataset, list(cfg.shifts))
+  out = [(clean, Part(clean.name, ev.x, ev.y, ev.ids))]
   n = len(ev) if cfg.shift_limit == 0 else min(cfg.shift_limit, len(ev))
   raw = splits.part(cfg.eval_split, encode=False).take(np.arange(n)) if splits.text else ev.take(np.arange(n))
-  for name in names:
-    s = registry.parse(name)
+  for s in shifted:
     if s.offline:
-      out.append(_shifted_copy(name, raw, cfg.shift_seed, vocab))
+      out.append((s, _shifted_copy(s.name, raw, cfg.shift_seed, vocab)))
     else:  # published data: official corruptions follow the test split's order
-      d = registry.load_shifted(name, seed=cfg.shift_seed, limit=n, vocab=vocab, data_dir=cfg.data_dir or None)
+      d = registry.load_shifted(s.name, seed=cfg.shift_seed, limit=n, vocab=vocab, data_dir=cfg.data_dir or None)
       prefix = "test" if s.family == "official_c" else s.shift
-      out.append(Part(name, d.x, d.y, np.char.add(f"{prefix}:", np.arange(len(d.y)).astype(str))))
+      out.append((s, Part(s.name, d.x, d.y, np.char.add(f"{prefix}:", np.arange(len(d.y)).astype(str)))))
   return out
 
 
@@ -237,6 +256,7 @@ class _Runner:
     self.workdir = workdir
     self.origin = Run.open(cfg.checkpoint)
     self.ck = self.origin.config
+    self.run_info = RunInfo.of(cfg.checkpoint, self.ck)
     dataset = self.origin.dataset
     self.num_classes = self.origin.num_classes
     self.model = self.origin.model
@@ -251,7 +271,7 @@ class _Runner:
     limit = self.ck.get("train_limit", 0) if cfg.train_limit == -1 else cfg.train_limit
     self.train = splits.part(f"train[:{limit or ''}]")
     self.pool = _pool_with_shifts(splits, cfg, vocab)
-    self.sets = _eval_sets(splits, cfg, dataset, vocab)
+    self.shifted, self.sets = zip(*_eval_sets(splits, cfg, dataset, vocab))
     if np.shape(self.pool.x)[1:] != np.shape(self.train.x)[1:]:
       raise ValueError(
           f"candidate pool samples have shape {np.shape(self.pool.x)[1:]} but the training data"
@@ -292,7 +312,15 @@ class _Runner:
         samples[f"s{i}_float_pred"] = res.float_pred
         samples[f"s{i}_quant_pred"] = res.quant_pred[0]
         samples[f"s{i}_valid"] = valid
-        rows.append({"quantizer": q, "set": p.name, **res.rows()[0]})
+        m = res.rows()[0]
+        rows.append(
+            Row(
+                run=self.run_info,
+                set=SetInfo.of(self.shifted[i], i),
+                quantizer=QuantInfo.of_preset(m.pop("quantizer")),
+                metrics=m,
+            ).as_dict()
+        )
       self.before_store.put(key, rows, samples)
       _log(
           f"{q}: original checkpoint measured on {len(self.sets)} sets; clean disagreements"
@@ -305,13 +333,8 @@ class _Runner:
       out.append({"float_pred": fp, "quant_pred": qp, "valid": v, "disagree": (fp != qp) & v})
     return out
 
-  def _row_meta(self, q, strategy, seed, r):
+  def _row_keys(self, q, strategy, seed, r):
     return {
-        "checkpoint": os.path.abspath(self.cfg.checkpoint),
-        "model": self.ck["model"],
-        "method": self.ck["method"],
-        "dataset": self.ck["dataset"],
-        "quantizer": q,
         "strategy": strategy,
         "seed": seed,
         "round": r,
@@ -340,7 +363,8 @@ class _Runner:
       else:
         sel = self._select(q, strategy, seed, r, variables, chosen_all)
         atomic_write(sel_path, lambda f, s=sel: np.savez(f, **s))
-      meta = self._row_meta(q, strategy, seed, r)
+      keys = self._row_keys(q, strategy, seed, r)
+      quant = QuantInfo.of_preset(q, self.cfg.quantizers.index(q))
       pool_info = {
           "pool_size": int(sel["pool_size"]),
           "pool_disagreements": int(sel["pool_disagreements"]),
@@ -351,7 +375,18 @@ class _Runner:
             f"{tag}: the quantized model has no disagreements in the {int(sel['pool_size'])} remaining pool"
             " samples; nothing to retrain on, run stopped"
         )
-        self.store.put(key, [{**meta, "status": "no_disagreements", "set": "pool", "family": "pool", **pool_info}])
+        self.store.put(
+            key,
+            [
+                Row(
+                    run=self.run_info,
+                    set=SetInfo(set="pool", family="pool"),
+                    quantizer=quant,
+                    keys={**keys, "status": "no_disagreements"},
+                    metrics=pool_info,
+                ).as_dict()
+            ],
+        )
         return
       chosen_all = np.concatenate([chosen_all, sel["index"]])
       added = self.pool.take(np.repeat(chosen_all, cfg.repeat))
@@ -397,23 +432,19 @@ class _Runner:
       rows, samples = [], {"selected_ids": self.pool.ids[sel["index"]]}
       for i, p in enumerate(self.sets):
         res = eng.run(p.x, p.y, p.name)
-        meta_set = registry.parse(p.name) if p.name != CLEAN else None
         rows.append(
-            {
-                **meta,
-                "status": "done",
-                "set": p.name,
-                "set_index": f"{i:05d}",
-                "family": meta_set.family if meta_set else CLEAN,
-                "shift": meta_set.shift if meta_set else "",
-                "severity": meta_set.severity if meta_set else None,
-                **pool_info,
-                "added_total": len(chosen_all),
-                "finetune_steps": steps,
-                **_outcome(before[i], res),
-                "qsim_version": qsim.__version__,
-                "jax_version": jax.__version__,
-            }
+            Row(
+                run=self.run_info,
+                set=SetInfo.of(self.shifted[i], i),
+                quantizer=quant,
+                keys={**keys, "status": "done"},
+                metrics={
+                    **pool_info,
+                    "added_total": len(chosen_all),
+                    "finetune_steps": steps,
+                    **_outcome(before[i], res),
+                },
+            ).as_dict()
         )
         samples[f"s{i}_float_pred"] = res.float_pred
         samples[f"s{i}_quant_pred"] = res.quant_pred[0]
@@ -450,8 +481,24 @@ class _Runner:
 
 
 def run_retrain(cfg: RetrainConfig, workdir: str) -> str:
-  """Runs every (quantizer, strategy, seed) for ``cfg.rounds`` rounds;
-  returns the path of results.csv. Resumes from whatever ``workdir`` holds."""
+  """Runs every (quantizer, strategy, seed) for ``cfg.rounds`` rounds.
+
+  Resumes from whatever ``workdir`` holds.
+
+  Args:
+    cfg: what to retrain and how.
+    workdir: the output directory: results, per-round models under
+      ``models/``, the original checkpoint's measurements under ``before/``.
+
+  Returns:
+    The path of results.csv.
+
+  Raises:
+    ValueError: an invalid ``cfg``, a candidate pool that shares a sample with
+      the fine-tuning data or an evaluation set, or a pool shift that is not a
+      synthetic shift of the dataset.
+    FileNotFoundError: ``cfg.checkpoint`` has no config.json or no checkpoint.
+  """
   cfg.validate()
   t0 = time.time()
   runner = _Runner(cfg, workdir)

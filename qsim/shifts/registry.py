@@ -58,6 +58,21 @@ class ShiftedSet:
     return self.family in ("c", "text")
 
 
+CLEAN = "clean"  # the name (and family) of a dataset's clean test split
+
+
+def clean_set(dataset: str) -> ShiftedSet:
+  """The clean test split of ``dataset`` as a set object (family 'clean', no shift).
+
+  Args:
+    dataset: the dataset's name.
+
+  Returns:
+    The set named 'clean'; :func:`qsim.evaluate.sweep.load_set` loads it as the test split.
+  """
+  return ShiftedSet(CLEAN, dataset, CLEAN, "", None)
+
+
 def _names(dataset: str) -> list[str]:
   out = []
   if dataset in SUITE_OF:
@@ -75,8 +90,18 @@ def _names(dataset: str) -> list[str]:
 
 
 def list_shifts(dataset: str, families: Sequence[str] | None = None) -> list[str]:
-  """Every shifted set the registry offers for ``dataset`` (optionally only
-  some families: 'c', 'official_c', 'natural', 'text')."""
+  """Every shifted set the registry offers for ``dataset``.
+
+  Args:
+    dataset: one of ``DATASETS``.
+    families: only sets of these families ('c', 'official_c', 'natural', 'text'); None = all.
+
+  Returns:
+    The sets' names, in the registry's order.
+
+  Raises:
+    ValueError: for an unknown dataset, or a family the dataset has no sets of.
+  """
   if dataset not in DATASETS:
     raise ValueError(f"dataset={dataset!r} has no shifted sets; choose one of {list(DATASETS)}")
   names = _names(dataset)
@@ -90,12 +115,29 @@ def list_shifts(dataset: str, families: Sequence[str] | None = None) -> list[str
 
 
 def count(datasets: Sequence[str] = STUDY_DATASETS) -> dict[str, int]:
-  """Number of shifted sets per dataset (0 for a dataset qsim cannot load)."""
+  """Number of shifted sets per dataset (0 for a dataset qsim cannot load).
+
+  Args:
+    datasets: the datasets to count (default: the study's four).
+
+  Returns:
+    ``{dataset: number of shifted sets}``.
+  """
   return {d: len(_names(d)) if d in DATASETS else 0 for d in datasets}
 
 
 def parse(name: str) -> ShiftedSet:
-  """Validates a shifted-set name and splits it into its parts."""
+  """Validates a shifted-set name and splits it into its parts.
+
+  Args:
+    name: a name from :func:`list_shifts`, e.g. 'fashion_mnist/c/fog/3'.
+
+  Returns:
+    The parsed :class:`ShiftedSet` (``severity`` None for names without one).
+
+  Raises:
+    ValueError: if the name is malformed or names no set (the message suggests close names).
+  """
   parts = name.split("/") if isinstance(name, str) else []
   if len(parts) < 3 or parts[0] not in DATASETS:
     raise ValueError(
@@ -113,9 +155,25 @@ def parse(name: str) -> ShiftedSet:
 
 
 def clean_test(dataset: str, data_dir, download, limit, shard=None, **text_kw) -> data_lib.Data:
-  """The test split the dataset's shifted sets are made from (Debian's copy
-  for ``fashion_mnist`` when TFDS's is not prepared); ``shard``: only that
-  block of it."""
+  """The test split the dataset's shifted sets are made from.
+
+  Debian's copy for ``fashion_mnist`` when TFDS's is not prepared (and ``data_dir`` is None).
+
+  Args:
+    dataset: a dataset of the registry (``DATASETS``).
+    data_dir: TFDS data_dir; None = TFDS's default.
+    download: let TFDS download and prepare (needs internet).
+    limit: only the first ``limit`` test examples; None = all.
+    shard: only that block of it (after ``limit``); None = all.
+    **text_kw: passed on to :func:`qsim.data.load` (e.g. ``encode=False``, ``vocab``, ``maxlen``).
+
+  Returns:
+    The test split as :class:`qsim.data.Data`.
+
+  Raises:
+    ValueError: for a bad ``limit`` or other argument (from :func:`qsim.data.load`).
+    FileNotFoundError: the data is not on this machine.
+  """
   try:
     return data_lib.load(dataset, "test", data_dir=data_dir, download=download, limit=limit, shard=shard, **text_kw)
   except FileNotFoundError:
@@ -125,7 +183,15 @@ def clean_test(dataset: str, data_dir, download, limit, shard=None, **text_kw) -
 
 
 def set_key(seed: int, name: str) -> jax.Array:
-  """The PRNG key of a synthetic set: from the seed and the set's name."""
+  """The PRNG key of a synthetic set: from the seed and the set's name.
+
+  Args:
+    seed: the run's seed.
+    name: the set's name (its CRC32 is folded into the seed's key).
+
+  Returns:
+    A typed PRNG key (``jax.random.key``).
+  """
   return jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()))
 
 
@@ -155,6 +221,14 @@ def load_shifted(
       part of a multi-process run; synthetic sets corrupt only the block and
       equal the same examples of the whole set. With ``clean``, give that
       same block of the clean split.
+
+  Returns:
+    The set as :class:`qsim.data.Data` named ``name``: images float32 NHWC in [0, 1] or int32 token ids
+    (N, ``maxlen``), int32 labels.
+
+  Raises:
+    ValueError: for an invalid name or seed, or a text set without ``vocab``.
+    FileNotFoundError: the set's (or its clean split's) data is not on this machine.
   """
   s = parse(name)
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -188,11 +262,27 @@ def apply_synthetic(
     vocab: Sequence[str] | None = None,
     maxlen: int = 200,
 ) -> data_lib.Data:
-  """The synthetic shift of set ``name`` (family 'c' or 'text') applied to
-  any images or raw texts ``base`` (e.g. a candidate pool), not only the
-  test split. The randomness comes from ``seed`` and ``key_name`` (default
-  ``name``): the registry's own sets use their name; example i of ``base``
-  is example ``base.offset + i`` of its whole set."""
+  """The synthetic shift of set ``name`` (family 'c' or 'text') applied to any images or raw texts ``base``.
+
+  ``base`` may be any data (e.g. a candidate pool), not only the test split. The randomness comes from ``seed`` and
+  ``key_name`` (default ``name``): the registry's own sets use their name; example i of ``base`` is example
+  ``base.offset + i`` of its whole set.
+
+  Args:
+    name: a synthetic set's name (family 'c' or 'text').
+    base: images (N, H, W, C) in [0, 1], or raw texts (loaded with ``encode=False``) for text sets.
+    seed: int seed.
+    key_name: name the randomness is derived from; None = ``name``.
+    vocab: text sets: the training run's vocabulary to encode with.
+    maxlen: text sets: token sequence length.
+
+  Returns:
+    :class:`qsim.data.Data` named ``name`` with the shifted ``x`` (images float32, or int32 token ids (N, ``maxlen``))
+    and ``base``'s labels, split and offset.
+
+  Raises:
+    ValueError: for an invalid or non-synthetic name, a text set without ``vocab``, or encoded (not raw) texts.
+  """
   s = parse(name)
   if not s.offline:
     raise ValueError(
@@ -227,10 +317,28 @@ def iter_shifted(
     maxlen: int = 200,
     skip_missing: bool = False,
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-  """Yields ``(name, x, y)`` for each shifted set of ``dataset`` (all of
-  them, or ``names``), loading the clean test split once. All names are
-  validated before any work. ``skip_missing``: skip sets whose TFDS data is
-  not on this machine instead of raising."""
+  """Yields ``(name, x, y)`` for each shifted set of ``dataset``, loading the clean test split once.
+
+  All names are validated before any work.
+
+  Args:
+    dataset: one of ``DATASETS``.
+    names: the sets to load (each a set of ``dataset``); None = all of them.
+    seed: seeds synthetic corruptions and text shifts.
+    data_dir: TFDS data_dir; None = TFDS's default.
+    download: let TFDS download and prepare (needs internet).
+    limit: only the first ``limit`` test examples of each set; None = all.
+    vocab: text sets: the training run's vocabulary.
+    maxlen: text sets: token sequence length.
+    skip_missing: skip sets whose TFDS data is not on this machine instead of raising.
+
+  Yields:
+    ``(name, x, y)``: the set's name, inputs and int32 labels, as :func:`load_shifted` returns them.
+
+  Raises:
+    ValueError: for an unknown dataset, an invalid name, or a name of another dataset.
+    FileNotFoundError: a set's data is missing and ``skip_missing`` is False.
+  """
   names = list_shifts(dataset) if names is None else list(names)
   for n in names:
     if parse(n).dataset != dataset:

@@ -22,8 +22,9 @@ import sys
 import time
 from typing import Callable
 
-from qsim.evaluate import sweep
+from qsim import configs
 from qsim import runs
+from qsim.evaluate import sweep
 from qsim.quant import presets
 from qsim.retrain import RetrainConfig, run_retrain
 from qsim.shifts import registry
@@ -38,7 +39,7 @@ def _log(msg: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(configs.FromConfigDict):
   """What the study runs; see ``experiments/configs/study.py``."""
 
   models: tuple[str, ...]
@@ -59,8 +60,25 @@ class StudyConfig:
   retrain_pool: str = "val"
   retrain_eval_split: str = "test"
   retrain_shift_limit: int = 1000
+  # training: each model's own config with these overrides (0: that config's value)
+  train_steps: int = 0
+  batch_size: int = 0
+  train_limit: int = 0
+  val_size: int = 0
+  qat_steps: int = 1000  # QAT fine-tunes the standard checkpoint
+  qat_quant: str = "w8a8"
+  qat_learning_rate: float = 1e-4
+  pgd_iters: int = 0
+
+  def __post_init__(self):
+    self.validate()
 
   def validate(self) -> None:
+    """Checks every field before any work.
+
+    Raises:
+      ValueError: naming the field, the bad value and the valid range.
+    """
     if not self.models:
       raise ValueError("no models given; e.g. models=lenet1+lenet5+gru_rows")
     bad = [m for m in self.methods if m not in METHODS]
@@ -68,6 +86,8 @@ class StudyConfig:
       raise ValueError(f"methods={list(self.methods)} is not valid; choose from {list(METHODS)}")
     if "qat" in self.methods and "standard" not in self.methods:
       raise ValueError("method 'qat' fine-tunes the 'standard' checkpoint; add 'standard' to methods")
+    if "qat" in self.methods:
+      job.qat_config(self.qat_quant)
     if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
       raise ValueError(f"seeds={list(self.seeds)} is not valid; give ints >= 0")
     if any(not 2 <= b <= 16 for b in self.bits):
@@ -77,7 +97,7 @@ class StudyConfig:
     for q in self.quantizers:
       presets.preset(q)
     if self.retrain_quantizers:
-      self.retrain_config("", ()).validate()
+      self.retrain_config("<each standard run>", ())  # checked when built
     if not self.shift_names():
       raise ValueError(f"shifts={list(self.shifts)} with severities={list(self.severities)} selects no shifted set")
 
@@ -88,6 +108,20 @@ class StudyConfig:
     return grid + [q for q in self.quantizers if q not in grid]
 
   def retrain_config(self, checkpoint: str, shifts: tuple[str, ...], seed: int = 0) -> RetrainConfig:
+    """The retraining config of one standard checkpoint, from the ``retrain_*`` fields.
+
+    Args:
+      checkpoint: the standard run's training workdir.
+      shifts: the shifted sets re-measured after retraining (full names, as
+        :meth:`shift_names` gives them).
+      seed: the retraining seed (the checkpoint's training seed in the study).
+
+    Returns:
+      The retraining config.
+
+    Raises:
+      ValueError: a ``retrain_*`` field is not valid.
+    """
     return RetrainConfig(
         checkpoint=checkpoint,
         quantizers=self.retrain_quantizers,
@@ -104,50 +138,82 @@ class StudyConfig:
     )
 
   def shift_names(self) -> list[str]:
-    """The shifted sets: ``shifts`` resolved, keeping the listed severities."""
-    names = sweep.resolve_sets(self.dataset, list(self.shifts))[1:]
-    return [n for n in names if registry.parse(n).severity in (None, *self.severities)]
+    """The shifted sets: ``shifts`` resolved, keeping the listed severities.
+
+    Returns:
+      The shifted sets' full names (e.g. 'fashion_mnist_debian/c/fog/1'); sets without
+      a severity are always kept.
+    """
+    shifted = sweep.resolve_sets(self.dataset, list(self.shifts))[1:]
+    return [s.name for s in shifted if s.severity in (None, *self.severities)]
 
 
 def train_dir(workdir: str, model: str, method: str, seed: int) -> str:
+  """The training workdir of one (model, method, seed) inside a study workdir.
+
+  Args:
+    workdir: the study workdir.
+    model: the model name.
+    method: the training method.
+    seed: the training seed.
+
+  Returns:
+    ``<workdir>/train/<model>/<method>/seed<seed>``.
+  """
   return os.path.join(workdir, "train", model, method, f"seed{seed}")
 
 
-def run_study(cfg: StudyConfig, workdir: str, train_config: Callable[[str, str, int, str], object]) -> str:
+def run_study(cfg: StudyConfig, workdir: str, train_config: Callable[[str, str, int, str], job.TrainConfig]) -> str:
   """Runs (or resumes) every stage; returns the report path.
 
-  ``train_config(model, method, seed, standard_dir)`` gives the training
-  config (an ``ml_collections.ConfigDict`` for :func:`qsim.train.job.run`) of
-  one run; ``standard_dir`` is the same seed's standard run (QAT starts
-  from it).
+  Every training config is built (and so checked) before any work.
+
+  Args:
+    cfg: what the study runs.
+    workdir: the study workdir (layout in the module docstring).
+    train_config: ``train_config(model, method, seed, standard_dir)`` gives the
+      training config (a :class:`qsim.train.job.TrainConfig`) of one run;
+      ``standard_dir`` is the same seed's standard run (QAT starts from it).
+
+  Returns:
+    The path of the study report, ``<workdir>/report.md``.
+
+  Raises:
+    ValueError: ``cfg`` or a training config is not valid.
   """
   from qsim.study import report  # matplotlib only when reporting
 
   cfg.validate()
   t0 = time.time()
-  configs = {}
+  train_configs = {}
   for seed in cfg.seeds:  # every training config built (and validated) before any work
     for model in cfg.models:
       for method in cfg.methods:
-        configs[(model, method, seed)] = train_config(model, method, seed, train_dir(workdir, model, "standard", seed))
-  order = sorted(configs, key=lambda k: (k[2], cfg.models.index(k[0]), k[1] != "standard", cfg.methods.index(k[1])))
+        train_configs[(model, method, seed)] = train_config(
+            model, method, seed, train_dir(workdir, model, "standard", seed)
+        )
+  order = sorted(
+      train_configs, key=lambda k: (k[2], cfg.models.index(k[0]), k[1] != "standard", cfg.methods.index(k[1]))
+  )
   for i, (model, method, seed) in enumerate(order):
     d = train_dir(workdir, model, method, seed)
     if os.path.exists(os.path.join(d, runs.SUMMARY)):  # that run finished
       continue
     _log(f"[study] train {i + 1}/{len(order)}: {model} / {method} / seed {seed} ({time.time() - t0:.0f} s)")
-    job.run(configs[(model, method, seed)], d)
+    job.run(train_configs[(model, method, seed)], d)
   ckpts = [train_dir(workdir, *k) for k in order]
   _log(f"[study] evaluate {len(ckpts)} checkpoints x {len(cfg.all_quantizers)} quantizers ({time.time() - t0:.0f} s)")
   shifts = cfg.shift_names()
   sweep.run_sweep(
-      ckpts,
-      cfg.all_quantizers,
-      shifts,
+      sweep.SweepConfig(
+          checkpoints=tuple(ckpts),
+          quantizers=tuple(cfg.all_quantizers),
+          shifts=tuple(shifts),
+          limit=cfg.limit,
+          batch_size=cfg.eval_batch_size,
+          calib_samples=cfg.calib_samples,
+      ),
       os.path.join(workdir, "eval"),
-      limit=cfg.limit or None,
-      batch_size=cfg.eval_batch_size,
-      calib_samples=cfg.calib_samples,
   )
   if cfg.retrain_quantizers and "standard" in cfg.methods:
     for seed in cfg.seeds:
