@@ -137,7 +137,7 @@ def test_the_check_catches_violations(source, expected, monkeypatch, tmp_path):
 
 def test_bit_width_names_are_parsed_in_one_function():
   """Issue 18: a ``wXaY`` name is read back into bits by
-  ``qsim.quant.presets.parse_bits`` only (reports, presets); built by
+  ``qsim.quant.presets.parse_bits`` only (presets; reports read the rows' fields); built by
   ``bits_name`` (one config-file shorthand aside, which imports no library)."""
   import re
   from qsim.quant import bits_name, parse_bits

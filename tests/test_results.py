@@ -59,3 +59,15 @@ def test_old_rows_get_their_quantizer_fields_and_reports_read_fields():
   # the bit-grid plot takes the wXaY grid points by their fields, not a preset with the same bits
   rows = [with_quant_fields({"quantizer": q}) for q in ("w8a8", "tflite_int8", "w4")]
   assert [report._bits(r) for r in rows] == [(8, 8), None, (4, None)]  # pylint: disable=protected-access
+
+
+def test_set_labels_come_from_the_fields():
+  from qsim.results import set_label
+
+  rows = [
+      Row(run=RUN, set=SetInfo.of(registry.parse("fashion_mnist/c/fog/3"))).as_dict(),
+      Row(run=RUN, set=SetInfo.of(registry.clean_set("fashion_mnist"))).as_dict(),
+      {"family": "official_c", "shift": "fog", "severity": float("nan")},  # read back from a CSV
+      {"family": "c", "shift": "rotate", "severity": 5.0},
+  ]
+  assert [set_label(r) for r in rows] == ["c/fog/3", "clean", "official_c/fog", "c/rotate/5"]

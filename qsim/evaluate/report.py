@@ -27,7 +27,7 @@ import numpy as np
 from qsim.evaluate import metrics
 from qsim.quant import bits_name
 from qsim.quant.presets import STUDY_PRESETS
-from qsim.results import ResultsStore, mean, pyplot, read_rows, save_figure, with_quant_fields
+from qsim.results import ResultsStore, mean, pyplot, read_rows, save_figure, set_label, with_quant_fields
 from qsim.runs import atomic_write
 
 STUDY_QUANTIZERS = STUDY_PRESETS
@@ -93,7 +93,7 @@ def plot_heatmap(rows, quantizers, sets, path):
   Args:
     rows: results rows; each row's ``quantizer`` and ``set`` must be in ``quantizers`` and ``sets``.
     quantizers: quantizer names, one heatmap row each, in this order.
-    sets: set names, one heatmap column each, in this order (labelled without their ``family/`` prefix).
+    sets: set names, one heatmap column each, in this order (labelled by :func:`qsim.results.set_label`).
     path: the PNG file to write.
   """
   grid = np.full((len(quantizers), len(sets)), np.nan)
@@ -108,7 +108,8 @@ def plot_heatmap(rows, quantizers, sets, path):
   fig, ax = plt.subplots(figsize=(min(30, 3 + 0.16 * len(sets)), 1.5 + 0.22 * len(quantizers)))
   im = ax.imshow(np.log10(grid + 0.01), aspect="auto", cmap="magma_r")
   ax.set_yticks(range(len(quantizers)), quantizers, fontsize=7)
-  ax.set_xticks(range(len(sets)), [s.split("/", 1)[-1] for s in sets], rotation=90, fontsize=6)
+  labels = {r["set"]: set_label(r) for r in rows}
+  ax.set_xticks(range(len(sets)), [labels[s] for s in sets], rotation=90, fontsize=6)
   fig.colorbar(im, ax=ax, label="log10(disagreement % + 0.01)")
   ax.set_title("Disagreement rate, quantizer x set")
   fig.tight_layout()

@@ -3,7 +3,16 @@ crash-safe results store, a results table read back, summary statistics and
 their formatting, plots."""
 
 from qsim.results.plots import pyplot, save_figure
-from qsim.results.schema import QUANT_FIELDS, QuantInfo, Row, RunInfo, SetInfo, environment, with_quant_fields
+from qsim.results.schema import (
+    QUANT_FIELDS,
+    QuantInfo,
+    Row,
+    RunInfo,
+    SetInfo,
+    environment,
+    set_label,
+    with_quant_fields,
+)
 from qsim.results.store import ResultsStore
 from qsim.results.tables import fmt_ci, mean, mean_ci, read_rows
 
@@ -21,5 +30,6 @@ __all__ = [
     "pyplot",
     "read_rows",
     "save_figure",
+    "set_label",
     "with_quant_fields",
 ]

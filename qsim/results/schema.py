@@ -14,6 +14,7 @@ parse names back. :meth:`Row.as_dict` gives the flat row the store writes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any, Mapping
 
@@ -244,6 +245,22 @@ class Row:
         raise ValueError(f"results row fields {twice} are given twice")
       out.update(part)
     return out
+
+
+def set_label(row: Mapping[str, Any]) -> str:
+  """A set's short label from a row's fields: 'clean', or family/shift[/severity] ('c/fog/3').
+
+  Args:
+    row: a results row (as built, or read back from a table, where numbers are floats and blanks NaN).
+
+  Returns:
+    The label (the set's name without its dataset).
+  """
+  family, shift, severity = row["family"], row.get("shift"), row.get("severity")
+  if family in ("clean", "pool") or not shift or not isinstance(shift, str):
+    return family
+  has_severity = severity is not None and not (isinstance(severity, float) and math.isnan(severity))
+  return f"{family}/{shift}/{int(severity)}" if has_severity else f"{family}/{shift}"
 
 
 QUANT_FIELDS = ("weight_format", "weight_bits", "act_format", "act_bits")

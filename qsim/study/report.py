@@ -40,7 +40,7 @@ import numpy as np
 from qsim.evaluate import metrics
 from qsim.evaluate import report as eval_report
 from qsim.retrain import report as retrain_report
-from qsim.results import fmt_ci, mean_ci, pyplot, read_rows, save_figure
+from qsim.results import fmt_ci, mean_ci, pyplot, read_rows, save_figure, set_label
 from qsim.runs import atomic_write
 
 DETECTORS = ("margin", "entropy", "gini", "least_confidence")
@@ -121,11 +121,11 @@ def rq1(rows, workdir) -> tuple[list[str], str, str]:
       per_set = defaultdict(list)
       for r in std:
         if r["model"] == m and r["quantizer"] == q and r["family"] != "clean":
-          per_set[r["set"]].append(r["disagreement_rate"])
+          per_set[set_label(r)].append(r["disagreement_rate"])
       worst = max(per_set, key=lambda k: np.mean(per_set[k]))
       lines.append(
           f"| {m} | {q} | {_ci(list(c.values()), 100)} | {_ci(list(s.values()), 100)} |"
-          f" {_ci(diffs, 100)} | {worst.split('/', 1)[1]} ({100 * np.mean(per_set[worst]):.2f}) |"
+          f" {_ci(diffs, 100)} | {worst} ({100 * np.mean(per_set[worst]):.2f}) |"
           f" {_ci(list(acc[(m, q)].values()), 100)} |"
       )
   lines.append("")
