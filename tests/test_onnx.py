@@ -390,9 +390,10 @@ def test_recurrent_gates_saturate_as_mlas_does(mode):
   scale = np.abs(rlogits).max()
   print(mode, {k: (float(np.mean(d > 0.01 * scale)), float(d.max() / scale)) for k, d in diff.items()})
   # measured on an AVX2 CPU without VNNI (share of logits off by > 1% of the largest, largest difference):
-  # ort_dynamic_avx2 0 / 1.6e-5, ort_dynamic 1.0 / 0.28; ort_int8_avx2 0.49 / 0.036, ort_int8_mlas 0.82 /
-  # 0.34 (the static cell's gates also requantize and add as ORT's fused kernels do, not simulated yet)
+  # ort_dynamic_avx2 0 / 1.6e-5, ort_dynamic 1.0 / 0.28; ort_int8_avx2 0 / 0.009, ort_int8_mlas 0.84 / 0.34.
+  # ort_int8_avx2 saturates only the QGemm side of each gate (the side with the constant bias); with the
+  # other side (a float Gemm in ORT's fused graph) saturating too it was 0.49 / 0.036.
   assert diff[chosen].max() * 5 < diff[other].max(), (chosen, other)
   assert np.mean(diff[chosen] > 0.01 * scale) < np.mean(diff[other] > 0.01 * scale)
-  if chosen == "ort_dynamic_avx2":
+  if chosen in ("ort_dynamic_avx2", "ort_int8_avx2"):
     assert np.mean(diff[chosen] > 0.01 * scale) <= 0.01

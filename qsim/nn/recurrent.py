@@ -167,10 +167,20 @@ class _Int8Graph:
 
   def gate_layers(self, n: int, h_bias: bool):
     """``(dense_h, dense_i)``: partials of the h-side and x-side gate
-    matmuls (``n`` features; the bias on the h side or the x side)."""
+    matmuls (``n`` features; the bias on the h side or the x side).
+
+    In ORT's graph (``gemm_gates``) only the side with the constant bias is
+    a QGemm (integer, saturating pairs where ``u8s8_pairs``); the other side
+    is a float Gemm that adds the first one's stored output as its C, which
+    ORT's fusion leaves unquantized (read on MLAS's optimized graph: GRU's
+    x side and LSTM's h side are QGemm, GRU's r/z h side and LSTM's x side
+    Gemm).
+    """
     c, g_spec, stored = self.cell, gate_spec(self.spec), self.stored_inputs
-    dense_h = _gate_dense(g_spec, n, h_bias, c.recurrent_kernel_init, c.bias_init, c.dtype, c.param_dtype, stored)
-    dense_i = _gate_dense(g_spec, n, not h_bias, c.kernel_init, c.bias_init, c.dtype, c.param_dtype, stored)
+    c_spec = LayerSpec(weight=self.spec.weight) if self.spec.gemm_gates else g_spec
+    h_spec, i_spec = (g_spec, c_spec) if h_bias else (c_spec, g_spec)
+    dense_h = _gate_dense(h_spec, n, h_bias, c.recurrent_kernel_init, c.bias_init, c.dtype, c.param_dtype, stored)
+    dense_i = _gate_dense(i_spec, n, not h_bias, c.kernel_init, c.bias_init, c.dtype, c.param_dtype, stored)
     return dense_h, dense_i
 
   def _fixed(self, y, slot: str, on_grid, scale: float, zero_point: float):
