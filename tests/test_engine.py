@@ -250,3 +250,23 @@ def test_report_from_a_real_sweep(ckpt, tmp_path):
     assert np.asarray(Image.open(tmp_path / png).convert("L")).std() > 10, png
   with pytest.raises(FileNotFoundError, match="results.csv not found"):
     report.write_report(str(tmp_path / "nothing"))
+
+
+def test_a_sweep_takes_named_quant_configs(ckpt, tmp_path):
+  """Objects end to end: a mixed-precision QuantConfig (per-layer rules) is
+  swept like a preset, and its rows carry its name and its default spec's fields."""
+  import dataclasses
+
+  from qsim.evaluate import report, sweep
+  from qsim.quant import preset
+
+  w4a8 = preset("w4a8")
+  mixed = dataclasses.replace(w4a8, name="w4a8_conv1_w8", rules=(("conv1", preset("w8a8").default),))
+  c = sweep.SweepConfig(checkpoints=(str(ckpt),), quantizers=("w4a8", mixed), limit=60, batch_size=60, calib_samples=20)
+  rows = report.read_rows(sweep.run_sweep(c, str(tmp_path)))
+  got = {r["quantizer"]: (r["weight_bits"], r["act_bits"], r["disagreements"]) for r in rows}
+  assert set(got) == {"w4a8", "w4a8_conv1_w8"} and got["w4a8_conv1_w8"][:2] == (4.0, 8.0)
+  with pytest.raises(ValueError, match="has no name"):
+    sweep.SweepConfig(checkpoints=("x",), quantizers=(dataclasses.replace(w4a8, name=""),))
+  with pytest.raises(ValueError, match="lists one twice"):
+    sweep.SweepConfig(checkpoints=("x",), quantizers=("w4a8", dataclasses.replace(mixed, name="w4a8")))

@@ -100,12 +100,12 @@ def check_variables(model: nn.Module, variables: dict, example: np.ndarray) -> N
 def build_quantizers(
     model: nn.Module,
     variables: dict,
-    specs: Sequence[str | tuple[str, QuantConfig]],
+    specs: Sequence[str | QuantConfig | tuple[str, QuantConfig]],
     calib_x: np.ndarray,
     *,
     calib_batch: int = 100,
 ) -> list[Quantizer]:
-  """Quantizers from preset names (or ``(name, QuantConfig)`` pairs).
+  """Quantizers from preset names, named QuantConfigs, or ``(name, QuantConfig)`` pairs.
 
   Configs with static activation ranges are calibrated on ``calib_x`` (e.g.
   the first 100 training samples, as TFLite's representative dataset).
@@ -113,8 +113,8 @@ def build_quantizers(
   Args:
     model: the float model; each config is applied with ``model.clone(quant=cfg)``.
     variables: the model's trained variables (any existing quant stats are replaced by calibration).
-    specs: preset names (see :func:`qsim.quant.presets.preset`) or ``(name, QuantConfig)`` pairs; names must be
-      unique.
+    specs: preset names (see :func:`qsim.quant.presets.preset`), QuantConfigs (named by their ``name``) or
+      ``(name, QuantConfig)`` pairs; names must be unique and not empty.
     calib_x: calibration inputs ``[N, ...]``; N >= 1 is required when a config has static ranges.
     calib_batch: calibration batch size, in samples.
 
@@ -128,7 +128,14 @@ def build_quantizers(
   out = []
   seen = set()
   for spec in specs:
-    name, cfg = (spec, presets.preset(spec)) if isinstance(spec, str) else spec
+    if isinstance(spec, str):
+      name, cfg = spec, presets.preset(spec)
+    elif isinstance(spec, QuantConfig):
+      name, cfg = spec.name, spec
+    else:
+      name, cfg = spec
+    if not name:
+      raise ValueError(f"quantizer {cfg!r} has no name; give QuantConfig(name=...) a label for tables and files")
     if name in seen:
       raise ValueError(f"quantizer {name!r} is listed twice")
     seen.add(name)

@@ -28,7 +28,7 @@ from qsim import configs
 from qsim import data as data_lib
 from qsim import distributed
 from qsim.evaluate.engine import Engine, build_quantizers, check_variables
-from qsim.quant import presets
+from qsim.quant import QuantConfig, presets
 from qsim.results import QuantInfo, ResultsStore, Row, RunInfo, SetInfo
 from qsim.runs import Run, read_config
 from qsim.shifts import registry
@@ -52,7 +52,8 @@ class SweepConfig:
   Attributes:
     checkpoints: train workdirs.
     quantizers: preset names (``qsim.quant.preset_names``; a wXaY grid is
-      :func:`qsim.quant.bit_grid_names`).
+      :func:`qsim.quant.bit_grid_names`) or named QuantConfigs (e.g. a
+      mixed-precision config with per-layer rules).
     shifts: shifted sets besides the clean test split, as :func:`resolve_sets` reads them.
     limit: samples per set (0: all).
     batch_size: samples per compiled batch.
@@ -65,7 +66,7 @@ class SweepConfig:
   """
 
   checkpoints: tuple[str, ...]
-  quantizers: tuple[str, ...] = presets.STUDY_PRESETS
+  quantizers: tuple[str | QuantConfig, ...] = presets.STUDY_PRESETS
   shifts: tuple[str, ...] = ()
   limit: int = 0
   batch_size: int = 500
@@ -83,10 +84,17 @@ class SweepConfig:
       )
     if not self.quantizers:
       raise ValueError("quantizers=() is not valid; give preset names, e.g. quantizers=w4a4+tflite_int8")
+    names = []
     for q in self.quantizers:
-      presets.preset(q)  # unknown names fail here, listing the valid ones
-    if len(set(self.quantizers)) != len(self.quantizers):
-      raise ValueError(f"quantizers={list(self.quantizers)} lists one twice")
+      if isinstance(q, QuantConfig):
+        if not q.name:
+          raise ValueError("a QuantConfig in quantizers has no name; give it QuantConfig(name=...)")
+        names.append(q.name)
+      else:
+        presets.preset(q)  # unknown names fail here, listing the valid ones
+        names.append(q)
+    if len(set(names)) != len(names):
+      raise ValueError(f"quantizers={names} lists one twice")
     for name, lo in (("limit", 0), ("batch_size", 1), ("calib_samples", 1), ("seed", 0), ("cache_bytes", 0)):
       if getattr(self, name) < lo:
         raise ValueError(f"{name}={getattr(self, name)} is not valid; give an int >= {lo}")
