@@ -117,9 +117,8 @@ def gate_spec(spec: LayerSpec) -> LayerSpec:
   graph (not ``gemm_gates``) with ``int_bias`` also the int32 bias on the
   accumulator grid of the stored input and the requantization (``requant``),
   as both TFLite kernel families compute FULLY_CONNECTED (traced op by op:
-  ``benchmarks/recurrent_trace.py``); in ORT's graph (``gemm_gates``) with
-  ``u8s8_pairs`` also the saturating pairs, with ``output`` as the operand
-  spec.
+  ``benchmarks/recurrent_trace.py``). ORT's graph (``gemm_gates``) has its
+  own: :meth:`_Int8Graph.gate_layers`.
 
   Args:
     spec: the cell's spec (an int8 graph one: ``output`` set).
@@ -129,14 +128,13 @@ def gate_spec(spec: LayerSpec) -> LayerSpec:
   """
   if not spec.gemm_gates and spec.int_bias:
     return LayerSpec(weight=spec.weight, act=spec.output, output=spec.output, int_bias=True, requant=spec.requant)
-  if spec.gemm_gates and spec.u8s8_pairs != "none":  # ORT's QGemm on MLAS U8S8: saturating pairs
-    return LayerSpec(weight=spec.weight).derive(act=spec.output, u8s8_pairs=spec.u8s8_pairs)
   return LayerSpec(weight=spec.weight)
 
 
-def _ort_h_spec(spec: LayerSpec) -> LayerSpec:
-  """ORT's biased recurrent Gemm: h re-stored on its own range, int32 bias,
-  saturating pairs where ``u8s8_pairs``."""
+def _ort_qgemm_spec(spec: LayerSpec) -> LayerSpec:
+  """ORT's gate Gemm with the constant bias (a QGemm on MLAS): its operand on
+  its own range, the bias int32 at operand x weight scale, saturating pairs
+  where ``u8s8_pairs``."""
   return LayerSpec(weight=spec.weight, act=spec.output, int_bias=True).derive(u8s8_pairs=spec.u8s8_pairs)
 
 
@@ -170,15 +168,19 @@ class _Int8Graph:
     matmuls (``n`` features; the bias on the h side or the x side).
 
     In ORT's graph (``gemm_gates``) only the side with the constant bias is
-    a QGemm (integer, saturating pairs where ``u8s8_pairs``); the other side
+    a QGemm (its int32 bias in the QDQ graph too; on MLAS integer, with
+    saturating pairs where ``u8s8_pairs``); the other side
     is a float Gemm that adds the first one's stored output as its C, which
     ORT's fusion leaves unquantized (read on MLAS's optimized graph: GRU's
     x side and LSTM's h side are QGemm, GRU's r/z h side and LSTM's x side
     Gemm).
     """
-    c, g_spec, stored = self.cell, gate_spec(self.spec), self.stored_inputs
-    c_spec = LayerSpec(weight=self.spec.weight) if self.spec.gemm_gates else g_spec
-    h_spec, i_spec = (g_spec, c_spec) if h_bias else (c_spec, g_spec)
+    c, stored = self.cell, self.stored_inputs
+    if self.spec.gemm_gates:
+      biased, other = _ort_qgemm_spec(self.spec), LayerSpec(weight=self.spec.weight)
+    else:
+      biased = other = gate_spec(self.spec)
+    h_spec, i_spec = (biased, other) if h_bias else (other, biased)
     dense_h = _gate_dense(h_spec, n, h_bias, c.recurrent_kernel_init, c.bias_init, c.dtype, c.param_dtype, stored)
     dense_i = _gate_dense(i_spec, n, not h_bias, c.kernel_init, c.bias_init, c.dtype, c.param_dtype, stored)
     return dense_h, dense_i
@@ -293,7 +295,7 @@ class LSTMCell(nn.LSTMCell):
 
     if spec.gemm_gates:  # ORT: Gemm(h, W_h, int32 bias) stored, then Gemm(x, W_i, C=it)
       dense_h = _gate_dense(
-          _ort_h_spec(spec),
+          _ort_qgemm_spec(spec),
           n,
           True,
           self.recurrent_kernel_init,
@@ -359,7 +361,7 @@ class GRUCell(nn.GRUCell):
       # re-stored on its calibrated range (the previous new_h's: a no-op), and
       # the zero state's empty range gives scale 1
       hn = _gate_dense(
-          _ort_h_spec(spec), n, True, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype
+          _ort_qgemm_spec(spec), n, True, self.recurrent_kernel_init, self.bias_init, self.dtype, self.param_dtype
       )(name="hn")(h)
       hn = g8.store(hn, "fc_hn")
     else:
