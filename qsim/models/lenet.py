@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from qsim import nn as qnn
 

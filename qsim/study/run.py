@@ -27,7 +27,6 @@ from qsim import runs
 from qsim.evaluate import sweep
 from qsim.quant import presets
 from qsim.retrain import RetrainConfig, run_retrain
-from qsim.shifts import registry
 from qsim.train import job
 from qsim.train.methods import METHODS
 
