@@ -82,6 +82,21 @@ def as_dict(config: Mapping[str, Any] | Any) -> dict[str, Any]:
   return dict(config.to_dict() if hasattr(config, "to_dict") else config)
 
 
+def check_at_least(config, bounds: Mapping[str, int]) -> None:
+  """Checks that each named int field of ``config`` is at least its bound.
+
+  Args:
+    config: a config dataclass.
+    bounds: field name -> the smallest valid value.
+
+  Raises:
+    ValueError: naming the first field below its bound and the valid range.
+  """
+  for name, lo in bounds.items():
+    if getattr(config, name) < lo:
+      raise ValueError(f"{name}={getattr(config, name)} is not valid; give an int >= {lo}")
+
+
 def from_config_dict(cls: type[T], config: Mapping[str, Any] | Any, **overrides) -> T:
   """The dataclass ``cls`` built from ``config``, every key and type checked.
 

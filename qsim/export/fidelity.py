@@ -239,9 +239,7 @@ class FidelityConfig:
         )
     if any(runtime_of(m) == "onnxruntime" for m in modes):
       onnx_modules()  # the extra is installed, or an error naming it, before any work
-    for name, lo in (("limit", 0), ("calib_samples", 1), ("batch_size", 1), ("seed", 0)):
-      if getattr(self, name) < lo:
-        raise ValueError(f"{name}={getattr(self, name)} is not valid; give an int >= {lo}")
+    configs.check_at_least(self, dict(limit=0, calib_samples=1, batch_size=1, seed=0))
 
   @classmethod
   def from_config_dict(cls, config) -> FidelityConfig:

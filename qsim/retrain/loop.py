@@ -499,7 +499,6 @@ def run_retrain(cfg: RetrainConfig, workdir: str) -> str:
       synthetic shift of the dataset.
     FileNotFoundError: ``cfg.checkpoint`` has no config.json or no checkpoint.
   """
-  cfg.validate()
   t0 = time.time()
   runner = _Runner(cfg, workdir)
   _log(

@@ -182,7 +182,6 @@ def run_study(cfg: StudyConfig, workdir: str, train_config: Callable[[str, str, 
   """
   from qsim.study import report  # matplotlib only when reporting
 
-  cfg.validate()
   t0 = time.time()
   train_configs = {}
   for seed in cfg.seeds:  # every training config built (and validated) before any work
