@@ -355,10 +355,25 @@ class Run:
     Returns:
       The calibration data.
     """
+    return self.split("train", samples, data_dir)
+
+  def split(self, split: str, limit: int | None, data_dir: str | None = None) -> data_lib.Data:
+    """The first ``limit`` samples of one of the run's splits, encoded as its model reads them.
+
+    'train' and 'val' are cut as the run cut them (its ``val_size``).
+
+    Args:
+      split: 'train', 'val' or 'test'.
+      limit: how many samples (None: all).
+      data_dir: the data directory; None (the default) for the run's.
+
+    Returns:
+      The samples and labels.
+    """
     return data_lib.load(
         self.dataset,
-        "train",
-        limit=samples,
+        split,
+        limit=limit,
         val_size=self.config.get("val_size") or None,
         **self.data_kwargs(data_dir),
         **self.text_kwargs(),

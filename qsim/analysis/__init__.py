@@ -1,0 +1,2 @@
+"""The quantization debugger: which layer causes the disagreements, and the
+mixed-precision config that removes them."""
