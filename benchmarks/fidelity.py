@@ -42,6 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from _runs import trained  # noqa: E402
 from qsim.evaluate import sweep  # noqa: E402
 from qsim.evaluate.engine import Engine, build_quantizers  # noqa: E402
 from qsim.export import fidelity  # noqa: E402
@@ -54,22 +55,6 @@ ARCHS = {"lenet5": 1500, "nin_tiny": 1500, "resnet20_tiny": 2000, "gru_rows_tiny
 SHIFTS = ("c/fog/1", "c/shot_noise/1", "c/rotate/1", "c/brightness/1", "c/canny_edges/1")
 TFLITE_MODES = ("int8", "dynamic", "float16")
 ORT_MODES = ("ort_int8", "ort_dynamic", "ort_dynamic_u8")
-
-
-def _trained(cache: str, name: str, steps: int) -> str:
-  from experiments.configs import mnist  # pylint: disable=g-import-not-at-top
-  from qsim.train import job  # pylint: disable=g-import-not-at-top
-
-  path = os.path.join(cache, f"{name}_{steps}")  # another step count is another checkpoint
-  if not os.path.exists(os.path.join(path, "summary.json")):
-    print(f"training {name} for {steps} steps -> {path}", flush=True)
-    job.run(
-        job.TrainConfig.from_config_dict(
-            mnist.get_config(f"model={name},steps={steps},batch_size=64,seed=0,log_every=200,checkpoint_every=200")
-        ),
-        path,
-    )
-  return path
 
 
 def _timed(fn, repeats: int = 3) -> float:
@@ -116,7 +101,7 @@ def main():
   works = {}
   secs = np.zeros(4)
   for name, steps in ARCHS.items():
-    ckpt = _trained(args.cache, name, steps)
+    ckpt = trained(args.cache, name, steps)
     work = os.path.join(args.cache, f"fid_{name}_{ARCHS[name]}")
     fidelity.run_fidelity(
         fidelity.FidelityConfig(

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from qsim import nn as qnn
 from qsim.quant import QuantConfig
 from qsim.quant.spec import LayerSpec
 
@@ -46,14 +47,6 @@ class Layer:
   call_path: str
 
 
-class _Recording(QuantConfig):
-  """A config that records the names it resolves (used once, at trace time)."""
-
-  def resolve(self, layer_name: str):  # noqa: D102 (QuantConfig.resolve)
-    self.seen.append(layer_name)  # pylint: disable=no-member
-    return super().resolve(layer_name)
-
-
 def find_layers(model: nn.Module, example: np.ndarray, variables: Mapping | None = None) -> list[Layer]:
   """The layers of ``model`` that own weights, in the order the model calls them.
 
@@ -69,23 +62,21 @@ def find_layers(model: nn.Module, example: np.ndarray, variables: Mapping | None
   Raises:
     ValueError: the model has no layer with weights.
   """
-  recording = _Recording(default=LayerSpec())
-  object.__setattr__(recording, "seen", [])
   types: dict[str, type] = {}
 
   def note(next_fun, args, kwargs, context):
     types.setdefault("/".join(context.module.scope.path), type(context.module))
     return next_fun(*args, **kwargs)
 
-  qmodel = model.clone(quant=recording)
   with nn.intercept_methods(note):
-    shapes = jax.eval_shape(qmodel.init, jax.random.key(0), example[:1])
-  params = (variables or shapes)["params"]
+    names = qnn.resolved_names(model, example)
+  if variables is None:
+    variables = jax.eval_shape(model.init, jax.random.key(0), example[:1])
+  params = variables["params"]
   flat = {
       "/".join(str(getattr(k, "key", k)) for k in path): leaf
       for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
   }
-  names = list(dict.fromkeys(recording.seen))  # first-call order, no repeats
   owner: dict[str, list[str]] = {}
   for p in flat:  # each weight belongs to the deepest resolved name above it (a block's conv, not the block)
     above = [n for n in names if p.rsplit("/", 1)[-1] in WEIGHT_PARAMS and p.startswith(n + "/")]
@@ -144,23 +135,6 @@ def per_layer(
   if len(specs) != len(layers):
     raise ValueError(f"got {len(specs)} specs for {len(layers)} layers")
   return QuantConfig(default=default, rules=tuple((rule(l.name), s) for l, s in zip(layers, specs)), name=name)
-
-
-def check_rules(config: QuantConfig, layers: Sequence[Layer]) -> None:
-  """Raises ``ValueError`` when a rule of ``config`` matches no analysed layer.
-
-  Args:
-    config: a config with per-layer rules (e.g. written by hand from a report).
-    layers: the model's layers (:func:`find_layers`).
-
-  Raises:
-    ValueError: a rule pattern matches none of the layer names (the message
-      lists them).
-  """
-  names = [l.name for l in layers]
-  for pattern, _ in config.rules:
-    if not any(re.search(pattern, n) for n in names):
-      raise ValueError(f"rule {pattern!r} matches no layer of the model; its layers are {names}")
 
 
 def one_at_a_time(layers: Sequence[Layer], spec: LayerSpec, label: str = "") -> list[QuantConfig]:

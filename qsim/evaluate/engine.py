@@ -34,7 +34,7 @@ from jax.sharding import Mesh
 
 from qsim import distributed
 from qsim.evaluate import metrics
-from qsim.nn import QUANT_RNG, QUANT_STATS, calibrate, require_calibrated
+from qsim.nn import QUANT_RNG, QUANT_STATS, calibrate, check_rules, require_calibrated, resolved_names
 from qsim.quant import presets
 from qsim.quant.grid import ConfigGrid
 from qsim.quant.spec import QuantConfig
@@ -122,11 +122,12 @@ def build_quantizers(
     One :class:`Quantizer` per spec, in order; ``quant_stats`` is None for configs without static ranges.
 
   Raises:
-    ValueError: a name is listed twice or is not a valid preset, a config with static ranges gets no calibration
-      samples, or calibration leaves a range uncalibrated.
+    ValueError: a name is listed twice or is not a valid preset, a rule matches no layer of the model, a config
+      with static ranges gets no calibration samples, or calibration leaves a range uncalibrated.
   """
   out = []
   seen = set()
+  names = None  # the model's layer names, traced once when a config has rules
   for spec in specs:
     if isinstance(spec, str):
       name, cfg = spec, presets.preset(spec)
@@ -139,6 +140,9 @@ def build_quantizers(
     if name in seen:
       raise ValueError(f"quantizer {name!r} is listed twice")
     seen.add(name)
+    if cfg.rules:
+      names = resolved_names(model, calib_x) if names is None else names
+      check_rules(cfg, names, f"quantizer {name!r}")
     qmodel = model.clone(quant=cfg)
     shapes = jax.eval_shape(qmodel.init, jax.random.key(0), calib_x[:1])
     stats = None

@@ -1,6 +1,6 @@
 """Quantized Flax Linen layers (Dense, Conv, Embed, LSTMCell, GRUCell, RNN)."""
 
-from qsim.nn.layers import AvgPool, BatchNorm, Conv, Dense, Embed, QUANT_RNG, QUANT_STATS, Output, QuantConv, QuantDotGeneral, add, global_mean, quantize_tensor
+from qsim.nn.layers import AvgPool, BatchNorm, Conv, Dense, Embed, QUANT_RNG, QUANT_STATS, Output, QuantConv, QuantDotGeneral, add, check_rules, global_mean, quantize_tensor, resolved_names
 from qsim.nn.recurrent import GRUCell, LSTMCell, RNN
 from qsim.nn.calibration import calibrate, require_calibrated, uncalibrated
 
@@ -20,8 +20,10 @@ __all__ = [
     "QuantDotGeneral",
     "add",
     "calibrate",
+    "check_rules",
     "global_mean",
     "quantize_tensor",
     "require_calibrated",
+    "resolved_names",
     "uncalibrated",
 ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -70,6 +71,51 @@ def resolve(quant: Quant, name: str) -> LayerSpec | None:
   if isinstance(quant, QuantConfig):
     return quant.resolve(name)
   return quant
+
+
+class _Recording(QuantConfig):
+  """A config that records the layer names it resolves (every layer float)."""
+
+  def resolve(self, layer_name: str):  # QuantConfig.resolve, recorded
+    self.seen.append(layer_name)  # pylint: disable=no-member
+    return super().resolve(layer_name)
+
+
+def resolved_names(model: nn.Module, example) -> list[str]:
+  """The names ``model`` looks its specs up by, in the order it first does.
+
+  Traced once (``jax.eval_shape`` of ``init``), with every layer float. A
+  rule pattern of a QuantConfig that matches none of them changes nothing.
+
+  Args:
+    model: a model built from qsim's layers (any ``quant`` is replaced).
+    example: model inputs ``[N, ...]``; only the first sample is traced.
+
+  Returns:
+    The layer names (module paths joined by '/'), without repeats.
+  """
+  recording = _Recording(default=LayerSpec())
+  object.__setattr__(recording, "seen", [])
+  jax.eval_shape(model.clone(quant=recording).init, jax.random.key(0), example[:1])
+  return list(dict.fromkeys(recording.seen))
+
+
+def check_rules(config: QuantConfig, names, where: str = "") -> None:
+  """Raises ``ValueError`` when a rule of ``config`` matches none of ``names``.
+
+  Args:
+    config: a QuantConfig.
+    names: the model's layer names (:func:`resolved_names`).
+    where: what the config is (e.g. "quantizer 'mixed'"), for the message.
+
+  Raises:
+    ValueError: naming the pattern and listing the layer names.
+  """
+  for pattern, _ in config.rules:
+    if not any(re.search(pattern, n) for n in names):
+      raise ValueError(
+          f"{where or 'config'}: rule {pattern!r} matches no layer of the model; its layers are {list(names)}"
+      )
 
 
 def _key(module: nn.Module, spec: TensorSpec | None):

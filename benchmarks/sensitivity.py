@@ -1,0 +1,93 @@
+"""The quantization debugger's mixed-precision search against uniform bit-widths,
+and the grid against a per-config loop.
+
+Trains (or reuses, cached under ``--cache``) a Fashion-MNIST checkpoint
+(``--model``, default LeNet-5, 1,500 steps, seed 0; or ``--checkpoint`` a
+train workdir), runs :func:`qsim.analysis.job.run_analysis` on it (base w4a8,
+menu int 2/3/4/5/6/8, budget 4 average weight bits, ``--candidates`` measured
+on 2,000 held-out validation samples; verified on ``--images`` test images
+and 5 MNIST-C sets at severity 1), then times the same ``--loop`` candidate
+configs on the selection samples as one grid (one Engine, one program) and
+as a loop of one Engine per config, both compiled first (interleaved
+best-of). Prints the report's verification table, then on its last line::
+
+  mixed_vs_uniform=<mixed / uniform_w4 clean test disagreements> configs=<candidates in one program>
+  compilations=<programs they took> grid_vs_loop=<loop time / grid time, warm>
+
+Resumable (the analysis workdir under the cache). About 5 minutes for
+LeNet-5 on the 2-core CPU once trained.
+
+  PYTHONPATH=. python benchmarks/sensitivity.py [--model lenet5] [--checkpoint DIR] [--candidates 256]
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from _runs import trained  # noqa: E402
+from _timing import best_times  # noqa: E402
+from qsim.analysis import job, layers, mixed  # noqa: E402
+from qsim.evaluate.engine import Engine, build_quantizers  # noqa: E402
+from qsim.quant import layer_preset  # noqa: E402
+from qsim.results import read_rows  # noqa: E402
+from qsim.runs import Run  # noqa: E402
+
+SHIFTS = ("c/fog/1", "c/shot_noise/1", "c/rotate/1", "c/brightness/1", "c/canny_edges/1")
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--model", default="lenet5")
+  p.add_argument("--steps", type=int, default=1500)
+  p.add_argument("--checkpoint", default="", help="a train workdir (instead of training --model)")
+  p.add_argument("--cache", default="runs/bench_sensitivity")
+  p.add_argument("--images", type=int, default=1000)
+  p.add_argument("--candidates", type=int, default=256)
+  p.add_argument("--loop", type=int, default=16, help="configs timed as a grid and as a loop")
+  args = p.parse_args()
+  ckpt = args.checkpoint or trained(args.cache, args.model, args.steps)
+  workdir = os.path.join(args.cache, f"analyze_{os.path.basename(os.path.normpath(ckpt))}_{args.candidates}")
+  c = job.AnalysisConfig(
+      checkpoint=ckpt, shifts=SHIFTS, limit=args.images, candidates=args.candidates, selection_samples=2000
+  )
+  report = job.run_analysis(c, workdir)
+  text = open(report).read()
+  print(text[text.index("Verified on the test split") :].split("![pareto]")[0])
+  rows = {
+      r["quantizer"]: r for r in read_rows(os.path.join(workdir, "frontier", "results.csv")) if r["family"] == "clean"
+  }
+  search = json.load(open(os.path.join(workdir, "search.json")))
+
+  run = Run.open(ckpt)
+  calib = run.calibration(c.calib_samples)
+  sel = run.split("val", c.selection_samples)
+  found = layers.find_layers(run.model, calib.x, run.variables)
+  base = layer_preset(c.base)
+  configs = [
+      mixed.config(found, base, cand["entries"], name=f"c{k}")
+      for k, cand in enumerate(search["candidates"][: args.loop])
+  ]
+  qs = build_quantizers(run.model, run.variables, configs, calib.x)
+  grid = Engine(run.model, run.variables, qs, batch_size=500)
+  loop = [Engine(run.model, run.variables, [q], batch_size=500) for q in qs]
+  y = np.asarray(sel.y)
+  t = best_times(
+      {"grid": lambda: grid.run(sel.x, y).quant_pred, "loop": lambda: [e.run(sel.x, y).quant_pred for e in loop]},
+      repeats=3,
+      inner=1,
+  )
+  print(f"grid of {len(qs)} configs on {len(y)} samples: {t['grid']:.2f} s; loop: {t['loop']:.2f} s")
+  print(
+      f"mixed_vs_uniform={rows['mixed']['disagreements'] / max(rows['uniform_w4']['disagreements'], 1):.3f}"
+      f" configs={len(search['candidates'])} compilations={search['candidate_compilations']}"
+      f" grid_vs_loop={t['loop'] / t['grid']:.2f}"
+  )
+
+
+if __name__ == "__main__":
+  main()
