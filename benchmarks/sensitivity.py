@@ -4,8 +4,8 @@ and the grid against a per-config loop.
 Trains (or reuses, cached under ``--cache``) a Fashion-MNIST checkpoint
 (``--model``, default LeNet-5, 1,500 steps, seed 0; or ``--checkpoint`` a
 train workdir), runs :func:`qsim.analysis.job.run_analysis` on it (base w4a8,
-menu int 2/3/4/5/6/8, budget 4 average weight bits, ``--candidates`` measured
-on 2,000 held-out validation samples; verified on ``--images`` test images
+menu int 2/3/4/5/6/8, budget 4 average weight bits, ``--candidates`` per
+round, three rounds, measured on ``--selection`` held-out validation samples; verified on ``--images`` test images
 and 5 MNIST-C sets at severity 1), then times the same ``--loop`` candidate
 configs on the selection samples as one grid (one Engine, one program) and
 as a loop of one Engine per config, both compiled first (interleaved
@@ -47,13 +47,20 @@ def main():
   p.add_argument("--checkpoint", default="", help="a train workdir (instead of training --model)")
   p.add_argument("--cache", default="runs/bench_sensitivity")
   p.add_argument("--images", type=int, default=1000)
-  p.add_argument("--candidates", type=int, default=256)
+  p.add_argument("--candidates", type=int, default=256, help="configs measured per search round")
+  p.add_argument("--selection", type=int, default=2000, help="held-out validation samples the search measures on")
   p.add_argument("--loop", type=int, default=16, help="configs timed as a grid and as a loop")
   args = p.parse_args()
   ckpt = args.checkpoint or trained(args.cache, args.model, args.steps)
-  workdir = os.path.join(args.cache, f"analyze_{os.path.basename(os.path.normpath(ckpt))}_{args.candidates}")
+  workdir = os.path.join(
+      args.cache, f"analyze_{os.path.basename(os.path.normpath(ckpt))}_{args.images}_{args.candidates}_{args.selection}"
+  )
   c = job.AnalysisConfig(
-      checkpoint=ckpt, shifts=SHIFTS, limit=args.images, candidates=args.candidates, selection_samples=2000
+      checkpoint=ckpt,
+      shifts=SHIFTS,
+      limit=args.images,
+      candidates=args.candidates,
+      selection_samples=args.selection,
   )
   report = job.run_analysis(c, workdir)
   text = open(report).read()

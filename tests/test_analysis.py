@@ -1,6 +1,7 @@
 """The quantization debugger (qsim.analysis): statistics, one-at-a-time
 sweeps, the mixed-precision search, its report and its bad input."""
 
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -144,6 +145,7 @@ def test_the_job_writes_its_report_and_the_chosen_config_reproduces_it(tiny_ckpt
       stats_samples=16,
       selection_samples=120,
       candidates=12,
+      rounds=1,
       menu=(2, 4, 8),
       budget=4.0,
       batch_size=60,
@@ -156,7 +158,9 @@ def test_the_job_writes_its_report_and_the_chosen_config_reproduces_it(tiny_ckpt
   for f in ("layers.png", "pareto.png", "stats.csv", "search.json", "mixed_config.py"):
     assert os.path.getsize(tmp_path / f) > 0
   search = json.load(open(tmp_path / "search.json"))
-  assert len(search["candidates"]) == 12 and search["candidate_compilations"] == 1
+  # two rounds of 12 (the ILP's, then local search), in one compiled program
+  assert 12 < len(search["candidates"]) <= 24 and search["candidate_compilations"] == 1
+  assert len({tuple(m["entries"]) for m in search["candidates"]}) == len(search["candidates"])
   assert search["candidates"][search["chosen"]]["average_bits"] <= 4.0
   assert search["selection"] == "val[:120]"
   swept = read_rows(str(tmp_path / "sweep" / "results.csv"))
@@ -171,3 +175,5 @@ def test_the_job_writes_its_report_and_the_chosen_config_reproduces_it(tiny_ckpt
   assert {r["set"]: r["disagreements"] for r in again} == reported
   os.remove(path)
   assert job.run_analysis(c, str(tmp_path)) == path and open(path).read() == text  # stages resume, same report
+  with pytest.raises(ValueError, match=r"other settings \(budget=4.0\)"):
+    job.run_analysis(dataclasses.replace(c, budget=5.0), str(tmp_path))

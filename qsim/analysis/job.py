@@ -62,7 +62,9 @@ class AnalysisConfig(configs.FromConfigDict):
     budget: the largest average weight bits (weighted by weight counts).
     selection: the split the search measures on ('val': held out from training; never 'test').
     selection_samples: samples of it.
-    candidates: configs the search measures (all in one compiled program).
+    candidates: configs the search measures per round (each round in the same compiled program).
+    rounds: rounds of local search after the ILP's proposals.
+    frontier_points: the most frontier configs verified on the test split and shifted sets.
     batch_size: samples per compiled batch.
     calib_samples: training samples that calibrate static ranges.
     seed: seeds the synthetic shifts and the search.
@@ -81,6 +83,8 @@ class AnalysisConfig(configs.FromConfigDict):
   selection: str = "val"
   selection_samples: int = 2000
   candidates: int = 256
+  rounds: int = 2
+  frontier_points: int = 16
   batch_size: int = 500
   calib_samples: int = 100
   seed: int = 0
@@ -100,7 +104,17 @@ class AnalysisConfig(configs.FromConfigDict):
       )
     configs.check_at_least(
         self,
-        dict(limit=0, stats_samples=1, selection_samples=1, candidates=1, batch_size=1, calib_samples=1, seed=0),
+        dict(
+            limit=0,
+            stats_samples=1,
+            selection_samples=1,
+            candidates=1,
+            rounds=0,
+            frontier_points=0,
+            batch_size=1,
+            calib_samples=1,
+            seed=0,
+        ),
     )
 
 
@@ -136,9 +150,22 @@ def stage_configs(layers, spec) -> list[QuantConfig]:
   return out + layers_lib.one_at_a_time(layers, spec)
 
 
-def _measure(model, variables, quant_configs, calib_x, x, y, batch_size) -> tuple[list[dict], Engine]:
-  """Each config's sweep row on ``(x, y)`` plus its mean absolute change of the float margin, one program."""
-  engine = Engine(model, variables, build_quantizers(model, variables, quant_configs, calib_x), batch_size=batch_size)
+def _measure(model, variables, quant_configs, calib_x, x, y, batch_size, engine=None) -> tuple[list[dict], Engine]:
+  """Each config's sweep row on ``(x, y)`` plus its mean absolute change of the float margin, one program.
+
+  ``engine``: an engine built for configs of the same names and grouping is
+  reused (new bits are data: no new compilation); otherwise a new one is built.
+  """
+  qs = build_quantizers(model, variables, quant_configs, calib_x)
+  if engine is not None and engine.names == [q.name for q in qs]:
+    try:
+      engine.update(variables, qs)
+    except ValueError:  # another grouping (another structure): another program
+      engine = None
+  else:
+    engine = None
+  if engine is None:
+    engine = Engine(model, variables, qs, batch_size=batch_size)
   res = engine.run(x, y, "selection")
   rows = res.rows()
   m = metrics.SCORE_NAMES.index("margin")
@@ -184,20 +211,43 @@ def run_search(c: AnalysisConfig, run: Run, layers, calib_x) -> dict:
   _log(f"  per-layer costs: {len(probes)} configs on {len(sel.y)} selection samples in {probe_s:.0f} s")
   t0 = time.time()
   assignments = mixed.candidates(cost, layers, menu, c.budget, count=c.candidates, seed=c.seed)
-  cands = [mixed.config(layers, base, a, name=f"cand{k:04d}") for k, a in enumerate(assignments)]
-  rows, engine = _measure(model, variables, cands, calib_x, sel.x, sel.y, c.batch_size)
+  measured: list[dict] = []
+  engine, programs, width = None, 0, len(assignments)
+  for r in range(c.rounds + 1):
+    if r:  # local search around the best measured configs within the budget
+      fits = sorted(
+          (m for m in measured if m["average_bits"] <= c.budget + 1e-9),
+          key=lambda m: (m["disagreements"], m["margin_change"]),
+      )
+      seen = {tuple(m["entries"]) for m in measured}
+      assignments = mixed.neighbours(
+          [tuple(m["entries"]) for m in fits[:8]], layers, menu, c.budget, cost, exclude=seen, count=width
+      )
+      if not assignments:
+        break
+    padded = list(assignments) + [assignments[0]] * (width - len(assignments))  # same names: the same program
+    cands = [mixed.config(layers, base, a, name=f"cand{k:04d}") for k, a in enumerate(padded)]
+    before = engine
+    rows, engine = _measure(model, variables, cands, calib_x, sel.x, sel.y, c.batch_size, engine)
+    programs += engine.compilations if engine is not before else 0
+    measured += [
+        {
+            "entries": list(a),
+            "average_bits": mixed.average_bits(layers, a),
+            "disagreements": row["disagreements"],
+            "margin_change": row["margin_change"],
+            "quant_accuracy": row["quant_accuracy"],
+            "round": r,
+        }
+        for a, row in zip(assignments, rows)
+    ]
+    best = min((m for m in measured if m["average_bits"] <= c.budget + 1e-9), key=lambda m: m["disagreements"])
+    _log(
+        f"  round {r}: {len(assignments)} candidates ({len(measured)} in all) in {time.time() - t0:.0f} s;"
+        f" best within budget: {best['disagreements']} disagreements at {best['average_bits']:.2f} bits"
+        f" ({programs} compilation(s))"
+    )
   cand_s = time.time() - t0
-  _log(f"  {len(cands)} candidates in {cand_s:.0f} s ({engine.compilations} compilation(s))")
-  measured = [
-      {
-          "entries": list(a),
-          "average_bits": mixed.average_bits(layers, a),
-          "disagreements": r["disagreements"],
-          "margin_change": r["margin_change"],
-          "quant_accuracy": r["quant_accuracy"],
-      }
-      for a, r in zip(assignments, rows)
-  ]
   fits = [k for k, m in enumerate(measured) if m["average_bits"] <= c.budget + 1e-9]
   chosen = min(fits, key=lambda k: (measured[k]["disagreements"], measured[k]["margin_change"]))
   front = mixed.pareto([(m["average_bits"], m["disagreements"] + m["margin_change"] * 1e-3) for m in measured])
@@ -211,22 +261,23 @@ def run_search(c: AnalysisConfig, run: Run, layers, calib_x) -> dict:
       "candidates": measured,
       "frontier": front,
       "chosen": chosen,
-      "float_accuracy": rows[0]["float_accuracy"],
       "probe_configs": len(probes),
       "probe_compilations": probe_comp,
       "probe_seconds": probe_s,
-      "candidate_compilations": engine.compilations,
+      "candidate_compilations": programs,
+      "rounds": c.rounds,
       "candidate_seconds": cand_s,
   }
 
 
-def search_configs(search: dict, layers) -> list[QuantConfig]:
+def search_configs(search: dict, layers, points: int = 16) -> list[QuantConfig]:
   """The configs the search verifies on the test split: the chosen one, the
   frontier, and the uniform integer widths of the menu.
 
   Args:
     search: the search's record (:func:`run_search`).
     layers: the analysed layers.
+    points: the most frontier configs verified (evenly spaced along it).
 
   Returns:
     Named QuantConfigs: 'mixed' (the chosen), 'frontier_<k>', 'uniform_w<b>'.
@@ -234,11 +285,10 @@ def search_configs(search: dict, layers) -> list[QuantConfig]:
   base = layer_preset(search["base"])
   cands = search["candidates"]
   out = [mixed.config(layers, base, cands[search["chosen"]]["entries"], name="mixed")]
-  out += [
-      mixed.config(layers, base, cands[k]["entries"], name=f"frontier_{k:04d}")
-      for k in search["frontier"]
-      if k != search["chosen"]
-  ]
+  front = [k for k in search["frontier"] if k != search["chosen"]]
+  if len(front) > points:  # evenly spaced along the frontier, both ends kept
+    front = [front[int(round(i))] for i in np.linspace(0, len(front) - 1, points)]
+  out += [mixed.config(layers, base, cands[k]["entries"], name=f"frontier_{k:04d}") for k in front]
   for e in search["menu"]:
     if isinstance(e, int):
       out.append(mixed.config(layers, base, [e] * len(layers), name=f"uniform_w{e}"))
@@ -298,6 +348,23 @@ def _sweep(c: AnalysisConfig, quant_configs, workdir: str) -> str:
   )
 
 
+def _same_settings(c: AnalysisConfig, workdir: str) -> None:
+  """Records ``c`` in ``workdir``; a workdir made with other settings is refused (its stages would mix)."""
+  path = os.path.join(workdir, "analysis_config.json")
+  now = json.loads(json.dumps(dataclasses.asdict(c)))
+  if os.path.exists(path):
+    with open(path) as f:
+      before = json.load(f)
+    changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+    if changed:
+      raise ValueError(
+          f"workdir {workdir!r} holds an analysis with other settings ({', '.join(f'{k}={before.get(k)!r}' for k in changed)});"
+          " rerun with those settings to resume, or give a new workdir"
+      )
+  else:
+    write_json(path, now)
+
+
 def run_analysis(c: AnalysisConfig, workdir: str) -> str:
   """Runs every stage (skipping finished ones) and writes the report.
 
@@ -316,6 +383,7 @@ def run_analysis(c: AnalysisConfig, workdir: str) -> str:
   from qsim.analysis import report  # pylint: disable=g-import-not-at-top (matplotlib, only when reporting)
 
   os.makedirs(workdir, exist_ok=True)
+  _same_settings(c, workdir)
   cfg = read_config(c.checkpoint)
   sweep_lib.resolve_sets(cfg["dataset"], c.shifts)  # bad set names fail before any work
   run, calib = sweep_lib.open_run(c.checkpoint, cfg, c.calib_samples, c.data_dir or None)
@@ -336,7 +404,7 @@ def run_analysis(c: AnalysisConfig, workdir: str) -> str:
       write_json(search_path, run_search(c, run, layers, calib.x))
     with open(search_path) as f:
       search = json.load(f)
-    chosen = search_configs(search, layers)
+    chosen = search_configs(search, layers, c.frontier_points)
     _sweep(c, chosen, os.path.join(workdir, "frontier"))
     _atomic_text(os.path.join(workdir, "mixed_config.py"), config_file(chosen[0], os.path.abspath(c.checkpoint)))
   path = report.write(workdir, c, layers, search)

@@ -16,9 +16,12 @@ proposes and the grid decides: many proposals (exact optima over a grid of
 budgets, and optima of randomly perturbed costs near the target budget, which
 are the next-best assignments under a wrong additivity assumption) are all
 evaluated as real configs in one compiled program, and the measured
-disagreements choose. An ILP rather than a greedy: it is exact for the
-additive model at any budget, and with tens of layers and a handful of
-entries it solves in milliseconds.
+disagreements choose. Then rounds of local search (:func:`neighbours`: one
+layer a menu step up or down, or one up and another down, around the best
+measured configs within the budget) are measured the same way, in the same
+compiled program (bits are data). An ILP rather than a greedy for the
+proposals: it is exact for the additive model at any budget, and with tens
+of layers and a handful of entries it solves in milliseconds.
 """
 
 from __future__ import annotations
@@ -223,6 +226,65 @@ def candidates(
     at = budget if tries % 2 else rng.uniform(min(bits), budget)
     add(solve(cost + scale * (np.exp(noise * rng.standard_normal(cost.shape)) - 1.0), weights, bits, at))
   return list(found)[:count]
+
+
+def neighbours(
+    parents: Sequence[tuple],
+    layers: Sequence[Layer],
+    menu: Sequence[Any],
+    budget: float,
+    cost: np.ndarray,
+    *,
+    exclude: set,
+    count: int,
+) -> list[tuple]:
+  """Unmeasured assignments one move from the best measured ones, within the budget.
+
+  A move changes one layer's entry by one menu step, or moves one layer up
+  a step and another down a step. Candidates come parent by parent (the
+  best first), each parent's by the predicted change of the summed
+  per-layer cost (smallest first).
+
+  Args:
+    parents: measured assignments, best first.
+    layers: the analysed layers.
+    menu: the entries (sorted by bits).
+    budget: the largest average weight bits.
+    cost: ``[layers, entries]`` per-layer costs (the prediction).
+    exclude: assignments already measured (not returned).
+    count: the most to return.
+
+  Returns:
+    Distinct assignments (tuples of entries), at most ``count``.
+  """
+  pos = {e: i for i, e in enumerate(menu)}
+  out: dict[tuple, None] = {}
+  n = len(layers)
+  for parent in parents:
+    idx = [pos[e] for e in parent]
+    moves = []
+    for i in range(n):
+      for step in (-1, 1):
+        moves.append({i: idx[i] + step})
+        for j in range(n):
+          if j != i:
+            moves.append({i: idx[i] + step, j: idx[j] - step})
+    scored = []
+    for move in moves:
+      if not all(0 <= v < len(menu) for v in move.values()):
+        continue
+      new = list(idx)
+      for i, v in move.items():
+        new[i] = v
+      cand = tuple(menu[v] for v in new)
+      if cand in exclude or cand in out or average_bits(layers, cand) > budget + 1e-9:
+        continue
+      scored.append((sum(cost[i, v] - cost[i, idx[i]] for i, v in move.items()), cand))
+    for _, cand in sorted(scored, key=lambda t: t[0]):
+      out.setdefault(cand, None)
+      if len(out) >= count:
+        return list(out)
+  return list(out)
 
 
 def pareto(points: Sequence[tuple[float, float]]) -> list[int]:

@@ -113,6 +113,7 @@ def _pareto_plot(path: str, search: dict, summary: dict) -> None:
     a.set_xlabel("average weight bits")
     a.set_ylabel("disagreement rate (%)")
     a.set_yscale("symlog", linthresh=0.1)
+    a.set_ylim(bottom=0)
     a.legend(fontsize=8)
   fig.tight_layout()
   save_figure(fig, path)
@@ -194,9 +195,10 @@ def _search_section(workdir: str, search: dict, layers: Sequence[Layer]) -> list
       "## Mixed precision",
       "",
       f"Base `{search['base']}`, menu {search['menu']}, budget {search['budget']} average weight bits. The"
-      f" search measured {len(cands)} candidates on the selection set `{search['selection']}` (held out from"
-      f" the test split) in {search['candidate_compilations']} compilation(s),"
-      f" {search['candidate_seconds']:.0f} s; the per-layer costs took {search['probe_configs']} configs in"
+      f" search measured {len(cands)} candidates ({search['rounds'] + 1} rounds: the ILP's proposals, then local"
+      f" search) on the selection set `{search['selection']}` (held out from the test split) in"
+      f" {search['candidate_compilations']} compilation(s), {search['candidate_seconds']:.0f} s; the per-layer"
+      f" costs took {search['probe_configs']} configs in"
       f" {search['probe_compilations']} compilation(s). The chosen config has {chosen['average_bits']:.2f}"
       f" average weight bits and {chosen['disagreements']} selection disagreements.",
       "",
