@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 from typing import Any, Sequence
 
+import numpy as np
+
 from qsim.analysis.layers import Layer
-from qsim.results import mean, pyplot, read_rows, save_figure
+from qsim.results import ResultsStore, mean, pyplot, read_rows, save_figure
 from qsim.runs import atomic_write
+from qsim.shifts.registry import CLEAN
 
 
 def _csv(path: str) -> list[dict]:
@@ -26,6 +30,23 @@ def _num(v: str) -> Any:
 
 def _f(x: float, digits: int = 1) -> str:
   return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def command_args(c) -> str:
+  """The ``key=value`` config arguments that give ``c`` (every field, lists '+'-joined).
+
+  Args:
+    c: an analysis config (a dataclass).
+
+  Returns:
+    The comma-joined arguments, e.g. ``checkpoint=runs/lenet5,quantizer=w4a8,...``.
+  """
+  parts = []
+  for f in dataclasses.fields(c):
+    v = getattr(c, f.name)
+    text = "+".join(str(x) for x in v) if isinstance(v, tuple) else str(v).lower() if isinstance(v, bool) else str(v)
+    parts.append(f"{f.name}={text}")
+  return ",".join(parts)
 
 
 def summarize(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
@@ -53,6 +74,33 @@ def summarize(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
     s["shifted_rate"] = mean(shifted)
     s["shifted_sets"] = len(shifted)
   return out
+
+
+def class_flips(sweep_dir: str, checkpoint: str) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+  """Disagreements on the clean split by class, from the sweep's stored per-sample predictions.
+
+  Args:
+    sweep_dir: the sweep's workdir (``samples/`` in it).
+    checkpoint: the checkpoint it swept (the unit's key).
+
+  Returns:
+    ``(quantizers, by_class, pairs)``: ``by_class[k, c]`` counts quantizer k's
+    disagreements whose float prediction is class c; ``pairs[k, a, b]`` those
+    from float class a to quantized class b. None when the clean unit has no
+    stored samples.
+  """
+  store = ResultsStore(sweep_dir)
+  key = ResultsStore.key(os.path.abspath(checkpoint), CLEAN)
+  if not os.path.exists(os.path.join(store.samples_dir, f"{key}.npz")):
+    return None
+  s = store.samples(key)
+  f, q = s["float_pred"], s["quant_pred"]
+  classes = int(max(s["y"].max(), f.max(), q.max())) + 1
+  pairs = np.zeros((len(q), classes, classes), np.int64)
+  for k in range(len(q)):
+    dis = (q[k] != f) & s["float_finite"] & s["quant_finite"][k]
+    np.add.at(pairs[k], (f[dis], q[k][dis]), 1)
+  return [str(n) for n in s["quantizers"]], pairs.sum(-1), pairs
 
 
 def _layer_plot(path: str, layers: Sequence[Layer], stats: dict, summary: dict, quantizer: str) -> None:
@@ -140,7 +188,7 @@ def write(workdir: str, c, layers: Sequence[Layer], search: dict | None) -> str:
       "",
       f"{len(layers)} layers, {total:,} weights. Disagreements are with the float model; 'shifted' is the mean"
       f" rate over {summary['all']['shifted_sets']} shifted sets. Command: `python -m experiments.analyze"
-      f" --config=experiments/configs/analyze.py:checkpoint={c.checkpoint},quantizer={c.quantizer}`.",
+      f" --config=experiments/configs/analyze.py:{command_args(c)} --workdir=...`.",
       "",
       "## Per-layer tensor statistics",
       "",
@@ -174,6 +222,25 @@ def write(workdir: str, c, layers: Sequence[Layer], search: dict | None) -> str:
         f" | {int(s['flips_correct_to_wrong'])} | {_f(100 * s['shifted_rate'], 2)} |"
     )
   lines += ["", "![per-layer](layers.png)", ""]
+  flips = class_flips(os.path.join(workdir, "sweep"), c.checkpoint)
+  if flips is not None:
+    names, by_class, pairs = flips
+    keep = [k for k, n in enumerate(names) if not n.startswith("disable:")]
+    lines += [
+        "Clean-split disagreements by the float model's class (flips out of each class):",
+        "",
+        "| config | " + " | ".join(str(i) for i in range(by_class.shape[1])) + " |",
+        "|---|" + "---|" * by_class.shape[1],
+    ]
+    lines += [f"| {names[k]} | " + " | ".join(str(int(v)) for v in by_class[k]) + " |" for k in keep]
+    top = np.argsort(pairs[0], axis=None)[::-1][:5]
+    common = [np.unravel_index(i, pairs[0].shape) for i in top if pairs[0].flat[i] > 0]
+    lines += [
+        "",
+        f"Most frequent flips under `{names[0]}` (float -> quantized class): "
+        + ", ".join(f"{a} -> {b} ({int(pairs[0][a, b])})" for a, b in common),
+        "",
+    ]
   if search is not None:
     lines += _search_section(workdir, search, layers)
   path = os.path.join(workdir, "analysis.md")

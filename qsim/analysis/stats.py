@@ -106,19 +106,23 @@ def _flat(tree) -> np.ndarray:
 
 def _calls(model: nn.Module, variables: dict, x, paths: set[str]) -> dict[str, tuple]:
   """``{path: (first positional input, output)}`` of each module in ``paths``
-  (the first call of each, when a module is called more than once)."""
-  seen: dict[str, tuple] = {}
+  (the first call of each, when a module is called more than once), in one jitted apply."""
 
-  def record(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    path = "/".join(context.module.scope.path)
-    if path in paths and context.method_name == "__call__" and path not in seen:
-      seen[path] = (args[0] if args else None, out)
-    return out
+  def run(v, x):
+    seen: dict[str, tuple] = {}
 
-  with nn.intercept_methods(record):
-    model.apply(variables, x, rngs={QUANT_RNG: jax.random.key(0)})
-  return {p: jax.tree.map(np.asarray, v) for p, v in seen.items()}
+    def record(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      path = "/".join(context.module.scope.path)
+      if path in paths and context.method_name == "__call__" and path not in seen:
+        seen[path] = (args[0] if args else None, out)
+      return out
+
+    with nn.intercept_methods(record):
+      model.apply(v, x, rngs={QUANT_RNG: jax.random.key(0)})
+    return seen
+
+  return jax.tree.map(np.asarray, jax.jit(run)(variables, x))
 
 
 def _calibrated(model: nn.Module, variables: dict, x) -> dict:
