@@ -22,7 +22,9 @@ after a crash resumes (the sweeps resume per set).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -123,9 +125,11 @@ def _atomic_text(path: str, text: str) -> None:
 
 
 def _write_csv(path: str, rows: list[dict]) -> None:
-  keys = list(dict.fromkeys(k for r in rows for k in r))
-  lines = [",".join(keys)] + [",".join("" if r.get(k) is None else str(r.get(k)) for k in keys) for r in rows]
-  _atomic_text(path, "\n".join(lines) + "\n")
+  out = io.StringIO()
+  writer = csv.DictWriter(out, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  _atomic_text(path, out.getvalue())
 
 
 def stage_configs(layers, spec) -> list[QuantConfig]:

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from qsim.analysis.layers import Layer
+from qsim.analysis.layers import Layer, rule
 from qsim.results import ResultsStore, mean, pyplot, read_rows, save_figure
 from qsim.runs import atomic_write
 from qsim.shifts.registry import CLEAN
@@ -262,18 +262,18 @@ def _search_section(workdir: str, search: dict, layers: Sequence[Layer]) -> list
       "## Mixed precision",
       "",
       f"Base `{search['base']}`, menu {search['menu']}, budget {search['budget']} average weight bits. The"
-      f" search measured {len(cands)} candidates ({search['rounds'] + 1} rounds: the ILP's proposals, then local"
-      f" search) on the selection set `{search['selection']}` (held out from the test split) in"
+      f" search measured {len(cands)} candidates ({1 + max(m['round'] for m in cands)} rounds: the ILP's proposals, then local"
+      f" search until no unmeasured neighbour fits or {search['rounds']} rounds) on the selection set `{search['selection']}` (held out from the test split) in"
       f" {search['candidate_compilations']} compilation(s), {search['candidate_seconds']:.0f} s; the per-layer"
       f" costs took {search['probe_configs']} configs in"
       f" {search['probe_compilations']} compilation(s). The chosen config has {chosen['average_bits']:.2f}"
       f" average weight bits and {chosen['disagreements']} selection disagreements.",
       "",
-      "| layer | weights | chosen weight format |",
-      "|---|---|---|",
+      "| layer | rule | weights | chosen weight format |",
+      "|---|---|---|---|",
   ]
   for l, e in zip(layers, chosen["entries"]):
-    lines.append(f"| {l.name} | {l.weights:,} | {e if isinstance(e, str) else f'int{e}'} |")
+    lines.append(f"| {l.name} | `{rule(l.name)}` | {l.weights:,} | {e if isinstance(e, str) else f'int{e}'} |")
   lines += [
       "",
       "Verified on the test split and the shifted sets (never seen by the search):",
@@ -299,7 +299,8 @@ def _search_section(workdir: str, search: dict, layers: Sequence[Layer]) -> list
       "",
       "![pareto](pareto.png)",
       "",
-      "The chosen config, ready to evaluate: `mixed_config.py` in this folder",
+      f"The chosen config, ready to evaluate: `mixed_config.py` in this folder (`QuantConfig` rules, one per layer, the"
+      f" base `{search['base']}` with the weight bits above),",
       "(`python -m experiments.evaluate --config=<workdir>/mixed_config.py --workdir=runs/eval_mixed`).",
       "",
   ]
