@@ -1,0 +1,451 @@
+"""Disagreement search: inputs near a seed where the quantized model's top-1
+differs from the float model's while the float model still predicts the
+seed's class.
+
+Three searchers over a batch of seeds, each one jitted program with a fixed
+iteration count (a seed stops counting once found):
+
+* :func:`whitebox`: signed-gradient (L-inf) or normalised-gradient (L2)
+  steps through the quantized model's straight-through estimator, minimising
+  the quantized margin of the seed's float class while a hinge keeps the
+  float margin above ``kappa``; projected onto the budget ball and the
+  input box after every step.
+* :func:`random_search`: a uniform draw in the ball per iteration.
+* :func:`mcmc_search`: DFlare's black-box search (Tian et al., TOSEM 2023),
+  from its description and its authors' code, with its seven mutation
+  operators on [0, 1] images (Gaussian, salt-and-pepper, multiplicative
+  noise, pixel change, box, Gaussian and median blur), mutations accumulating
+  on the current image, the operator chosen by Metropolis-Hastings over
+  operators ranked by success rate (target ``(1 - p)^rank``, ``p = 1/7``,
+  from the rank of the last accepted operator), and a mutant kept when the
+  output difference ``|P_float(top) - P_quant(top)|`` moves by more than
+  1e-3 or its joint probability vector is new (no stored one within
+  squared distance 0.5). DFlare has no distance bound; here every mutant is
+  projected onto the same ball as the other searchers.
+
+Queries: one query is one evaluation of the float and quantized models on
+one input. A white-box step is a forward and a backward pass: it counts as
+2 queries. The seed's own evaluation is not counted (seeds that already
+disagree are not searched, as DFlare skips them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qsim.nn import QUANT_RNG, QUANT_STATS
+
+NORMS = ("linf", "l2")
+METHODS = ("whitebox", "random", "mcmc")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """The perturbation model: ``norm`` ball of radius ``eps`` around each seed, inside ``box``."""
+
+  norm: str = "linf"
+  eps: float = 8 / 255
+  box: tuple[float, float] = (0.0, 1.0)
+
+  def __post_init__(self):
+    if self.norm not in NORMS:
+      raise ValueError(f"norm={self.norm!r} is not a known perturbation model; choose one of {list(NORMS)}")
+    lo, hi = self.box
+    if not lo < hi:
+      raise ValueError(f"box={self.box!r} is not valid; give (low, high) with low < high")
+    width = hi - lo
+    most = width if self.norm == "linf" else float("inf")
+    if not 0 < self.eps <= most:
+      raise ValueError(
+          f"eps={self.eps!r} is not valid for norm={self.norm!r}: give 0 < eps <= {most} (the data range {self.box})"
+      )
+
+  def project(self, x0, x):
+    """``x`` moved into the ball around ``x0`` and into the box (per sample)."""
+    d = x - x0
+    if self.norm == "linf":
+      d = jnp.clip(d, -self.eps, self.eps)
+    else:
+      n = jnp.sqrt(jnp.sum(d * d, axis=tuple(range(1, d.ndim)), keepdims=True))
+      d = d * jnp.minimum(1.0, self.eps / jnp.maximum(n, 1e-12))
+    return jnp.clip(x0 + d, *self.box)
+
+
+@dataclasses.dataclass
+class SearchResult:
+  """Per seed: ``found`` (bool), ``queries`` (to the first find; the cap when
+  not found), ``x`` (the found input, or the seed), ``skipped`` (the seed
+  already disagreed), and the wall ``seconds`` of the whole batch."""
+
+  method: str
+  found: np.ndarray
+  queries: np.ndarray
+  x: np.ndarray
+  skipped: np.ndarray
+  seconds: float
+  cap: int
+
+  def summary(self, x0: np.ndarray, float_probs: Callable | None = None) -> dict[str, float]:
+    """Success rate, queries and seconds per found input, and perturbation sizes.
+
+    Args:
+      x0: the seeds.
+      float_probs: ``x -> float model's probabilities`` (for the found inputs' float confidence); None: left out.
+
+    Returns:
+      ``seeds`` (searched), ``found``, ``success_rate``, ``queries_per_found``
+      (all queries spent, failed seeds at the cap, over the number found),
+      ``seconds_per_found``, mean ``linf`` and ``l2`` of the found
+      perturbations, and ``float_confidence`` of the found inputs.
+    """
+    searched = ~self.skipped
+    n, k = int(searched.sum()), int((self.found & searched).sum())
+    spent = float(np.where(self.found, self.queries, self.cap)[searched].sum())
+    d = (self.x - x0).reshape(len(x0), -1)[self.found & searched]
+    out = {
+        "method": self.method,
+        "seeds": n,
+        "found": k,
+        "success_rate": k / n if n else float("nan"),
+        "queries_per_found": spent / k if k else float("inf"),
+        "seconds_per_found": self.seconds / k if k else float("inf"),
+        "linf": float(np.abs(d).max(1).mean()) if k else float("nan"),
+        "l2": float(np.sqrt((d * d).sum(1)).mean()) if k else float("nan"),
+    }
+    if float_probs is not None and k:
+      out["float_confidence"] = float(np.asarray(float_probs(self.x[self.found & searched])).max(-1).mean())
+    return out
+
+
+def _margin(z, cls):
+  """``z[cls] - max_{j != cls} z[j]`` per row."""
+  own = jnp.take_along_axis(z, cls[:, None], axis=1)[:, 0]
+  other = jnp.max(jnp.where(jax.nn.one_hot(cls, z.shape[-1], dtype=bool), -jnp.inf, z), axis=-1)
+  return own - other
+
+
+class Pair:
+  """The float model and one quantized version of it, on the same variables."""
+
+  def __init__(self, model: nn.Module, variables: dict, config, quant_stats=None):
+    if config is None or all(s is None or s.is_float for s in config.layer_specs()):
+      raise ValueError(
+          f"quantizer {getattr(config, 'name', config)!r} quantizes nothing: the float and quantized models are"
+          " the same, there is no disagreement to search for (give a preset such as w4a8 or tflite_int8)"
+      )
+    base = {k: v for k, v in variables.items() if k != QUANT_STATS}
+    self.float_model = model.clone(quant=None)
+    self.quant_model = model.clone(quant=config)
+    self.fv = base
+    self.qv = {**base, QUANT_STATS: quant_stats} if quant_stats is not None else base
+    self.name = getattr(config, "name", "")
+
+  def logits(self, x):
+    """``(float logits, quantized logits)`` of ``x``, float32."""
+    with jax.default_matmul_precision("highest"):
+      zf = self.float_model.apply(self.fv, x)
+      zq = self.quant_model.apply(self.qv, x, rngs={QUANT_RNG: jax.random.key(0)})
+    return zf.astype(jnp.float32), zq.astype(jnp.float32)
+
+
+def _found(zf, zq, cls):
+  pf, pq = jnp.argmax(zf, -1), jnp.argmax(zq, -1)
+  return (pf == cls) & (pq != pf)
+
+
+def _start(pair: Pair, x0):
+  zf, zq = pair.logits(x0)
+  cls = jnp.argmax(zf, -1)
+  return cls, jnp.argmax(zq, -1) != cls
+
+
+def _record(state, hit, x, cost):
+  """Marks seeds found at this iteration (the first time only)."""
+  found, queries, best, spent = state
+  new = hit & ~found
+  best = jnp.where(new.reshape((-1,) + (1,) * (x.ndim - 1)), x, best)
+  spent = spent + jnp.where(found, 0, cost)
+  return found | new, jnp.where(new, spent, queries), best, spent
+
+
+def whitebox(pair: Pair, x0, budget: Budget, *, steps: int = 50, step_size: float | None = None, kappa: float = 0.1):
+  """The white-box search (see the module doc): ``steps`` gradient steps per seed.
+
+  Args:
+    pair: the float and quantized models.
+    x0: seeds ``[B, ...]`` in the budget's box.
+    budget: the ball and box.
+    steps: gradient steps (each 2 queries).
+    step_size: per step (default: ``2.5 eps / steps`` for L-inf, as PGD
+      takes it, ``eps / 4`` for L2).
+    kappa: the float margin (in logits) the hinge keeps (measured on LeNet-5
+      w4a4: 0.1 finds more than 1.0 or 0; a term rewarding the float-quantized
+      margin gap found fewer).
+
+  Returns:
+    A :class:`SearchResult`.
+
+  Raises:
+    ValueError: the quantized model has no gradient path to its input (its
+      margin's gradient is zero at every seed).
+  """
+  x0 = jnp.asarray(x0, jnp.float32)
+  alpha = (
+      step_size if step_size is not None else (2.5 * budget.eps / steps if budget.norm == "linf" else budget.eps / 4)
+  )
+
+  def objective(x, cls):
+    zf, zq = pair.logits(x)
+    loss = jnp.sum(_margin(zq, cls) + jax.nn.relu(kappa - _margin(zf, cls)))
+    return loss, (zf, zq)
+
+  grad_fn = jax.value_and_grad(objective, has_aux=True)
+
+  def quant_margin(x, cls):
+    return jnp.sum(_margin(pair.logits(x)[1], cls))
+
+  @jax.jit
+  def run(x0):
+    cls, skipped = _start(pair, x0)
+    g0 = jax.grad(quant_margin)(x0, cls)
+
+    def body(carry, _):
+      x, state = carry
+      (_, (zf, zq)), g = grad_fn(x, cls)
+      state = _record(state, _found(zf, zq, cls), x, 2)
+      if budget.norm == "linf":
+        step = jnp.sign(g)
+      else:
+        n = jnp.sqrt(jnp.sum(g * g, axis=tuple(range(1, g.ndim)), keepdims=True))
+        step = g / jnp.maximum(n, 1e-12)
+      return (budget.project(x0, x - alpha * step), state), None
+
+    b = x0.shape[0]
+    state = (skipped, jnp.zeros(b, jnp.int32), x0, jnp.zeros(b, jnp.int32))
+    (_, state), _ = jax.lax.scan(body, (x0, state), None, length=steps)
+    return state, skipped, jnp.any(g0 != 0, axis=tuple(range(1, g0.ndim)))
+
+  t0 = time.perf_counter()
+  (found, queries, best, _), skipped, moves = jax.block_until_ready(run(x0))
+  searched = ~np.asarray(skipped)
+  if searched.any() and not (np.asarray(moves) & searched).any():
+    raise ValueError(
+        f"quantizer {pair.name!r}: the quantized margin has zero gradient at every seed; it has no gradient path"
+        " to the input (the white-box search needs one)"
+    )
+  return _result("whitebox", found, queries, best, skipped, time.perf_counter() - t0, 2 * steps)
+
+
+def _result(method, found, queries, best, skipped, seconds, cap) -> SearchResult:
+  skipped = np.asarray(skipped)
+  return SearchResult(
+      method, np.asarray(found) & ~skipped, np.asarray(queries), np.asarray(best), skipped, seconds, cap
+  )
+
+
+def random_search(pair: Pair, x0, budget: Budget, *, queries: int = 100, seed: int = 0) -> SearchResult:
+  """Black-box random search: one uniform draw in the ball per query.
+
+  Args:
+    pair: the float and quantized models.
+    x0: seeds ``[B, ...]``.
+    budget: the ball and box.
+    queries: draws per seed.
+    seed: seeds the draws.
+
+  Returns:
+    A :class:`SearchResult`.
+  """
+  x0 = jnp.asarray(x0, jnp.float32)
+
+  @jax.jit
+  def run(x0, key):
+    cls, skipped = _start(pair, x0)
+
+    def body(state, k):
+      if budget.norm == "linf":
+        d = jax.random.uniform(k, x0.shape, minval=-budget.eps, maxval=budget.eps)
+      else:  # uniform in the L2 ball: a direction times eps u^(1/dim)
+        k1, k2 = jax.random.split(k)
+        g = jax.random.normal(k1, x0.shape)
+        dim = int(np.prod(x0.shape[1:]))
+        n = jnp.sqrt(jnp.sum(g * g, axis=tuple(range(1, g.ndim)), keepdims=True))
+        r = budget.eps * jax.random.uniform(k2, (x0.shape[0],) + (1,) * (x0.ndim - 1)) ** (1.0 / dim)
+        d = g / jnp.maximum(n, 1e-12) * r
+      x = budget.project(x0, x0 + d)
+      zf, zq = pair.logits(x)
+      return _record(state, _found(zf, zq, cls), x, 1), None
+
+    b = x0.shape[0]
+    state = (skipped, jnp.zeros(b, jnp.int32), x0, jnp.zeros(b, jnp.int32))
+    state, _ = jax.lax.scan(body, state, jax.random.split(key, queries))
+    return state, skipped
+
+  t0 = time.perf_counter()
+  (found, q, best, _), skipped = jax.block_until_ready(run(x0, jax.random.key(seed)))
+  return _result("random", found, q, best, skipped, time.perf_counter() - t0, queries)
+
+
+# --- DFlare's mutation operators, on [0, 1] images [B, H, W, C] -------------
+
+
+def _box_blur(x, k):
+  """Mean over a k x k window (edges replicated), k a traced int in 1..7 (odd or even as cv2.blur)."""
+  return _window_stat(x, k, jnp.mean)
+
+
+def _median_blur(x, k):
+  return _window_stat(x, k, jnp.median)
+
+
+def _window_stat(x, k, stat, size: int = 7):
+  """``stat`` over the k x k window (k <= size) around each pixel; edges replicated."""
+  pad = size // 2
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+  h, w = x.shape[1], x.shape[2]
+  offs = jnp.arange(size) - pad
+  lo = -(k // 2)  # cv2's anchor: the window starts k // 2 before the pixel
+  keep = (offs >= lo) & (offs < lo + k)
+  patches = jnp.stack(
+      [
+          xp[:, pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+          for dy in range(-pad, pad + 1)
+          for dx in range(-pad, pad + 1)
+      ],
+      axis=-1,
+  )
+  mask = (keep[:, None] & keep[None, :]).reshape(-1)
+  if stat is jnp.mean:
+    return jnp.sum(patches * mask, -1) / jnp.sum(mask)
+  return jnp.nanmedian(jnp.where(mask, patches, jnp.nan), axis=-1)
+
+
+def _gauss_blur(x, k):
+  sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8  # OpenCV's sigma for a k-tap kernel with sigma=0
+  offs = jnp.arange(7) - 3
+  w = jnp.where(jnp.abs(offs) <= k // 2, jnp.exp(-(offs**2) / (2 * sigma**2)), 0.0)
+  w = w / w.sum()
+  xp = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)), mode="edge")
+  h, wd = x.shape[1], x.shape[2]
+  rows = sum(w[i] * xp[:, i : i + h, :, :] for i in range(7))
+  return sum(w[i] * rows[:, :, i : i + wd, :] for i in range(7))
+
+
+def _mutate(op, x, key):
+  """Operator ``op`` (0..6, traced) applied to each image of ``x`` (values in [0, 1])."""
+  ks = jax.random.split(key, 8)
+  b = x.shape[0]
+  shape = (b,) + (1,) * (x.ndim - 1)
+  gauss = x + jax.random.normal(ks[0], x.shape) * (0.1**0.5 / 255)
+  u = jax.random.uniform(ks[1], x.shape)
+  salt = jnp.where(u < 0.002, 1.0, jnp.where(u > 0.998, 0.0, x))
+  mu = jax.random.uniform(ks[2], shape, minval=-0.5, maxval=0.5)
+  var = 0.05 * jax.random.uniform(ks[3], shape)
+  mult = x + x * (mu + jnp.sqrt(var) * jax.random.normal(ks[4], x.shape))
+  flat = x.reshape(b, -1)
+  npix = jax.random.randint(ks[5], (b, 1), 0, 10)
+  pick = jax.random.uniform(ks[6], flat.shape) < npix / flat.shape[1]
+  pixel = jnp.where(pick, jax.random.uniform(ks[7], flat.shape), flat).reshape(x.shape)
+  kb = jax.random.randint(ks[0], (), 1, 6)
+  kg = 2 * jax.random.randint(ks[1], (), 0, 4) + 1
+  km = 2 * jax.random.randint(ks[2], (), 0, 4) + 1
+  return jax.lax.switch(
+      op,
+      [
+          lambda: gauss,
+          lambda: salt,
+          lambda: mult,
+          lambda: pixel,
+          lambda: _box_blur(x, kb),
+          lambda: _gauss_blur(x, kg),
+          lambda: _median_blur(x, km),
+      ],
+  )
+
+
+OPERATORS = ("gaussian", "salt_pepper", "multiplicative", "pixel_change", "box_blur", "gaussian_blur", "median_blur")
+
+
+def mcmc_search(
+    pair: Pair, x0, budget: Budget, *, queries: int = 100, seed: int = 0, novelty: float = 0.5
+) -> SearchResult:
+  """DFlare-style black-box search (see the module doc), one seed per chain.
+
+  Args:
+    pair: the float and quantized models.
+    x0: seeds ``[B, H, W, C]`` in [0, 1].
+    budget: the ball and box every mutant is projected onto.
+    queries: mutants per seed.
+    seed: seeds the chains.
+    novelty: the squared distance beyond which a joint probability vector is new.
+
+  Returns:
+    A :class:`SearchResult`.
+
+  Raises:
+    ValueError: the seeds are not images ``[B, H, W, C]``.
+  """
+  x0 = jnp.asarray(x0, jnp.float32)
+  if x0.ndim != 4:
+    raise ValueError(f"mcmc_search mutates images [B, H, W, C]; got shape {tuple(x0.shape)}")
+  n_ops = len(OPERATORS)
+  p = 1.0 / n_ops
+  b = x0.shape[0]
+
+  def per_seed(x0s, key):
+    x0s = x0s[None]
+    zf, zq = pair.logits(x0s)
+    cls = jnp.argmax(zf[0])
+    skipped = jnp.argmax(zq[0]) != cls
+    states = jnp.full((queries + 1, 2 * zf.shape[-1]), jnp.inf, jnp.float32)  # joint probability vectors seen
+    states = states.at[0].set(jnp.concatenate([jax.nn.softmax(zf[0]), jax.nn.softmax(zq[0])]))
+
+    def body(c, k):
+      x, best_d, last, chosen, wins, states, n_states, found, q_at, xf, t = c
+      k_op, k_mut, k_acc = jax.random.split(k, 3)
+      order = jnp.argsort(-(wins / (chosen + 1e-7)) + 1e-9 * jax.random.uniform(k_op, (n_ops,)))  # ties at random
+      k1 = jnp.argsort(order)[jnp.maximum(last, 0)]
+      # Metropolis-Hastings over ranks: uniform proposals, accepted with min(1, (1 - p)^(k2 - k1))
+      props = jax.random.randint(k_acc, (64,), 0, n_ops)
+      ok = jax.random.uniform(jax.random.fold_in(k_acc, 1), (64,)) < (1 - p) ** jnp.maximum(props - k1, 0)
+      op = jnp.where(last < 0, jax.random.randint(k_op, (), 0, n_ops), order[props[jnp.argmax(ok)]])
+      xm = budget.project(x0s, jnp.clip(_mutate(op, x, k_mut), *budget.box))
+      zf, zq = pair.logits(xm)
+      pf, pq = jax.nn.softmax(zf[0]), jax.nn.softmax(zq[0])
+      top = jnp.argmax(pf)
+      hit = (top == cls) & (jnp.argmax(pq) != top) & ~found
+      d = jnp.abs(pf[top] - pq[top])
+      joint = jnp.concatenate([pf, pq])
+      new_state = (jnp.min(jnp.sum((states - joint) ** 2, -1)) > novelty) & ~found
+      keep = ((jnp.abs(d - best_d) > 1e-3) | new_state) & ~found
+      live = jnp.where(found, 0.0, 1.0)
+      return (
+          jnp.where(keep, xm, x),
+          jnp.where(keep, d, best_d),
+          jnp.where(keep, op, last),
+          chosen.at[op].add(live),
+          wins.at[op].add(jnp.where(keep | hit, live, 0.0)),
+          jnp.where(new_state, states.at[n_states].set(joint), states),
+          n_states + new_state.astype(jnp.int32),
+          found | hit,
+          jnp.where(hit, t + 1, q_at),
+          jnp.where(hit, xm, xf),
+          t + 1,
+      ), None
+
+    init = (x0s, 0.0, -1, jnp.zeros(n_ops), jnp.zeros(n_ops), states, 1, skipped, 0, x0s, 0)
+    final, _ = jax.lax.scan(body, init, jax.random.split(key, queries))
+    found, q_at, xf = final[7], final[8], final[9]
+    return found & ~skipped, jnp.where(found & ~skipped, q_at, queries), xf[0], skipped
+
+  run = jax.jit(jax.vmap(per_seed))
+  t0 = time.perf_counter()
+  found, q, best, skipped = jax.block_until_ready(run(x0, jax.random.split(jax.random.key(seed), b)))
+  return _result("mcmc", found, q, best, skipped, time.perf_counter() - t0, queries)

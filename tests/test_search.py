@@ -1,0 +1,96 @@
+"""Disagreement search (qsim.search): every searcher's finds are real
+disagreements inside the budget, the operators against scipy, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from qsim.models import get_model
+from qsim.quant import preset
+from qsim.search import attacks
+
+
+@pytest.fixture(scope="module")
+def pair_and_seeds():
+  model = get_model("lenet_tiny", num_classes=10)
+  x = np.random.RandomState(0).rand(16, 28, 28, 1).astype(np.float32)
+  variables = model.init(jax.random.key(3), x[:1])
+  return attacks.Pair(model, variables, preset("w2a2")), x
+
+
+def _check_finds(pair, x0, res, budget):
+  assert res.found.any() and len(res.found) == len(x0)
+  x = res.x[res.found]
+  zf, zq = (np.asarray(z) for z in pair.logits(jnp.asarray(x)))
+  seed_cls = np.asarray(pair.logits(jnp.asarray(x0[res.found]))[0]).argmax(-1)
+  assert (zf.argmax(-1) == seed_cls).all()  # the float model still says what it said on the seed
+  assert (zq.argmax(-1) != zf.argmax(-1)).all()  # and the quantized model disagrees
+  d = (x - x0[res.found]).reshape(len(x), -1)
+  assert np.abs(d).max() <= budget.eps + 1e-6 and x.min() >= 0 and x.max() <= 1
+  assert (res.queries[res.found] >= 1).all() and (res.queries <= res.cap).all()
+
+
+@pytest.mark.parametrize("method", ["whitebox", "random", "mcmc"])
+def test_finds_are_disagreements_inside_the_budget(pair_and_seeds, method):
+  pair, x0 = pair_and_seeds
+  budget = attacks.Budget("linf", 32 / 255)
+  run = {
+      "whitebox": lambda: attacks.whitebox(pair, x0, budget, steps=10),
+      "random": lambda: attacks.random_search(pair, x0, budget, queries=20),
+      "mcmc": lambda: attacks.mcmc_search(pair, x0, budget, queries=20),
+  }[method]
+  res = run()
+  _check_finds(pair, x0, res, budget)
+  again = run()
+  np.testing.assert_array_equal(res.found, again.found)  # deterministic for a seed
+  np.testing.assert_array_equal(res.queries, again.queries)
+  s = res.summary(x0)
+  assert s["found"] == int(res.found.sum()) and 0 < s["success_rate"] <= 1
+
+
+def test_l2_budget_holds(pair_and_seeds):
+  pair, x0 = pair_and_seeds
+  budget = attacks.Budget("l2", 1.0)
+  for res in (attacks.whitebox(pair, x0, budget, steps=10), attacks.random_search(pair, x0, budget, queries=20)):
+    d = (res.x - x0).reshape(len(x0), -1)
+    assert np.sqrt((d * d).sum(1)).max() <= 1.0 + 1e-5
+
+
+def test_blur_operators_match_scipy():
+  x = np.random.RandomState(1).rand(2, 9, 11, 1).astype(np.float32)
+  box = np.asarray(attacks._window_stat(jnp.asarray(x), jnp.asarray(3), jnp.mean))
+  med = np.asarray(attacks._window_stat(jnp.asarray(x), jnp.asarray(3), jnp.median))
+  np.testing.assert_allclose(box, ndimage.uniform_filter(x, size=(1, 3, 3, 1), mode="nearest"), atol=1e-6)
+  np.testing.assert_allclose(med, ndimage.median_filter(x, size=(1, 3, 3, 1), mode="nearest"), atol=1e-6)
+  one = np.asarray(attacks._window_stat(jnp.asarray(x), jnp.asarray(1), jnp.median))
+  np.testing.assert_array_equal(one, x)  # a 1-tap window leaves the image as it is
+
+
+def test_bad_input_fails_before_any_search(pair_and_seeds):
+  pair, x0 = pair_and_seeds
+  with pytest.raises(ValueError, match=r"eps=0 is not valid for norm='linf': give 0 < eps <= 1.0"):
+    attacks.Budget("linf", 0)
+  with pytest.raises(ValueError, match="eps=1.5 is not valid"):
+    attacks.Budget("linf", 1.5)
+  with pytest.raises(ValueError, match="norm='l1' is not a known perturbation model"):
+    attacks.Budget("l1", 0.1)
+  model = get_model("lenet_tiny", num_classes=10)
+  with pytest.raises(ValueError, match="quantizes nothing"):
+    attacks.Pair(model, {}, preset("float32").default)
+  with pytest.raises(ValueError, match="quantizes nothing"):
+    attacks.Pair(model, {}, None)
+
+  class Frozen(attacks.Pair):
+
+    def logits(self, x):  # a quantized model whose output does not depend on the input through gradients
+      zf, zq = super().logits(x)
+      return zf, jax.lax.stop_gradient(zq)
+
+  frozen = Frozen.__new__(Frozen)
+  frozen.__dict__.update(pair.__dict__)
+  with pytest.raises(ValueError, match="no gradient path"):
+    attacks.whitebox(frozen, x0, attacks.Budget("linf", 0.1), steps=2)
+  with pytest.raises(ValueError, match="mutates images"):
+    attacks.mcmc_search(pair, x0.reshape(16, -1), attacks.Budget("linf", 0.1), queries=2)
