@@ -68,7 +68,16 @@ class Budget:
       )
 
   def project(self, x0, x):
-    """``x`` moved into the ball around ``x0`` and into the box (per sample)."""
+    """``x`` moved into the ball around ``x0`` and into the box (per sample).
+
+    Args:
+      x0: the seeds ``[B, ...]``.
+      x: the candidates, same shape.
+
+    Returns:
+      The projected candidates: the L-inf ball by clipping, the L2 ball by
+      scaling the difference, then clipped to the box.
+    """
     d = x - x0
     if self.norm == "linf":
       d = jnp.clip(d, -self.eps, self.eps)
@@ -148,7 +157,15 @@ class Pair:
     self.name = getattr(config, "name", "")
 
   def logits(self, x):
-    """``(float logits, quantized logits)`` of ``x``, float32."""
+    """Both models' logits.
+
+    Args:
+      x: model inputs ``[B, ...]``.
+
+    Returns:
+      ``(float logits, quantized logits)``, float32 ``[B, classes]``, at the
+      highest matmul precision.
+    """
     with jax.default_matmul_precision("highest"):
       zf = self.float_model.apply(self.fv, x)
       zq = self.quant_model.apply(self.qv, x, rngs={QUANT_RNG: jax.random.key(0)})
