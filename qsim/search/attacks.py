@@ -46,6 +46,11 @@ NORMS = ("linf", "l2")
 METHODS = ("whitebox", "random", "mcmc")
 
 
+def _norm(v):
+  """The L2 norm of each sample of ``v`` ``[B, ...]``, shape ``[B, 1, ...]``."""
+  return jnp.sqrt(jnp.sum(v * v, axis=tuple(range(1, v.ndim)), keepdims=True))
+
+
 @dataclasses.dataclass(frozen=True)
 class Budget:
   """The perturbation model: ``norm`` ball of radius ``eps`` around each seed, inside ``box``."""
@@ -82,8 +87,7 @@ class Budget:
     if self.norm == "linf":
       d = jnp.clip(d, -self.eps, self.eps)
     else:
-      n = jnp.sqrt(jnp.sum(d * d, axis=tuple(range(1, d.ndim)), keepdims=True))
-      d = d * jnp.minimum(1.0, self.eps / jnp.maximum(n, 1e-12))
+      d = d * jnp.minimum(1.0, self.eps / jnp.maximum(_norm(d), 1e-12))
     return jnp.clip(x0 + d, *self.box)
 
 
@@ -229,34 +233,36 @@ def whitebox(pair: Pair, x0, budget: Budget, *, steps: int = 50, step_size: floa
     return jnp.sum(_margin(pair.logits(x)[1], cls))
 
   @jax.jit
-  def run(x0):
+  def gradient_path(x0):
     cls, skipped = _start(pair, x0)
     g0 = jax.grad(quant_margin)(x0, cls)
+    return skipped, jnp.any(g0 != 0, axis=tuple(range(1, g0.ndim)))
+
+  skipped, moves = (np.asarray(v) for v in gradient_path(x0))  # checked before any search
+  if (~skipped).any() and not (moves & ~skipped).any():
+    raise ValueError(
+        f"quantizer {pair.name!r}: the quantized margin has zero gradient at every seed; it has no gradient path"
+        " to the input (the white-box search needs one)"
+    )
+
+  @jax.jit
+  def run(x0):
+    cls, skipped = _start(pair, x0)
 
     def body(carry, _):
       x, state = carry
       (_, (zf, zq)), g = grad_fn(x, cls)
       state = _record(state, _found(zf, zq, cls), x, 2)
-      if budget.norm == "linf":
-        step = jnp.sign(g)
-      else:
-        n = jnp.sqrt(jnp.sum(g * g, axis=tuple(range(1, g.ndim)), keepdims=True))
-        step = g / jnp.maximum(n, 1e-12)
+      step = jnp.sign(g) if budget.norm == "linf" else g / jnp.maximum(_norm(g), 1e-12)
       return (budget.project(x0, x - alpha * step), state), None
 
     b = x0.shape[0]
     state = (skipped, jnp.zeros(b, jnp.int32), x0, jnp.zeros(b, jnp.int32))
     (_, state), _ = jax.lax.scan(body, (x0, state), None, length=steps)
-    return state, skipped, jnp.any(g0 != 0, axis=tuple(range(1, g0.ndim)))
+    return state, skipped
 
   t0 = time.perf_counter()
-  (found, queries, best, _), skipped, moves = jax.block_until_ready(run(x0))
-  searched = ~np.asarray(skipped)
-  if searched.any() and not (np.asarray(moves) & searched).any():
-    raise ValueError(
-        f"quantizer {pair.name!r}: the quantized margin has zero gradient at every seed; it has no gradient path"
-        " to the input (the white-box search needs one)"
-    )
+  (found, queries, best, _), skipped = jax.block_until_ready(run(x0))
   return _result("whitebox", found, queries, best, skipped, time.perf_counter() - t0, 2 * steps)
 
 
@@ -293,9 +299,8 @@ def random_search(pair: Pair, x0, budget: Budget, *, queries: int = 100, seed: i
         k1, k2 = jax.random.split(k)
         g = jax.random.normal(k1, x0.shape)
         dim = int(np.prod(x0.shape[1:]))
-        n = jnp.sqrt(jnp.sum(g * g, axis=tuple(range(1, g.ndim)), keepdims=True))
         r = budget.eps * jax.random.uniform(k2, (x0.shape[0],) + (1,) * (x0.ndim - 1)) ** (1.0 / dim)
-        d = g / jnp.maximum(n, 1e-12) * r
+        d = g / jnp.maximum(_norm(g), 1e-12) * r
       x = budget.project(x0, x0 + d)
       zf, zq = pair.logits(x)
       return _record(state, _found(zf, zq, cls), x, 1), None
