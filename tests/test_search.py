@@ -1,6 +1,8 @@
 """Disagreement search (qsim.search): every searcher's finds are real
 disagreements inside the budget, the operators against scipy, bad input."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,3 +96,39 @@ def test_bad_input_fails_before_any_search(pair_and_seeds):
     attacks.whitebox(frozen, x0, attacks.Budget("linf", 0.1), steps=2)
   with pytest.raises(ValueError, match="mutates images"):
     attacks.mcmc_search(pair, x0.reshape(16, -1), attacks.Budget("linf", 0.1), queries=2)
+
+
+def test_the_job_resumes_and_reports(tiny_ckpt, tmp_path):
+  from qsim.results import read_rows
+  from qsim.search import job
+
+  c = job.SearchConfig(
+      checkpoint=str(tiny_ckpt), quantizers=("w2a2",), budgets=(16 / 255, 64 / 255), seeds=8, cap=6, calib_samples=20
+  )
+  path = job.run_search(c, str(tmp_path))
+  rows = read_rows(str(tmp_path / "results.csv"))
+  assert len(rows) == 2 * 3 and {r["searcher"] for r in rows} == {"whitebox", "random", "mcmc"}
+  assert all(r["quantizer"] == "w2a2" and r["weight_bits"] == 2 for r in rows)
+  assert sum(r["found"] for r in rows) > 0
+  text = open(path).read()
+  assert "success.png" in text and os.path.getsize(tmp_path / "success.png") > 0
+  before = sorted(os.listdir(tmp_path / "parts"))
+  job.run_search(c, str(tmp_path))  # every unit stored: nothing recomputed, same rows
+  assert sorted(os.listdir(tmp_path / "parts")) == before and len(read_rows(str(tmp_path / "results.csv"))) == 6
+
+
+def test_a_bad_search_config_fails_before_any_work():
+  from qsim.search import job
+
+  ok = dict(checkpoint="runs/none")
+  for kw, says in (
+      (dict(budgets=(0.0,)), "eps=0.0 is not valid"),
+      (dict(budgets=(2.0,)), "beyond|eps=2.0 is not valid"),
+      (dict(norm="l1"), "norm='l1' is not a known perturbation model"),
+      (dict(quantizers=("float32",)), "quantizes nothing"),
+      (dict(quantizers=("int4",)), "not a known preset"),
+      (dict(methods=("dflare",)), "methods=\\['dflare'\\] is not valid"),
+      (dict(split="train"), "split='train' is not valid"),
+  ):
+    with pytest.raises(ValueError, match=says):
+      job.SearchConfig(**ok, **kw)

@@ -148,17 +148,30 @@ class Pair:
   """The float model and one quantized version of it, on the same variables."""
 
   def __init__(self, model: nn.Module, variables: dict, config, quant_stats=None):
-    if config is None or all(s is None or s.is_float for s in config.layer_specs()):
-      raise ValueError(
-          f"quantizer {getattr(config, 'name', config)!r} quantizes nothing: the float and quantized models are"
-          " the same, there is no disagreement to search for (give a preset such as w4a8 or tflite_int8)"
-      )
+    self.check_config(config)
     base = {k: v for k, v in variables.items() if k != QUANT_STATS}
     self.float_model = model.clone(quant=None)
     self.quant_model = model.clone(quant=config)
     self.fv = base
     self.qv = {**base, QUANT_STATS: quant_stats} if quant_stats is not None else base
     self.name = getattr(config, "name", "")
+
+  @staticmethod
+  def check_config(config) -> None:
+    """Raises ``ValueError`` when ``config`` quantizes nothing (no disagreement to search for).
+
+    Args:
+      config: a QuantConfig (or None).
+
+    Raises:
+      ValueError: ``config`` is None or every spec it hands out is float.
+    """
+    specs = config.layer_specs() if hasattr(config, "layer_specs") else [config]
+    if all(s is None or s.is_float for s in specs):
+      raise ValueError(
+          f"quantizer {getattr(config, 'name', config)!r} quantizes nothing: the float and quantized models are"
+          " the same, there is no disagreement to search for (give a preset such as w4a8 or tflite_int8)"
+      )
 
   def logits(self, x):
     """Both models' logits.
