@@ -146,7 +146,10 @@ def run_search(c: SearchConfig, workdir: str) -> str:
       samples["y"] = np.asarray(seeds.y)
       store.put(key, rows, samples)
   store.write_table(("quantizer_index", "eps", "searcher"))
-  return write_report(workdir, c, run, store)
+  first = quantizers[0]
+  return write_report(
+      workdir, c, store, attacks.Pair(run.model, run.variables, first.config, first.quant_stats), first.name
+  )
 
 
 def _gallery(path: str, store: ResultsStore, key: str, pair, method: str, title: str, n: int = 6) -> bool:
@@ -178,14 +181,15 @@ def _gallery(path: str, store: ResultsStore, key: str, pair, method: str, title:
   return True
 
 
-def write_report(workdir: str, c: SearchConfig, run: Run, store: ResultsStore) -> str:
+def write_report(workdir: str, c: SearchConfig, store: ResultsStore, pair: attacks.Pair, name: str) -> str:
   """search.md with the results table, a success-against-budget plot and a gallery.
 
   Args:
     workdir: the search folder (results.csv and samples/ in it).
     c: the search config.
-    run: the opened run.
     store: the folder's results store.
+    pair: the first quantizer's models (its finds make the gallery).
+    name: that quantizer's name.
 
   Returns:
     The path of search.md.
@@ -212,7 +216,7 @@ def write_report(workdir: str, c: SearchConfig, run: Run, store: ResultsStore) -
       " model classifies differently while the float model keeps the seed's class. Cap: "
       f"{c.cap} queries per seed (a query: both models on one input; a white-box step counts 2).",
       "",
-      "| quantizer | budget | method | found / searched | success | queries per found | seconds per found |"
+      "| quantizer | budget | searcher | found / searched | success | queries per found | seconds per found |"
       " mean L-inf | float confidence |",
       "|---|---|---|---|---|---|---|---|---|",
   ]
@@ -228,11 +232,9 @@ def write_report(workdir: str, c: SearchConfig, run: Run, store: ResultsStore) -
         f" | {r['success_rate']:.2f} | {per} |"
     )
   lines += ["", "![success](success.png)", ""]
-  q0 = build_quantizers(run.model, run.variables, [c.quantizers[0]], run.calibration(c.calib_samples).x)[0]
-  pair = attacks.Pair(run.model, run.variables, q0.config, q0.quant_stats)
   for eps in sorted(c.budgets):
-    key = ResultsStore.key(os.path.abspath(c.checkpoint), q0.name, c.norm, repr(float(eps)))
-    title = f"{q0.name}, {c.norm} {255 * eps:.3g}/255, {c.methods[0]}: seed, found input, difference"
+    key = ResultsStore.key(os.path.abspath(c.checkpoint), name, c.norm, repr(float(eps)))
+    title = f"{name}, {c.norm} {255 * eps:.3g}/255, {c.methods[0]}: seed, found input, difference"
     if _gallery(os.path.join(workdir, "gallery.png"), store, key, pair, c.methods[0], title):
       lines += [f"Gallery: {title} (the smallest budget with a find).", "", "![gallery](gallery.png)", ""]
       break
