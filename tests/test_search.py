@@ -1,6 +1,7 @@
 """Disagreement search (qsim.search): every searcher's finds are real
 disagreements inside the budget, the operators against scipy, bad input."""
 
+import dataclasses
 import os
 
 import jax
@@ -115,6 +116,11 @@ def test_the_job_resumes_and_reports(tiny_ckpt, tmp_path):
   before = sorted(os.listdir(tmp_path / "parts"))
   job.run_search(c, str(tmp_path))  # every unit stored: nothing recomputed, same rows
   assert sorted(os.listdir(tmp_path / "parts")) == before and len(read_rows(str(tmp_path / "results.csv"))) == 6
+  nat = dataclasses.replace(c, norm="natural", budgets=(0.25, 1.0), methods=("whitebox", "random"))
+  path = job.run_search(nat, str(tmp_path / "natural"))
+  rows = read_rows(str(tmp_path / "natural" / "results.csv"))
+  assert len(rows) == 2 * 2 and {r["norm"] for r in rows} == {"natural"} and sum(r["found"] for r in rows) > 0
+  assert "| w2a2 | 0.25 | whitebox |" in open(path).read()
 
 
 def test_a_bad_search_config_fails_before_any_work():
@@ -125,6 +131,8 @@ def test_a_bad_search_config_fails_before_any_work():
       (dict(budgets=(0.0,)), "eps=0.0 is not valid"),
       (dict(budgets=(2.0,)), "beyond|eps=2.0 is not valid"),
       (dict(norm="l1"), "norm='l1' is not a known perturbation model"),
+      (dict(norm="natural", budgets=(0.5,)), "cannot search norm='natural'; give methods=whitebox\\+random"),
+      (dict(norm="natural", budgets=(2.0,), methods=("whitebox",)), "eps=2.0 is not valid for norm='natural'"),
       (dict(quantizers=("float32",)), "quantizes nothing"),
       (dict(quantizers=("int4",)), "not a known preset"),
       (dict(methods=("dflare",)), "methods=\\['dflare'\\] is not valid"),
@@ -132,3 +140,54 @@ def test_a_bad_search_config_fails_before_any_work():
   ):
     with pytest.raises(ValueError, match=says):
       job.SearchConfig(**ok, **kw)
+
+
+def test_the_natural_model_is_the_identity_at_zero_and_rotates_exactly():
+  from qsim.shifts import image
+
+  img = np.random.RandomState(2).rand(12, 12, 1).astype(np.float32)
+  zero = np.zeros(len(image.NATURAL_PARAMS), np.float32)
+  np.testing.assert_allclose(np.asarray(image.natural(jnp.asarray(img), zero)), img, atol=1e-6)
+  b = zero.copy()
+  b[0] = 0.2
+  np.testing.assert_allclose(np.asarray(image.natural(jnp.asarray(img), b)), np.clip(img + 0.2, 0, 1), atol=1e-6)
+  r = zero.copy()
+  r[2] = np.pi / 2  # a quarter turn about the centre of a square image is a permutation of its pixels
+  out = np.asarray(image.natural(jnp.asarray(img), r))
+  assert min(np.abs(out - np.rot90(img, k)).max() for k in (1, 3)) < 1e-4
+
+
+@pytest.mark.parametrize("method", ["whitebox", "random"])
+def test_natural_finds_are_the_model_applied_within_its_ranges(pair_and_seeds, method):
+  from qsim.shifts import image
+
+  pair, x0 = pair_and_seeds
+  budget = attacks.Budget("natural", 0.5)
+  res = (
+      attacks.whitebox(pair, x0, budget, steps=10)
+      if method == "whitebox"
+      else attacks.random_search(pair, x0, budget, queries=20)
+  )
+  assert res.found.any() and res.theta.shape == (len(x0), len(image.NATURAL_PARAMS))
+  bound = 0.5 * np.abs(np.asarray(list(attacks.NATURAL_RANGES.values()))).max(1)
+  assert (np.abs(res.theta) <= bound + 1e-6).all() and (res.used <= 1 + 1e-6).all()
+  th = res.theta[res.found]
+  np.testing.assert_allclose(  # the stored input is the natural model at the stored parameters
+      res.x[res.found], np.asarray(jax.vmap(image.natural)(jnp.asarray(x0[res.found]), jnp.asarray(th))), atol=1e-5
+  )
+  zf, zq = (np.asarray(z) for z in pair.logits(jnp.asarray(res.x[res.found])))
+  seed_cls = np.asarray(pair.logits(jnp.asarray(x0[res.found]))[0]).argmax(-1)
+  assert (zf.argmax(-1) == seed_cls).all() and (zq.argmax(-1) != seed_cls).all()
+  assert 0 < res.summary(x0)["budget_used"] <= 1
+
+
+def test_bad_natural_input_fails_before_any_search(pair_and_seeds):
+  pair, x0 = pair_and_seeds
+  with pytest.raises(ValueError, match=r"eps=1.5 is not valid for norm='natural': give 0 < eps <= 1.0"):
+    attacks.Budget("natural", 1.5)
+  with pytest.raises(ValueError, match="perturbs images in \\[0, 1\\]"):
+    attacks.Budget("natural", 0.5, box=(-1.0, 1.0))
+  with pytest.raises(ValueError, match="mcmc_search mutates pixels"):
+    attacks.mcmc_search(pair, x0, attacks.Budget("natural", 0.5), queries=2)
+  with pytest.raises(ValueError, match="natural' perturbs images \\[B, H, W, C\\]"):
+    attacks.whitebox(pair, x0.reshape(16, -1), attacks.Budget("natural", 0.5), steps=2)

@@ -3,10 +3,13 @@ classifies differently while the float model keeps its class.
 
   python -m experiments.search --config=experiments/configs/search.py:checkpoint=runs/lenet5 --workdir=runs/search_lenet5
   python -m experiments.search --config=experiments/configs/search.py:checkpoint=runs/lenet5,quantizers=w4a4,budgets=0.0078+0.0314,cap=1000 --workdir=runs/search
+  python -m experiments.search --config=experiments/configs/search.py:checkpoint=runs/lenet5,norm=natural,budgets=0.25+0.5+1.0,methods=whitebox+random --workdir=runs/search_natural
   python -m experiments.search --config=experiments/configs/search.py:checkpoint=runs/lenet5,runlocal --workdir=/tmp/search
 
 ``budgets``: ball radii in the input's units ('+'-joined; images are in [0, 1], so
-8/255 = 0.0314). ``methods``: whitebox (through the straight-through
+8/255 = 0.0314). ``norm``: linf, l2, or natural (brightness, contrast,
+rotation, shear, scale and blur as continuous parameters; budgets are then
+fractions in (0, 1] of their ranges, and methods whitebox+random). ``methods``: whitebox (through the straight-through
 estimator), random, mcmc (DFlare-style). ``cap``: queries per seed (a query
 is both models on one input; a white-box step counts 2). Writes
 workdir/results.csv (a row per quantizer x budget x method), search.md,

@@ -9,8 +9,11 @@ iteration count (a seed stops counting once found):
   steps through the quantized model's straight-through estimator, minimising
   the quantized margin of the seed's float class while a hinge keeps the
   float margin above ``kappa``; projected onto the budget ball and the
-  input box after every step.
-* :func:`random_search`: a uniform draw in the ball per iteration.
+  input box after every step. Under ``Budget(norm='natural')`` the same
+  steps move six continuous corruption parameters (brightness, contrast,
+  rotation, shear, scale, blur; :func:`qsim.shifts.image.natural`) instead
+  of pixels.
+* :func:`random_search`: a uniform draw in the budget per iteration.
 * :func:`mcmc_search`: DFlare's black-box search (Tian et al., TOSEM 2023),
   from its description and its authors' code, with its seven mutation
   operators on [0, 1] images (Gaussian, salt-and-pepper, multiplicative
@@ -41,9 +44,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from qsim.nn import QUANT_RNG, QUANT_STATS
+from qsim.shifts import image
 
-NORMS = ("linf", "l2")
+NORMS = ("linf", "l2", "natural")
 METHODS = ("whitebox", "random", "mcmc")
+PIXEL_METHODS = ("mcmc",)  # searchers that mutate pixels (need an L-inf / L2 ball)
+# The natural model's parameter ranges at eps = 1 (eps in (0, 1] scales them):
+# about MNIST-C's severity 3 for brightness (0.3), rotation and shear (0.6 rad)
+# and scale (0.3); contrast by half; blur fully mixed with a sigma-1 blur.
+NATURAL_RANGES = {
+    "brightness": (-0.3, 0.3),
+    "contrast": (-0.5, 0.5),
+    "rotate": (-0.6, 0.6),
+    "shear": (-0.6, 0.6),
+    "scale": (-0.3, 0.3),
+    "blur": (0.0, 1.0),
+}
+assert tuple(NATURAL_RANGES) == image.NATURAL_PARAMS
 
 
 def _norm(v):
@@ -53,7 +70,15 @@ def _norm(v):
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-  """The perturbation model: ``norm`` ball of radius ``eps`` around each seed, inside ``box``."""
+  """The perturbation model around each seed, inside ``box``.
+
+  ``norm='linf'`` / ``'l2'``: any input in the ``eps`` ball of that norm
+  (pixels). ``norm='natural'``: :func:`qsim.shifts.image.natural` with its six
+  parameters (brightness, contrast, rotation, shear, scale, blur) each within
+  ``eps`` times its range in ``NATURAL_RANGES`` (eps in (0, 1]; images in
+  [0, 1] only). A searcher moves a per-seed parameter ``theta``: the input
+  itself for the pixel norms, the six numbers for ``natural``.
+  """
 
   norm: str = "linf"
   eps: float = 8 / 255
@@ -65,37 +90,156 @@ class Budget:
     lo, hi = self.box
     if not lo < hi:
       raise ValueError(f"box={self.box!r} is not valid; give (low, high) with low < high")
-    width = hi - lo
-    most = width if self.norm == "linf" else float("inf")
+    if self.norm == "natural" and tuple(self.box) != (0.0, 1.0):
+      raise ValueError(f"norm='natural' perturbs images in [0, 1]; box={self.box!r} is not valid")
+    most = {"linf": hi - lo, "l2": float("inf"), "natural": 1.0}[self.norm]
     if not 0 < self.eps <= most:
-      raise ValueError(
-          f"eps={self.eps!r} is not valid for norm={self.norm!r}: give 0 < eps <= {most} (the data range {self.box})"
-      )
+      unit = " (the fraction of NATURAL_RANGES)" if self.norm == "natural" else f" (the data range {self.box})"
+      raise ValueError(f"eps={self.eps!r} is not valid for norm={self.norm!r}: give 0 < eps <= {most}{unit}")
 
-  def project(self, x0, x):
-    """``x`` moved into the ball around ``x0`` and into the box (per sample).
+  @property
+  def pixels(self) -> bool:
+    """Whether the perturbation is a pixel ball (not the natural model)."""
+    return self.norm != "natural"
+
+  def _bounds(self):
+    r = np.asarray(list(NATURAL_RANGES.values()), np.float32) * self.eps
+    return jnp.asarray(r[:, 0]), jnp.asarray(r[:, 1])
+
+  def check(self, x0) -> None:
+    """Raises ``ValueError`` when the seeds do not fit the perturbation model.
+
+    Args:
+      x0: the seeds.
+
+    Raises:
+      ValueError: ``norm='natural'`` on inputs that are not images ``[B, H, W, C]``.
+    """
+    if not self.pixels and np.ndim(x0) != 4:
+      raise ValueError(f"norm='natural' perturbs images [B, H, W, C]; got shape {tuple(np.shape(x0))}")
+
+  def init(self, x0):
+    """The identity parameter of each seed: the seed itself, or six zeros.
 
     Args:
       x0: the seeds ``[B, ...]``.
-      x: the candidates, same shape.
 
     Returns:
-      The projected candidates: the L-inf ball by clipping, the L2 ball by
-      scaling the difference, then clipped to the box.
+      ``theta`` for :meth:`apply`.
     """
-    d = x - x0
+    return x0 if self.pixels else jnp.zeros((x0.shape[0], len(NATURAL_RANGES)), jnp.float32)
+
+  def apply(self, x0, theta):
+    """The perturbed inputs.
+
+    Args:
+      x0: the seeds.
+      theta: per-seed parameters (see the class doc).
+
+    Returns:
+      The inputs, shaped as ``x0``.
+    """
+    return theta if self.pixels else jax.vmap(image.natural)(x0, theta)
+
+  def project(self, x0, theta):
+    """``theta`` moved into the budget (per sample).
+
+    Args:
+      x0: the seeds ``[B, ...]``.
+      theta: the candidates.
+
+    Returns:
+      The projected parameters: for the pixel norms the L-inf ball by
+      clipping, the L2 ball by scaling the difference, then clipped to the
+      box; for ``natural`` each parameter clipped to its range.
+    """
+    if not self.pixels:
+      return jnp.clip(theta, *self._bounds())
+    d = theta - x0
     if self.norm == "linf":
       d = jnp.clip(d, -self.eps, self.eps)
     else:
       d = d * jnp.minimum(1.0, self.eps / jnp.maximum(_norm(d), 1e-12))
     return jnp.clip(x0 + d, *self.box)
 
+  def descend(self, x0, theta, g, steps: int, step_size: float | None = None):
+    """One projected step against the gradient ``g`` of ``theta``.
+
+    Args:
+      x0: the seeds.
+      theta: the current parameters.
+      g: the loss gradient with respect to ``theta``.
+      steps: the search's step count (sets the default step size).
+      step_size: per step, in the units of ``eps`` (default ``2.5 eps /
+        steps`` for L-inf, as PGD takes it, ``eps / 4`` for L2, and ``2.5 /
+        steps`` of each parameter's half range for ``natural``).
+
+    Returns:
+      The next ``theta``.
+    """
+    if step_size is None:
+      step_size = self.eps / 4 if self.norm == "l2" else 2.5 * self.eps / steps
+    if self.norm == "l2":
+      step = step_size * g / jnp.maximum(_norm(g), 1e-12)
+    elif self.norm == "linf":
+      step = step_size * jnp.sign(g)
+    else:
+      lo, hi = self._bounds()
+      step = step_size / self.eps * (hi - lo) / 2 * jnp.sign(g)
+    return self.project(x0, theta - step)
+
+  def sample(self, key, x0):
+    """A uniform draw in the budget per seed.
+
+    Args:
+      key: a PRNG key.
+      x0: the seeds.
+
+    Returns:
+      ``theta`` for :meth:`apply`.
+    """
+    if not self.pixels:
+      lo, hi = self._bounds()
+      return jax.random.uniform(key, (x0.shape[0], len(lo)), minval=lo, maxval=hi)
+    if self.norm == "linf":
+      d = jax.random.uniform(key, x0.shape, minval=-self.eps, maxval=self.eps)
+    else:  # uniform in the L2 ball: a direction times eps u^(1/dim)
+      k1, k2 = jax.random.split(key)
+      g = jax.random.normal(k1, x0.shape)
+      dim = int(np.prod(x0.shape[1:]))
+      r = self.eps * jax.random.uniform(k2, (x0.shape[0],) + (1,) * (x0.ndim - 1)) ** (1.0 / dim)
+      d = g / jnp.maximum(_norm(g), 1e-12) * r
+    return self.project(x0, x0 + d)
+
+  def used(self, x0, x, theta) -> np.ndarray:
+    """The fraction of the budget each perturbed input uses (0..1).
+
+    Args:
+      x0: the seeds.
+      x: the perturbed inputs.
+      theta: their parameters.
+
+    Returns:
+      Per sample: the norm of ``x - x0`` over ``eps``, or for ``natural``
+      the largest parameter over its bound.
+    """
+    if not self.pixels:
+      lo, hi = (np.asarray(v) for v in self._bounds())
+      bound = np.maximum(np.abs(lo), np.abs(hi))
+      return (np.abs(np.asarray(theta)) / bound).max(-1)
+    d = np.asarray(x - x0).reshape(len(x0), -1)
+    size = np.abs(d).max(1) if self.norm == "linf" else np.sqrt((d * d).sum(1))
+    return size / self.eps
+
 
 @dataclasses.dataclass
 class SearchResult:
   """Per seed: ``found`` (bool), ``queries`` (to the first find; the cap when
   not found), ``x`` (the found input, or the seed), ``skipped`` (the seed
-  already disagreed), and the wall ``seconds`` of the whole batch."""
+  already disagreed), ``used`` (the fraction of the budget the found input
+  uses, :meth:`Budget.used`), ``theta`` (the natural model's parameters of
+  the found input; None for the pixel norms), and the wall ``seconds`` of
+  the whole batch."""
 
   method: str
   found: np.ndarray
@@ -104,6 +248,8 @@ class SearchResult:
   skipped: np.ndarray
   seconds: float
   cap: int
+  used: np.ndarray
+  theta: np.ndarray | None = None
 
   def summary(self, x0: np.ndarray, float_probs: Callable | None = None) -> dict[str, float]:
     """Success rate, queries and seconds per found input, and perturbation sizes.
@@ -116,7 +262,8 @@ class SearchResult:
       ``seeds`` (searched), ``found``, ``success_rate``, ``queries_per_found``
       (all queries spent, failed seeds at the cap, over the number found),
       ``seconds_per_found``, mean ``linf`` and ``l2`` of the found
-      perturbations, and ``float_confidence`` of the found inputs.
+      perturbations, the mean ``budget_used`` by them, and
+      ``float_confidence`` of the found inputs.
     """
     searched = ~self.skipped
     n, k = int(searched.sum()), int((self.found & searched).sum())
@@ -131,6 +278,7 @@ class SearchResult:
         "seconds_per_found": self.seconds / k if k else float("inf"),
         "linf": float(np.abs(d).max(1).mean()) if k else float("nan"),
         "l2": float(np.sqrt((d * d).sum(1)).mean()) if k else float("nan"),
+        "budget_used": float(self.used[self.found & searched].mean()) if k else float("nan"),
     }
     if float_probs is not None and k:
       out["float_confidence"] = float(np.asarray(float_probs(self.x[self.found & searched])).max(-1).mean())
@@ -200,13 +348,22 @@ def _start(pair: Pair, x0):
   return cls, jnp.argmax(zq, -1) != cls
 
 
-def _record(state, hit, x, cost):
+def _state(x0, theta0, skipped):
+  """The searchers' per-seed record: found, queries at the find, the found input and parameters, queries spent."""
+  b = x0.shape[0]
+  return (skipped, jnp.zeros(b, jnp.int32), x0, theta0, jnp.zeros(b, jnp.int32))
+
+
+def _record(state, hit, x, theta, cost):
   """Marks seeds found at this iteration (the first time only)."""
-  found, queries, best, spent = state
+  found, queries, best, best_theta, spent = state
   new = hit & ~found
-  best = jnp.where(new.reshape((-1,) + (1,) * (x.ndim - 1)), x, best)
+
+  def keep(new_v, old_v):
+    return jnp.where(new.reshape((-1,) + (1,) * (new_v.ndim - 1)), new_v, old_v)
+
   spent = spent + jnp.where(found, 0, cost)
-  return found | new, jnp.where(new, spent, queries), best, spent
+  return found | new, jnp.where(new, spent, queries), keep(x, best), keep(theta, best_theta), spent
 
 
 def whitebox(pair: Pair, x0, budget: Budget, *, steps: int = 50, step_size: float | None = None, kappa: float = 0.1):
@@ -215,10 +372,9 @@ def whitebox(pair: Pair, x0, budget: Budget, *, steps: int = 50, step_size: floa
   Args:
     pair: the float and quantized models.
     x0: seeds ``[B, ...]`` in the budget's box.
-    budget: the ball and box.
+    budget: the perturbation model (pixel ball or natural parameters).
     steps: gradient steps (each 2 queries).
-    step_size: per step (default: ``2.5 eps / steps`` for L-inf, as PGD
-      takes it, ``eps / 4`` for L2).
+    step_size: per step (default: :meth:`Budget.descend`'s).
     kappa: the float margin (in logits) the hinge keeps (measured on LeNet-5
       w4a4: 0.1 finds more than 1.0 or 0; a term rewarding the float-quantized
       margin gap found fewer).
@@ -227,28 +383,28 @@ def whitebox(pair: Pair, x0, budget: Budget, *, steps: int = 50, step_size: floa
     A :class:`SearchResult`.
 
   Raises:
-    ValueError: the quantized model has no gradient path to its input (its
-      margin's gradient is zero at every seed).
+    ValueError: the seeds do not fit the budget, or the quantized model has
+      no gradient path to its input (its margin's gradient is zero at every
+      seed).
   """
+  budget.check(x0)
   x0 = jnp.asarray(x0, jnp.float32)
-  alpha = (
-      step_size if step_size is not None else (2.5 * budget.eps / steps if budget.norm == "linf" else budget.eps / 4)
-  )
 
-  def objective(x, cls):
+  def objective(theta, x0, cls):
+    x = budget.apply(x0, theta)
     zf, zq = pair.logits(x)
     loss = jnp.sum(_margin(zq, cls) + jax.nn.relu(kappa - _margin(zf, cls)))
-    return loss, (zf, zq)
+    return loss, (x, zf, zq)
 
   grad_fn = jax.value_and_grad(objective, has_aux=True)
 
-  def quant_margin(x, cls):
-    return jnp.sum(_margin(pair.logits(x)[1], cls))
+  def quant_margin(theta, x0, cls):
+    return jnp.sum(_margin(pair.logits(budget.apply(x0, theta))[1], cls))
 
   @jax.jit
   def gradient_path(x0):
     cls, skipped = _start(pair, x0)
-    g0 = jax.grad(quant_margin)(x0, cls)
+    g0 = jax.grad(quant_margin)(budget.init(x0), x0, cls)
     return skipped, jnp.any(g0 != 0, axis=tuple(range(1, g0.ndim)))
 
   skipped, moves = (np.asarray(v) for v in gradient_path(x0))  # checked before any search
@@ -263,42 +419,53 @@ def whitebox(pair: Pair, x0, budget: Budget, *, steps: int = 50, step_size: floa
     cls, skipped = _start(pair, x0)
 
     def body(carry, _):
-      x, state = carry
-      (_, (zf, zq)), g = grad_fn(x, cls)
-      state = _record(state, _found(zf, zq, cls), x, 2)
-      step = jnp.sign(g) if budget.norm == "linf" else g / jnp.maximum(_norm(g), 1e-12)
-      return (budget.project(x0, x - alpha * step), state), None
+      theta, state = carry
+      (_, (x, zf, zq)), g = grad_fn(theta, x0, cls)
+      state = _record(state, _found(zf, zq, cls), x, theta, 2)
+      return (budget.descend(x0, theta, g, steps, step_size), state), None
 
-    b = x0.shape[0]
-    state = (skipped, jnp.zeros(b, jnp.int32), x0, jnp.zeros(b, jnp.int32))
-    (_, state), _ = jax.lax.scan(body, (x0, state), None, length=steps)
+    theta0 = budget.init(x0)
+    (_, state), _ = jax.lax.scan(body, (theta0, _state(x0, theta0, skipped)), None, length=steps)
     return state, skipped
 
   t0 = time.perf_counter()
-  (found, queries, best, _), skipped = jax.block_until_ready(run(x0))
-  return _result("whitebox", found, queries, best, skipped, time.perf_counter() - t0, 2 * steps)
+  state, skipped = jax.block_until_ready(run(x0))
+  return _result("whitebox", state, skipped, time.perf_counter() - t0, 2 * steps, budget, x0)
 
 
-def _result(method, found, queries, best, skipped, seconds, cap) -> SearchResult:
+def _result(method, state, skipped, seconds, cap, budget: Budget, x0) -> SearchResult:
+  found, queries, best, theta, _ = (np.asarray(v) for v in state)
   skipped = np.asarray(skipped)
   return SearchResult(
-      method, np.asarray(found) & ~skipped, np.asarray(queries), np.asarray(best), skipped, seconds, cap
+      method,
+      found & ~skipped,
+      queries,
+      best,
+      skipped,
+      seconds,
+      cap,
+      budget.used(np.asarray(x0), best, theta),
+      None if budget.pixels else theta,
   )
 
 
 def random_search(pair: Pair, x0, budget: Budget, *, queries: int = 100, seed: int = 0) -> SearchResult:
-  """Black-box random search: one uniform draw in the ball per query.
+  """Black-box random search: one uniform draw in the budget per query.
 
   Args:
     pair: the float and quantized models.
     x0: seeds ``[B, ...]``.
-    budget: the ball and box.
+    budget: the perturbation model.
     queries: draws per seed.
     seed: seeds the draws.
 
   Returns:
     A :class:`SearchResult`.
+
+  Raises:
+    ValueError: the seeds do not fit the budget.
   """
+  budget.check(x0)
   x0 = jnp.asarray(x0, jnp.float32)
 
   @jax.jit
@@ -306,26 +473,17 @@ def random_search(pair: Pair, x0, budget: Budget, *, queries: int = 100, seed: i
     cls, skipped = _start(pair, x0)
 
     def body(state, k):
-      if budget.norm == "linf":
-        d = jax.random.uniform(k, x0.shape, minval=-budget.eps, maxval=budget.eps)
-      else:  # uniform in the L2 ball: a direction times eps u^(1/dim)
-        k1, k2 = jax.random.split(k)
-        g = jax.random.normal(k1, x0.shape)
-        dim = int(np.prod(x0.shape[1:]))
-        r = budget.eps * jax.random.uniform(k2, (x0.shape[0],) + (1,) * (x0.ndim - 1)) ** (1.0 / dim)
-        d = g / jnp.maximum(_norm(g), 1e-12) * r
-      x = budget.project(x0, x0 + d)
+      theta = budget.sample(k, x0)
+      x = budget.apply(x0, theta)
       zf, zq = pair.logits(x)
-      return _record(state, _found(zf, zq, cls), x, 1), None
+      return _record(state, _found(zf, zq, cls), x, theta, 1), None
 
-    b = x0.shape[0]
-    state = (skipped, jnp.zeros(b, jnp.int32), x0, jnp.zeros(b, jnp.int32))
-    state, _ = jax.lax.scan(body, state, jax.random.split(key, queries))
+    state, _ = jax.lax.scan(body, _state(x0, budget.init(x0), skipped), jax.random.split(key, queries))
     return state, skipped
 
   t0 = time.perf_counter()
-  (found, q, best, _), skipped = jax.block_until_ready(run(x0, jax.random.key(seed)))
-  return _result("random", found, q, best, skipped, time.perf_counter() - t0, queries)
+  state, skipped = jax.block_until_ready(run(x0, jax.random.key(seed)))
+  return _result("random", state, skipped, time.perf_counter() - t0, queries, budget, x0)
 
 
 # --- DFlare's mutation operators, on [0, 1] images [B, H, W, C] -------------
@@ -425,8 +583,14 @@ def mcmc_search(
     A :class:`SearchResult`.
 
   Raises:
-    ValueError: the seeds are not images ``[B, H, W, C]``.
+    ValueError: the seeds are not images ``[B, H, W, C]``, or the budget is
+      not a pixel ball.
   """
+  if not budget.pixels:
+    raise ValueError(
+        f"mcmc_search mutates pixels (DFlare's operators) inside an L-inf or L2 ball; norm={budget.norm!r} is"
+        " searched by whitebox and random"
+    )
   x0 = jnp.asarray(x0, jnp.float32)
   if x0.ndim != 4:
     raise ValueError(f"mcmc_search mutates images [B, H, W, C]; got shape {tuple(x0.shape)}")
@@ -483,4 +647,5 @@ def mcmc_search(
   run = jax.jit(jax.vmap(per_seed))
   t0 = time.perf_counter()
   found, q, best, skipped = jax.block_until_ready(run(x0, jax.random.split(jax.random.key(seed), b)))
-  return _result("mcmc", found, q, best, skipped, time.perf_counter() - t0, queries)
+  state = (found, q, best, best, None)
+  return _result("mcmc", state, skipped, time.perf_counter() - t0, queries, budget, x0)

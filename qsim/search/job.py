@@ -37,8 +37,9 @@ class SearchConfig(configs.FromConfigDict):
   Attributes:
     checkpoint: the train workdir.
     quantizers: preset names.
-    norm: the perturbation model ('linf' or 'l2').
-    budgets: the ball radii, in the input's units (images in [0, 1]: 8/255 = 0.0314).
+    norm: the perturbation model ('linf', 'l2' or 'natural').
+    budgets: the ball radii, in the input's units (images in [0, 1]: 8/255 =
+      0.0314); for 'natural', the fraction (0, 1] of ``attacks.NATURAL_RANGES``.
     methods: searchers, of ``attacks.METHODS``.
     seeds: seeds per unit (the first of the split).
     split: where the seeds come from ('test' or 'val').
@@ -74,6 +75,12 @@ class SearchConfig(configs.FromConfigDict):
     bad = [m for m in self.methods if m not in attacks.METHODS]
     if bad or not self.methods:
       raise ValueError(f"methods={list(self.methods)} is not valid; choose from {list(attacks.METHODS)}")
+    pixel_only = [m for m in self.methods if m in attacks.PIXEL_METHODS]
+    if self.norm == "natural" and pixel_only:
+      raise ValueError(
+          f"methods={list(self.methods)}: {pixel_only} mutate pixels inside a ball and cannot search norm='natural';"
+          " give methods=whitebox+random"
+      )
     if self.split not in SPLITS:
       raise ValueError(f"split={self.split!r} is not valid; choose one of {list(SPLITS)}")
     configs.check_at_least(self, dict(seeds=1, cap=2, seed=0, calib_samples=1))
@@ -181,6 +188,14 @@ def _gallery(path: str, store: ResultsStore, key: str, pair, method: str, title:
   return True
 
 
+def _scale(norm: str) -> float:
+  return 1.0 if norm == "natural" else 255.0
+
+
+def _budget(norm: str, eps: float) -> str:
+  return f"{eps:.3g}" if norm == "natural" else f"{255 * eps:.3g}/255"
+
+
 def write_report(workdir: str, c: SearchConfig, store: ResultsStore, pair: attacks.Pair, name: str) -> str:
   """search.md with the results table, a success-against-budget plot and a gallery.
 
@@ -200,9 +215,9 @@ def write_report(workdir: str, c: SearchConfig, store: ResultsStore, pair: attac
   for ax, qname in zip(axes[0], c.quantizers):
     for method in c.methods:
       pts = sorted((r["eps"], r["success_rate"]) for r in rows if r["quantizer"] == qname and r["searcher"] == method)
-      ax.plot([255 * p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+      ax.plot([_scale(c.norm) * p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel(f"{c.norm} budget (x 1/255)")
+    ax.set_xlabel(f"{c.norm} budget" + (" (x 1/255)" if c.norm != "natural" else " (fraction of the ranges)"))
     ax.set_ylabel("seeds with a found disagreement")
     ax.set_ylim(0, 1.02)
     ax.set_title(qname)
@@ -214,27 +229,33 @@ def write_report(workdir: str, c: SearchConfig, store: ResultsStore, pair: attac
       "",
       f"{c.seeds} seeds from the {c.split} split; a find is an input within the {c.norm} budget that the quantized"
       " model classifies differently while the float model keeps the seed's class. Cap: "
-      f"{c.cap} queries per seed (a query: both models on one input; a white-box step counts 2).",
+      f"{c.cap} queries per seed (a query: both models on one input; a white-box step counts 2)."
+      + (
+          " The natural model: brightness, contrast, rotation, shear, scale and blur, each within the budget times"
+          f" its range ({', '.join(f'{k} {lo:g}..{hi:g}' for k, (lo, hi) in attacks.NATURAL_RANGES.items())})."
+          if c.norm == "natural"
+          else ""
+      ),
       "",
       "| quantizer | budget | searcher | found / searched | success | queries per found | seconds per found |"
-      " mean L-inf | float confidence |",
-      "|---|---|---|---|---|---|---|---|---|",
+      " mean L-inf | budget used | float confidence |",
+      "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     per = (
         f"{r['queries_per_found']:.1f} | {r['seconds_per_found']:.3f} | {255 * r['linf']:.2f}/255"
-        f" | {r.get('float_confidence', float('nan')):.3f}"
+        f" | {r.get('budget_used', float('nan')):.2f} | {r.get('float_confidence', float('nan')):.3f}"
         if r["found"]
-        else "- | - | - | -"  # nothing found: no cost per find
+        else "- | - | - | - | -"  # nothing found: no cost per find
     )
     lines.append(
-        f"| {r['quantizer']} | {255 * r['eps']:.3g}/255 | {r['searcher']} | {int(r['found'])}/{int(r['seeds'])}"
+        f"| {r['quantizer']} | {_budget(c.norm, r['eps'])} | {r['searcher']} | {int(r['found'])}/{int(r['seeds'])}"
         f" | {r['success_rate']:.2f} | {per} |"
     )
   lines += ["", "![success](success.png)", ""]
   for eps in sorted(c.budgets):
     key = ResultsStore.key(os.path.abspath(c.checkpoint), name, c.norm, repr(float(eps)))
-    title = f"{name}, {c.norm} {255 * eps:.3g}/255, {c.methods[0]}: seed, found input, difference"
+    title = f"{name}, {c.norm} {_budget(c.norm, eps)}, {c.methods[0]}: seed, found input, difference"
     if _gallery(os.path.join(workdir, "gallery.png"), store, key, pair, c.methods[0], title):
       lines += [f"Gallery: {title} (the smallest budget with a find).", "", "![gallery](gallery.png)", ""]
       break

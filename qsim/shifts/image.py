@@ -795,6 +795,36 @@ def scale(key, img, c):
   return _ops.warp_affine_inverse(img, _about_centre(*img.shape[:2], jnp.array([[c, 0.0], [0.0, c]])))
 
 
+NATURAL_PARAMS = ("brightness", "contrast", "rotate", "shear", "scale", "blur")
+
+
+def natural(img, params):
+  """A continuous, differentiable natural perturbation: one affine warp, a blur, contrast and brightness.
+
+  Every parameter is 0 for the identity, and the result is differentiable in
+  all of them (the disagreement search takes their gradient):
+  ``rotate`` (radians) and ``shear`` (radians, as :func:`shear`) and ``scale``
+  (the image grows by ``1 + scale``) make one inverse map about the centre,
+  sampled once (bilinear, zeros outside); ``blur`` in [0, 1] mixes the image
+  with its Gaussian blur (sigma 1, edge border); ``contrast`` multiplies the
+  deviation from the image mean by ``1 + contrast``; ``brightness`` is added.
+
+  Args:
+    img: one image (H, W, C), float in [0, 1].
+    params: float ``[6]`` in the order of ``NATURAL_PARAMS``.
+
+  Returns:
+    The perturbed image (H, W, C), clipped to [0, 1].
+  """
+  b, c, r, s, z, t = (params[i] for i in range(len(NATURAL_PARAMS)))
+  rot = jnp.array([[jnp.cos(r), -jnp.sin(r)], [jnp.sin(r), jnp.cos(r)]])
+  a = rot @ jnp.array([[1.0, -jnp.sin(s)], [0.0, jnp.cos(s)]]) / (1.0 + z)
+  x = _ops.warp_affine_inverse(img, _about_centre(*img.shape[:2], a))
+  x = (1.0 - t) * x + t * _ops.gaussian(x, 1.0)
+  mean = jnp.mean(x, keepdims=True)
+  return jnp.clip((x - mean) * (1.0 + c) + mean + b, 0.0, 1.0)
+
+
 def translate(key, img, c):
   """Shift by c pixels along each axis (random signs), zeros come in.
 
