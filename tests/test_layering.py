@@ -43,6 +43,7 @@ SAME_FLOOR = {
     ("qsim.data", "qsim.distributed"),  # a process reads its own block of a set
     ("qsim.runs", "qsim.models"),  # opening a run builds the model its config names
     ("qsim.results", "qsim.runs"),  # report files are written atomically
+    ("qsim.retrain", "qsim.search"),  # retraining's 'search' strategy adds the disagreement search's finds
     ("benchmarks", "experiments"),  # a benchmark trains its checkpoint with an experiment config
 }
 

@@ -140,8 +140,11 @@ def test_bad_input(tiny_ckpt, tmp_path):
   cases = [
       (
           dict(strategies=("best",)),
-          r"strategies=\['best'\] is not valid; choose from \['all', 'margin', 'random', 'none'\]",
+          r"strategies=\['best'\] is not valid; choose from \['all', 'margin', 'random', 'none', 'search'\]",
       ),
+      (dict(strategies=("search",), search_norm="l1"), "norm='l1' is not a known perturbation model"),
+      (dict(strategies=("search",), search_eps=0.0), "eps=0.0 is not valid for norm='linf'"),
+      (dict(strategies=("search",), search_seeds=0), "search_seeds=0 is not valid; give an int >= 1"),
       (dict(quantizers=("w4a4", "w4a4")), "lists one twice"),
       (dict(pool="valid"), "split 'valid' is not valid; use train, val or test"),
       (dict(rounds=0), "rounds=0 is not valid; give an int >= 1"),
@@ -242,3 +245,40 @@ def test_qat_finetuning_and_static_ranges_recalibrated(tiny_ckpt, tmp_path):
       ResultsStore(str(tmp_path)).samples(ResultsStore.key("tflite_int8", "margin", "0", "1"))["s0_quant_pred"].tolist()
       == res.quant_pred[0].tolist()
   )
+
+
+def test_search_strategy_adds_found_disagreements_with_their_seeds_labels(tiny_ckpt, tmp_path):
+  import jax.numpy as jnp
+
+  from qsim.retrain.pool import Splits
+  from qsim.runs import Run
+  from qsim.search import attacks
+
+  eps = 32 / 255
+  cfg = RetrainConfig(
+      checkpoint=str(tiny_ckpt),
+      **{**SMALL, "quantizers": ("w4a4",), "strategies": ("search",), "search_eps": eps, "search_steps": 6},
+      search_seeds=120,
+  )
+  rows = read_rows(run_retrain(cfg, str(tmp_path)))
+  assert {r["strategy"] for r in rows} == {"search"} and len(rows) == 2
+  r = rows[0]
+  assert r["search_seeds"] == 120 and 0 < r["search_found"] <= 120
+  assert r["selected"] == min(r["pool_disagreements"], r["search_found"])  # as many as 'all' adds, when found
+  with np.load(tmp_path / "models" / "w4a4" / "search" / "seed0" / "round1" / "selection.npz") as z:
+    sel = dict(z)
+  run = Run.open(str(tiny_ckpt))
+  pool = Splits(run.dataset, val_size=run.config.get("val_size") or None).part("val[:200]")
+  seeds = pool.take(sel["index"])
+  assert [str(i) for i in sel["ids"]] == [str(i) for i in seeds.ids] and len(sel["x"]) == r["selected"]
+  d = sel["x"] - seeds.x
+  assert 0 < np.abs(d).max() <= eps + 1e-6 and sel["x"].min() >= 0 and sel["x"].max() <= 1
+  train = Splits(run.dataset, val_size=run.config.get("val_size") or None).part("train[:600]")
+  qz = build_quantizers(run.model, run.variables, ["w4a4"], train.x[:40])[0]  # as the round calibrates
+  pair = attacks.Pair(run.model, run.variables, qz.config, qz.quant_stats)
+  zf, zq = (np.asarray(z).argmax(-1) for z in pair.logits(jnp.asarray(sel["x"])))
+  f0 = np.asarray(pair.logits(jnp.asarray(seeds.x))[0]).argmax(-1)
+  assert (zf == f0).all() and (zq != zf).all()  # real disagreements of the model the round started from
+  before = _part_bytes(str(tmp_path))
+  run_retrain(cfg, str(tmp_path))  # resumes: the round is not searched or trained again
+  assert _part_bytes(str(tmp_path)) == before

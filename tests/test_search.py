@@ -191,3 +191,13 @@ def test_bad_natural_input_fails_before_any_search(pair_and_seeds):
     attacks.mcmc_search(pair, x0, attacks.Budget("natural", 0.5), queries=2)
   with pytest.raises(ValueError, match="natural' perturbs images \\[B, H, W, C\\]"):
     attacks.whitebox(pair, x0.reshape(16, -1), attacks.Budget("natural", 0.5), steps=2)
+
+
+def test_whitebox_in_chunks_is_one_program_with_the_same_finds(pair_and_seeds):
+  pair, x0 = pair_and_seeds
+  budget = attacks.Budget("linf", 32 / 255)
+  whole = attacks.whitebox(pair, x0, budget, steps=6)
+  chunks = attacks.whitebox(pair, x0, budget, steps=6, batch_size=5)  # 16 seeds: 4 chunks, the last one padded
+  np.testing.assert_array_equal(whole.found, chunks.found)
+  np.testing.assert_array_equal(whole.queries, chunks.queries)
+  np.testing.assert_allclose(whole.x, chunks.x, atol=1e-6)

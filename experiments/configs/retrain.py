@@ -2,13 +2,16 @@
 
   python -m experiments.retrain --config=experiments/configs/retrain.py:checkpoint=runs/lenet5 --workdir=runs/retrain
   python -m experiments.retrain --config=experiments/configs/retrain.py:checkpoint=runs/lenet5,quantizers=w4a4,rounds=3,pool_shifts=c/fog/1+c/shot_noise/2 --workdir=runs/retrain_fog
+  python -m experiments.retrain --config=experiments/configs/retrain.py:checkpoint=runs/lenet5,strategies=all+random+search --workdir=runs/retrain_search
   python -m experiments.retrain --config=experiments/configs/retrain.py:checkpoint=runs/lenet5,runlocal --workdir=/tmp/retrain
 
 Lists are tuples ('+'-joined on the command line). For each quantizer x strategy x seed and each round:
 find the quantized model's disagreements in the candidate pool (``pool``, by
 default the held-out validation end of the training split, plus any
 ``pool_shifts``), select samples (``all`` disagreements, the ``margin`` top-k,
-``random`` k as the control, or ``none``: fine-tuning alone), fine-tune on the
+``random`` k as the control, ``none``: fine-tuning alone, or ``search``: k
+inputs found by the white-box disagreement search from ``search_seeds`` pool
+samples within ``search_norm`` / ``search_eps``), fine-tune on the
 training data plus the selected samples, re-quantize (static ranges
 re-calibrated) and re-measure on the test split and the shifted sets
 (``shifts``: 'c', 'all', or set names; ``shift_limit`` samples each). The pool
@@ -64,4 +67,8 @@ def get_config(arg: str = ""):
   c.eval_batch_size = 500
   c.shift_seed = 0
   c.data_dir = ""
+  c.search_norm = "linf"
+  c.search_eps = 8 / 255
+  c.search_steps = 50
+  c.search_seeds = 1000
   return common.apply_args(c, arg, RUNLOCAL)

@@ -10,9 +10,14 @@ One *run* is (quantizer, selection strategy, seed). Each round of a run:
 2. selects samples: ``all`` the pool's disagreements (the study's choice),
    the ``margin`` top-k (smallest float Margin, i.e. no disagreement labels
    needed: the deployable variant), ``random`` samples of the same size (the
-   control), or ``none`` (fine-tuning alone, a second control). ``k`` is
-   ``budget``, or by default the number of disagreements in the pool, so every
-   strategy adds as many samples as ``all`` does;
+   control), ``none`` (fine-tuning alone, a second control), or ``search``:
+   the white-box disagreement search (:func:`qsim.search.attacks.whitebox`,
+   ``search_norm`` / ``search_eps`` / ``search_steps``) run from up to
+   ``search_seeds`` pool samples drawn at random, adding ``k`` of the inputs
+   it finds (drawn at random when it finds more), each labelled with its
+   seed's true label. ``k`` is ``budget``, or by default the number of
+   disagreements in the pool, so every strategy adds as many samples as
+   ``all`` does (``search`` fewer when it finds fewer);
 3. fine-tunes the float model (or QAT) on the training data plus every
    sample selected so far, with their true labels; the round's workdir is a
    training workdir (checkpoints, metrics.jsonl, config.json), usable by
@@ -49,11 +54,12 @@ from qsim.models import get_model
 from qsim.quant import presets
 from qsim.retrain.pool import Part, Splits, check_disjoint, parse_split
 from qsim.runs import Run, atomic_write, load_variables, write_json
+from qsim.search import attacks
 from qsim.shifts import registry
 from qsim.train import job
 from qsim.train.loop import train
 
-STRATEGIES = ("all", "margin", "random", "none")
+STRATEGIES = ("all", "margin", "random", "none", "search")
 FINETUNE = ("float", "qat")
 SORT_KEYS = ("quantizer", "strategy", "seed", "round", "set_index")
 _MARGIN = metrics.SCORE_NAMES.index("margin")
@@ -90,6 +96,10 @@ class RetrainConfig(configs.FromConfigDict):
   eval_batch_size: int = 500
   shift_seed: int = 0  # seeds the synthetic shifts (as experiments.evaluate's seed)
   data_dir: str = ""
+  search_norm: str = "linf"  # strategy 'search': the perturbation model (qsim.search.attacks.NORMS)
+  search_eps: float = 8 / 255  # its budget (images in [0, 1]; for 'natural' a fraction of the ranges)
+  search_steps: int = 50  # white-box steps per seed
+  search_seeds: int = 1000  # pool samples the search starts from per round (drawn at random)
 
   def __post_init__(self):
     self.validate()
@@ -123,6 +133,8 @@ class RetrainConfig(configs.FromConfigDict):
         ("shift_limit", self.shift_limit, 0),
         ("train_limit", self.train_limit, -1),
         ("shift_seed", self.shift_seed, 0),
+        ("search_steps", self.search_steps, 1),
+        ("search_seeds", self.search_seeds, 1),
     ):
       if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ValueError(f"{name}={v!r} is not valid; give an int >= {lo}")
@@ -137,6 +149,8 @@ class RetrainConfig(configs.FromConfigDict):
         job.qat_config(q)
     parse_split(self.pool)
     parse_split(self.eval_split)
+    if "search" in self.strategies:
+      attacks.Budget(self.search_norm, self.search_eps)  # an unknown model or a bad budget fails here
 
 
 def select(strategy: str, disagree: np.ndarray, margin: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -277,6 +291,13 @@ class _Runner:
           f"candidate pool samples have shape {np.shape(self.pool.x)[1:]} but the training data"
           f" {np.shape(self.train.x)[1:]}"
       )
+    if "search" in cfg.strategies and (
+        not isinstance(self.pool.x, np.ndarray) or self.pool.x.ndim != 4 or self.pool.x.dtype.kind != "f"
+    ):
+      raise ValueError(
+          f"strategy 'search' perturbs images (float [N, H, W, C]); the {dataset} pool holds"
+          f" {type(self.pool.x).__name__} samples of shape {np.shape(self.pool.x)}"
+      )
     check_disjoint(
         self.pool.ids,
         {"the fine-tuning data": self.train.ids, **{f"evaluation set {p.name!r}": p.ids for p in self.sets}},
@@ -287,6 +308,7 @@ class _Runner:
     self.store = ResultsStore(workdir)
     self.before_store = ResultsStore(os.path.join(workdir, "before"))
     self.engines: dict[str, Engine] = {}
+    self.quantizers: dict = {}  # per quantizer name: the last calibrated one (the search's model pair)
     ids = {"pool": self.pool.ids, "train": self.train.ids, **{f"set{i}": p.ids for i, p in enumerate(self.sets)}}
     names = np.asarray([p.name for p in self.sets], dtype=str)
     atomic_write(os.path.join(workdir, "sample_ids.npz"), lambda f: np.savez_compressed(f, set_names=names, **ids))
@@ -294,6 +316,7 @@ class _Runner:
   def engine(self, q: str, variables: dict) -> Engine:
     """The quantizer's engine on ``variables`` (re-calibrated), compiled once."""
     qz = build_quantizers(self.model, variables, [q], self.calib.x)
+    self.quantizers[q] = qz[0]
     if q not in self.engines:
       self.engines[q] = Engine(self.model, variables, qz, batch_size=self.cfg.eval_batch_size)
     else:
@@ -345,6 +368,7 @@ class _Runner:
     cfg = self.cfg
     before = self.before(q)
     prev, chosen_all = os.path.abspath(cfg.checkpoint), np.zeros(0, np.int64)
+    added_x = []  # per round: the inputs it adds (pool samples, or the search's finds)
     for r in range(1, cfg.rounds + 1):
       rdir = os.path.join(self.workdir, "models", q, strategy, f"seed{seed}", f"round{r}")
       key = self.store.key(q, strategy, str(seed), str(r))
@@ -355,6 +379,7 @@ class _Runner:
         if int(sel["pool_disagreements"]) == 0:
           return
         chosen_all, prev = np.concatenate([chosen_all, sel["index"]]), rdir
+        added_x.append(self._inputs(sel))
         continue
       os.makedirs(rdir, exist_ok=True)
       variables = self.variables if r == 1 else load_variables(prev)
@@ -369,6 +394,7 @@ class _Runner:
           "pool_size": int(sel["pool_size"]),
           "pool_disagreements": int(sel["pool_disagreements"]),
           "selected": len(sel["index"]),
+          **{k: int(sel[k]) for k in ("search_seeds", "search_found") if k in sel},
       }
       if int(sel["pool_disagreements"]) == 0:
         _log(
@@ -389,8 +415,13 @@ class _Runner:
         )
         return
       chosen_all = np.concatenate([chosen_all, sel["index"]])
+      added_x.append(self._inputs(sel))
       added = self.pool.take(np.repeat(chosen_all, cfg.repeat))
-      x = np.concatenate([self.train.x, added.x]) if len(added) else self.train.x
+      x = (
+          np.concatenate([self.train.x, np.repeat(_concat(added_x), cfg.repeat, axis=0)])
+          if len(added)
+          else self.train.x
+      )
       y = np.concatenate([self.train.y, added.y])
       steps = max(1, math.ceil(cfg.epochs * len(y) / cfg.batch_size))
       _log(
@@ -464,6 +495,10 @@ class _Runner:
       )
       prev = rdir
 
+  def _inputs(self, sel: dict) -> np.ndarray:
+    """The inputs a round's selection adds: its own (the search's finds) or the pool's samples."""
+    return sel["x"] if "x" in sel else np.asarray(self.pool.take(sel["index"]).x)
+
   def _select(self, q, strategy, seed, r, variables, chosen_all) -> dict:
     remaining = np.setdiff1d(np.arange(len(self.pool)), chosen_all)
     cand = self.pool.take(remaining)
@@ -471,13 +506,45 @@ class _Runner:
     disagree = (res.float_pred != res.quant_pred[0]) & res.float_finite & res.quant_finite[0]
     k = self.cfg.budget or int(disagree.sum())
     rng = np.random.default_rng([seed, r, zlib.crc32(q.encode())])
+    out = {"pool_size": np.int64(len(cand)), "pool_disagreements": np.int64(disagree.sum())}
+    if strategy == "search" and disagree.any():
+      return {**out, **self._search(q, variables, cand, disagree, k, rng, remaining)}
     pick = select(strategy, disagree, res.float_scores[:, _MARGIN], k, rng) if disagree.any() else np.zeros(0, int)
+    return {**out, "index": remaining[pick].astype(np.int64), "ids": cand.ids[pick]}
+
+  def _search(self, q, variables, cand: Part, disagree, k, rng, remaining) -> dict:
+    """Strategy 'search': white-box finds from pool seeds that do not disagree yet, ``k`` of them at random."""
+    cfg = self.cfg
+    seeds = np.flatnonzero(~disagree)
+    seeds = np.sort(rng.permutation(seeds)[: cfg.search_seeds])
+    qz = self.quantizers[q]  # calibrated on ``variables`` by the engine call just before
+    pair = attacks.Pair(self.model, variables, qz.config, qz.quant_stats)
+    x0 = np.asarray(cand.x[seeds], np.float32)
+    t0 = time.time()
+    res = attacks.whitebox(
+        pair,
+        x0,
+        attacks.Budget(cfg.search_norm, cfg.search_eps),
+        steps=cfg.search_steps,
+        batch_size=cfg.eval_batch_size,
+    )
+    found = np.flatnonzero(res.found)
+    keep = np.sort(rng.choice(found, size=min(k, len(found)), replace=False))
+    _log(
+        f"{q}: search ({cfg.search_norm} {cfg.search_eps:.4g}, {cfg.search_steps} steps) found disagreements"
+        f" from {len(found)} of {len(seeds)} pool seeds in {time.time() - t0:.0f} s; adding {len(keep)}"
+    )
     return {
-        "index": remaining[pick].astype(np.int64),
-        "ids": cand.ids[pick],
-        "pool_size": np.int64(len(cand)),
-        "pool_disagreements": np.int64(disagree.sum()),
+        "index": remaining[seeds[keep]].astype(np.int64),
+        "ids": cand.ids[seeds[keep]],
+        "x": res.x[keep].astype(np.asarray(cand.x).dtype),
+        "search_seeds": np.int64(len(seeds)),
+        "search_found": np.int64(len(found)),
     }
+
+
+def _concat(parts: list) -> np.ndarray:
+  return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def run_retrain(cfg: RetrainConfig, workdir: str) -> str:

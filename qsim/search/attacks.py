@@ -366,7 +366,28 @@ def _record(state, hit, x, theta, cost):
   return found | new, jnp.where(new, spent, queries), keep(x, best), keep(theta, best_theta), spent
 
 
-def whitebox(pair: Pair, x0, budget: Budget, *, steps: int = 50, step_size: float | None = None, kappa: float = 0.1):
+def _chunked(fn, x0, batch_size: int | None):
+  """``fn(x0)``, run in chunks of ``batch_size`` seeds by ``lax.map`` (one program; bounded memory)."""
+  b = x0.shape[0]
+  if not batch_size or b <= batch_size:
+    return fn(x0)
+  n = -(-b // batch_size)
+  pad = n * batch_size - b
+  xp = jnp.concatenate([x0, jnp.repeat(x0[:1], pad, 0)]) if pad else x0
+  out = jax.lax.map(fn, xp.reshape((n, batch_size) + x0.shape[1:]))
+  return jax.tree.map(lambda v: v.reshape((n * batch_size,) + v.shape[2:])[:b], out)
+
+
+def whitebox(
+    pair: Pair,
+    x0,
+    budget: Budget,
+    *,
+    steps: int = 50,
+    step_size: float | None = None,
+    kappa: float = 0.1,
+    batch_size: int | None = None,
+):
   """The white-box search (see the module doc): ``steps`` gradient steps per seed.
 
   Args:
@@ -378,6 +399,7 @@ def whitebox(pair: Pair, x0, budget: Budget, *, steps: int = 50, step_size: floa
     kappa: the float margin (in logits) the hinge keeps (measured on LeNet-5
       w4a4: 0.1 finds more than 1.0 or 0; a term rewarding the float-quantized
       margin gap found fewer).
+    batch_size: seeds per chunk of the one compiled program (None: all at once).
 
   Returns:
     A :class:`SearchResult`.
@@ -401,11 +423,12 @@ def whitebox(pair: Pair, x0, budget: Budget, *, steps: int = 50, step_size: floa
   def quant_margin(theta, x0, cls):
     return jnp.sum(_margin(pair.logits(budget.apply(x0, theta))[1], cls))
 
-  @jax.jit
-  def gradient_path(x0):
+  def path_chunk(x0):
     cls, skipped = _start(pair, x0)
     g0 = jax.grad(quant_margin)(budget.init(x0), x0, cls)
     return skipped, jnp.any(g0 != 0, axis=tuple(range(1, g0.ndim)))
+
+  gradient_path = jax.jit(lambda x0: _chunked(path_chunk, x0, batch_size))
 
   skipped, moves = (np.asarray(v) for v in gradient_path(x0))  # checked before any search
   if (~skipped).any() and not (moves & ~skipped).any():
@@ -414,8 +437,7 @@ def whitebox(pair: Pair, x0, budget: Budget, *, steps: int = 50, step_size: floa
         " to the input (the white-box search needs one)"
     )
 
-  @jax.jit
-  def run(x0):
+  def chunk(x0):
     cls, skipped = _start(pair, x0)
 
     def body(carry, _):
@@ -427,6 +449,8 @@ def whitebox(pair: Pair, x0, budget: Budget, *, steps: int = 50, step_size: floa
     theta0 = budget.init(x0)
     (_, state), _ = jax.lax.scan(body, (theta0, _state(x0, theta0, skipped)), None, length=steps)
     return state, skipped
+
+  run = jax.jit(lambda x0: _chunked(chunk, x0, batch_size))
 
   t0 = time.perf_counter()
   state, skipped = jax.block_until_ready(run(x0))
