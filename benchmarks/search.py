@@ -7,8 +7,9 @@ steps, seed 0; or ``--checkpoint`` a train workdir), takes ``--seeds`` test
 images as seeds, and for each L-inf budget in ``--budgets`` (in 1/255) runs
 the three searchers on the ``--quantizer`` (static ranges calibrated on 100
 training samples) with ``--cap`` queries per seed (a white-box step is a
-forward and a backward pass: 2 queries). Prints a table per budget, then on
-its last line::
+forward and a backward pass: 2 queries; the white-box search runs 100 steps
+from the seed, then again from random draws in the ball until the cap).
+Prints a table per budget, then on its last line::
 
   budget=<the smallest budget where the MCMC search finds a disagreement for at least half the seeds>
   whitebox_success= blackbox_success= query_ratio=<MCMC queries per found / white-box's>
@@ -17,7 +18,7 @@ its last line::
 (the largest budget, marked ``budget=<b>!``, when the MCMC search never
 reaches half). Each searcher is compiled before it is timed.
 
-  PYTHONPATH=. python benchmarks/search.py [--quantizer w4a4] [--seeds 64] [--cap 200]
+  PYTHONPATH=. python benchmarks/search.py [--quantizer w4a4] [--seeds 64] [--cap 1000]
 """
 
 import argparse
@@ -40,15 +41,16 @@ def main():
   p.add_argument("--cache", default="runs/bench_fidelity")
   p.add_argument("--quantizer", default="w4a4")
   p.add_argument("--seeds", type=int, default=64)
-  p.add_argument("--cap", type=int, default=200)
-  p.add_argument("--budgets", default="1,2,4,8,16,32")
+  p.add_argument("--cap", type=int, default=1000)
+  p.add_argument("--budgets", default="1,2,4,8,16,32,64")
   args = p.parse_args()
   run = Run.open(args.checkpoint or trained(args.cache, "lenet5", 1500))
   q = build_quantizers(run.model, run.variables, [args.quantizer], run.calibration(100).x)[0]
   pair = attacks.Pair(run.model, run.variables, q.config, q.quant_stats)
   x0 = run.split("test", args.seeds).x
+  steps = min(100, args.cap // 2)  # white-box runs of up to 100 steps, restarted from random draws within the cap
   searchers = {
-      "whitebox": lambda b: attacks.whitebox(pair, x0, b, steps=args.cap // 2),
+      "whitebox": lambda b: attacks.whitebox(pair, x0, b, steps=steps, restarts=max(1, args.cap // (2 * steps))),
       "mcmc": lambda b: attacks.mcmc_search(pair, x0, b, queries=args.cap),
       "random": lambda b: attacks.random_search(pair, x0, b, queries=args.cap),
   }

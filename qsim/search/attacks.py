@@ -366,15 +366,20 @@ def _record(state, hit, x, theta, cost):
   return found | new, jnp.where(new, spent, queries), keep(x, best), keep(theta, best_theta), spent
 
 
-def _chunked(fn, x0, batch_size: int | None):
-  """``fn(x0)``, run in chunks of ``batch_size`` seeds by ``lax.map`` (one program; bounded memory)."""
-  b = x0.shape[0]
+def _chunked(fn, args: tuple, batch_size: int | None):
+  """``fn(*args)`` (arrays with the seeds' leading axis), run in chunks of
+  ``batch_size`` seeds by ``lax.map``: one program, bounded memory."""
+  b = args[0].shape[0]
   if not batch_size or b <= batch_size:
-    return fn(x0)
+    return fn(*args)
   n = -(-b // batch_size)
   pad = n * batch_size - b
-  xp = jnp.concatenate([x0, jnp.repeat(x0[:1], pad, 0)]) if pad else x0
-  out = jax.lax.map(fn, xp.reshape((n, batch_size) + x0.shape[1:]))
+
+  def split(v):
+    v = jnp.concatenate([v, jnp.repeat(v[:1], pad, 0)]) if pad else v
+    return v.reshape((n, batch_size) + v.shape[1:])
+
+  out = jax.lax.map(lambda a: fn(*a), tuple(split(v) for v in args))
   return jax.tree.map(lambda v: v.reshape((n * batch_size,) + v.shape[2:])[:b], out)
 
 
@@ -387,6 +392,8 @@ def whitebox(
     step_size: float | None = None,
     kappa: float = 0.1,
     batch_size: int | None = None,
+    restarts: int = 1,
+    seed: int = 0,
 ):
   """The white-box search (see the module doc): ``steps`` gradient steps per seed.
 
@@ -400,6 +407,10 @@ def whitebox(
       w4a4: 0.1 finds more than 1.0 or 0; a term rewarding the float-quantized
       margin gap found fewer).
     batch_size: seeds per chunk of the one compiled program (None: all at once).
+    restarts: runs of ``steps`` steps each, the first from the seed, the
+      others from a uniform draw in the budget (``2 steps restarts`` queries
+      in all for a seed never found).
+    seed: seeds the restarts' draws.
 
   Returns:
     A :class:`SearchResult`.
@@ -428,7 +439,7 @@ def whitebox(
     g0 = jax.grad(quant_margin)(budget.init(x0), x0, cls)
     return skipped, jnp.any(g0 != 0, axis=tuple(range(1, g0.ndim)))
 
-  gradient_path = jax.jit(lambda x0: _chunked(path_chunk, x0, batch_size))
+  gradient_path = jax.jit(lambda x0: _chunked(path_chunk, (x0,), batch_size))
 
   skipped, moves = (np.asarray(v) for v in gradient_path(x0))  # checked before any search
   if (~skipped).any() and not (moves & ~skipped).any():
@@ -437,7 +448,10 @@ def whitebox(
         " to the input (the white-box search needs one)"
     )
 
-  def chunk(x0):
+  def draw(keys, x0):  # one draw per seed from its own key: the same in any chunking
+    return jax.vmap(lambda k, x: budget.sample(k, x[None])[0])(keys, x0)
+
+  def chunk(x0, keys):
     cls, skipped = _start(pair, x0)
 
     def body(carry, _):
@@ -446,15 +460,19 @@ def whitebox(
       state = _record(state, _found(zf, zq, cls), x, theta, 2)
       return (budget.descend(x0, theta, g, steps, step_size), state), None
 
-    theta0 = budget.init(x0)
-    (_, state), _ = jax.lax.scan(body, (theta0, _state(x0, theta0, skipped)), None, length=steps)
+    def restart(state, r):
+      theta0 = jnp.where(r == 0, budget.init(x0), draw(jax.vmap(jax.random.fold_in, (0, None))(keys, r), x0))
+      (_, state), _ = jax.lax.scan(body, (theta0, state), None, length=steps)
+      return state, None
+
+    state, _ = jax.lax.scan(restart, _state(x0, budget.init(x0), skipped), jnp.arange(restarts))
     return state, skipped
 
-  run = jax.jit(lambda x0: _chunked(chunk, x0, batch_size))
+  run = jax.jit(lambda x0, keys: _chunked(chunk, (x0, keys), batch_size))
 
   t0 = time.perf_counter()
-  state, skipped = jax.block_until_ready(run(x0))
-  return _result("whitebox", state, skipped, time.perf_counter() - t0, 2 * steps, budget, x0)
+  state, skipped = jax.block_until_ready(run(x0, jax.random.split(jax.random.key(seed), x0.shape[0])))
+  return _result("whitebox", state, skipped, time.perf_counter() - t0, 2 * steps * restarts, budget, x0)
 
 
 def _result(method, state, skipped, seconds, cap, budget: Budget, x0) -> SearchResult:
