@@ -91,8 +91,8 @@ def _log(msg: str) -> None:
 
 
 def _searcher(method: str, pair, x0, budget, c: SearchConfig):
-  if method == "whitebox":  # runs of up to 100 steps, restarted from random draws while the cap allows
-    steps = min(100, c.cap // 2)
+  if method == "whitebox":  # runs of up to 100 steps (natural: 10), restarted from random draws while the cap allows
+    steps = min(10 if c.norm == "natural" else 100, c.cap // 2)
     return attacks.whitebox(pair, x0, budget, steps=steps, restarts=max(1, c.cap // (2 * steps)), seed=c.seed)
   if method == "random":
     return attacks.random_search(pair, x0, budget, queries=c.cap, seed=c.seed)
