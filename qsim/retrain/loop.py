@@ -417,11 +417,7 @@ class _Runner:
       chosen_all = np.concatenate([chosen_all, sel["index"]])
       added_x.append(self._inputs(sel))
       added = self.pool.take(np.repeat(chosen_all, cfg.repeat))
-      x = (
-          np.concatenate([self.train.x, np.repeat(_concat(added_x), cfg.repeat, axis=0)])
-          if len(added)
-          else self.train.x
-      )
+      x = np.concatenate([self.train.x, np.repeat(np.concatenate(added_x), cfg.repeat, axis=0)])
       y = np.concatenate([self.train.y, added.y])
       steps = max(1, math.ceil(cfg.epochs * len(y) / cfg.batch_size))
       _log(
@@ -541,10 +537,6 @@ class _Runner:
         "search_seeds": np.int64(len(seeds)),
         "search_found": np.int64(len(found)),
     }
-
-
-def _concat(parts: list) -> np.ndarray:
-  return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def run_retrain(cfg: RetrainConfig, workdir: str) -> str:
