@@ -417,7 +417,11 @@ class _Runner:
       chosen_all = np.concatenate([chosen_all, sel["index"]])
       added_x.append(self._inputs(sel))
       added = self.pool.take(np.repeat(chosen_all, cfg.repeat))
-      x = np.concatenate([self.train.x, np.repeat(np.concatenate(added_x), cfg.repeat, axis=0)])
+      x = (
+          np.concatenate([self.train.x, np.repeat(np.concatenate(added_x), cfg.repeat, axis=0)])
+          if len(added)
+          else self.train.x  # nothing added (e.g. strategy 'none'): the training data as it is, of any sample type
+      )
       y = np.concatenate([self.train.y, added.y])
       steps = max(1, math.ceil(cfg.epochs * len(y) / cfg.batch_size))
       _log(
