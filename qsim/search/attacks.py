@@ -383,6 +383,21 @@ def _chunked(fn, args: tuple, batch_size: int | None):
   return jax.tree.map(lambda v: v.reshape((n * batch_size,) + v.shape[2:])[:b], out)
 
 
+def whitebox_runs(cap: int, norm: str) -> tuple[int, int]:
+  """The white-box search's runs for a query cap: up to 100 steps each (10 for
+  ``natural``, where restarts find more: BUILD_NOTES), restarted while the cap allows.
+
+  Args:
+    cap: queries per seed (a step counts 2).
+    norm: the perturbation model.
+
+  Returns:
+    ``(steps, restarts)`` for :func:`whitebox`.
+  """
+  steps = min(10 if norm == "natural" else 100, cap // 2)
+  return steps, max(1, cap // (2 * steps))
+
+
 def whitebox(
     pair: Pair,
     x0,

@@ -91,9 +91,9 @@ def _log(msg: str) -> None:
 
 
 def _searcher(method: str, pair, x0, budget, c: SearchConfig):
-  if method == "whitebox":  # runs of up to 100 steps (natural: 10), restarted from random draws while the cap allows
-    steps = min(10 if c.norm == "natural" else 100, c.cap // 2)
-    return attacks.whitebox(pair, x0, budget, steps=steps, restarts=max(1, c.cap // (2 * steps)), seed=c.seed)
+  if method == "whitebox":
+    steps, restarts = attacks.whitebox_runs(c.cap, c.norm)
+    return attacks.whitebox(pair, x0, budget, steps=steps, restarts=restarts, seed=c.seed)
   if method == "random":
     return attacks.random_search(pair, x0, budget, queries=c.cap, seed=c.seed)
   return attacks.mcmc_search(pair, x0, budget, queries=c.cap, seed=c.seed)
