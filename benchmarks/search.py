@@ -49,9 +49,9 @@ def main():
   q = build_quantizers(run.model, run.variables, [args.quantizer], run.calibration(100).x)[0]
   pair = attacks.Pair(run.model, run.variables, q.config, q.quant_stats)
   x0 = run.split("test", args.seeds).x
-  steps, restarts = attacks.whitebox_runs(args.cap, "linf")
+  runs = attacks.whitebox_runs(args.cap, "linf")
   searchers = {
-      "whitebox": lambda b: attacks.whitebox(pair, x0, b, steps=steps, restarts=restarts),
+      "whitebox": lambda b: attacks.whitebox(pair, x0, b, **runs),
       "mcmc": lambda b: attacks.mcmc_search(pair, x0, b, queries=args.cap),
       "random": lambda b: attacks.random_search(pair, x0, b, queries=args.cap),
   }

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from qsim.evaluate.engine import build_quantizers
 from qsim.models import get_model
 from qsim.quant import preset
 from qsim.search import attacks
@@ -133,6 +134,8 @@ def test_a_bad_search_config_fails_before_any_work():
       (dict(norm="l1"), "norm='l1' is not a known perturbation model"),
       (dict(norm="natural", budgets=(0.5,)), "cannot search norm='natural'; give methods=whitebox\\+random"),
       (dict(norm="natural", budgets=(2.0,), methods=("whitebox",)), "eps=2.0 is not valid for norm='natural'"),
+      (dict(norm="tokens", budgets=(2.0,)), "cannot search norm='tokens'; give methods=whitebox\\+random"),
+      (dict(norm="tokens", budgets=(0.5,), methods=("random",)), "whole number of substitutions"),
       (dict(quantizers=("float32",)), "quantizes nothing"),
       (dict(quantizers=("int4",)), "not a known preset"),
       (dict(methods=("dflare",)), "methods=\\['dflare'\\] is not valid"),
@@ -201,3 +204,122 @@ def test_whitebox_in_chunks_is_one_program_with_the_same_finds(pair_and_seeds):
   np.testing.assert_array_equal(whole.found, chunks.found)
   np.testing.assert_array_equal(whole.queries, chunks.queries)
   np.testing.assert_allclose(whole.x, chunks.x, atol=1e-6)
+
+
+def test_whitebox_over_a_grid_of_configs_is_each_config_alone(pair_and_seeds):
+  pair, x0 = pair_and_seeds
+  model, variables = pair.float_model, pair.fv
+  calib = x0[:4]
+  quantizers = build_quantizers(model, variables, ["w2a2", "w3a3", "tflite_int8"], calib)
+  budget = attacks.Budget("linf", 32 / 255)
+  grid = attacks.whitebox_grid(
+      model, variables, [(q.name, q.config, q.quant_stats) for q in quantizers], x0, budget, steps=3, restarts=2
+  )
+  assert len(grid) == 3 and sum(r.found.sum() for r in grid) > 0
+  for q, res in zip(quantizers, grid):
+    alone_pair = attacks.Pair(model, variables, q.config, q.quant_stats)
+    alone = attacks.whitebox(alone_pair, x0, budget, steps=3, restarts=2)
+    np.testing.assert_array_equal(res.found, alone.found, err_msg=q.name)
+    np.testing.assert_array_equal(res.queries, alone.queries, err_msg=q.name)
+    if res.found.any():
+      _check_finds(alone_pair, x0, res, budget)  # real disagreements of that config
+  with pytest.raises(ValueError, match="quantizes nothing"):
+    attacks.whitebox_grid(model, variables, [("float32", preset("float32"), None)], x0, budget, steps=2)
+  with pytest.raises(ValueError, match="quantizers=\\[\\] is not valid"):
+    attacks.whitebox_grid(model, variables, [], x0, budget, steps=2)
+
+
+@pytest.fixture(scope="module")
+def text_pair_and_seeds():
+  model = get_model("lstm_tiny", num_classes=2)  # vocabulary 50, embeddings of 8
+  rng = np.random.RandomState(1)
+  ids = rng.randint(2, 50, size=(24, 12)).astype(np.int32)
+  ids[:, :3] = 0  # pre-padded, as the text pipeline pads
+  ids[0, :10] = 0  # a review of two words
+  variables = model.init(jax.random.key(5), ids[:1])
+  return attacks.Pair(model, variables, preset("w2a2")), ids
+
+
+def _check_token_finds(pair, x0, res, k):
+  x = res.x[res.found]
+  seed = x0[res.found]
+  zf, zq = (np.asarray(z) for z in pair.logits(jnp.asarray(x)))
+  assert (zf.argmax(-1) == np.asarray(pair.logits(jnp.asarray(seed))[0]).argmax(-1)).all()
+  assert (zq.argmax(-1) != zf.argmax(-1)).all()  # real disagreements
+  changed = x != seed
+  assert 1 <= changed.sum(1).min() and changed.sum(1).max() <= k  # at most k substitutions
+  assert (x[seed == 0] == 0).all() and (x[changed] >= 2).all()  # padding stays; words only (no pad, no OOV)
+
+
+@pytest.mark.parametrize("method", ["whitebox", "random"])
+def test_token_substitutions_are_real_disagreements_within_k_words(text_pair_and_seeds, method):
+  pair, x0 = text_pair_and_seeds
+  budget = attacks.Budget("tokens", 2)
+  run = {
+      "whitebox": lambda: attacks.whitebox(pair, x0, budget, steps=4, batch_size=10),
+      "random": lambda: attacks.random_search(pair, x0, budget, queries=40),
+  }[method]
+  res = run()
+  assert res.found.any() and res.x.dtype == np.int32
+  _check_token_finds(pair, x0, res, 2)
+  assert np.isnan(res.summary(x0)["linf"]) and 0 < res.summary(x0)["budget_used"] <= 1
+  np.testing.assert_array_equal(res.found, run().found)  # deterministic
+  if method == "whitebox":  # a step: a gradient (2 queries) and the best-ranked substitutions (one each)
+    assert res.cap == 4 * (2 + attacks.TOKEN_CANDIDATES)
+    assert set(np.unique(res.queries[res.found])) <= {(2 + attacks.TOKEN_CANDIDATES) * i for i in range(1, 5)}
+
+
+def test_token_embeddings_give_the_same_logits_as_ids(text_pair_and_seeds):
+  pair, x0 = text_pair_and_seeds
+  for a, b in zip(pair.logits(jnp.asarray(x0)), pair.logits_embedded(*pair.embed(jnp.asarray(x0)))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_bad_token_input_fails_before_any_search(text_pair_and_seeds, pair_and_seeds):
+  pair, x0 = text_pair_and_seeds
+  with pytest.raises(ValueError, match="whole number of substitutions"):
+    attacks.Budget("tokens", 1.5)
+  with pytest.raises(ValueError, match="eps=13 substitutions is not valid for sequences of 12 tokens"):
+    attacks.whitebox(pair, x0, attacks.Budget("tokens", 13), steps=1)
+  with pytest.raises(ValueError, match="outside the vocabulary 0..49"):
+    attacks.random_search(pair, x0 + 40, attacks.Budget("tokens", 1), queries=1)
+  with pytest.raises(ValueError, match="substitutes token ids \\[B, T\\]"):
+    attacks.whitebox(pair, x0.astype(np.float32), attacks.Budget("tokens", 1), steps=1)
+  with pytest.raises(ValueError, match="mcmc_search mutates pixels"):
+    attacks.mcmc_search(pair, x0, attacks.Budget("tokens", 1), queries=1)
+  image_pair, images = pair_and_seeds
+  with pytest.raises(ValueError, match="has no vocabulary"):
+    attacks.random_search(image_pair, images, attacks.Budget("tokens", 1), queries=1)
+
+
+def test_the_job_searches_token_substitutions_on_a_text_checkpoint(tmp_path, tiny_ckpt):
+  import tensorflow_datasets as tfds
+
+  from experiments.configs import imdb
+  from qsim.results import read_rows
+  from qsim.search import job
+  from qsim.train import job as train_job
+
+  with tfds.testing.mock_data(num_examples=24):
+    train_job.run(train_job.TrainConfig.from_config_dict(imdb.get_config("runlocal")), str(tmp_path / "ckpt"))
+    c = job.SearchConfig(
+        checkpoint=str(tmp_path / "ckpt"),
+        quantizers=("w2a2",),
+        norm="tokens",
+        budgets=(1, 3),
+        methods=("whitebox", "random"),
+        seeds=8,
+        cap=40,
+        calib_samples=8,
+    )
+    path = job.run_search(c, str(tmp_path / "search"))
+    rows = read_rows(str(tmp_path / "search" / "results.csv"))
+    assert len(rows) == 2 * 2 and {r["norm"] for r in rows} == {"tokens"}
+    assert all(r["budget_used"] <= 1 for r in rows if r["found"])
+    report = open(path).read()
+    assert "| w2a2 | 1 tokens | whitebox |" in report
+    if any(r["found"] and r["searcher"] == "whitebox" for r in rows):
+      assert "Found substitutions" in report and "~~" in report  # the words, seed crossed out
+    with pytest.raises(ValueError, match="has no vocabulary"):  # an image checkpoint under 'tokens'
+      job.run_search(dataclasses.replace(c, checkpoint=str(tiny_ckpt)), str(tmp_path / "bad"))
+  assert not (tmp_path / "bad" / "results.csv").exists()

@@ -44,9 +44,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from qsim.nn import QUANT_RNG, QUANT_STATS
+from qsim.quant.grid import ConfigGrid
+from qsim.data import text
 from qsim.shifts import image
 
-NORMS = ("linf", "l2", "natural")
+NORMS = ("linf", "l2", "natural", "tokens")
 METHODS = ("whitebox", "random", "mcmc")
 PIXEL_METHODS = ("mcmc",)  # searchers that mutate pixels (need an L-inf / L2 ball)
 # The natural model's parameter ranges at eps = 1 (eps in (0, 1] scales them):
@@ -76,17 +78,29 @@ class Budget:
   (pixels). ``norm='natural'``: :func:`qsim.shifts.image.natural` with its six
   parameters (brightness, contrast, rotation, shear, scale, blur) each within
   ``eps`` times its range in ``NATURAL_RANGES`` (eps in (0, 1]; images in
-  [0, 1] only). A searcher moves a per-seed parameter ``theta``: the input
-  itself for the pixel norms, the six numbers for ``natural``.
+  [0, 1] only). ``norm='tokens'``: token ids ``[B, T]`` of a text model with
+  at most ``eps`` (an integer >= 1) positions substituted by other
+  vocabulary words (ids >= 2: never padding or out-of-vocabulary; padding
+  positions never change); ``vocab`` is the model's vocabulary size (filled
+  in by the searchers, :meth:`for_model`). A searcher moves a per-seed
+  parameter ``theta``: the input itself for the pixel norms and tokens, the
+  six numbers for ``natural``.
   """
 
   norm: str = "linf"
   eps: float = 8 / 255
   box: tuple[float, float] = (0.0, 1.0)
+  vocab: int | None = None
 
   def __post_init__(self):
     if self.norm not in NORMS:
       raise ValueError(f"norm={self.norm!r} is not a known perturbation model; choose one of {list(NORMS)}")
+    if self.norm == "tokens":
+      if not (float(self.eps).is_integer() and self.eps >= 1):
+        raise ValueError(f"eps={self.eps!r} is not valid for norm='tokens': give a whole number of substitutions >= 1")
+      if self.vocab is not None and self.vocab < 3:
+        raise ValueError(f"vocab={self.vocab!r} is not valid: a vocabulary has ids 0 (pad), 1 (OOV) and words >= 2")
+      return
     lo, hi = self.box
     if not lo < hi:
       raise ValueError(f"box={self.box!r} is not valid; give (low, high) with low < high")
@@ -99,8 +113,38 @@ class Budget:
 
   @property
   def pixels(self) -> bool:
-    """Whether the perturbation is a pixel ball (not the natural model)."""
-    return self.norm != "natural"
+    """Whether the perturbation is a pixel ball (L-inf or L2)."""
+    return self.norm in ("linf", "l2")
+
+  @property
+  def tokens(self) -> bool:
+    """Whether the perturbation substitutes token ids."""
+    return self.norm == "tokens"
+
+  def for_model(self, model: nn.Module, words: int | None = None) -> Budget:
+    """This budget with ``vocab`` taken from a text model (unchanged for other norms).
+
+    Args:
+      model: the float model.
+      words: the words of its vocabulary (ids 2..words+1; e.g. a run's
+        ``vocab.json`` holds fewer than the embedding's rows when the
+        training texts have fewer distinct words); None: every row.
+
+    Returns:
+      The budget to search with.
+
+    Raises:
+      ValueError: ``norm='tokens'`` and the model has no vocabulary.
+    """
+    if not self.tokens or self.vocab is not None:
+      return self
+    vocab = getattr(model, "vocab_size", None)
+    if not vocab:
+      raise ValueError(
+          f"norm='tokens' substitutes the token ids of a text model; {type(model).__name__} has no vocabulary"
+          " (vocab_size)"
+      )
+    return dataclasses.replace(self, vocab=int(vocab) if words is None else min(int(vocab), words + 2))
 
   def _bounds(self):
     r = np.asarray(list(NATURAL_RANGES.values()), np.float32) * self.eps
@@ -113,10 +157,32 @@ class Budget:
       x0: the seeds.
 
     Raises:
-      ValueError: ``norm='natural'`` on inputs that are not images ``[B, H, W, C]``.
+      ValueError: ``norm='natural'`` on inputs that are not images ``[B, H,
+        W, C]``; ``norm='tokens'`` on inputs that are not integer ids ``[B,
+        T]`` in the vocabulary, or with ``eps`` above ``T``.
     """
-    if not self.pixels and np.ndim(x0) != 4:
+    if self.norm == "natural" and np.ndim(x0) != 4:
       raise ValueError(f"norm='natural' perturbs images [B, H, W, C]; got shape {tuple(np.shape(x0))}")
+    if self.tokens:
+      x0 = np.asarray(x0)
+      if x0.ndim != 2 or not np.issubdtype(x0.dtype, np.integer):
+        raise ValueError(f"norm='tokens' substitutes token ids [B, T] (integers); got {x0.dtype} {x0.shape}")
+      if self.eps > x0.shape[1]:
+        raise ValueError(f"eps={self.eps:g} substitutions is not valid for sequences of {x0.shape[1]} tokens")
+      if self.vocab is not None and x0.size and not 0 <= x0.min() <= x0.max() < self.vocab:
+        raise ValueError(f"token ids {x0.min()}..{x0.max()} are outside the vocabulary 0..{self.vocab - 1}")
+
+  def prepare(self, x0):
+    """The seeds, checked (:meth:`check`), as a jax array: int32 ids or float32.
+
+    Args:
+      x0: the seeds.
+
+    Returns:
+      ``x0`` as the searchers take it.
+    """
+    self.check(x0)
+    return jnp.asarray(x0, jnp.int32 if self.tokens else jnp.float32)
 
   def init(self, x0):
     """The identity parameter of each seed: the seed itself, or six zeros.
@@ -127,7 +193,9 @@ class Budget:
     Returns:
       ``theta`` for :meth:`apply`.
     """
-    return x0 if self.pixels else jnp.zeros((x0.shape[0], len(NATURAL_RANGES)), jnp.float32)
+    if self.norm == "natural":
+      return jnp.zeros((x0.shape[0], len(NATURAL_RANGES)), jnp.float32)
+    return x0
 
   def apply(self, x0, theta):
     """The perturbed inputs.
@@ -139,7 +207,7 @@ class Budget:
     Returns:
       The inputs, shaped as ``x0``.
     """
-    return theta if self.pixels else jax.vmap(image.natural)(x0, theta)
+    return jax.vmap(image.natural)(x0, theta) if self.norm == "natural" else theta
 
   def project(self, x0, theta):
     """``theta`` moved into the budget (per sample).
@@ -152,7 +220,12 @@ class Budget:
       The projected parameters: for the pixel norms the L-inf ball by
       clipping, the L2 ball by scaling the difference, then clipped to the
       box; for ``natural`` each parameter clipped to its range.
+
+    Raises:
+      ValueError: ``norm='tokens'`` (substitutions are chosen inside the budget, not projected).
     """
+    if self.tokens:
+      raise ValueError("norm='tokens' has no projection: its searchers substitute within the budget")
     if not self.pixels:
       return jnp.clip(theta, *self._bounds())
     d = theta - x0
@@ -198,6 +271,12 @@ class Budget:
     Returns:
       ``theta`` for :meth:`apply`.
     """
+    if self.tokens:  # eps distinct non-padding positions, each a uniform word id in 2..vocab-1
+      k1, k2 = jax.random.split(key)
+      r = jnp.where(x0 != text.PAD, jax.random.uniform(k1, x0.shape), -1.0)
+      kth = -jnp.sort(-r, axis=1)[:, int(self.eps) - 1 : int(self.eps)]
+      words = jax.random.randint(k2, x0.shape, 2, self.vocab)
+      return jnp.where((r >= kth) & (x0 != text.PAD), words, x0)
     if not self.pixels:
       lo, hi = self._bounds()
       return jax.random.uniform(key, (x0.shape[0], len(lo)), minval=lo, maxval=hi)
@@ -220,10 +299,13 @@ class Budget:
       theta: their parameters.
 
     Returns:
-      Per sample: the norm of ``x - x0`` over ``eps``, or for ``natural``
-      the largest parameter over its bound.
+      Per sample: the norm of ``x - x0`` over ``eps``, for ``natural`` the
+      largest parameter over its bound, for ``tokens`` the substituted
+      positions over ``eps``.
     """
-    if not self.pixels:
+    if self.tokens:
+      return (np.asarray(x) != np.asarray(x0)).sum(1) / self.eps
+    if self.norm == "natural":
       lo, hi = (np.asarray(v) for v in self._bounds())
       bound = np.maximum(np.abs(lo), np.abs(hi))
       return (np.abs(np.asarray(theta)) / bound).max(-1)
@@ -268,7 +350,9 @@ class SearchResult:
     searched = ~self.skipped
     n, k = int(searched.sum()), int((self.found & searched).sum())
     spent = float(np.where(self.found, self.queries, self.cap)[searched].sum())
-    d = (self.x - x0).reshape(len(x0), -1)[self.found & searched]
+    d = (self.x - x0).reshape(len(x0), -1)[self.found & searched].astype(np.float32)
+    if np.issubdtype(np.asarray(self.x).dtype, np.integer):  # token ids: the distance is budget_used x eps
+      d = np.full_like(d, np.nan)
     out = {
         "method": self.method,
         "seeds": n,
@@ -295,8 +379,9 @@ def _margin(z, cls):
 class Pair:
   """The float model and one quantized version of it, on the same variables."""
 
-  def __init__(self, model: nn.Module, variables: dict, config, quant_stats=None):
-    self.check_config(config)
+  def __init__(self, model: nn.Module, variables: dict, config, quant_stats=None, check: bool = True):
+    if check:  # off where ``config`` is traced (a grid): checked before tracing
+      self.check_config(config)
     base = {k: v for k, v in variables.items() if k != QUANT_STATS}
     self.float_model = model.clone(quant=None)
     self.quant_model = model.clone(quant=config)
@@ -334,6 +419,34 @@ class Pair:
     with jax.default_matmul_precision("highest"):
       zf = self.float_model.apply(self.fv, x)
       zq = self.quant_model.apply(self.qv, x, rngs={QUANT_RNG: jax.random.key(0)})
+    return zf.astype(jnp.float32), zq.astype(jnp.float32)
+
+  def embed(self, ids):
+    """Both text models' embeddings of token ids (the quantized model's from its quantized table).
+
+    Args:
+      ids: token ids ``[B, T]``.
+
+    Returns:
+      ``(float embeddings, quantized embeddings)``, each ``[B, T, D]``.
+    """
+    rngs = {QUANT_RNG: jax.random.key(0)}
+    ef = self.float_model.apply(self.fv, ids, method="embed_tokens")
+    return ef, self.quant_model.apply(self.qv, ids, method="embed_tokens", rngs=rngs)
+
+  def logits_embedded(self, ef, eq):
+    """Both text models' logits from embeddings (:meth:`embed`): equal to :meth:`logits` on the ids.
+
+    Args:
+      ef: the float model's embeddings.
+      eq: the quantized model's.
+
+    Returns:
+      ``(float logits, quantized logits)``, float32.
+    """
+    with jax.default_matmul_precision("highest"):
+      zf = self.float_model.apply(self.fv, ef, embedded=True)
+      zq = self.quant_model.apply(self.qv, eq, embedded=True, rngs={QUANT_RNG: jax.random.key(0)})
     return zf.astype(jnp.float32), zq.astype(jnp.float32)
 
 
@@ -383,19 +496,155 @@ def _chunked(fn, args: tuple, batch_size: int | None):
   return jax.tree.map(lambda v: v.reshape((n * batch_size,) + v.shape[2:])[:b], out)
 
 
-def whitebox_runs(cap: int, norm: str) -> tuple[int, int]:
-  """The white-box search's runs for a query cap: up to 100 steps each (10 for
-  ``natural``, where restarts find more: BUILD_NOTES), restarted while the cap allows.
+def whitebox_runs(cap: int, norm: str) -> dict[str, int]:
+  """The white-box search's runs for a query cap (a step counts 2).
+
+  Pixel norms: a first run of 10 steps from the seed (large steps: on
+  ResNet-20 w4a4 at 16/255 such runs find with 4x fewer queries than 100-step
+  runs), then runs of up to 100 steps (small steps: on LeNet-5 ``tflite_int8``
+  at 32/255 they find 60 of 64 seeds where 10-step runs find 51), the first
+  from the seed, the others from random draws, while the cap allows (figures:
+  BUILD_NOTES, "Disagreement search"). ``natural``: runs of 10 steps only
+  (restarts find more there).
 
   Args:
-    cap: queries per seed (a step counts 2).
+    cap: queries per seed.
     norm: the perturbation model.
 
   Returns:
-    ``(steps, restarts)`` for :func:`whitebox`.
+    ``first``, ``steps`` and ``restarts`` for :func:`whitebox`, at most ``cap`` queries in all.
   """
-  steps = min(10 if norm == "natural" else 100, cap // 2)
-  return steps, max(1, cap // (2 * steps))
+  if norm == "natural":
+    steps = min(10, cap // 2)
+    return {"first": 0, "steps": steps, "restarts": max(1, cap // (2 * steps))}
+  first = 10 if cap >= 60 else 0  # a short first run only where a long one still fits
+  rest = cap // 2 - first
+  restarts = max(1, -(-rest // 100))
+  return {"first": first, "steps": rest // restarts, "restarts": restarts}
+
+
+TOKEN_CANDIDATES = 8  # token search: substitutions evaluated per step (the gradient's best-ranked)
+
+
+def _token_step(pair: Pair, budget: Budget, kappa: float, candidates: int):
+  """The token search's step and gradient check (HotFlip-style, Ebrahimi et
+  al. 2018): the loss gradient at both models' embeddings ranks every
+  (position, word) substitution by its first-order change of the loss,
+  ``(E[v] - E[x_t]) . dL/de_t`` summed over the float and quantized tables;
+  the ``candidates`` best allowed ones are evaluated (a query each) and the
+  search moves to the lowest true loss, or to a find. Allowed: a non-padding
+  position, any word id >= 2 but the current one, at a new position only
+  while fewer than ``eps`` positions differ from the seed."""
+  k, vocab = int(budget.eps), budget.vocab
+
+  def tables():
+    return (t[0] for t in pair.embed(jnp.arange(vocab)[None]))
+
+  def loss(ef, eq, cls):
+    zf, zq = pair.logits_embedded(ef, eq)
+    return jnp.sum(_margin(zq, cls) + jax.nn.relu(kappa - _margin(zf, cls))), (zf, zq)
+
+  def path(x0, cls):
+    ef, eq = pair.embed(x0)
+    return jax.grad(lambda eq: jnp.sum(_margin(pair.logits_embedded(ef, eq)[1], cls)))(eq)
+
+  def step(ids, x0, cls, n):
+    del n  # the step is a substitution whatever the run's length
+    ef_table, eq_table = tables()
+    b, t = ids.shape
+    _, (gf, gq) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(ef_table[ids], eq_table[ids], cls)
+    here = jnp.sum(gf * ef_table[ids], -1) + jnp.sum(gq * eq_table[ids], -1)
+    score = jnp.einsum("btd,vd->btv", gf, ef_table) + jnp.einsum("btd,vd->btv", gq, eq_table) - here[..., None]
+    changed = ids != x0
+    pos = (x0 != text.PAD) & ((changed.sum(1) < k)[:, None] | changed)
+    word = jnp.arange(vocab)
+    ok = pos[..., None] & (word >= 2) & (word != ids[..., None])
+    best, idx = jax.lax.top_k(-jnp.where(ok, score, jnp.inf).reshape(b, -1), candidates)
+    at, to = idx // vocab, idx % vocab
+    cand = jnp.where(jnp.arange(t) == at[..., None], to[..., None], ids[:, None, :])
+    cand = jnp.where(jnp.isfinite(best)[..., None], cand, ids[:, None, :])  # nothing allowed: stay
+    zf, zq = pair.logits(cand.reshape(b * candidates, t))
+    cls_c = jnp.repeat(cls, candidates)
+    value = (_margin(zq, cls_c) + jax.nn.relu(kappa - _margin(zf, cls_c))).reshape(b, candidates)
+    hit = _found(zf, zq, cls_c).reshape(b, candidates)
+    pick = jnp.where(hit.any(1), jnp.argmax(hit, 1), jnp.argmin(value, 1))
+    nxt = jnp.take_along_axis(cand, pick[:, None, None], 1)[:, 0]
+    return nxt, hit.any(1), nxt, nxt, 2 + candidates
+
+  return step, path
+
+
+def _whitebox_program(pair: Pair, budget: Budget, steps, step_size, kappa, restarts, batch_size, first):
+  """The white-box search's traceable pieces for one pair: ``path(x0) ->
+  (skipped, moves)`` (whether each seed already disagrees, and whether the
+  quantized margin's gradient is nonzero there), ``search(x0, keys) ->
+  (state, skipped)`` (both in chunks of ``batch_size`` seeds), and the
+  queries a step costs."""
+
+  def objective(theta, x0, cls):
+    x = budget.apply(x0, theta)
+    zf, zq = pair.logits(x)
+    loss = jnp.sum(_margin(zq, cls) + jax.nn.relu(kappa - _margin(zf, cls)))
+    return loss, (x, zf, zq)
+
+  grad_fn = jax.value_and_grad(objective, has_aux=True)
+
+  def pixel_path(x0, cls):
+    return jax.grad(lambda theta: jnp.sum(_margin(pair.logits(budget.apply(x0, theta))[1], cls)))(budget.init(x0))
+
+  def pixel_step(theta, x0, cls, n):  # n: the run's length (sets the step size)
+    (_, (x, zf, zq)), g = grad_fn(theta, x0, cls)
+    return budget.descend(x0, theta, g, n, step_size), _found(zf, zq, cls), x, theta, 2
+
+  step, grad_at = _token_step(pair, budget, kappa, TOKEN_CANDIDATES) if budget.tokens else (pixel_step, pixel_path)
+  cost = 2 + TOKEN_CANDIDATES if budget.tokens else 2
+
+  def path_chunk(x0):
+    cls, skipped = _start(pair, x0)
+    g0 = grad_at(x0, cls)
+    return skipped, jnp.any(g0 != 0, axis=tuple(range(1, g0.ndim)))
+
+  def draw(keys, x0):  # one draw per seed from its own key: the same in any chunking
+    return jax.vmap(lambda k, x: budget.sample(k, x[None])[0])(keys, x0)
+
+  def chunk(x0, keys):
+    cls, skipped = _start(pair, x0)
+
+    def descent(state, theta0, n):  # n steps from theta0
+      def body(carry, _):
+        theta, state = carry
+        nxt, hit, x, at, c = step(theta, x0, cls, n)
+        return (nxt, _record(state, hit, x, at, c)), None
+
+      (_, state), _ = jax.lax.scan(body, (theta0, state), None, length=n)
+      return state
+
+    def restart(state, r):
+      theta0 = jnp.where(r == 0, budget.init(x0), draw(jax.vmap(jax.random.fold_in, (0, None))(keys, r), x0))
+      return descent(state, theta0, steps), None
+
+    state = _state(x0, budget.init(x0), skipped)
+    if first:
+      state = descent(state, budget.init(x0), first)
+    state, _ = jax.lax.scan(restart, state, jnp.arange(restarts))
+    return state, skipped
+
+  def chunked(fn, args):
+    size = batch_size
+    if budget.tokens and not size:  # the step's scores are [seeds, T, vocab]: at most 256 MB a chunk
+      size = max(1, (1 << 26) // (args[0].shape[1] * budget.vocab))
+    return _chunked(fn, args, size)
+
+  return (lambda x0: chunked(path_chunk, (x0,)), lambda x0, keys: chunked(chunk, (x0, keys)), cost)
+
+
+def _check_path(name: str, skipped, moves) -> None:
+  skipped, moves = np.asarray(skipped), np.asarray(moves)
+  if (~skipped).any() and not (moves & ~skipped).any():
+    raise ValueError(
+        f"quantizer {name!r}: the quantized margin has zero gradient at every seed; it has no gradient path"
+        " to the input (the white-box search needs one)"
+    )
 
 
 def whitebox(
@@ -409,6 +658,7 @@ def whitebox(
     batch_size: int | None = None,
     restarts: int = 1,
     seed: int = 0,
+    first: int = 0,
 ):
   """The white-box search (see the module doc): ``steps`` gradient steps per seed.
 
@@ -423,9 +673,11 @@ def whitebox(
       margin gap found fewer).
     batch_size: seeds per chunk of the one compiled program (None: all at once).
     restarts: runs of ``steps`` steps each, the first from the seed, the
-      others from a uniform draw in the budget (``2 steps restarts`` queries
-      in all for a seed never found).
+      others from a uniform draw in the budget.
     seed: seeds the restarts' draws.
+    first: steps of a first run from the seed before the others (0: none),
+      its step size set by its length (``Budget.descend``); a seed never
+      found costs ``2 (first + steps restarts)`` queries.
 
   Returns:
     A :class:`SearchResult`.
@@ -435,59 +687,96 @@ def whitebox(
       no gradient path to its input (its margin's gradient is zero at every
       seed).
   """
-  budget.check(x0)
-  x0 = jnp.asarray(x0, jnp.float32)
+  budget = budget.for_model(pair.float_model)
+  x0 = budget.prepare(x0)
+  path, search, cost = _whitebox_program(pair, budget, steps, step_size, kappa, restarts, batch_size, first)
+  _check_path(pair.name, *jax.jit(path)(x0))  # before any search
+  t0 = time.perf_counter()
+  state, skipped = jax.block_until_ready(jax.jit(search)(x0, jax.random.split(jax.random.key(seed), x0.shape[0])))
+  cap = cost * (first + steps * restarts)
+  return _result("whitebox", state, skipped, time.perf_counter() - t0, cap, budget, x0)
 
-  def objective(theta, x0, cls):
-    x = budget.apply(x0, theta)
-    zf, zq = pair.logits(x)
-    loss = jnp.sum(_margin(zq, cls) + jax.nn.relu(kappa - _margin(zf, cls)))
-    return loss, (x, zf, zq)
 
-  grad_fn = jax.value_and_grad(objective, has_aux=True)
+def whitebox_grid(
+    model: nn.Module,
+    variables: dict,
+    quantizers,
+    x0,
+    budget: Budget,
+    *,
+    steps: int = 50,
+    step_size: float | None = None,
+    kappa: float = 0.1,
+    batch_size: int | None = None,
+    restarts: int = 1,
+    seed: int = 0,
+    first: int = 0,
+    mapping: str = "auto",
+) -> list[SearchResult]:
+  """:func:`whitebox` for several quantized versions of one model in one
+  compiled program: the configs' bits are data (:class:`qsim.quant.grid.ConfigGrid`),
+  mapped over as the grid maps them, each config's search batched over the seeds.
 
-  def quant_margin(theta, x0, cls):
-    return jnp.sum(_margin(pair.logits(budget.apply(x0, theta))[1], cls))
+  Args:
+    model: the float model.
+    variables: its variables (quant stats, if any, are replaced per config).
+    quantizers: ``(name, config, quant_stats)`` per quantized version
+      (``quant_stats`` None for configs without static ranges), e.g. from
+      :func:`qsim.evaluate.engine.build_quantizers`.
+    x0: seeds ``[B, ...]`` in the budget's box.
+    budget: the perturbation model.
+    steps: see :func:`whitebox`.
+    step_size: see :func:`whitebox`.
+    kappa: see :func:`whitebox`.
+    batch_size: see :func:`whitebox`.
+    restarts: see :func:`whitebox`.
+    seed: see :func:`whitebox` (every config gets the same draws).
+    first: see :func:`whitebox`.
+    mapping: over the configs: ``'map'``, ``'vmap'`` or ``'auto'`` (see
+      :mod:`qsim.quant.grid`).
 
-  def path_chunk(x0):
-    cls, skipped = _start(pair, x0)
-    g0 = jax.grad(quant_margin)(budget.init(x0), x0, cls)
-    return skipped, jnp.any(g0 != 0, axis=tuple(range(1, g0.ndim)))
+  Returns:
+    One :class:`SearchResult` per quantizer, in order; their finds equal
+    :func:`whitebox`'s for each config alone. ``seconds`` is the whole
+    program's wall time shared equally among the configs.
 
-  gradient_path = jax.jit(lambda x0: _chunked(path_chunk, (x0,), batch_size))
+  Raises:
+    ValueError: no quantizers, a config quantizes nothing, the seeds do not
+      fit the budget, or a config's quantized margin has zero gradient at
+      every seed.
+  """
+  if not quantizers:
+    raise ValueError("whitebox_grid: quantizers=[] is not valid; give (name, config, quant_stats) per version")
+  for _, config, _ in quantizers:
+    Pair.check_config(config)
+  budget = budget.for_model(model)
+  x0 = budget.prepare(x0)
 
-  skipped, moves = (np.asarray(v) for v in gradient_path(x0))  # checked before any search
-  if (~skipped).any() and not (moves & ~skipped).any():
-    raise ValueError(
-        f"quantizer {pair.name!r}: the quantized margin has zero gradient at every seed; it has no gradient path"
-        " to the input (the white-box search needs one)"
+  def program(item):
+    config, stats = item
+    return _whitebox_program(
+        Pair(model, variables, config, stats, check=False),
+        budget,
+        steps,
+        step_size,
+        kappa,
+        restarts,
+        batch_size,
+        first,
     )
 
-  def draw(keys, x0):  # one draw per seed from its own key: the same in any chunking
-    return jax.vmap(lambda k, x: budget.sample(k, x[None])[0])(keys, x0)
-
-  def chunk(x0, keys):
-    cls, skipped = _start(pair, x0)
-
-    def body(carry, _):
-      theta, state = carry
-      (_, (x, zf, zq)), g = grad_fn(theta, x0, cls)
-      state = _record(state, _found(zf, zq, cls), x, theta, 2)
-      return (budget.descend(x0, theta, g, steps, step_size), state), None
-
-    def restart(state, r):
-      theta0 = jnp.where(r == 0, budget.init(x0), draw(jax.vmap(jax.random.fold_in, (0, None))(keys, r), x0))
-      (_, state), _ = jax.lax.scan(body, (theta0, state), None, length=steps)
-      return state, None
-
-    state, _ = jax.lax.scan(restart, _state(x0, budget.init(x0), skipped), jnp.arange(restarts))
-    return state, skipped
-
-  run = jax.jit(lambda x0, keys: _chunked(chunk, (x0, keys), batch_size))
-
+  items = [(config, stats) for _, config, stats in quantizers]
+  path = ConfigGrid(lambda item, x0: program(item)[0](x0), mapping)
+  for (name, _, _), skipped, moves in zip(quantizers, *path(items, x0)):
+    _check_path(name, skipped, moves)
+  search = ConfigGrid(lambda item, x0, keys: program(item)[1](x0, keys), mapping)
   t0 = time.perf_counter()
-  state, skipped = jax.block_until_ready(run(x0, jax.random.split(jax.random.key(seed), x0.shape[0])))
-  return _result("whitebox", state, skipped, time.perf_counter() - t0, 2 * steps * restarts, budget, x0)
+  states, skipped = jax.block_until_ready(search(items, x0, jax.random.split(jax.random.key(seed), x0.shape[0])))
+  seconds = (time.perf_counter() - t0) / len(items)
+  cap = (2 + TOKEN_CANDIDATES if budget.tokens else 2) * (first + steps * restarts)
+  return [
+      _result("whitebox", tuple(v[i] for v in states), skipped[i], seconds, cap, budget, x0) for i in range(len(items))
+  ]
 
 
 def _result(method, state, skipped, seconds, cap, budget: Budget, x0) -> SearchResult:
@@ -502,7 +791,7 @@ def _result(method, state, skipped, seconds, cap, budget: Budget, x0) -> SearchR
       seconds,
       cap,
       budget.used(np.asarray(x0), best, theta),
-      None if budget.pixels else theta,
+      theta if budget.norm == "natural" else None,
   )
 
 
@@ -522,8 +811,8 @@ def random_search(pair: Pair, x0, budget: Budget, *, queries: int = 100, seed: i
   Raises:
     ValueError: the seeds do not fit the budget.
   """
-  budget.check(x0)
-  x0 = jnp.asarray(x0, jnp.float32)
+  budget = budget.for_model(pair.float_model)
+  x0 = budget.prepare(x0)
 
   @jax.jit
   def run(x0, key):

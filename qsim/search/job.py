@@ -25,6 +25,7 @@ from qsim.quant import preset
 from qsim.results import QuantInfo, ResultsStore, Row, RunInfo, SetInfo, pyplot, read_rows, save_figure
 from qsim.runs import Run, atomic_write
 from qsim.search import attacks
+from qsim.data import text
 from qsim.shifts import registry
 
 SPLITS = ("test", "val")
@@ -37,9 +38,10 @@ class SearchConfig(configs.FromConfigDict):
   Attributes:
     checkpoint: the train workdir.
     quantizers: preset names.
-    norm: the perturbation model ('linf', 'l2' or 'natural').
+    norm: the perturbation model ('linf', 'l2', 'natural', or 'tokens' for text models).
     budgets: the ball radii, in the input's units (images in [0, 1]: 8/255 =
-      0.0314); for 'natural', the fraction (0, 1] of ``attacks.NATURAL_RANGES``.
+      0.0314); for 'natural', the fraction (0, 1] of ``attacks.NATURAL_RANGES``;
+      for 'tokens', the number of substituted words.
     methods: searchers, of ``attacks.METHODS``.
     seeds: seeds per unit (the first of the split).
     split: where the seeds come from ('test' or 'val').
@@ -76,9 +78,10 @@ class SearchConfig(configs.FromConfigDict):
     if bad or not self.methods:
       raise ValueError(f"methods={list(self.methods)} is not valid; choose from {list(attacks.METHODS)}")
     pixel_only = [m for m in self.methods if m in attacks.PIXEL_METHODS]
-    if self.norm == "natural" and pixel_only:
+    if self.norm in ("natural", "tokens") and pixel_only:
       raise ValueError(
-          f"methods={list(self.methods)}: {pixel_only} mutate pixels inside a ball and cannot search norm='natural';"
+          f"methods={list(self.methods)}: {pixel_only} mutate pixels inside a ball and cannot search"
+          f" norm={self.norm!r};"
           " give methods=whitebox+random"
       )
     if self.split not in SPLITS:
@@ -91,9 +94,6 @@ def _log(msg: str) -> None:
 
 
 def _searcher(method: str, pair, x0, budget, c: SearchConfig):
-  if method == "whitebox":
-    steps, restarts = attacks.whitebox_runs(c.cap, c.norm)
-    return attacks.whitebox(pair, x0, budget, steps=steps, restarts=restarts, seed=c.seed)
   if method == "random":
     return attacks.random_search(pair, x0, budget, queries=c.cap, seed=c.seed)
   return attacks.mcmc_search(pair, x0, budget, queries=c.cap, seed=c.seed)
@@ -117,22 +117,35 @@ def run_search(c: SearchConfig, workdir: str) -> str:
   run = Run.open(c.checkpoint)
   calib = run.calibration(c.calib_samples, c.data_dir or None)
   seeds = run.split(c.split, c.seeds, c.data_dir or None)
-  x0 = np.asarray(seeds.x, np.float32)
+  x0 = np.asarray(seeds.x)
+  x0 = x0 if np.issubdtype(x0.dtype, np.integer) else x0.astype(np.float32)
+  words = None if run.vocab is None else len(run.vocab)  # substitute words the vocabulary has
+  budgets = {eps: attacks.Budget(c.norm, eps).for_model(run.model, words) for eps in c.budgets}
+  for budget in budgets.values():
+    budget.check(x0)  # images under 'tokens', text under 'natural', too many substitutions: before any work
   store = ResultsStore(workdir)
   run_info = RunInfo.of(c.checkpoint, run.config)
   shifted = registry.clean_set(run.dataset)
   quantizers = build_quantizers(run.model, run.variables, list(c.quantizers), calib.x)
-  for qi, q in enumerate(quantizers):
-    pair = attacks.Pair(run.model, run.variables, q.config, q.quant_stats)
-    probs = jax.jit(lambda x, pair=pair: jax.nn.softmax(pair.logits(x)[0]))
-    for eps in c.budgets:
-      key = ResultsStore.key(os.path.abspath(c.checkpoint), q.name, c.norm, repr(float(eps)))
-      if store.has(key):
-        continue
-      budget = attacks.Budget(c.norm, eps)
+  pairs = [attacks.Pair(run.model, run.variables, q.config, q.quant_stats) for q in quantizers]
+  for eps in c.budgets:
+    keys = [ResultsStore.key(os.path.abspath(c.checkpoint), q.name, c.norm, repr(float(eps))) for q in quantizers]
+    todo = [i for i, key in enumerate(keys) if not store.has(key)]
+    if not todo:
+      continue
+    budget = budgets[eps]
+    found = {}  # (quantizer index, method) -> SearchResult
+    if "whitebox" in c.methods:  # every quantizer's white-box search in one program
+      grid = [(quantizers[i].name, quantizers[i].config, quantizers[i].quant_stats) for i in todo]
+      runs = attacks.whitebox_runs(c.cap, c.norm)
+      results = attacks.whitebox_grid(run.model, run.variables, grid, x0, budget, seed=c.seed, **runs)
+      found.update({(i, "whitebox"): r for i, r in zip(todo, results)})
+    for qi in todo:
+      q, pair = quantizers[qi], pairs[qi]
+      probs = jax.jit(lambda x, pair=pair: jax.nn.softmax(pair.logits(x)[0]))
       rows, samples = [], {}
       for method in c.methods:
-        res = _searcher(method, pair, x0, budget, c)
+        res = found.get((qi, method)) or _searcher(method, pair, x0, budget, c)
         s = res.summary(x0, probs)
         s.pop("method")
         rows.append(
@@ -152,12 +165,38 @@ def run_search(c: SearchConfig, workdir: str) -> str:
         )
       samples["x0"] = x0
       samples["y"] = np.asarray(seeds.y)
-      store.put(key, rows, samples)
+      store.put(keys[qi], rows, samples)
   store.write_table(("quantizer_index", "eps", "searcher"))
-  first = quantizers[0]
-  return write_report(
-      workdir, c, store, attacks.Pair(run.model, run.variables, first.config, first.quant_stats), first.name
-  )
+  return write_report(workdir, c, store, pairs[0], quantizers[0].name, run.vocab)
+
+
+def _words(ids, vocab) -> list[str]:
+  return ["" if i == text.PAD else "<oov>" if i == text.OOV else vocab[i - 2] for i in ids]
+
+
+def _text_gallery(store: ResultsStore, key: str, pair, method: str, vocab, n: int = 6, context: int = 6) -> list[str]:
+  """Markdown lines: each found review around its substitutions (``~~seed word~~ **new word**``)."""
+  s = store.samples(key)
+  idx = np.flatnonzero(s[f"{method}_found"])[:n]
+  if not len(idx) or vocab is None:
+    return []
+  x0, x = s["x0"][idx], s[f"{method}_x"][idx]
+  zf, zq = (np.asarray(z).argmax(-1) for z in pair.logits(x))
+  lines = ["| float | quantized | the review around its substitutions |", "|---|---|---|"]
+  for j in range(len(idx)):
+    old, new = _words(x0[j], vocab), _words(x[j], vocab)
+    at = np.flatnonzero(x0[j] != x[j])
+    keep = np.zeros(len(old), bool)
+    for t in at:
+      keep[max(0, t - context) : t + context + 1] = True
+    shown, last = [], -1
+    for t in np.flatnonzero(keep & (x0[j] != text.PAD)):
+      if last >= 0 and t > last + 1:
+        shown.append("...")
+      shown.append(f"~~{old[t]}~~ **{new[t]}**" if t in at else old[t])
+      last = t
+    lines.append(f"| {zf[j]} | {zq[j]} | {' '.join(shown)} |")
+  return lines
 
 
 def _gallery(path: str, store: ResultsStore, key: str, pair, method: str, title: str, n: int = 6) -> bool:
@@ -190,14 +229,19 @@ def _gallery(path: str, store: ResultsStore, key: str, pair, method: str, title:
 
 
 def _scale(norm: str) -> float:
-  return 1.0 if norm == "natural" else 255.0
+  return 1.0 if norm in ("natural", "tokens") else 255.0
 
 
 def _budget(norm: str, eps: float) -> str:
+  if norm == "tokens":
+    return f"{eps:g} tokens"
   return f"{eps:.3g}" if norm == "natural" else f"{255 * eps:.3g}/255"
 
 
-def write_report(workdir: str, c: SearchConfig, store: ResultsStore, pair: attacks.Pair, name: str) -> str:
+_UNITS = {"natural": " (fraction of the ranges)", "tokens": " (substituted words)"}
+
+
+def write_report(workdir: str, c: SearchConfig, store: ResultsStore, pair: attacks.Pair, name: str, vocab=None) -> str:
   """search.md with the results table, a success-against-budget plot and a gallery.
 
   Args:
@@ -206,6 +250,7 @@ def write_report(workdir: str, c: SearchConfig, store: ResultsStore, pair: attac
     store: the folder's results store.
     pair: the first quantizer's models (its finds make the gallery).
     name: that quantizer's name.
+    vocab: the text model's vocabulary (its gallery shows words); None for images.
 
   Returns:
     The path of search.md.
@@ -218,7 +263,7 @@ def write_report(workdir: str, c: SearchConfig, store: ResultsStore, pair: attac
       pts = sorted((r["eps"], r["success_rate"]) for r in rows if r["quantizer"] == qname and r["searcher"] == method)
       ax.plot([_scale(c.norm) * p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel(f"{c.norm} budget" + (" (x 1/255)" if c.norm != "natural" else " (fraction of the ranges)"))
+    ax.set_xlabel(f"{c.norm} budget" + _UNITS.get(c.norm, " (x 1/255)"))
     ax.set_ylabel("seeds with a found disagreement")
     ax.set_ylim(0, 1.02)
     ax.set_title(qname)
@@ -243,8 +288,9 @@ def write_report(workdir: str, c: SearchConfig, store: ResultsStore, pair: attac
       "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
+    dist = "-" if c.norm == "tokens" else f"{255 * r['linf']:.2f}/255"
     per = (
-        f"{r['queries_per_found']:.1f} | {r['seconds_per_found']:.3f} | {255 * r['linf']:.2f}/255"
+        f"{r['queries_per_found']:.1f} | {r['seconds_per_found']:.3f} | {dist}"
         f" | {r.get('budget_used', float('nan')):.2f} | {r.get('float_confidence', float('nan')):.3f}"
         if r["found"]
         else "- | - | - | - | -"  # nothing found: no cost per find
@@ -256,6 +302,16 @@ def write_report(workdir: str, c: SearchConfig, store: ResultsStore, pair: attac
   lines += ["", "![success](success.png)", ""]
   for eps in sorted(c.budgets):
     key = ResultsStore.key(os.path.abspath(c.checkpoint), name, c.norm, repr(float(eps)))
+    if c.norm == "tokens":
+      found = _text_gallery(store, key, pair, c.methods[0], vocab)
+      if found:
+        lines += [
+            f"Found substitutions: {name}, {_budget(c.norm, eps)}, {c.methods[0]} (the smallest budget with a find).",
+            "",
+        ]
+        lines += found + [""]
+        break
+      continue
     title = f"{name}, {c.norm} {_budget(c.norm, eps)}, {c.methods[0]}: seed, found input, difference"
     if _gallery(os.path.join(workdir, "gallery.png"), store, key, pair, c.methods[0], title):
       lines += [f"Gallery: {title} (the smallest budget with a find).", "", "![gallery](gallery.png)", ""]
