@@ -35,7 +35,7 @@ demo: venv data
 	$(PY) -m experiments.demo --workdir=$(OUT)
 
 test: venv data
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=40 tests
 
 FORMATTED := qsim experiments tests benchmarks
 

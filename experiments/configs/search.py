@@ -4,16 +4,21 @@ classifies differently while the float model keeps its class.
   python -m experiments.search --config=experiments/configs/search.py:checkpoint=runs/lenet5 --workdir=runs/search_lenet5
   python -m experiments.search --config=experiments/configs/search.py:checkpoint=runs/lenet5,quantizers=w4a4,budgets=0.0078+0.0314,cap=1000 --workdir=runs/search
   python -m experiments.search --config=experiments/configs/search.py:checkpoint=runs/lenet5,norm=natural,budgets=0.25+0.5+1.0,methods=whitebox+random --workdir=runs/search_natural
+  python -m experiments.search --config=experiments/configs/search.py:checkpoint=runs/imdb_lstm,norm=tokens,budgets=1+2+4,methods=whitebox+random --workdir=runs/search_tokens
   python -m experiments.search --config=experiments/configs/search.py:checkpoint=runs/lenet5,runlocal --workdir=/tmp/search
 
 ``budgets``: ball radii in the input's units ('+'-joined; images are in [0, 1], so
 8/255 = 0.0314). ``norm``: linf, l2, or natural (brightness, contrast,
 rotation, shear, scale and blur as continuous parameters; budgets are then
-fractions in (0, 1] of their ranges, and methods whitebox+random). ``methods``: whitebox (through the straight-through
+fractions in (0, 1] of their ranges, and methods whitebox+random), or tokens
+(text checkpoints: budgets are numbers of substituted words, methods
+whitebox+random; the white-box search ranks substitutions by the gradient). ``methods``: whitebox (through the straight-through
 estimator), random, mcmc (DFlare-style). ``cap``: queries per seed (a query
 is both models on one input; a white-box step counts 2). Writes
 workdir/results.csv (a row per quantizer x budget x method), search.md,
-success.png and gallery.png. Rerunning resumes per (quantizer, budget).
+success.png and gallery.png (text: the found reviews' words in search.md).
+Every quantizer's white-box search of a budget runs in one compiled program.
+Rerunning resumes per (quantizer, budget).
 Expected (2-core CPU): LeNet-5, 2 quantizers x 3 budgets x 3 methods on 100
 seeds with cap 200 in about 10 minutes; figures in BUILD_NOTES.md
 ("Disagreement search").

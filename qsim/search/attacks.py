@@ -50,6 +50,7 @@ from qsim.shifts import image
 
 NORMS = ("linf", "l2", "natural", "tokens")
 METHODS = ("whitebox", "random", "mcmc")
+TOKEN_CANDIDATES = 8  # token search: substitutions evaluated per step (the gradient's best-ranked)
 PIXEL_METHODS = ("mcmc",)  # searchers that mutate pixels (need an L-inf / L2 ball)
 # The natural model's parameter ranges at eps = 1 (eps in (0, 1] scales them):
 # about MNIST-C's severity 3 for brightness (0.3), rotation and shear (0.6 rad)
@@ -505,7 +506,8 @@ def whitebox_runs(cap: int, norm: str) -> dict[str, int]:
   at 32/255 they find 60 of 64 seeds where 10-step runs find 51), the first
   from the seed, the others from random draws, while the cap allows (figures:
   BUILD_NOTES, "Disagreement search"). ``natural``: runs of 10 steps only
-  (restarts find more there).
+  (restarts find more there). ``tokens``: one run of ``cap / (2 +
+  TOKEN_CANDIDATES)`` substitution steps.
 
   Args:
     cap: queries per seed.
@@ -514,6 +516,8 @@ def whitebox_runs(cap: int, norm: str) -> dict[str, int]:
   Returns:
     ``first``, ``steps`` and ``restarts`` for :func:`whitebox`, at most ``cap`` queries in all.
   """
+  if norm == "tokens":  # one run of substitutions, each step a gradient and TOKEN_CANDIDATES evaluations
+    return {"first": 0, "steps": max(1, cap // (2 + TOKEN_CANDIDATES)), "restarts": 1}
   if norm == "natural":
     steps = min(10, cap // 2)
     return {"first": 0, "steps": steps, "restarts": max(1, cap // (2 * steps))}
@@ -523,26 +527,32 @@ def whitebox_runs(cap: int, norm: str) -> dict[str, int]:
   return {"first": first, "steps": rest // restarts, "restarts": restarts}
 
 
-TOKEN_CANDIDATES = 8  # token search: substitutions evaluated per step (the gradient's best-ranked)
-
-
 def _token_step(pair: Pair, budget: Budget, kappa: float, candidates: int):
-  """The token search's step and gradient check (HotFlip-style, Ebrahimi et
-  al. 2018): the loss gradient at both models' embeddings ranks every
-  (position, word) substitution by its first-order change of the loss,
-  ``(E[v] - E[x_t]) . dL/de_t`` summed over the float and quantized tables;
-  the ``candidates`` best allowed ones are evaluated (a query each) and the
-  search moves to the lowest true loss, or to a find. Allowed: a non-padding
-  position, any word id >= 2 but the current one, at a new position only
-  while fewer than ``eps`` positions differ from the seed."""
+  """The token search's step and gradient check (first-order ranking as in
+  HotFlip, Ebrahimi et al. 2018). The gradients of both models' margins at
+  their embeddings predict, for every (position, word) substitution, each
+  margin after it: ``m + (E[v] - E[x_t]) . dm/de_t``. A substitution is
+  ranked by its predicted distance from a find, ``max(m_quant, kappa -
+  m_float)`` (negative: the quantized model flips while the float model
+  keeps its class; ranking by the summed loss instead prefers words that
+  flip both models). The ``candidates`` best allowed ones are evaluated (a
+  query each) and the search moves to a find, or to the candidate with the
+  lowest true distance. Allowed: a non-padding position and a word id >= 2
+  other than the current one; with ``eps`` positions already changed, a
+  new position is substituted and the first changed one restored, so the
+  budget always holds."""
   k, vocab = int(budget.eps), budget.vocab
 
   def tables():
     return (t[0] for t in pair.embed(jnp.arange(vocab)[None]))
 
-  def loss(ef, eq, cls):
+  def margins(ef, eq, cls):
     zf, zq = pair.logits_embedded(ef, eq)
-    return jnp.sum(_margin(zq, cls) + jax.nn.relu(kappa - _margin(zf, cls))), (zf, zq)
+    mf, mq = _margin(zf, cls), _margin(zq, cls)
+    return jnp.sum(mf) + jnp.sum(mq), (mf, mq)  # separable: the gradients are each model's own
+
+  def distance(mf, mq):
+    return jnp.maximum(mq, kappa - mf)
 
   def path(x0, cls):
     ef, eq = pair.embed(x0)
@@ -552,20 +562,25 @@ def _token_step(pair: Pair, budget: Budget, kappa: float, candidates: int):
     del n  # the step is a substitution whatever the run's length
     ef_table, eq_table = tables()
     b, t = ids.shape
-    _, (gf, gq) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(ef_table[ids], eq_table[ids], cls)
-    here = jnp.sum(gf * ef_table[ids], -1) + jnp.sum(gq * eq_table[ids], -1)
-    score = jnp.einsum("btd,vd->btv", gf, ef_table) + jnp.einsum("btd,vd->btv", gq, eq_table) - here[..., None]
-    changed = ids != x0
-    pos = (x0 != text.PAD) & ((changed.sum(1) < k)[:, None] | changed)
+    ef, eq = ef_table[ids], eq_table[ids]
+    (_, (mf, mq)), (gf, gq) = jax.value_and_grad(margins, argnums=(0, 1), has_aux=True)(ef, eq, cls)
+    pf = mf[:, None, None] + jnp.einsum("btd,vd->btv", gf, ef_table) - jnp.sum(gf * ef, -1)[..., None]
+    pq = mq[:, None, None] + jnp.einsum("btd,vd->btv", gq, eq_table) - jnp.sum(gq * eq, -1)[..., None]
     word = jnp.arange(vocab)
-    ok = pos[..., None] & (word >= 2) & (word != ids[..., None])
-    best, idx = jax.lax.top_k(-jnp.where(ok, score, jnp.inf).reshape(b, -1), candidates)
+    ok = (x0 != text.PAD)[..., None] & (word >= 2) & (word != ids[..., None])
+    best, idx = jax.lax.top_k(-jnp.where(ok, distance(pf, pq), jnp.inf).reshape(b, -1), candidates)
     at, to = idx // vocab, idx % vocab
-    cand = jnp.where(jnp.arange(t) == at[..., None], to[..., None], ids[:, None, :])
+    changed = ids != x0
+    full = changed.sum(1) >= k
+    first = jnp.argmax(changed, 1)
+    restored = jnp.where(jnp.arange(t) == first[:, None], x0, ids)  # the first changed position back to the seed's
+    new_pos = ~jnp.take_along_axis(changed, at, 1)  # [b, candidates]
+    base = jnp.where((full[:, None] & new_pos)[..., None], restored[:, None, :], ids[:, None, :])
+    cand = jnp.where(jnp.arange(t) == at[..., None], to[..., None], base)
     cand = jnp.where(jnp.isfinite(best)[..., None], cand, ids[:, None, :])  # nothing allowed: stay
     zf, zq = pair.logits(cand.reshape(b * candidates, t))
     cls_c = jnp.repeat(cls, candidates)
-    value = (_margin(zq, cls_c) + jax.nn.relu(kappa - _margin(zf, cls_c))).reshape(b, candidates)
+    value = distance(_margin(zf, cls_c), _margin(zq, cls_c)).reshape(b, candidates)
     hit = _found(zf, zq, cls_c).reshape(b, candidates)
     pick = jnp.where(hit.any(1), jnp.argmax(hit, 1), jnp.argmin(value, 1))
     nxt = jnp.take_along_axis(cand, pick[:, None, None], 1)[:, 0]
