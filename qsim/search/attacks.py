@@ -634,13 +634,16 @@ def _whitebox_program(pair: Pair, budget: Budget, steps, step_size, kappa, resta
       (_, state), _ = jax.lax.scan(body, (theta0, state), None, length=n)
       return state
 
+    def unless_all_found(state, run):  # a run is skipped once every seed of the chunk is found (or skipped)
+      return jax.lax.cond(jnp.all(state[0]), lambda s: s, run, state)
+
     def restart(state, r):
       theta0 = jnp.where(r == 0, budget.init(x0), draw(jax.vmap(jax.random.fold_in, (0, None))(keys, r), x0))
-      return descent(state, theta0, steps), None
+      return unless_all_found(state, lambda s: descent(s, theta0, steps)), None
 
     state = _state(x0, budget.init(x0), skipped)
     if first:
-      state = descent(state, budget.init(x0), first)
+      state = unless_all_found(state, lambda s: descent(s, budget.init(x0), first))
     state, _ = jax.lax.scan(restart, state, jnp.arange(restarts))
     return state, skipped
 
@@ -680,9 +683,9 @@ def whitebox(
   Args:
     pair: the float and quantized models.
     x0: seeds ``[B, ...]`` in the budget's box.
-    budget: the perturbation model (pixel ball or natural parameters).
-    steps: gradient steps (each 2 queries).
-    step_size: per step (default: :meth:`Budget.descend`'s).
+    budget: the perturbation model (pixel ball, natural parameters, or token substitutions).
+    steps: gradient steps per run (each 2 queries; a token step 2 + ``TOKEN_CANDIDATES``).
+    step_size: per step (default: :meth:`Budget.descend`'s; not used by token steps).
     kappa: the float margin (in logits) the hinge keeps (measured on LeNet-5
       w4a4: 0.1 finds more than 1.0 or 0; a term rewarding the float-quantized
       margin gap found fewer).
@@ -692,7 +695,8 @@ def whitebox(
     seed: seeds the restarts' draws.
     first: steps of a first run from the seed before the others (0: none),
       its step size set by its length (``Budget.descend``); a seed never
-      found costs ``2 (first + steps restarts)`` queries.
+      found costs ``2 (first + steps restarts)`` queries. A run is skipped
+      once every seed of its chunk is found.
 
   Returns:
     A :class:`SearchResult`.

@@ -20,12 +20,12 @@ import jax
 import numpy as np
 
 from qsim import configs
+from qsim.data import text
 from qsim.evaluate.engine import build_quantizers
 from qsim.quant import preset
 from qsim.results import QuantInfo, ResultsStore, Row, RunInfo, SetInfo, pyplot, read_rows, save_figure
 from qsim.runs import Run, atomic_write
 from qsim.search import attacks
-from qsim.data import text
 from qsim.shifts import registry
 
 SPLITS = ("test", "val")
