@@ -543,8 +543,8 @@ def _token_step(pair: Pair, budget: Budget, kappa: float, candidates: int):
   budget always holds."""
   k, vocab = int(budget.eps), budget.vocab
 
-  def tables():
-    return (t[0] for t in pair.embed(jnp.arange(vocab)[None]))
+  def prepare():  # once per chunk, not per step
+    return tuple(t[0] for t in pair.embed(jnp.arange(vocab)[None]))
 
   def margins(ef, eq, cls):
     zf, zq = pair.logits_embedded(ef, eq)
@@ -558,9 +558,9 @@ def _token_step(pair: Pair, budget: Budget, kappa: float, candidates: int):
     ef, eq = pair.embed(x0)
     return jax.grad(lambda eq: jnp.sum(_margin(pair.logits_embedded(ef, eq)[1], cls)))(eq)
 
-  def step(ids, x0, cls, n):
+  def step(ids, x0, cls, n, tables):  # tables: (float, quantized) embedding tables, from ``prepare``
     del n  # the step is a substitution whatever the run's length
-    ef_table, eq_table = tables()
+    ef_table, eq_table = tables
     b, t = ids.shape
     ef, eq = ef_table[ids], eq_table[ids]
     (_, (mf, mq)), (gf, gq) = jax.value_and_grad(margins, argnums=(0, 1), has_aux=True)(ef, eq, cls)
@@ -586,7 +586,12 @@ def _token_step(pair: Pair, budget: Budget, kappa: float, candidates: int):
     nxt = jnp.take_along_axis(cand, pick[:, None, None], 1)[:, 0]
     return nxt, hit.any(1), nxt, nxt, 2 + candidates
 
-  return step, path
+  return step, path, prepare
+
+
+def _step_cost(budget: Budget) -> int:
+  """Queries a white-box step costs: a gradient (2), plus the evaluated substitutions for tokens."""
+  return 2 + TOKEN_CANDIDATES if budget.tokens else 2
 
 
 def _whitebox_program(pair: Pair, budget: Budget, steps, step_size, kappa, restarts, batch_size, first):
@@ -607,12 +612,15 @@ def _whitebox_program(pair: Pair, budget: Budget, steps, step_size, kappa, resta
   def pixel_path(x0, cls):
     return jax.grad(lambda theta: jnp.sum(_margin(pair.logits(budget.apply(x0, theta))[1], cls)))(budget.init(x0))
 
-  def pixel_step(theta, x0, cls, n):  # n: the run's length (sets the step size)
+  def pixel_step(theta, x0, cls, n, _):  # n: the run's length (sets the step size)
     (_, (x, zf, zq)), g = grad_fn(theta, x0, cls)
     return budget.descend(x0, theta, g, n, step_size), _found(zf, zq, cls), x, theta, 2
 
-  step, grad_at = _token_step(pair, budget, kappa, TOKEN_CANDIDATES) if budget.tokens else (pixel_step, pixel_path)
-  cost = 2 + TOKEN_CANDIDATES if budget.tokens else 2
+  if budget.tokens:
+    step, grad_at, prepare = _token_step(pair, budget, kappa, TOKEN_CANDIDATES)
+  else:
+    step, grad_at, prepare = pixel_step, pixel_path, lambda: None
+  cost = _step_cost(budget)
 
   def path_chunk(x0):
     cls, skipped = _start(pair, x0)
@@ -624,11 +632,12 @@ def _whitebox_program(pair: Pair, budget: Budget, steps, step_size, kappa, resta
 
   def chunk(x0, keys):
     cls, skipped = _start(pair, x0)
+    ctx = prepare()
 
     def descent(state, theta0, n):  # n steps from theta0
       def body(carry, _):
         theta, state = carry
-        nxt, hit, x, at, c = step(theta, x0, cls, n)
+        nxt, hit, x, at, c = step(theta, x0, cls, n, ctx)
         return (nxt, _record(state, hit, x, at, c)), None
 
       (_, state), _ = jax.lax.scan(body, (theta0, state), None, length=n)
@@ -792,7 +801,7 @@ def whitebox_grid(
   t0 = time.perf_counter()
   states, skipped = jax.block_until_ready(search(items, x0, jax.random.split(jax.random.key(seed), x0.shape[0])))
   seconds = (time.perf_counter() - t0) / len(items)
-  cap = (2 + TOKEN_CANDIDATES if budget.tokens else 2) * (first + steps * restarts)
+  cap = _step_cost(budget) * (first + steps * restarts)
   return [
       _result("whitebox", tuple(v[i] for v in states), skipped[i], seconds, cap, budget, x0) for i in range(len(items))
   ]
