@@ -9,7 +9,7 @@ import pytest
 from experiments.configs import study as study_config
 from tests import golden
 from qsim.evaluate.report import read_rows
-from qsim.study import StudyConfig, run_study, train_dir
+from qsim.study import StudyConfig, report, run_study, train_dir
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_every_section_comes_from_real_results(study):
   summary = [l for l in body.splitlines() if l.startswith("| ") and l[2:3].isdigit()]
   assert [l.split(" | ")[0] for l in summary] == ["| 1", "| 2", "| 3", "| 4"]
   for line in summary:
-    assert line.split(" | ")[2] in ("supported", "mixed", "not supported"), line
+    assert line.split(" | ")[2] in report.VERDICTS, line
   for section in ("## RQ1", "## RQ2", "## RQ3", "## RQ4", "### evaluation split", "Verdict:", "_Rule:"):
     assert section in body, section
   for png in ("rq1_severity.png", "rq2_methods.png", "rq3_auroc.png", "retrain.png"):
@@ -121,3 +121,64 @@ def test_tables_equal_the_golden_tables(study, name):
   tests/golden.py: only the temporary workdir's path is normalised)."""
   wd, _, _ = study
   golden.check(f"study/{name}", os.path.join(wd, name), {"<WORKDIR>": wd})
+
+
+def test_a_workdir_from_another_config_is_refused_before_any_work(study):
+  wd, _, c = study
+  other = StudyConfig.from_config_dict(study_config.get_config("runlocal,seeds=0+1,limit=50"))
+  with pytest.raises(
+      ValueError, match=r"differing keys: limit: workdir 100, now 50; seeds: workdir \[0\], now \[0, 1\]"
+  ):
+    run_study(other, wd, study_config.train_config_fn(other))
+  assert not os.path.exists(train_dir(wd, "lenet_tiny", "standard", 1))
+
+
+def test_three_way_verdicts_from_intervals():
+  decide = report.decide
+  assert decide([(0.1, 0.5)], 0.0, 0.1) == "supported"
+  assert decide([(-0.3, 0.05)], 0.0, 0.1) == "not supported"  # rules out an effect of 0.1
+  assert decide([(-0.1, 0.3)], 0.0, 0.1) == "inconclusive at this size"
+  assert decide([(float("nan"), float("nan"))], 0.0, 0.1) == "inconclusive at this size"  # one network
+  assert decide([(0.1, 0.5), (-0.1, 0.3)], 0.0, 0.1) == "inconclusive at this size"  # every comparison must hold
+  assert decide([(0.1, 0.5), (-0.5, -0.1)], 0.0, 0.1) == "not supported"
+
+
+def _rq1_rows(ratios, clean=0.02, n=1000):
+  """Standard-trained rows of one quantizer: one network per ratio (3 models x len/3 seeds), clean rate
+  ``clean``, two shifted sets at ``clean * ratio``."""
+  rows = []
+  for i, ratio in enumerate(ratios):
+    for family, shift, rate in (("clean", "", clean), ("c", "fog", clean * ratio), ("c", "rotate", clean * ratio)):
+      rows.append(
+          dict(
+              model=f"m{i % 3}",
+              train_seed=float(i // 3),
+              method="standard",
+              quantizer="w4a4",
+              dataset="fashion_mnist_debian",
+              family=family,
+              shift=shift,
+              severity=float("nan") if family == "clean" else 1.0,
+              disagreement_rate=rate,
+              disagreements=round(rate * n),
+              n=n,
+              nonfinite=0,
+              float_accuracy=0.9,
+              quant_accuracy=0.9,
+          )
+      )
+  return rows
+
+
+@pytest.mark.parametrize(
+    "ratios, verdict",
+    [
+        ((3.0, 2.5, 3.5, 2.8, 3.2, 2.9), "supported"),
+        ((1.0, 1.02, 0.98, 1.0, 1.01, 0.99), "not supported"),
+        ((4.0, 0.3, 3.0, 0.4, 5.0, 0.5), "inconclusive at this size"),  # the mean ratio is above 1, the interval not
+    ],
+)
+def test_rq1_verdict_is_the_interval_of_the_networks_ratios(tmp_path, ratios, verdict):
+  lines, got, evidence = report.rq1(_rq1_rows(ratios), str(tmp_path))
+  assert got == verdict, evidence
+  assert "(6 networks)" in evidence and "The original study: LeNet-1 tflite-8" in "\n".join(lines)

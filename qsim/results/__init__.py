@@ -14,7 +14,7 @@ from qsim.results.schema import (
     with_quant_fields,
 )
 from qsim.results.store import ResultsStore
-from qsim.results.tables import fmt_ci, mean, mean_ci, read_rows
+from qsim.results.tables import fmt_ci, mean, mean_ci, read_rows, wilson
 
 __all__ = [
     "QUANT_FIELDS",
@@ -31,5 +31,6 @@ __all__ = [
     "read_rows",
     "save_figure",
     "set_label",
+    "wilson",
     "with_quant_fields",
 ]

@@ -74,6 +74,28 @@ def mean_ci(values: Iterable) -> tuple[float, float]:
   return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
+def wilson(k: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+  """The 95% Wilson score interval of a binomial rate ``k / n``.
+
+  Args:
+    k: successes (e.g. disagreements; may be fractional, an expected count).
+    n: trials (samples), > 0.
+    z: the normal quantile (1.96 for 95%).
+
+  Returns:
+    ``(low, high)`` bounds of the rate, within [0, 1].
+
+  Raises:
+    ValueError: ``n`` is not positive or ``k`` is outside [0, n].
+  """
+  if n <= 0 or not 0 <= k <= n:
+    raise ValueError(f"wilson(k={k}, n={n}) is not valid; give n > 0 and 0 <= k <= n")
+  p = k / n
+  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+  return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def fmt_ci(m: float, h: float, digits: int = 1) -> str:
   """'m ± h' with ``digits`` decimals; 'm' when ``h`` is NaN, '-' when ``m`` is.
 

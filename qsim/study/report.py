@@ -6,26 +6,42 @@ mean over seeds ± the half-width of its 95% t-interval; comparisons are
 paired by seed. With one seed there are no intervals and the verdicts rest
 on the means alone (the report says so).
 
-Verdict rules (stated in the report next to each verdict):
+Verdicts come from intervals, never from point estimates. The unit is a
+trained network, a (model, training seed) pair: each research question's
+effect is computed within every unit (paired: the same network's clean and
+shifted sets, its training methods, its detectors, its retraining), then its
+mean over units gets a 95% t-interval (units - 1 degrees of freedom). An
+effect's interval gives one of three verdicts:
 
-* RQ1 "shifted data gives more disagreements than clean data": per (model,
-  quantizer) cell with any disagreement, the seed-mean of shifted minus clean
-  rate; *supported* when positive in >= 90% of the cells and a two-sided sign
-  test over the cells gives p < 0.05, *mixed* when positive in more than
-  half, otherwise *not supported*.
-* RQ2 "QAT gives the most stable models": per (model, quantizer) cell, the
-  method with the lowest mean disagreement rate over all sets; *supported*
-  when QAT wins at least 3/4 of the cells, *mixed* from 1/4, otherwise *not
-  supported*.
-* RQ3 "Margin detects disagreements best": mean AUROC of Margin, Entropy,
-  Gini and least confidence (quantized model's outputs); *supported* when
-  Margin is highest and its paired difference to the runner-up has an
-  interval above 0 (with one seed: highest), *mixed* when Margin is highest
-  without that or is within 0.005 of the highest, otherwise *not supported*.
+* *supported*: the interval lies on the claim's side of no effect;
+* *not supported*: the interval rules out an effect as large as the
+  smallest one that matters (the claim's threshold, or: a 10% ratio, half an
+  AUROC point), including an effect of the opposite sign;
+* *inconclusive at this size*: neither; more seeds, models or samples
+  would decide it.
+
+The effects:
+
+* RQ1 "shifted data gives more disagreements than clean data": per unit, the
+  geometric mean over quantizers (those with any disagreement) of the
+  shifted-to-clean rate ratio (shifted = mean over the shifted sets; rates
+  smoothed by half a sample); supported if the ratio's interval is above 1,
+  not supported if it is below 1.1.
+* RQ2 "QAT gives the most stable models": per unit and per other method, the
+  geometric mean over quantizers of that method's rate over QAT's (all sets);
+  supported if every interval is above 1, not supported if any is below 1.1.
+* RQ3 "Margin detects disagreements best": per unit, Margin's mean AUROC
+  minus each other detector's (quantized outputs); supported if every
+  interval is above 0, not supported if any is below 0.005.
 * RQ4 "retraining with disagreements removes old ones but creates many new
-  ones": strategy 'all', evaluation split; *supported* when on average at
-  least half of the old disagreements are resolved and the new ones number
-  at least a quarter of the old, *mixed* when one of the two holds.
+  ones": strategy 'all' on the evaluation split, per unit (mean over its
+  quantizers) the resolved share of the old disagreements and the new ones
+  as a share of the old; supported if the intervals lie above 1/2 and 1/4,
+  not supported if either lies below its threshold.
+
+The units share their test samples, so sample noise common to all of them is
+not in the intervals; the report prints the Wilson half-width of a rate at
+the sets' size to show how much it could add.
 """
 
 from __future__ import annotations
@@ -40,11 +56,29 @@ import numpy as np
 from qsim.evaluate import metrics
 from qsim.evaluate import report as eval_report
 from qsim.retrain import report as retrain_report
-from qsim.results import fmt_ci, mean_ci, pyplot, read_rows, save_figure, set_label
+from qsim.results import fmt_ci, mean_ci, pyplot, read_rows, save_figure, set_label, wilson
 from qsim.runs import atomic_write
 
 DETECTORS = ("margin", "entropy", "gini", "least_confidence")
 STUDY_QUANTIZERS = eval_report.STUDY_QUANTIZERS
+VERDICTS = ("supported", "not supported", "inconclusive at this size")
+RATIO_THAT_MATTERS = 1.1  # RQ1, RQ2: a ratio of rates below this is no effect
+AUROC_THAT_MATTERS = 0.005  # RQ3: half an AUROC point
+
+# The original study's figure for the closest setting (../shared/PAPER.md), per research question.
+ORIGINAL = (
+    "LeNet-1 tflite-8 on MNIST: 14 of 10,000 clean vs 115 mean over MNIST-C (8.2x); ResNet-20 coreml-8 on"
+    " CIFAR-10: 181 vs 313 over CIFAR-10-C (1.7x)",
+    "QAT most stable: clearly for tflite-16 (dynamic range) in its released tables, weakly elsewhere; one run,"
+    " no intervals",
+    "mean AUROC Margin 93.7, least confidence 91.1, Entropy 87.5, Gini 86.5 (LeNet-1: Margin 94.8 vs Entropy"
+    " 83.7), with a uint8-quantized softmax that favours Margin",
+    "NiN on CIFAR-10: 47 old disagreements remain, 354 new; ResNet-50 on iWildCam: 24 remain, 438 new",
+)
+ORIGINAL_DATA = (
+    "the original study used MNIST, CIFAR-10, IMDb and iWildCam, with the published MNIST-C and CIFAR-10-C sets"
+    " (CIFAR-10-C at severity 1 only), one training run per model"
+)
 
 
 def _ci(values, scale=1.0, digits=2) -> str:
@@ -62,8 +96,91 @@ def _by_seed(rows, value, *keys) -> dict:
   return {k: {s: float(np.mean(v)) for s, v in d.items()} for k, d in acc.items()}
 
 
-def _verdict_line(verdict: str, rule: str, evidence: str) -> list[str]:
-  return [f"**Verdict: {verdict}.** {evidence}", "", f"_Rule: {rule}_", ""]
+def _verdict_line(verdict: str, rule: str, evidence: str, rq: int, dataset: str) -> list[str]:
+  return [
+      f"**Verdict: {verdict}.** {evidence}",
+      "",
+      f"_Rule: {rule}_",
+      "",
+      f"The original study: {ORIGINAL[rq - 1]} ({ORIGINAL_DATA}; here {dataset} with qsim's shifted sets).",
+      "",
+  ]
+
+
+def _units(values: dict) -> dict:
+  """{unit: [values]} -> {unit: mean}, units without a value dropped."""
+  return {u: float(np.mean(v)) for u, v in values.items() if v}
+
+
+def _interval(per_unit: dict) -> tuple[float, float, float]:
+  """(mean, low, high) of the 95% t-interval over units (bounds NaN with one unit)."""
+  m, h = mean_ci(list(per_unit.values()))
+  return m, m - h, m + h
+
+
+def decide(intervals: list[tuple[float, float]], null: float, matters: float) -> str:
+  """The verdict from effect intervals oriented so the claim says "above ``null``".
+
+  Args:
+    intervals: one (low, high) per comparison the claim makes (all must hold);
+      NaN bounds (one unit) decide nothing.
+    null: no effect.
+    matters: the smallest effect that matters (>= ``null``).
+
+  Returns:
+    'supported' if every interval lies above ``null``; 'not supported' if any
+    lies below ``matters`` (the data rule that effect out); else
+    'inconclusive at this size'.
+  """
+  if intervals and all(lo > null for lo, _ in intervals):
+    return VERDICTS[0]
+  if any(hi < matters for _, hi in intervals):
+    return VERDICTS[1]
+  return VERDICTS[2]
+
+
+def _fmt_interval(m: float, lo: float, hi: float, scale=1.0, digits=2, exp=False, unit="") -> str:
+  f = math.exp if exp else (lambda v: v)
+  if math.isnan(m):
+    return "-"
+  if math.isnan(lo):
+    return f"{scale * f(m):.{digits}f}{unit} (one network, no interval)"
+  return f"{scale * f(m):.{digits}f}{unit} [{scale * f(lo):.{digits}f}, {scale * f(hi):.{digits}f}]"
+
+
+def _networks(n: int) -> str:
+  return f"{n} network" + ("" if n == 1 else "s")
+
+
+def _smooth(r) -> float:
+  """Half a sample: keeps a log ratio of rates finite when a set has no disagreement."""
+  return 0.5 / max(1.0, r["n"] - r["nonfinite"])
+
+
+def sample_noise_line(rows) -> str:
+  """How wide a set's own sampling interval is at the observed rates (Wilson, 95%).
+
+  Args:
+    rows: the evaluation sweep's rows.
+
+  Returns:
+    One Markdown sentence: the set size, the median clean and shifted
+    disagreement rates of the standard-trained models, and the Wilson
+    half-width of a rate at each.
+  """
+  std = [r for r in rows if r["method"] == "standard"] or rows
+  n = int(np.median([r["n"] for r in std]))
+  parts = []
+  for label, fam in (("clean", True), ("shifted", False)):
+    rates = [r["disagreement_rate"] for r in std if (r["family"] == "clean") == fam]
+    if rates:
+      p = float(np.median(rates))
+      lo, hi = wilson(p * n, n)
+      parts.append(f"{label} {100 * p:.2f}% (Wilson 95% [{100 * lo:.2f}, {100 * hi:.2f}]%)")
+  return (
+      f"Sample size: {n} samples per set; median disagreement rate of a (model, quantizer, set):"
+      f" {'; '.join(parts)}. The units share these samples, so this noise is not in the intervals."
+  )
 
 
 def _quantizer_order(rows):
@@ -83,8 +200,7 @@ def rq1(rows, workdir) -> tuple[list[str], str, str]:
     workdir: the study workdir the plot is written into.
 
   Returns:
-    The section's Markdown lines, the verdict ('supported', 'mixed' or 'not
-    supported') and a one-sentence evidence string for the summary.
+    The section's Markdown lines, the verdict (one of ``VERDICTS``) and a one-sentence evidence string for the summary.
   """
   std = [r for r in rows if r["method"] == "standard"] or rows
   models = list(dict.fromkeys(r["model"] for r in std))
@@ -159,28 +275,29 @@ def rq1(rows, workdir) -> tuple[list[str], str, str]:
   ]
   _plot_severity(sev, quantizers, severities, os.path.join(workdir, "rq1_severity.png"))
   lines += ["![disagreement by severity](rq1_severity.png)", ""]
-  p = _sign_test(wins, cells)
-  frac = wins / cells if cells else 0.0
-  verdict = "supported" if frac >= 0.9 and p < 0.05 else "mixed" if frac > 0.5 else "not supported"
+  ratio = defaultdict(list)  # per unit (model, seed): log shifted/clean rate ratio per quantizer
+  by_unit = defaultdict(lambda: ([], []))
+  for r in std:
+    by_unit[(r["model"], int(r["train_seed"]), r["quantizer"])][r["family"] != "clean"].append(r)
+  for (m, seed, q), (c_rows, s_rows) in by_unit.items():
+    if c_rows and s_rows and max(r["disagreements"] for r in c_rows + s_rows) > 0:
+      c = np.mean([r["disagreement_rate"] + _smooth(r) for r in c_rows])
+      s = np.mean([r["disagreement_rate"] + _smooth(r) for r in s_rows])
+      ratio[(m, seed)].append(math.log(s / c))
+  per_unit = _units(ratio)
+  mean, lo, hi = _interval(per_unit)
+  verdict = decide([(lo, hi)], 0.0, math.log(RATIO_THAT_MATTERS))
   rule = (
-      "per (model, quantizer) cell with any disagreement, the seed-mean of shifted minus clean rate: supported if"
-      " positive in >= 90% of the cells and a two-sided sign test over the cells gives p < 0.05; mixed if positive"
-      " in more than half; else not supported"
+      "per trained network (model, seed), the geometric mean over quantizers with any disagreement of the"
+      " shifted-to-clean rate ratio; 95% t-interval over networks: supported if above 1, not supported if below"
+      f" {RATIO_THAT_MATTERS}, else inconclusive at this size"
   )
   evidence = (
-      f"Shifted data gives more disagreements in {wins} of {cells} (model, quantizer) cells (sign test"
-      f" p = {p:.2g}; {sure} cells with the seed interval above 0)."
+      f"Shifted data gives {_fmt_interval(mean, lo, hi, exp=True, unit='x')} the clean rate of disagreement"
+      f" ({_networks(len(per_unit))}); shifted > clean in {wins} of {cells} (model, quantizer) cells, {sure} with"
+      " the seed interval above 0."
   )
-  return lines + _verdict_line(verdict, rule, evidence), verdict, evidence
-
-
-def _sign_test(wins: int, n: int) -> float:
-  """Two-sided sign-test p-value of ``wins`` positives in ``n`` (ties left out before)."""
-  if n == 0:
-    return float("nan")
-  from scipy import stats
-
-  return float(stats.binomtest(wins, n, 0.5).pvalue)
+  return lines + _verdict_line(verdict, rule, evidence, 1, std[0]["dataset"]), verdict, evidence
 
 
 def _plot_severity(sev, quantizers, severities, path):
@@ -212,8 +329,8 @@ def rq2(rows, workdir) -> tuple[list[str], str, str]:
     workdir: the study workdir the plot is written into.
 
   Returns:
-    The section's Markdown lines, the verdict ('supported', 'mixed', 'not
-    supported', or 'not tested' without QAT models) and a one-sentence
+    The section's Markdown lines, the verdict (one of ``VERDICTS``, or 'not
+    tested' without QAT models and another method) and a one-sentence
     evidence string for the summary.
   """
   methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -251,20 +368,46 @@ def rq2(rows, workdir) -> tuple[list[str], str, str]:
   lines += ["", "Cells won: " + ", ".join(f"{me} {best_count[me]}" for me in [*methods, "tie"]) + f" (of {cells}).", ""]
   _plot_methods(rate, models, quantizers, methods, os.path.join(workdir, "rq2_methods.png"))
   lines += ["![disagreement by training method](rq2_methods.png)", ""]
-  frac = wins / cells if cells else 0.0
-  verdict = "supported" if frac >= 0.75 else "mixed" if frac >= 0.25 else "not supported"
-  if "qat" not in methods:
-    verdict = "not tested"
+  others = [me for me in methods if me != "qat"]
+  if "qat" not in methods or not others:
+    evidence = "No QAT models and another method to compare them with."
+    return lines + [evidence, ""], "not tested", evidence
+  per_q = defaultdict(lambda: defaultdict(list))  # (model, seed, quantizer) -> method -> rows
+  for r in rows:
+    per_q[(r["model"], int(r["train_seed"]), r["quantizer"])][r["method"]].append(r)
+  ratios = {me: defaultdict(list) for me in others}  # method -> unit -> log(rate_method / rate_qat) per quantizer
+  for (m, seed, _), by_method in per_q.items():
+    smoothed = {me: np.mean([r["disagreement_rate"] + _smooth(r) for r in rs]) for me, rs in by_method.items()}
+    for me in others:
+      pair = by_method.get(me, []) + by_method.get("qat", [])
+      if me in by_method and "qat" in by_method and max(r["disagreements"] for r in pair) > 0:
+        ratios[me][(m, seed)].append(math.log(smoothed[me] / smoothed["qat"]))
+  lines += [
+      "Paired per trained network (model, seed): each method's disagreement rate over QAT's (geometric mean over"
+      " quantizers, all sets; above 1: QAT has fewer), mean and 95% t-interval over networks:",
+      "",
+      "| method | rate / QAT's rate | networks |",
+      "|---|---|---|",
+  ]
+  intervals = []
+  for me in others:
+    per_unit = _units(ratios[me])
+    mean, lo, hi = _interval(per_unit)
+    intervals.append((lo, hi))
+    lines.append(f"| {me} | {_fmt_interval(mean, lo, hi, exp=True, unit='x')} | {len(per_unit)} |")
+  lines.append("")
+  verdict = decide(intervals, 0.0, math.log(RATIO_THAT_MATTERS))
   rule = (
-      "QAT alone has the lowest mean rate in >= 3/4 of the (model, quantizer) cells with any disagreement:"
-      " supported; >= 1/4: mixed; else not supported"
+      "per trained network, each other method's rate over QAT's (geometric mean over quantizers); 95% t-interval"
+      f" over networks: supported if every interval is above 1, not supported if any is below {RATIO_THAT_MATTERS},"
+      " else inconclusive at this size"
   )
   evidence = (
-      f"QAT alone gives the fewest disagreements in {wins} of {cells} cells; "
-      + ", ".join(f"{me} {best_count[me]}" for me in [*methods, "tie"] if me != "qat")
-      + "."
+      "Rate over QAT's: "
+      + ", ".join(f"{me} {_fmt_interval(*_interval(_units(ratios[me])), exp=True, unit='x')}" for me in others)
+      + f"; QAT alone fewest in {wins} of {cells} cells."
   )
-  return lines + _verdict_line(verdict, rule, evidence), verdict, evidence
+  return lines + _verdict_line(verdict, rule, evidence, 2, rows[0]["dataset"]), verdict, evidence
 
 
 def _plot_methods(rate, models, quantizers, methods, path):
@@ -295,8 +438,8 @@ def rq3(rows, workdir) -> tuple[list[str], str, str]:
     workdir: the study workdir the plot is written into.
 
   Returns:
-    The section's Markdown lines, the verdict ('supported', 'mixed', 'not
-    supported', or 'not tested' without usable rows) and a one-sentence
+    The section's Markdown lines, the verdict (one of ``VERDICTS``, or 'not
+    tested' without usable rows) and a one-sentence
     evidence string for the summary.
   """
   usable = [r for r in rows if r["disagreements"] > 0 and r["disagreements"] < r["n"] - r["nonfinite"]]
@@ -320,47 +463,48 @@ def rq3(rows, workdir) -> tuple[list[str], str, str]:
       per_seed[(src, name)] = vals
       lines.append(f"| {name} | {src} | " + " | ".join(_ci(vals[m], 100) for m in ("auroc", "aupr", "tnr95")) + " |")
   lines.append("")
-  auroc = {n: per_seed[("quant", n)]["auroc"] for n in DETECTORS}
-  means = {n: float(np.mean(v)) if v else float("nan") for n, v in auroc.items()}
+  by_unit = defaultdict(lambda: defaultdict(list))  # (model, seed) -> detector -> AUROCs of its rows
+  for r in usable:
+    for n in DETECTORS:
+      if not math.isnan(r[f"quant_{n}_auroc"]):
+        by_unit[(r["model"], int(r["train_seed"]))][n].append(r[f"quant_{n}_auroc"])
+  unit_auroc = {u: {n: float(np.mean(v)) for n, v in d.items() if v} for u, d in by_unit.items()}
   lines += [
-      "Paired by seed, Margin minus each other score (AUROC points, quantized outputs), and the share of rows"
-      " where Margin's AUROC is at least the other's:",
+      "Paired per trained network (model, seed), Margin's mean AUROC minus each other score's (points, quantized"
+      " outputs), mean and 95% t-interval over networks, and the share of rows where Margin's AUROC is at least"
+      " the other's:",
       "",
-      "| vs | difference | rows Margin >= |",
-      "|---|---|---|",
+      "| vs | Margin - other | networks | rows Margin >= |",
+      "|---|---|---|---|",
   ]
-  paired = {}
+  intervals, diffs = [], {}
   for n in DETECTORS[1:]:
-    d = [a - b for a, b in zip(auroc["margin"], auroc[n])]
-    paired[n] = mean_ci(d)
+    per_unit = {u: d["margin"] - d[n] for u, d in unit_auroc.items() if "margin" in d and n in d}
+    diffs[n] = _interval(per_unit)
+    intervals.append(diffs[n][1:])
     share = np.mean([r["quant_margin_auroc"] >= r[f"quant_{n}_auroc"] for r in usable]) if usable else float("nan")
-    lines.append(f"| {n} | {_ci(d, 100)} | {100 * share:.1f}% |")
+    lines.append(f"| {n} | {_fmt_interval(*diffs[n], scale=100)} | {len(per_unit)} | {100 * share:.1f}% |")
   lines.append("")
   _plot_auroc(per_seed, os.path.join(workdir, "rq3_auroc.png"))
   lines += ["![AUROC per score](rq3_auroc.png)", ""]
-  valid = {n: v for n, v in means.items() if not math.isnan(v)}
-  if not valid:
+  means = {n: [d[n] for d in unit_auroc.values() if n in d] for n in DETECTORS}
+  valid = {n: float(np.mean(v)) for n, v in means.items() if v}
+  if "margin" not in valid or len(valid) < 2:
     return lines + ["No set had both disagreements and agreements.", ""], "not tested", "no usable rows"
-  best = max(valid, key=valid.get)
-  runner_up = max((n for n in valid if n != "margin"), key=valid.get)
-  m, h = paired[runner_up]
-  if best == "margin" and (m - h > 0 or (math.isnan(h) and m > 0)):
-    verdict = "supported"
-  elif best == "margin" or valid["margin"] >= valid[best] - 0.005:
-    verdict = "mixed"
-  else:
-    verdict = "not supported"
+  verdict = decide(intervals, 0.0, AUROC_THAT_MATTERS)
   rule = (
-      "Margin has the highest mean AUROC and its paired difference to the runner-up is above 0 (interval above 0"
-      " with several seeds): supported; highest without that, or within 0.005 of the highest: mixed; else not"
+      "per trained network, Margin's mean AUROC minus each other detector's; 95% t-interval over networks:"
+      f" supported if every interval is above 0, not supported if any is below {AUROC_THAT_MATTERS} (half a"
+      " point), else inconclusive at this size"
   )
   evidence = (
       "Mean AUROC "
       + ", ".join(f"{n} {100 * valid[n]:.1f}" for n in sorted(valid, key=lambda k: -valid[k]))
-      + f"; Margin - {runner_up} = {_ci([a - b for a, b in zip(auroc['margin'], auroc[runner_up])], 100)}"
-      " points."
+      + "; Margin minus "
+      + ", ".join(f"{n} {_fmt_interval(*diffs[n], scale=100)}" for n in DETECTORS[1:])
+      + " points."
   )
-  return lines + _verdict_line(verdict, rule, evidence), verdict, evidence
+  return lines + _verdict_line(verdict, rule, evidence, 3, rows[0]["dataset"]), verdict, evidence
 
 
 def _plot_auroc(per_seed, path):
@@ -386,7 +530,7 @@ def _plot_auroc(per_seed, path):
   save_figure(fig, path)
 
 
-def rq4(workdir) -> tuple[list[str], str, str]:
+def rq4(workdir: str, dataset: str) -> tuple[list[str], str, str]:
   """RQ4: what retraining with disagreements resolves, keeps and breaks, with its verdict.
 
   Reads every ``retrain/<model>/seed<s>/results.csv`` under ``workdir`` and writes
@@ -394,11 +538,11 @@ def rq4(workdir) -> tuple[list[str], str, str]:
 
   Args:
     workdir: the study workdir.
+    dataset: the study's dataset (named next to the original study's figure).
 
   Returns:
-    The section's Markdown lines, the verdict ('supported', 'mixed', 'not
-    supported', or 'not tested' without retraining results or 'all' runs with
-    disagreements) and a one-sentence evidence string for the summary.
+    The section's Markdown lines, the verdict (one of ``VERDICTS``, or 'not
+    tested' without retraining results or 'all' runs with disagreements) and a one-sentence evidence string for the summary.
 
   Raises:
     ValueError: a retraining results table has no rows.
@@ -415,27 +559,34 @@ def rq4(workdir) -> tuple[list[str], str, str]:
   allr = [v["clean"] for k, v in runs.items() if k[2] == "all" and v["clean"]["before"] > 0]
   if not allr:
     return lines + ["No run of strategy 'all' had disagreements before.", ""], "not tested", "no 'all' runs"
-  resolved = [c["resolved"] / c["before"] for c in allr]
-  new = [c["new"] / c["before"] for c in allr]
-  r_m, n_m = float(np.mean(resolved)), float(np.mean(new))
-  holds = (r_m >= 0.5) + (n_m >= 0.25)
-  verdict = "supported" if holds == 2 else "mixed" if holds == 1 else "not supported"
+  shares = defaultdict(lambda: ([], []))  # (model, seed) -> (resolved / old, new / old) per quantizer
+  for (m, _, strategy, seed), v in runs.items():
+    if strategy == "all" and v["clean"]["before"] > 0:
+      c = v["clean"]
+      shares[(m, seed)][0].append(c["resolved"] / c["before"])
+      shares[(m, seed)][1].append(c["new"] / c["before"])
+  resolved = _interval(_units({u: r for u, (r, _) in shares.items()}))
+  new = _interval(_units({u: n for u, (_, n) in shares.items()}))
+  # oriented so the claim says "above 0": resolved - 1/2 and new - 1/4
+  verdict = decide([(resolved[1] - 0.5, resolved[2] - 0.5), (new[1] - 0.25, new[2] - 0.25)], 0.0, 0.0)
   ctrl = [
       v["clean"]["after"] - runs[(m, q, "random", seed)]["clean"]["after"]
       for (m, q, strategy, seed), v in runs.items()
       if strategy == "all" and (m, q, "random", seed) in runs
   ]
   rule = (
-      "strategy 'all' on the evaluation split: resolved >= 1/2 of the old disagreements and new >= 1/4 of the old:"
-      " supported; one of the two: mixed; neither: not supported"
+      "strategy 'all' on the evaluation split, per trained network (mean over its quantizers): the resolved share"
+      " of the old disagreements and the new ones as a share of the old; 95% t-interval over networks: supported"
+      " if they lie above 1/2 and 1/4, not supported if either lies below, else inconclusive at this size"
   )
   evidence = (
-      f"'all' resolves {_ci(resolved, 100, 1)}% of the old disagreements and creates {_ci(new, 100, 1)}% as"
-      f" many new ones ({len(allr)} runs)"
+      f"'all' resolves {_fmt_interval(*resolved, scale=100, digits=1, unit='%')} of the old disagreements and"
+      f" creates {_fmt_interval(*new, scale=100, digits=1, unit='%')} as many new ones ({_networks(len(shares))},"
+      f" {len(allr)} runs)"
       + (f"; after 'all' minus after 'random' (paired, per run): {_ci(ctrl, 1, 1)} disagreements" if ctrl else "")
       + "."
   )
-  return lines + _verdict_line(verdict, rule, evidence), verdict, evidence
+  return lines + _verdict_line(verdict, rule, evidence, 4, dataset), verdict, evidence
 
 
 def write_report(workdir: str) -> str:
@@ -458,7 +609,7 @@ def write_report(workdir: str) -> str:
   seeds = sorted({int(r["train_seed"]) for r in rows})
   models = list(dict.fromkeys(r["model"] for r in rows))
   methods = list(dict.fromkeys(r["method"] for r in rows))
-  sections = [rq1(rows, workdir), rq2(rows, workdir), rq3(rows, workdir), rq4(workdir)]
+  sections = [rq1(rows, workdir), rq2(rows, workdir), rq3(rows, workdir), rq4(workdir, rows[0]["dataset"])]
   claims = [
       "Shifted data gives more disagreements than clean data",
       "QAT gives the most stable models",
@@ -471,16 +622,24 @@ def write_report(workdir: str) -> str:
       f"Dataset {rows[0]['dataset']}; models {', '.join(models)}; training methods {', '.join(methods)};"
       f" {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); {len(set(r['quantizer'] for r in rows))}"
       f" quantizers; {len(set(r['set'] for r in rows))} sets (clean + shifted); {len(rows)} result rows."
-      + ("" if len(seeds) > 1 else " One seed: no intervals; verdicts rest on means."),
+      + ("" if len(seeds) > 1 else " One seed: intervals need several networks per model or several models."),
       "",
       "## Summary",
       "",
-      "| RQ | the study's claim | verdict | evidence |",
-      "|---|---|---|---|",
+      "| RQ | the study's claim | verdict | evidence | the original study (closest setting) |",
+      "|---|---|---|---|---|",
   ]
   for i, (claim, (_, verdict, evidence)) in enumerate(zip(claims, sections)):
-    lines.append(f"| {i + 1} | {claim} | {verdict} | {evidence} |")
-  lines += ["", "Detailed tables of the evaluation sweep: eval/report.md.", ""]
+    lines.append(f"| {i + 1} | {claim} | {verdict} | {evidence} | {ORIGINAL[i]} |")
+  lines += [
+      "",
+      "Verdicts come from 95% t-intervals over trained networks (model, seed), never from point estimates:"
+      " supported (the interval lies on the claim's side), not supported (it rules out the smallest effect that"
+      " matters), inconclusive at this size (neither). Each section states its rule. " + sample_noise_line(rows),
+      "",
+      "Detailed tables of the evaluation sweep: eval/report.md.",
+      "",
+  ]
   for body, _, _ in sections:
     lines += body
   eval_report.write_report(os.path.join(workdir, "eval"))

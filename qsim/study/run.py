@@ -17,6 +17,7 @@ rerunning the same command after a crash resumes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -162,6 +163,41 @@ def train_dir(workdir: str, model: str, method: str, seed: int) -> str:
   return os.path.join(workdir, "train", model, method, f"seed{seed}")
 
 
+STUDY_CONFIG = "study_config.json"
+
+
+def claim_workdir(cfg: StudyConfig, workdir: str) -> None:
+  """Records ``cfg`` in ``workdir``, or checks that it equals the config already there.
+
+  A study workdir holds one setting: a rerun with the same config resumes it;
+  a different config would mix two settings in one table, so it is refused
+  before any work.
+
+  Args:
+    cfg: the study's config.
+    workdir: the study workdir (created if missing).
+
+  Raises:
+    ValueError: ``workdir`` holds a study run with another config; the message
+      names every differing key with both values.
+  """
+  path = os.path.join(workdir, STUDY_CONFIG)
+  now = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as lists, as read back
+  if os.path.exists(path):
+    with open(path) as f:
+      before = json.load(f)
+    differ = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+    if differ:
+      raise ValueError(
+          f"{workdir} holds a study run with another config; differing keys: "
+          + "; ".join(f"{k}: workdir {before.get(k)!r}, now {now.get(k)!r}" for k in differ)
+          + ". Rerun with the workdir's config to resume it, or use a new workdir."
+      )
+    return
+  os.makedirs(workdir, exist_ok=True)
+  runs.write_json(path, now)
+
+
 def run_study(cfg: StudyConfig, workdir: str, train_config: Callable[[str, str, int, str], job.TrainConfig]) -> str:
   """Runs (or resumes) every stage; returns the report path.
 
@@ -178,7 +214,8 @@ def run_study(cfg: StudyConfig, workdir: str, train_config: Callable[[str, str, 
     The path of the study report, ``<workdir>/report.md``.
 
   Raises:
-    ValueError: ``cfg`` or a training config is not valid.
+    ValueError: ``cfg`` or a training config is not valid, or ``workdir``
+      holds a study run with another config (:func:`claim_workdir`).
   """
   from qsim.study import report  # matplotlib only when reporting
 
@@ -190,6 +227,7 @@ def run_study(cfg: StudyConfig, workdir: str, train_config: Callable[[str, str, 
         train_configs[(model, method, seed)] = train_config(
             model, method, seed, train_dir(workdir, model, "standard", seed)
         )
+  claim_workdir(cfg, workdir)
   order = sorted(
       train_configs, key=lambda k: (k[2], cfg.models.index(k[0]), k[1] != "standard", cfg.methods.index(k[1]))
   )
