@@ -32,7 +32,10 @@ Settings:
   on a machine that has them (Cloud TPU or GPU; see BUILD_NOTES.md):
   ``dataset=mnist`` (LeNets; add ``shifts=c+official_c``),
   ``dataset=cifar10,models=resnet20+nin,shifts=c+official_c+natural``,
-  ``dataset=imdb_reviews,models=lstm+gru,shifts=text+natural``.
+  ``dataset=imdb_reviews,models=lstm+gru,shifts=text+natural``;
+  ``dataset=iwildcam,models=resnet50+densenet121,shifts=natural,data_dir=/data/iwildcam_v2.0`` (the
+  WILDS folder; each model's training config is experiments/configs/iwildcam.py: 112 x 112 images, 24,000
+  steps; an accelerator run, not measured here: no iWildCam data on these machines).
 """
 
 from experiments.configs import common
@@ -83,6 +86,7 @@ def get_config(arg: str = ""):
 
   c = ml_collections.ConfigDict()
   c.dataset = "fashion_mnist_debian"
+  c.data_dir = ""  # '' = the dataset's default folder
   c.models = ("lenet1", "lenet5", "gru_rows")
   c.methods = ("standard", "qat", "pgd", "mixup")
   c.seeds = (0, 1, 2)
@@ -115,9 +119,11 @@ def get_config(arg: str = ""):
   return common.apply_args(c, arg, RUNLOCAL, {"quick": QUICK, "full": {}})
 
 
-def _train_module(model: str):
-  from experiments.configs import cifar, imdb, mnist, rows
+def _train_module(model: str, dataset: str):
+  from experiments.configs import cifar, imdb, iwildcam, mnist, rows
 
+  if dataset == "iwildcam":
+    return iwildcam
   if model.startswith("lenet"):
     return mnist
   if "rows" in model:
@@ -133,7 +139,7 @@ def train_config_fn(c):
   from qsim.train.job import TrainConfig
 
   def make(model: str, method: str, seed: int, standard_dir: str):
-    module = _train_module(model)
+    module = _train_module(model, c.dataset)
     steps = c.qat_steps if method == "qat" else (c.train_steps or module.get_config().steps)
     overrides = dict(
         model=model,
@@ -141,6 +147,7 @@ def train_config_fn(c):
         seed=seed,
         steps=steps,
         dataset=c.dataset,
+        data_dir=c.data_dir,
         train_limit=c.train_limit,
         val_size=c.val_size,
         test_limit=c.limit,

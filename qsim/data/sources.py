@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from qsim.data import iwildcam
 from qsim.data import text as text_lib
 from qsim.data.fashion_mnist import load_fashion_mnist
 from qsim.distributed import Shard
@@ -35,7 +36,7 @@ class DatasetInfo:
   kind: str  # 'image' | 'text'
   num_classes: int
   val_size: int
-  source: str  # 'debian' | 'tfds'
+  source: str  # 'debian' | 'tfds' | 'wilds'
 
 
 DATASETS = {
@@ -44,6 +45,8 @@ DATASETS = {
     "fashion_mnist": DatasetInfo("image", 10, 5000, "tfds"),
     "cifar10": DatasetInfo("image", 10, 5000, "tfds"),
     "imdb_reviews": DatasetInfo("text", 2, 2500, "tfds"),
+    # WILDS's own splits: 'val' is id_val, not carved from train (qsim.data.iwildcam)
+    "iwildcam": DatasetInfo("image", iwildcam.NUM_CLASSES, 0, "wilds"),
 }
 
 
@@ -58,6 +61,7 @@ class Data:
   num_classes: int
   vocab: list[str] | None = None
   offset: int = 0  # index of x[0] in the whole set (a process's block starts there)
+  domains: np.ndarray | None = None  # per-example domain (iWildCam: the camera location), where the data has one
 
   def __len__(self) -> int:
     return len(self.y)
@@ -208,11 +212,13 @@ def load(
   Args:
     name: one of ``DATASETS``.
     split: 'train', 'val' or 'test'.
-    data_dir: where the data lives (TFDS data_dir, or the IDX folder for
-      ``fashion_mnist_debian``); None = the source's default.
+    data_dir: where the data lives (TFDS data_dir, the IDX folder for
+      ``fashion_mnist_debian``, the ``iwildcam_v2.0`` folder for
+      ``iwildcam``); None = the source's default.
     download: let TFDS download and prepare (needs internet).
     val_size: examples carved from the end of the training split for 'val'
-      (default: the dataset's, e.g. 5,000 for the image sets).
+      (default: the dataset's, e.g. 5,000 for the image sets; iWildCam's
+      'val' is WILDS's id_val split, 'test' its id_test).
     limit: keep only the first ``limit`` examples of the split (e.g. the
       study's 5,000 IMDb training reviews).
     vocab: text only: the vocabulary to encode with; None = built from this
@@ -231,7 +237,7 @@ def load(
   Returns:
     :class:`Data` with ``x`` as float32 images (N, H, W, C) in [0, 1], int32 token ids (N, ``maxlen``), or raw texts
     (``encode=False``); ``y`` int32 labels (N,); ``vocab`` the text vocabulary (None when none was given or
-    built); ``offset`` the index of ``x[0]`` in the split.
+    built); ``offset`` the index of ``x[0]`` in the split; ``domains`` iWildCam's camera locations.
 
   Raises:
     ValueError: unknown dataset or split, or a bad size (message lists the
@@ -248,6 +254,11 @@ def load(
   if limit is not None:
     check_limit(limit)
   shard = shard or Shard()
+  if info.source == "wilds":
+    x, y, domains, offset = iwildcam.load_split(
+        iwildcam.QSIM_SPLITS[split], lambda n: span(n, limit, shard), data_dir=data_dir
+    )
+    return Data(name, split, x, y, info.num_classes, offset=offset, domains=domains)
   where = {}
 
   def select(part: Shard):

@@ -15,6 +15,10 @@ Names are ``<dataset>/<family>/...``:
 * ``imdb_reviews/text/<shift>/<severity>``: the IMDb test reviews with a
   seeded text shift (:mod:`qsim.shifts.text`) applied before encoding.
 * ``imdb_reviews/natural/yelp_polarity``: Yelp polarity test reviews.
+* ``iwildcam/natural/ood_test`` and ``.../ood_val``: iWildCam-WILDS's OOD
+  test and validation splits, camera locations never seen in training (the
+  study's natural shift; :mod:`qsim.data.iwildcam`, whose clean 'test' is
+  WILDS's in-distribution id_test).
 
 ``fashion_mnist`` reads its clean test split from Debian's
 ``dataset-fashion-mnist`` files when TFDS's copy is not prepared (the same
@@ -31,15 +35,18 @@ import jax
 import numpy as np
 
 from qsim import data as data_lib
+from qsim.data import iwildcam
 from qsim.data import shifted as official
+from qsim.data import sources
 from qsim.data import text as text_lib
 from qsim.distributed import Shard
 from qsim.shifts import image, text
 
 SUITE_OF = {"mnist": "mnist_c", "fashion_mnist": "mnist_c", "fashion_mnist_debian": "mnist_c", "cifar10": "cifar10_c"}
 TEXT_DATASETS = ("imdb_reviews",)
-DATASETS = tuple(SUITE_OF) + TEXT_DATASETS
-STUDY_DATASETS = ("mnist", "cifar10", "imdb_reviews", "iwildcam")  # iWildCam: no loader in qsim yet
+NATURAL_ONLY = {"iwildcam": {"ood_test": "test", "ood_val": "val"}}  # set -> WILDS split
+DATASETS = tuple(SUITE_OF) + TEXT_DATASETS + tuple(NATURAL_ONLY)
+STUDY_DATASETS = ("mnist", "cifar10", "imdb_reviews", "iwildcam")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +93,7 @@ def _names(dataset: str) -> list[str]:
   if dataset == "imdb_reviews":
     out += [f"imdb_reviews/text/{t}/{s}" for t in sorted(text.TEXT_SHIFTS) for s in text.SEVERITIES]
     out += ["imdb_reviews/natural/yelp_polarity"]
+  out += [f"{dataset}/natural/{n}" for n in NATURAL_ONLY.get(dataset, ())]
   return out
 
 
@@ -246,6 +254,14 @@ def load_shifted(
   kw["shard"] = shard
   if s.family == "official_c":
     d = official.mnist_c(s.shift, **kw) if s.dataset == "mnist" else official.cifar10_c(s.shift, s.severity, **kw)
+  elif s.dataset in NATURAL_ONLY:  # iWildCam's OOD splits
+    limit, shard = kw["limit"], kw["shard"]
+    if limit is not None:
+      sources.check_limit(limit)
+    x, y, domains, offset = iwildcam.load_split(
+        NATURAL_ONLY[s.dataset][s.shift], lambda n: sources.span(n, limit, shard), data_dir=data_dir
+    )
+    d = data_lib.Data(name, "test", x, y, iwildcam.NUM_CLASSES, offset=offset, domains=domains)
   elif s.dataset == "cifar10":  # natural
     d = official.cifar10_1(s.shift.rsplit("_", 1)[1], **kw)
   else:  # natural: Yelp

@@ -44,6 +44,7 @@ class StudyConfig(configs.FromConfigDict):
 
   models: tuple[str, ...]
   dataset: str = "fashion_mnist_debian"
+  data_dir: str = ""  # the dataset's folder ('' = its default); training runs record it, the sweep reads theirs
   methods: tuple[str, ...] = STUDY_METHODS
   seeds: tuple[int, ...] = (0, 1, 2)
   quantizers: tuple[str, ...] = ("tflite_int8", "tflite_dynamic", "weight_only_int8", "fp16")
@@ -135,6 +136,7 @@ class StudyConfig(configs.FromConfigDict):
         pool=self.retrain_pool,
         eval_split=self.retrain_eval_split,
         eval_batch_size=self.eval_batch_size,
+        data_dir=self.data_dir,
     )
 
   def shift_names(self) -> list[str]:
@@ -248,6 +250,7 @@ def run_study(cfg: StudyConfig, workdir: str, train_config: Callable[[str, str, 
           limit=cfg.limit,
           batch_size=cfg.eval_batch_size,
           calib_samples=cfg.calib_samples,
+          data_dir=cfg.data_dir,
       ),
       os.path.join(workdir, "eval"),
   )
