@@ -270,3 +270,18 @@ def test_a_sweep_takes_named_quant_configs(ckpt, tmp_path):
     sweep.SweepConfig(checkpoints=("x",), quantizers=(dataclasses.replace(w4a8, name=""),))
   with pytest.raises(ValueError, match="lists one twice"):
     sweep.SweepConfig(checkpoints=("x",), quantizers=("w4a8", dataclasses.replace(mixed, name="w4a8")))
+
+
+def test_the_clean_split_whole_and_a_sample_of_each_shifted_set(tiny_ckpt, tmp_path):
+  """``shift_limit``: the clean split at ``limit`` (0: whole), each shifted set at its own size; the rows
+  say which size each set was measured on."""
+  from qsim.evaluate import report, sweep
+
+  sets = ("fashion_mnist_debian/c/fog/5", "fashion_mnist_debian/c/rotate/3")
+  c = sweep.SweepConfig(
+      checkpoints=(str(tiny_ckpt),), quantizers=("w4a4",), shifts=sets, limit=300, shift_limit=70, calib_samples=20
+  )
+  rows = {r["set"]: r for r in report.read_rows(sweep.run_sweep(c, str(tmp_path)))}
+  assert {k: (r["n"], r["limit"]) for k, r in rows.items()} == {"clean": (300, 300), sets[0]: (70, 70), sets[1]: (70, 70)}
+  with pytest.raises(ValueError, match="shift_limit"):
+    sweep.SweepConfig(checkpoints=(str(tiny_ckpt),), shift_limit=-1)

@@ -182,3 +182,28 @@ def test_rq1_verdict_is_the_interval_of_the_networks_ratios(tmp_path, ratios, ve
   lines, got, evidence = report.rq1(_rq1_rows(ratios), str(tmp_path))
   assert got == verdict, evidence
   assert "(6 networks)" in evidence and "The original study: LeNet-1 tflite-8" in "\n".join(lines)
+
+
+def test_training_workers_run_every_job_and_a_failure_stops_the_study(study, tmp_path):
+  """Two training processes, each on its own core(s): every run finishes as it would alone (same config and
+  steps, the same model up to float rounding); a failing run raises in the study process. Changing the worker
+  count resumes a workdir."""
+  from qsim import runs
+  from qsim.study import run as study_run
+
+  wd, path, c = study
+  make = study_config.train_config_fn(c)
+  jobs = [(f"{s}", make("lenet_tiny", "standard", s, ""), str(tmp_path / f"s{s}")) for s in (0, 1)]
+  study_run._train_all(jobs, 2, 0.0)
+  alone, pinned = runs.read_summary(train_dir(wd, "lenet_tiny", "standard", 0)), runs.read_summary(str(tmp_path / "s0"))
+  assert {k: v for k, v in pinned.items() if "accuracy" not in k} == {
+      k: v for k, v in alone.items() if "accuracy" not in k
+  }
+  # one core instead of two sums in another order: the weights may differ in their last bits, not the model
+  assert abs(pinned["test_accuracy"] - alone["test_accuracy"]) <= 2 / 256
+  assert runs.read_summary(str(tmp_path / "s1"))["seed"] == 1
+  bad = make("lenet_tiny", "qat", 0, str(tmp_path / "missing"))  # QAT from a checkpoint that does not exist
+  with pytest.raises(FileNotFoundError):
+    study_run._train_all([("bad", bad, str(tmp_path / "bad")), jobs[0]], 2, 0.0)
+  again = StudyConfig.from_config_dict(study_config.get_config("runlocal,train_workers=2"))
+  assert run_study(again, wd, study_config.train_config_fn(again)) == path

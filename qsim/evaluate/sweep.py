@@ -56,6 +56,8 @@ class SweepConfig:
       mixed-precision config with per-layer rules).
     shifts: shifted sets besides the clean test split, as :func:`resolve_sets` reads them.
     limit: samples per set (0: all).
+    shift_limit: samples per shifted set (0: ``limit``); e.g. the whole clean split and a sample of each
+      shifted set.
     batch_size: samples per compiled batch.
     calib_samples: training samples that calibrate static ranges (TFLite's representative set).
     seed: seeds the synthetic shifts.
@@ -69,6 +71,7 @@ class SweepConfig:
   quantizers: tuple[str | QuantConfig, ...] = presets.STUDY_PRESETS
   shifts: tuple[str, ...] = ()
   limit: int = 0
+  shift_limit: int = 0
   batch_size: int = 500
   calib_samples: int = 100
   seed: int = 0
@@ -95,7 +98,9 @@ class SweepConfig:
         names.append(q)
     if len(set(names)) != len(names):
       raise ValueError(f"quantizers={names} lists one twice")
-    configs.check_at_least(self, dict(limit=0, batch_size=1, calib_samples=1, seed=0, cache_bytes=0))
+    configs.check_at_least(
+        self, dict(limit=0, shift_limit=0, batch_size=1, calib_samples=1, seed=0, cache_bytes=0)
+    )
     if self.mapping not in MAPPINGS:
       raise ValueError(f"mapping={self.mapping!r} is not valid; choose one of {list(MAPPINGS)}")
 
@@ -306,10 +311,11 @@ def run_sweep(c: SweepConfig, workdir: str) -> str:
         continue
       name = shifted.name
       key = ResultsStore.key(os.path.abspath(ckpt), name)
+      set_limit = limit if shifted.family == registry.CLEAN else (c.shift_limit or limit)
       try:
-        set_key = (name, dataset, None if vocab is None else hash(tuple(vocab)))
+        set_key = (name, dataset, None if vocab is None else hash(tuple(vocab)), set_limit)
         if set_key not in cache:
-          d = load_set(run, shifted, seed=seed, limit=limit, data_dir=data_dir, shard=shard)
+          d = load_set(run, shifted, seed=seed, limit=set_limit, data_dir=data_dir, shard=shard)
           cache.put(set_key, (d.x, d.y))
         x, y = cache[set_key]
       except FileNotFoundError as e:
@@ -320,7 +326,7 @@ def run_sweep(c: SweepConfig, workdir: str) -> str:
       res = engine.run(x, y, name)
       if not writer:  # every process has the whole result; process 0 writes it
         continue
-      settings = {"eval_seed": seed, "limit": limit, "calib_samples": calib_samples}
+      settings = {"eval_seed": seed, "limit": set_limit, "calib_samples": calib_samples}
       rows = [
           Row(
               run=run_info,

@@ -3,8 +3,7 @@ with a verdict against the original study's claim (``../shared/PAPER.md``).
 
 Statistics: a figure is computed per seed (training seed), then given as the
 mean over seeds ± the half-width of its 95% t-interval; comparisons are
-paired by seed. With one seed there are no intervals and the verdicts rest
-on the means alone (the report says so).
+paired by seed.
 
 Verdicts come from intervals, never from point estimates. The unit is a
 trained network, a (model, training seed) pair: each research question's
@@ -17,8 +16,8 @@ effect's interval gives one of three verdicts:
 * *not supported*: the interval rules out an effect as large as the
   smallest one that matters (the claim's threshold, or: a 10% ratio, half an
   AUROC point), including an effect of the opposite sign;
-* *inconclusive at this size*: neither; more seeds, models or samples
-  would decide it.
+* *inconclusive at this size*: neither (and always with one network: no
+  interval); more seeds, models or samples would decide it.
 
 The effects:
 

@@ -52,6 +52,7 @@ class StudyConfig(configs.FromConfigDict):
   shifts: tuple[str, ...] = ("c",)
   severities: tuple[int, ...] = (1, 2, 3, 4, 5)
   limit: int = 0  # test samples per set (0 = all)
+  shift_limit: int = 0  # samples per shifted set (0 = limit)
   eval_batch_size: int = 500
   calib_samples: int = 100
   retrain_quantizers: tuple[str, ...] = ("tflite_int8", "w4a4")
@@ -70,6 +71,9 @@ class StudyConfig(configs.FromConfigDict):
   qat_quant: str = "w8a8"
   qat_learning_rate: float = 1e-4
   pgd_iters: int = 0
+  pgd_from_standard: bool = False  # PGD fine-tunes the standard checkpoint (pgd_steps steps) instead of from scratch
+  pgd_steps: int = 0  # with pgd_from_standard: its steps (0: the model's own)
+  train_workers: int = 1  # training runs at once, each in its own process pinned to its share of the CPU cores
 
   def __post_init__(self):
     self.validate()
@@ -87,6 +91,10 @@ class StudyConfig(configs.FromConfigDict):
       raise ValueError(f"methods={list(self.methods)} is not valid; choose from {list(METHODS)}")
     if "qat" in self.methods and "standard" not in self.methods:
       raise ValueError("method 'qat' fine-tunes the 'standard' checkpoint; add 'standard' to methods")
+    if self.pgd_from_standard and "pgd" in self.methods and "standard" not in self.methods:
+      raise ValueError("pgd_from_standard fine-tunes the 'standard' checkpoint; add 'standard' to methods")
+    if isinstance(self.train_workers, bool) or not isinstance(self.train_workers, int) or self.train_workers < 1:
+      raise ValueError(f"train_workers={self.train_workers!r} is not valid; give an int >= 1")
     if "qat" in self.methods:
       job.qat_config(self.qat_quant)
     if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
@@ -166,6 +174,59 @@ def train_dir(workdir: str, model: str, method: str, seed: int) -> str:
 
 
 STUDY_CONFIG = "study_config.json"
+# How the work is spread, not what it computes: a rerun may change these. (Trained weights do depend on the
+# cores a training process runs on, in their last bits, as they depend on the machine; a resumed study may mix
+# runs trained on different machines or worker counts, and each run is reproducible on its own settings.)
+SCHEDULING_KEYS = ("train_workers",)
+
+
+def _pin_worker(counter, shares: list[list[int]]) -> None:
+  """A training worker's initializer: the next share of the CPU cores; it dies with the study process."""
+  import ctypes  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+
+  try:  # Linux: SIGKILL when the parent dies, so no orphan trains on after a killed study
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  except OSError:
+    pass
+  with counter.get_lock():
+    i = counter.value
+    counter.value += 1
+  os.sched_setaffinity(0, shares[i % len(shares)])  # before the first JAX computation sizes its thread pool
+
+
+def _train_all(jobs: list[tuple[str, job.TrainConfig, str]], workers: int, t0: float) -> None:
+  """Runs ``job.run(config, workdir)`` for every (label, config, workdir): here, or ``workers`` at a time.
+
+  Each worker is a fresh process pinned to its share of the CPU cores (measured on the 2-core CPU: two
+  single-core LeNet-5 trainings do 1.45x the steps of one on both cores; BUILD_NOTES "The study").
+  """
+  if workers <= 1 or len(jobs) <= 1:
+    for label, c, d in jobs:
+      _log(f"[study] train {label} ({time.time() - t0:.0f} s)")
+      job.run(c, d)
+    return
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+
+  ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked JAX runtime
+  cpus = sorted(os.sched_getaffinity(0))
+  workers = min(workers, len(jobs), len(cpus))
+  shares = [cpus[i::workers] for i in range(workers)]
+  counter = ctx.Value("i", 0)
+  _log(f"[study] training {len(jobs)} runs, {workers} at a time on CPU cores {shares} ({time.time() - t0:.0f} s)")
+  with concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=ctx, initializer=_pin_worker, initargs=(counter, shares)
+  ) as pool:
+    futures = {pool.submit(job.run, c, d): label for label, c, d in jobs}
+    try:
+      for f in concurrent.futures.as_completed(futures):
+        f.result()
+        _log(f"[study] trained {futures[f]} ({time.time() - t0:.0f} s)")
+    except BaseException:  # the first failure stops the study (runs not started are cancelled); finished runs stay
+      for f in futures:
+        f.cancel()
+      raise
 
 
 def claim_workdir(cfg: StudyConfig, workdir: str) -> None:
@@ -173,7 +234,8 @@ def claim_workdir(cfg: StudyConfig, workdir: str) -> None:
 
   A study workdir holds one setting: a rerun with the same config resumes it;
   a different config would mix two settings in one table, so it is refused
-  before any work.
+  before any work. ``SCHEDULING_KEYS`` (how many runs train at once) may
+  change between reruns.
 
   Args:
     cfg: the study's config.
@@ -188,7 +250,7 @@ def claim_workdir(cfg: StudyConfig, workdir: str) -> None:
   if os.path.exists(path):
     with open(path) as f:
       before = json.load(f)
-    differ = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+    differ = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k) and k not in SCHEDULING_KEYS)
     if differ:
       raise ValueError(
           f"{workdir} holds a study run with another config; differing keys: "
@@ -233,12 +295,14 @@ def run_study(cfg: StudyConfig, workdir: str, train_config: Callable[[str, str, 
   order = sorted(
       train_configs, key=lambda k: (k[2], cfg.models.index(k[0]), k[1] != "standard", cfg.methods.index(k[1]))
   )
-  for i, (model, method, seed) in enumerate(order):
-    d = train_dir(workdir, model, method, seed)
-    if os.path.exists(os.path.join(d, runs.SUMMARY)):  # that run finished
-      continue
-    _log(f"[study] train {i + 1}/{len(order)}: {model} / {method} / seed {seed} ({time.time() - t0:.0f} s)")
-    job.run(train_configs[(model, method, seed)], d)
+  todo = [k for k in order if not os.path.exists(os.path.join(train_dir(workdir, *k), runs.SUMMARY))]
+  first = [k for k in todo if k[1] == "standard"]  # the others may start from these
+  for phase in (first, [k for k in todo if k[1] != "standard"]):
+    jobs = [
+        (f"{order.index(k) + 1}/{len(order)}: {k[0]} / {k[1]} / seed {k[2]}", train_configs[k], train_dir(workdir, *k))
+        for k in phase
+    ]
+    _train_all(jobs, cfg.train_workers, t0)
   ckpts = [train_dir(workdir, *k) for k in order]
   _log(f"[study] evaluate {len(ckpts)} checkpoints x {len(cfg.all_quantizers)} quantizers ({time.time() - t0:.0f} s)")
   shifts = cfg.shift_names()
@@ -248,6 +312,7 @@ def run_study(cfg: StudyConfig, workdir: str, train_config: Callable[[str, str, 
           quantizers=tuple(cfg.all_quantizers),
           shifts=tuple(shifts),
           limit=cfg.limit,
+          shift_limit=cfg.shift_limit,
           batch_size=cfg.eval_batch_size,
           calib_samples=cfg.calib_samples,
           data_dir=cfg.data_dir,
