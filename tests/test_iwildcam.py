@@ -93,29 +93,32 @@ def test_a_decoded_split_is_cached_and_a_block_decodes_only_itself(wilds_dir):
     data.load("iwildcam", "train", data_dir=wilds_dir)
 
 
-def test_a_missing_folder_or_a_wrong_layout_names_the_expected_one(tmp_path, wilds_dir):
+def test_a_missing_folder_or_metadata_file_names_the_expected_layout(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"iWildCam folder .*nowhere' not found; expected the WILDS"):
     data.load("iwildcam", "train", data_dir=str(tmp_path / "nowhere"))
-  flat = tmp_path / "flat"
-  os.makedirs(flat)
+  os.makedirs(tmp_path / "flat")
   with pytest.raises(FileNotFoundError, match=r"flat/metadata.csv not found; expected .*<data_dir>/train/<filename>"):
-    data.load("iwildcam", "train", data_dir=str(flat))
-  with open(flat / "metadata.csv", "w") as f:
-    f.write("split,filename,label\ntrain,a.jpg,3\n")
-  with pytest.raises(ValueError, match=r"lacks the columns \['y', 'location_remapped'\]"):
-    data.load("iwildcam", "train", data_dir=str(flat))
-  with open(flat / "metadata.csv", "w") as f:
-    f.write("split,filename,y,location_remapped\nood,a.jpg,3,1\n")
-  with pytest.raises(ValueError, match=r"line 2: split 'ood' is not one of \['train', 'val', 'test'"):
-    data.load("iwildcam", "train", data_dir=str(flat))
-  with open(flat / "metadata.csv", "w") as f:
-    f.write("split,filename,y,location_remapped\ntrain,a.jpg,182,1\n")
-  with pytest.raises(ValueError, match=r"line 2: y=182 is outside 0..181"):
-    data.load("iwildcam", "train", data_dir=str(flat))
-  with open(flat / "metadata.csv", "w") as f:
-    f.write("split,filename,y,location_remapped\ntrain,a.jpg,181,1\n")
-  with pytest.raises(ValueError, match=r"no rows of split 'id_test'"):
-    data.load("iwildcam", "test", data_dir=str(flat))
+    data.load("iwildcam", "train", data_dir=str(tmp_path / "flat"))
+
+
+@pytest.mark.parametrize(
+    "metadata, split, says",
+    [
+        ("split,filename,label\ntrain,a.jpg,3\n", "train", r"lacks the columns \['y', 'location_remapped'\]"),
+        (
+            "split,filename,y,location_remapped\nood,a.jpg,3,1\n",
+            "train",
+            r"line 2: split 'ood' is not one of \['train', 'val', 'test'",
+        ),
+        ("split,filename,y,location_remapped\ntrain,a.jpg,182,1\n", "train", r"line 2: y=182 is outside 0..181"),
+        ("split,filename,y,location_remapped\ntrain,a.jpg,x,1\n", "train", r"line 2: y and location_remapped must"),
+        ("split,filename,y,location_remapped\ntrain,a.jpg,181,1\n", "test", r"no rows of split 'id_test'"),
+    ],
+)
+def test_a_wrong_metadata_file_is_refused_naming_the_row(tmp_path, metadata, split, says):
+  (tmp_path / "metadata.csv").write_text(metadata)
+  with pytest.raises(ValueError, match=says):
+    data.load("iwildcam", split, data_dir=str(tmp_path))
 
 
 def test_the_training_config_trains_resnet50_tiny_on_the_wilds_layout(tmp_path, wilds_dir):
