@@ -66,6 +66,11 @@ def test_every_launcher_config_builds_its_library_config():
         ),
         (lambda: TrainConfig.from_config_dict(mnist.get_config("dataset=mnits")), r"dataset='mnits' is not valid"),
         (lambda: StudyConfig.from_config_dict(study.get_config("qat_quant=tflite_int8")), "static activation ranges"),
+        (lambda: StudyConfig.from_config_dict(study.get_config("train_workers=0")), r"train_workers=0 is not valid"),
+        (
+            lambda: StudyConfig.from_config_dict(study.get_config("methods=pgd+mixup")),
+            "pgd_from_standard fine-tunes the 'standard' checkpoint",
+        ),
     ],
 )
 def test_bad_values_are_refused_when_the_config_is_built(build, message):
