@@ -4,6 +4,10 @@ See experiments/configs/study.py for the settings (quick, full, runlocal),
 the fields and the expected runtimes. Prints where the report is.
 """
 
+import os
+import shlex
+import sys
+
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -24,6 +28,11 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   c = StudyConfig.from_config_dict(_CONFIG.value)
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  command = os.path.join(_WORKDIR.value, "command.txt")
+  if not os.path.exists(os.path.join(_WORKDIR.value, "study_config.json")):  # a new study: its command, for publish
+    with open(command, "w") as f:
+      f.write("python -m experiments.study " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n")
   path = run_study(c, _WORKDIR.value, train_config_fn(c))
   print(f"report: {path}")
 

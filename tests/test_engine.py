@@ -282,6 +282,10 @@ def test_the_clean_split_whole_and_a_sample_of_each_shifted_set(tiny_ckpt, tmp_p
       checkpoints=(str(tiny_ckpt),), quantizers=("w4a4",), shifts=sets, limit=300, shift_limit=70, calib_samples=20
   )
   rows = {r["set"]: r for r in report.read_rows(sweep.run_sweep(c, str(tmp_path)))}
-  assert {k: (r["n"], r["limit"]) for k, r in rows.items()} == {"clean": (300, 300), sets[0]: (70, 70), sets[1]: (70, 70)}
+  assert {k: (r["n"], r["limit"]) for k, r in rows.items()} == {
+      "clean": (300, 300),
+      sets[0]: (70, 70),
+      sets[1]: (70, 70),
+  }
   with pytest.raises(ValueError, match="shift_limit"):
     sweep.SweepConfig(checkpoints=(str(tiny_ckpt),), shift_limit=-1)

@@ -140,13 +140,9 @@ def test_the_study_command_for_iwildcam_builds_its_runs(wilds_dir):
       study_config.get_config(f"dataset=iwildcam,models=resnet50+densenet121,shifts=natural,data_dir={wilds_dir}")
   )
   assert c.shift_names() == ["iwildcam/natural/ood_test", "iwildcam/natural/ood_val"]
-  t = study_config.train_config_fn(c)("densenet121", "pgd", 1, "")
-  assert (t.dataset, t.data_dir, t.model, t.steps, t.iters, t.seed) == (
-      "iwildcam",
-      wilds_dir,
-      "densenet121",
-      24000,
-      4,
-      1,
-  )
+  make = study_config.train_config_fn(c)
+  t = make("densenet121", "standard", 1, "")
+  assert (t.dataset, t.data_dir, t.model, t.steps, t.seed) == ("iwildcam", wilds_dir, "densenet121", 24000, 1)
+  t = make("densenet121", "pgd", 1, "std1")  # adversarial fine-tuning of the standard run, CIFAR's attack
+  assert (t.init_from, t.steps, t.iters, t.eps) == ("std1", 1000, 4, 4 / 255)
   assert c.retrain_config("ckpt", tuple(c.shift_names())).data_dir == wilds_dir

@@ -9,7 +9,7 @@ import pytest
 from experiments.configs import study as study_config
 from tests import golden
 from qsim.evaluate.report import read_rows
-from qsim.study import StudyConfig, report, run_study, train_dir
+from qsim.study import StudyConfig, read_timings, report, run_study, train_dir
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +57,14 @@ def test_a_rerun_resumes_without_redoing_work(study):
   parts = os.path.join(wd, "retrain", "lenet_tiny", "seed0", "parts")
   stamps = {p: os.stat(p).st_mtime_ns for p in [summary] + [os.path.join(parts, f) for f in os.listdir(parts)]}
   report = open(path).read()
+  before = read_timings(wd)
+  assert all(before["seconds"][s] > 0 for s in ("train", "evaluate", "retrain", "report")), before
   assert run_study(c, wd, study_config.train_config_fn(c)) == path
   assert {p: os.stat(p).st_mtime_ns for p in stamps} == stamps
   assert open(path).read() == report
+  after = read_timings(wd)  # each stage's time is summed over the processes that ran it
+  assert after["processes"] == before["processes"] + 1 and len(after["cpus"]) == after["processes"]
+  assert all(after["seconds"][s] >= before["seconds"][s] for s in before["seconds"])
 
 
 def test_bad_study_config():
@@ -207,3 +212,24 @@ def test_training_workers_run_every_job_and_a_failure_stops_the_study(study, tmp
     study_run._train_all([("bad", bad, str(tmp_path / "bad")), jobs[0]], 2, 0.0)
   again = StudyConfig.from_config_dict(study_config.get_config("runlocal,train_workers=2"))
   assert run_study(again, wd, study_config.train_config_fn(again)) == path
+
+
+def test_publishing_a_study_copies_its_evidence_and_refuses_an_unfinished_one(study, tmp_path):
+  import gzip
+
+  from experiments import publish_study
+
+  wd, path, _ = study
+  run_md = publish_study.publish(wd, str(tmp_path / "pub"), "python -m experiments.study --config=x")
+  body = open(run_md).read()
+  assert "Command: `python -m experiments.study --config=x`" in body and "| train |" in body and "| total |" in body
+  assert "| 1 | Shifted data gives more disagreements" in body
+  with gzip.open(tmp_path / "pub" / "results.csv.gz", "rb") as f:
+    assert f.read() == open(os.path.join(wd, "eval", "results.csv"), "rb").read()
+  with gzip.open(tmp_path / "pub" / "retrain_results.csv.gz", "rb") as f:
+    assert f.read() == open(os.path.join(wd, "retrain", "lenet_tiny", "seed0", "results.csv"), "rb").read()
+  published = open(tmp_path / "pub" / "report.md").read()
+  assert os.path.abspath(wd) not in published and published.count("<workdir>") == 1
+  assert os.path.exists(tmp_path / "pub" / "rq1_severity.png")
+  with pytest.raises(FileNotFoundError, match=r"lacks \['report.md', 'eval/results.csv', 'study_config.json'\]"):
+    publish_study.publish(str(tmp_path), str(tmp_path / "again"))

@@ -98,9 +98,7 @@ class SweepConfig:
         names.append(q)
     if len(set(names)) != len(names):
       raise ValueError(f"quantizers={names} lists one twice")
-    configs.check_at_least(
-        self, dict(limit=0, shift_limit=0, batch_size=1, calib_samples=1, seed=0, cache_bytes=0)
-    )
+    configs.check_at_least(self, dict(limit=0, shift_limit=0, batch_size=1, calib_samples=1, seed=0, cache_bytes=0))
     if self.mapping not in MAPPINGS:
       raise ValueError(f"mapping={self.mapping!r} is not valid; choose one of {list(MAPPINGS)}")
 

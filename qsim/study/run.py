@@ -8,6 +8,8 @@ Layout of ``workdir``::
   eval/                             the sweep over every checkpoint (results.csv, samples/)
   retrain/<model>/seed<s>/          the retraining runs on each standard checkpoint
   report.md, *.png                  the study report
+  study_config.json                 the setting this workdir holds (a rerun with another is refused)
+  timings.json                      wall time per stage, summed over the processes that ran the study
 
 Each stage skips what is already done (a training run with its summary.json,
 a sweep unit with its part file, a retraining round with its part file), so
@@ -174,6 +176,45 @@ def train_dir(workdir: str, model: str, method: str, seed: int) -> str:
 
 
 STUDY_CONFIG = "study_config.json"
+TIMINGS = "timings.json"
+STAGES = ("train", "evaluate", "retrain", "report")
+
+
+def read_timings(workdir: str) -> dict:
+  """The wall time each stage of a study has taken, summed over the processes that ran it.
+
+  Args:
+    workdir: the study workdir.
+
+  Returns:
+    ``{'seconds': {stage: s}, 'processes': n, 'cpus': [...]}`` (zeros before the first run); ``cpus`` lists
+    each process's CPU count (a resumed study may have run on several machines).
+  """
+  path = os.path.join(workdir, TIMINGS)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return {"seconds": {s: 0.0 for s in STAGES}, "processes": 0, "cpus": []}
+
+
+class _StageClock:
+  """Adds each stage's wall time to ``timings.json`` as it ends, and the training stage's after each run: a
+  killed process loses the time since its last finished run or stage."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.t = read_timings(workdir)
+    self.t["processes"] += 1
+    self.t["cpus"].append(len(os.sched_getaffinity(0)))
+    self.start = time.time()
+
+  def done(self, stage: str) -> None:
+    now = time.time()
+    self.t["seconds"][stage] = round(self.t["seconds"][stage] + now - self.start, 1)
+    self.start = now
+    runs.write_json(os.path.join(self.workdir, TIMINGS), self.t)
+
+
 # How the work is spread, not what it computes: a rerun may change these. (Trained weights do depend on the
 # cores a training process runs on, in their last bits, as they depend on the machine; a resumed study may mix
 # runs trained on different machines or worker counts, and each run is reproducible on its own settings.)
@@ -195,8 +236,12 @@ def _pin_worker(counter, shares: list[list[int]]) -> None:
   os.sched_setaffinity(0, shares[i % len(shares)])  # before the first JAX computation sizes its thread pool
 
 
-def _train_all(jobs: list[tuple[str, job.TrainConfig, str]], workers: int, t0: float) -> None:
+def _train_all(
+    jobs: list[tuple[str, job.TrainConfig, str]], workers: int, t0: float, tick: Callable[[], None] = lambda: None
+) -> None:
   """Runs ``job.run(config, workdir)`` for every (label, config, workdir): here, or ``workers`` at a time.
+
+  ``tick()`` is called after each finished run.
 
   Each worker is a fresh process pinned to its share of the CPU cores (measured on the 2-core CPU: two
   single-core LeNet-5 trainings do 1.45x the steps of one on both cores; BUILD_NOTES "The study").
@@ -205,6 +250,7 @@ def _train_all(jobs: list[tuple[str, job.TrainConfig, str]], workers: int, t0: f
     for label, c, d in jobs:
       _log(f"[study] train {label} ({time.time() - t0:.0f} s)")
       job.run(c, d)
+      tick()
     return
   import concurrent.futures  # pylint: disable=g-import-not-at-top
   import multiprocessing  # pylint: disable=g-import-not-at-top
@@ -222,6 +268,7 @@ def _train_all(jobs: list[tuple[str, job.TrainConfig, str]], workers: int, t0: f
     try:
       for f in concurrent.futures.as_completed(futures):
         f.result()
+        tick()
         _log(f"[study] trained {futures[f]} ({time.time() - t0:.0f} s)")
     except BaseException:  # the first failure stops the study (runs not started are cancelled); finished runs stay
       for f in futures:
@@ -292,6 +339,7 @@ def run_study(cfg: StudyConfig, workdir: str, train_config: Callable[[str, str, 
             model, method, seed, train_dir(workdir, model, "standard", seed)
         )
   claim_workdir(cfg, workdir)
+  clock = _StageClock(workdir)
   order = sorted(
       train_configs, key=lambda k: (k[2], cfg.models.index(k[0]), k[1] != "standard", cfg.methods.index(k[1]))
   )
@@ -302,7 +350,8 @@ def run_study(cfg: StudyConfig, workdir: str, train_config: Callable[[str, str, 
         (f"{order.index(k) + 1}/{len(order)}: {k[0]} / {k[1]} / seed {k[2]}", train_configs[k], train_dir(workdir, *k))
         for k in phase
     ]
-    _train_all(jobs, cfg.train_workers, t0)
+    _train_all(jobs, cfg.train_workers, t0, lambda: clock.done("train"))
+  clock.done("train")
   ckpts = [train_dir(workdir, *k) for k in order]
   _log(f"[study] evaluate {len(ckpts)} checkpoints x {len(cfg.all_quantizers)} quantizers ({time.time() - t0:.0f} s)")
   shifts = cfg.shift_names()
@@ -319,6 +368,7 @@ def run_study(cfg: StudyConfig, workdir: str, train_config: Callable[[str, str, 
       ),
       os.path.join(workdir, "eval"),
   )
+  clock.done("evaluate")
   if cfg.retrain_quantizers and "standard" in cfg.methods:
     for seed in cfg.seeds:
       for model in cfg.models:
@@ -327,6 +377,8 @@ def run_study(cfg: StudyConfig, workdir: str, train_config: Callable[[str, str, 
             cfg.retrain_config(train_dir(workdir, model, "standard", seed), tuple(shifts), seed),
             os.path.join(workdir, "retrain", model, f"seed{seed}"),
         )
+  clock.done("retrain")
   path = report.write_report(workdir)
+  clock.done("report")
   _log(f"[study] done in {time.time() - t0:.0f} s: {path}")
   return path
