@@ -217,7 +217,7 @@ def test_training_workers_run_every_job_and_a_failure_stops_the_study(study, tmp
 def test_publishing_a_study_copies_its_evidence_and_refuses_an_unfinished_one(study, tmp_path):
   import gzip
 
-  from experiments import publish_study
+  from qsim.study import publish as publish_study
 
   wd, path, _ = study
   run_md = publish_study.publish(wd, str(tmp_path / "pub"), "python -m experiments.study --config=x")
