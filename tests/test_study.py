@@ -223,7 +223,7 @@ def test_publishing_a_study_copies_its_evidence_and_refuses_an_unfinished_one(st
   run_md = publish_study.publish(wd, str(tmp_path / "pub"), "python -m experiments.study --config=x")
   body = open(run_md).read()
   assert "Command: `python -m experiments.study --config=x`" in body and "| train |" in body and "| total |" in body
-  assert "| 1 | Shifted data gives more disagreements" in body
+  assert "| 1 | Shifted data gives more disagreements" in body and "|---|---|---|---|---|" in body
   with gzip.open(tmp_path / "pub" / "results.csv.gz", "rb") as f:
     assert f.read() == open(os.path.join(wd, "eval", "results.csv"), "rb").read()
   with gzip.open(tmp_path / "pub" / "retrain_results.csv.gz", "rb") as f:

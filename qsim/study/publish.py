@@ -66,7 +66,7 @@ def publish(workdir: str, out: str, command: str = "") -> str:
     command = open(os.path.join(workdir, "command.txt")).read().strip()
   t = read_timings(workdir)
   total = sum(t["seconds"].values())
-  summary = [line for line in report.splitlines() if line.startswith("| ")][:6]
+  summary = [line for line in report.splitlines() if line.startswith("|")][:6]  # header, rule, RQ1-RQ4
   lines = [
       "# How this study was run",
       "",
@@ -74,13 +74,19 @@ def publish(workdir: str, out: str, command: str = "") -> str:
       "",
       f"Commit: {_commit()}",
       "",
-      f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs seen by the publisher; the"
-      f" study ran in {t['processes']} process(es) with {t['cpus']} CPUs.",
+      f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs seen by the publisher"
+      + (f"; the study ran in {t['processes']} process(es) with {t['cpus']} CPUs." if t["processes"] else "."),
       "",
-      "| stage | wall time |",
-      "|---|---|",
-      *[f"| {s} | {v / 60:.1f} min |" for s, v in t["seconds"].items()],
-      f"| total | {total / 60:.1f} min ({total / 3600:.2f} h) |",
+      *(
+          [
+              "| stage | wall time |",
+              "|---|---|",
+              *[f"| {s} | {v / 60:.1f} min |" for s, v in t["seconds"].items()],
+              f"| total | {total / 60:.1f} min ({total / 3600:.2f} h) |",
+          ]
+          if t["processes"]
+          else ["Wall time per stage: not recorded (the study ran before qsim recorded timings.json)."]
+      ),
       "",
       "Files: report.md (the research questions, with rules and intervals), the plots, results.csv.gz (the"
       " evaluation sweep, one row per checkpoint x quantizer x set), retrain_results.csv.gz, study_config.json.",
