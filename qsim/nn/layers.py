@@ -265,7 +265,7 @@ def _stored_tensor(module: nn.Module, x, y, spec: TensorSpec, lo, hi, where: str
     total = pending["sum"]
     (a, ga), (b, gb) = pending["operands"]
     qa, qb = (_steps(v, g[0]) + g[1] for v, g in ((a, ga), (b, gb)))
-    q_add = fixed_point.int8_add(qa, qb, ga, gb, scale, pending["recipe"]).astype(jnp.float32)
+    q_add = fixed_point.int8_add(qa, qb, ga, gb, scale, pending["recipe"], z).astype(jnp.float32)
     # where a fused activation changed the sum (ReLU's zeros), the stored value is the activation's
     q = jnp.where(xs == jax.lax.stop_gradient(total), q_add, _steps(xs, scale))
   elif pending["kind"] == "mean":
@@ -273,10 +273,13 @@ def _stored_tensor(module: nn.Module, x, y, spec: TensorSpec, lo, hi, where: str
     # times the multiplier of in_scale/out_scale with 1/N folded into it
     n, s_in = pending["n"], pending["scale"]
     acc = jnp.round(xs * (n * jax.lax.reciprocal(s_in))).astype(jnp.int32)
-    m, e = fixed_point.quantize_multiplier(s_in, jnp.float32(1.0), scale)
-    sh = jnp.minimum(jnp.minimum(n.bit_length() - 1, 32), 31 + e)
-    m = (m // n) * (jnp.int32(1) << sh) + ((m % n) * (jnp.int32(1) << sh)) // n  # floor(m * 2^sh / n), exact
-    q = fixed_point.multiply_by_quantized_multiplier(acc, m, e - sh, "half_away")
+    if pending["rounding"] == "mlas":
+      q = fixed_point.mlas_mean(acc, n, s_in, scale)
+    else:
+      m, e = fixed_point.quantize_multiplier(s_in, jnp.float32(1.0), scale)
+      sh = jnp.minimum(jnp.minimum(n.bit_length() - 1, 32), 31 + e)
+      m = (m // n) * (jnp.int32(1) << sh) + ((m % n) * (jnp.int32(1) << sh)) // n  # floor(m * 2^sh / n), exact
+      q = fixed_point.multiply_by_quantized_multiplier(acc, m, e - sh, "half_away")
   else:
     a, b = pending["a"], pending["b"]
     if x.shape[-1] % b.size:
@@ -288,6 +291,8 @@ def _stored_tensor(module: nn.Module, x, y, spec: TensorSpec, lo, hi, where: str
     acc = _steps(xs, a * b).astype(jnp.int32)
     if pending["rounding"] == "mlas":  # MlasRequantizeOutput: float(acc) * ((a * b) / scale), half to even
       q = jnp.round(acc.astype(jnp.float32) * ((a * b) / scale))
+    elif pending["rounding"] == "mlas_mul":
+      q = fixed_point.mlas_mul(acc, a, b, scale, z)
     else:
       m, e = fixed_point.quantize_multiplier(a, b, scale)
       q = fixed_point.multiply_by_quantized_multiplier(acc, m, e, pending["rounding"])
@@ -410,12 +415,18 @@ def _fixed_point(spec: LayerSpec | None, module: nn.Module) -> bool:
   return spec is not None and spec.requant == "fixed_point" and _quantizing(module)
 
 
+def _integer_requant(spec: LayerSpec | None, module: nn.Module) -> bool:
+  """True where the layer's ops requantize as a runtime's integer kernels ('fixed_point' or 'mlas')."""
+  return spec is not None and spec.requant in ("fixed_point", "mlas") and _quantizing(module)
+
+
 def global_mean(module: nn.Module, x, axis=(1, 2)):
   """``jnp.mean(x, axis)``, the model's global average pool.
 
   Under ``requant='fixed_point'`` (resolved by ``module``'s name) the point
   that stores it applies TFLite's int8 MEAN recipe to the last stored tensor
-  (``x``'s grid).
+  (``x``'s grid); under ``'mlas'`` ONNX Runtime's QLinearGlobalAveragePool
+  (the integer sum times ``float32(s_in / (s_out N))``, half to even).
 
   Args:
     module: the module whose name resolves the spec (``module.quant``).
@@ -427,18 +438,20 @@ def global_mean(module: nn.Module, x, axis=(1, 2)):
     integer result where that applies.
 
   Raises:
-    ValueError: under ``requant='fixed_point'`` in inference, no tensor was
-      stored int8 before, or a pending op result was never stored.
+    ValueError: under ``requant='fixed_point'`` or ``'mlas'`` in inference,
+      no tensor was stored int8 before, or a pending op result was never
+      stored.
   """
   spec = resolve(module.quant, layer_name(module))
-  if _fixed_point(spec, module):
+  if _integer_requant(spec, module):
     grid = _registry(module)["grid"]
     if grid is None:
-      raise ValueError(f"{layer_name(module)}: global_mean under requant='fixed_point' needs x stored int8 first")
+      raise ValueError(f"{layer_name(module)}: global_mean under requant={spec.requant!r} needs x stored int8 first")
     n = 1
     for a in axis:
       n *= x.shape[a]
-    _set_pending(module, kind="mean", n=n, scale=grid[0], where=f"{layer_name(module)} MEAN")
+    rounding = "mlas" if spec.requant == "mlas" else "half_away"
+    _set_pending(module, kind="mean", n=n, scale=grid[0], rounding=rounding, where=f"{layer_name(module)} MEAN")
   return jnp.mean(x, axis=axis)
 
 
@@ -924,13 +937,15 @@ class BatchNorm(nn.BatchNorm):
     else:
       mul, offset = batch_norm_constants(self.variables["params"], self.variables["batch_stats"], self.epsilon)
       c = self._const(mul, spec, own)
-      if _fixed_point(spec, self) and spec.const is not None and spec.const.is_int:
-        # the built-in int8 MUL: (qx - zx) * (qc - zc), requantized (reference kernel: half away)
+      if _integer_requant(spec, self) and spec.const is not None and spec.const.is_int:
+        # the runtime's int8 MUL: (qx - zx) * (qc - zc), requantized (built-in reference kernel: half
+        # away; MLAS's QLinearMul: float, the zero point added before rounding half to even)
         grid = _registry(self)["grid"]
         if grid is None:
-          raise ValueError(f"{own}: requant='fixed_point' needs the BatchNorm's input stored int8 first")
+          raise ValueError(f"{own}: requant={spec.requant!r} needs the BatchNorm's input stored int8 first")
         s_c = fake_quant.int_scale(mul, spec.const, where=f"{own}.const").reshape(())
-        _set_pending(self, kind="acc", a=grid[0], b=s_c.reshape(1), rounding="half_away", where=f"{own} MUL")
+        rounding = "mlas_mul" if spec.requant == "mlas" else "half_away"
+        _set_pending(self, kind="acc", a=grid[0], b=s_c.reshape(1), rounding=rounding, where=f"{own} MUL")
       y = self._point(x * c, spec, "mul")
       offset = self._const(offset, spec, own)
       if spec.const is not None and spec.const.is_int and spec.const.granularity == "per_tensor":

@@ -172,10 +172,54 @@ def multiply_by_quantized_multiplier(acc, m31, shift, rounding: str = "half_away
   return rounding_right_shift(high_mul(x, m31), jnp.maximum(-shift, 0), rounding)
 
 
-ADD_RECIPES = ("xnnpack", "fixed_point")
+def _two_sum(a, b):
+  """``a + b = s + e`` exactly (Knuth's TwoSum, float32)."""
+  s = a + b
+  bb = s - a
+  return s, (a - (s - bb)) + (b - bb)
 
 
-def int8_add(qa, qb, grid_a, grid_b, out_scale, recipe: str):
+def _add_round_to_odd(a, b):
+  """``a + b`` rounded to odd: exact sums as they are, an inexact one to the
+  neighbouring float32 whose last significand bit is 1."""
+  s, e = _two_sum(a, b)
+  bits = lax.bitcast_convert_type(s, jnp.int32)
+  beyond = (e > 0) == (s > 0)  # the exact sum is further from zero than s
+  odd = lax.bitcast_convert_type(bits + jnp.where(beyond, 1, -1), jnp.float32)
+  return jnp.where((e != 0) & ((bits & 1) == 0), odd, s)
+
+
+def fma(a, b, c):
+  """float32 ``a * b + c`` rounded once, as the FMA instruction computes it.
+
+  Emulated exactly without an FMA (XLA does not promise one): the exact
+  product as two floats (Dekker), the exact sum with ``c`` (TwoSum), and the
+  two low parts added with rounding to odd before the one final rounding
+  (Boldo and Melquiond, "Emulation of FMA and correctly rounded sums: proved
+  algorithms using rounding to odd", IEEE TC 2008). Exact for finite float32
+  operands whose product and sum neither overflow nor fall below the normal
+  range (checked against float64 on 10^6 random and near-tie triples in
+  ``tests/test_ort_ops.py``).
+
+  Args:
+    a: float32 factor.
+    b: float32 factor.
+    c: float32 addend.
+
+  Returns:
+    float32 ``RN(a * b + c)`` (broadcast shape).
+  """
+  a, b, c = (jnp.asarray(v, jnp.float32) for v in (a, b, c))
+  p, e = _two_product(a, b)
+  th, tl = _two_sum(c, p)
+  return th + _add_round_to_odd(tl, e)
+
+
+ADD_RECIPES = ("xnnpack", "fixed_point", "mlas")
+UINT8_SHIFT = 128  # ONNX Runtime's uint8 activations: qsim's int8 grid plus 128 (values and zero points)
+
+
+def int8_add(qa, qb, grid_a, grid_b, out_scale, recipe: str, out_zero_point=None):
   """An int8 runtime's ADD of two stored tensors, before the output zero point.
 
   The recipes:
@@ -192,9 +236,16 @@ def int8_add(qa, qb, grid_a, grid_b, out_scale, recipe: str):
     zero. Measured on 29 calibration ranges (1.9 M operand pairs): 0
     differing sums; with the optimized convolution's half-up shift on the
     inputs, 1.
+  - ``'mlas'`` (ONNX Runtime's QLinearAdd on x86 with AVX2, the fused
+    session's kernel for uint8 tensors): ratios ``r = float32(s_x /
+    s_out)``, a fixed part ``float32(z_out) - fma(r_a, z_a, r_b z_b)``,
+    then ``fma(u_a, r_a, fma(u_b, r_b, fixed))`` rounded half to even, on
+    the uint8 values ``u = q + 128`` (zero points likewise): the zero
+    points are inside the float sum, so ``out_zero_point`` is needed. The
+    same for a per-span scalar operand (an NCHW per-channel constant).
 
-  Both measured against the runtime on all 65,536 operand pairs
-  (``tests/test_add_requant.py``).
+  Each measured against the runtime on all 65,536 operand pairs
+  (``tests/test_add_requant.py``; ``'mlas'``: ``tests/test_ort_ops.py``).
 
   Args:
     qa: the first operand's integer values (zero point included).
@@ -202,19 +253,33 @@ def int8_add(qa, qb, grid_a, grid_b, out_scale, recipe: str):
     grid_a: ``qa``'s ``(scale, zero_point)`` (float32 scalars).
     grid_b: ``qb``'s ``(scale, zero_point)`` (float32 scalars).
     out_scale: the stored output's scale.
-    recipe: ``'xnnpack'`` or ``'fixed_point'`` (see above).
+    recipe: one of ``ADD_RECIPES`` (see above).
+    out_zero_point: the stored output's zero point (int8 grid); ``'mlas'``
+      only, where it is needed.
 
   Returns:
     int32 ``q`` (the broadcast shape of ``qa`` and ``qb``) such that the
     runtime's int8 output is ``clip(q + out_zero_point)``.
 
   Raises:
-    ValueError: ``recipe`` is not one of ``ADD_RECIPES``.
+    ValueError: ``recipe`` is not one of ``ADD_RECIPES``, or ``'mlas'``
+      without ``out_zero_point``.
   """
   if recipe not in ADD_RECIPES:
     raise ValueError(f"recipe={recipe!r} is not valid; choose one of {list(ADD_RECIPES)}")
   (sa, za), (sb, zb) = grid_a, grid_b
   sa, sb, so = (jnp.asarray(v, jnp.float32) for v in (sa, sb, out_scale))
+  if recipe == "mlas":  # MlasQLinearAddKernelAvx2Helper (qladd_avx2.cpp)
+    if out_zero_point is None:
+      raise ValueError("recipe='mlas' needs out_zero_point (the zero points are inside its float sum)")
+
+    def u8(v):
+      return jnp.asarray(v).astype(jnp.int32).astype(jnp.float32) + UINT8_SHIFT
+
+    ra, rb = sa / so, sb / so
+    fixed = u8(out_zero_point) - fma(ra, u8(za), rb * u8(zb))
+    t = fma(u8(qa), ra, fma(u8(qb), rb, fixed))
+    return jnp.round(t).astype(jnp.int32) - u8(out_zero_point).astype(jnp.int32)
   da = jnp.asarray(qa, jnp.int32) - jnp.asarray(za).astype(jnp.int32)
   db = jnp.asarray(qb, jnp.int32) - jnp.asarray(zb).astype(jnp.int32)
   if recipe == "xnnpack":  # xnn_init_qs8_add_minmax_scalar_params + the qs8-vadd microkernels
@@ -231,3 +296,48 @@ def int8_add(qa, qb, grid_a, grid_b, out_scale, recipe: str):
   raw = multiply_by_quantized_multiplier(da << 20, m1, e1, "half_away")
   raw = raw + multiply_by_quantized_multiplier(db << 20, m2, e2, "half_away")
   return multiply_by_quantized_multiplier(raw, mo, eo, "half_away")
+
+
+def mlas_mul(prod, scale_a, scale_b, out_scale, out_zero_point):
+  """ONNX Runtime's QLinearMul on x86 (MlasQLinearMulKernel, SSE2), before the output zero point.
+
+  ``float32(prod) * float32(s_a * s_b / s_out)`` plus the uint8 output zero
+  point, in float32, rounded half to even: the zero point is added before
+  the rounding, so a product a hair from a half can round the other way
+  than ``round(prod * ratio) + z``.
+
+  Args:
+    prod: the exact integer product ``(q_a - z_a)(q_b - z_b)``.
+    scale_a: the first operand's scale.
+    scale_b: the second operand's scale (a scalar or per-channel).
+    out_scale: the stored output's scale.
+    out_zero_point: the stored output's zero point (int8 grid).
+
+  Returns:
+    float32 ``q`` (integer-valued) such that the runtime's value on qsim's
+    int8 grid is ``clip(q + out_zero_point)``.
+  """
+  zu = jnp.asarray(out_zero_point).astype(jnp.float32) + UINT8_SHIFT
+  ratio = (jnp.asarray(scale_a, jnp.float32) * jnp.asarray(scale_b, jnp.float32)) / out_scale
+  return jnp.round(jnp.asarray(prod).astype(jnp.float32) * ratio + zu) - zu
+
+
+def mlas_mean(acc, n: int, in_scale, out_scale):
+  """ONNX Runtime's QLinearGlobalAveragePool on x86 (MLAS), before the output zero point.
+
+  The exact integer sum of ``q - z_in`` over the ``n`` pooled values times
+  ``float32(s_in / (s_out * n))``, rounded half to even (the zero point is
+  added after the rounding).
+
+  Args:
+    acc: the integer sums.
+    n: the number of values pooled.
+    in_scale: the pooled tensor's scale.
+    out_scale: the stored output's scale.
+
+  Returns:
+    float32 ``q`` (integer-valued) such that the runtime's value is
+    ``clip(q + out_zero_point)``.
+  """
+  scale = jnp.asarray(in_scale, jnp.float32) / (jnp.asarray(out_scale, jnp.float32) * jnp.float32(n))
+  return jnp.round(jnp.asarray(acc).astype(jnp.float32) * scale)

@@ -55,7 +55,10 @@ preset                    what it is
                           (its default session, MLAS kernels) requantize:
                           the exact int32 accumulator times one float32
                           multiplier, rounded half to even
-                          (``requant='mlas'``); ``ort_int8`` is the QDQ
+                          (``requant='mlas'``), and as its QLinearAdd,
+                          QLinearMul and QLinearGlobalAveragePool compute
+                          (``add_requant='mlas'``; x86 with AVX2/FMA);
+                          ``ort_int8`` is the QDQ
                           graph run as written (float ops on dequantized
                           tensors, the reference kernels)
 ``ort_int8_avx2``         ``ort_int8_mlas`` as ORT's fused QLinearConv/QGemm
@@ -147,9 +150,9 @@ _FIXED: dict[str, LayerSpec | None] = {
     "ort_dynamic": LayerSpec(
         weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=True), act=int_act(8), fold_bn=True
     ),
-    "ort_int8_mlas": dataclasses.replace(_ORT_INT8, requant="mlas"),
+    "ort_int8_mlas": dataclasses.replace(_ORT_INT8, requant="mlas", add_requant="mlas"),
     # the same ORT graph (gemm_gates: MatMulAddFusion does not depend on the CPU) with MLAS's saturation
-    "ort_int8_avx2": dataclasses.replace(_ORT_INT8, requant="mlas", u8s8_pairs="all"),
+    "ort_int8_avx2": dataclasses.replace(_ORT_INT8, requant="mlas", add_requant="mlas", u8s8_pairs="all"),
     "ort_dynamic_avx2": LayerSpec(
         weight=TensorSpec(bits=8, granularity="per_tensor", symmetric=True),
         act=int_act(8),

@@ -40,7 +40,7 @@ ROUNDINGS = ("nearest_even", "nearest_away", "stochastic")
 RANGES = ("dynamic", "static")
 QPARAMS = ("standard", "xnnpack_qd8")
 REQUANTS = ("fp32", "fixed_point", "mlas")
-ADD_REQUANTS = ("fp32", "xnnpack", "fixed_point")
+ADD_REQUANTS = ("fp32", "xnnpack", "fixed_point", "mlas")
 MIN_BITS, MAX_BITS = 2, 16
 
 
@@ -285,15 +285,22 @@ class LayerSpec:
       float arithmetic on dequantized operands, so it can round the other
       way on a near-tie, and one such intermediate step can move a logit by
       more than one step). 'fixed_point' and 'mlas' apply to Dense/Conv
-      layers (and 'fixed_point' to the built-in MUL and MEAN); the ADD has
-      its own ``add_requant``.
+      layers, an unfolded BatchNorm's MUL and the global average pool
+      ('fixed_point': the built-in MUL and MEAN recipes; 'mlas':
+      QLinearMul, the integer product times ``float32(s_a s_b / s_out)``
+      plus the uint8 zero point, rounded half to even, and
+      QLinearGlobalAveragePool, the integer sum times ``float32(s_in /
+      (s_out N))``), and 'fixed_point' to a recurrent cell's MUL; the ADD
+      has its own ``add_requant``.
     add_requant: how an int8 ADD of two stored tensors (a residual ADD, the
       ``+ offset`` of an unfolded BatchNorm; :func:`qsim.nn.add`) becomes the
       next stored tensor (needs an int8 ``output``): 'fp32' (the float sum
       of the dequantized operands, rounded once, half to even) or
       'xnnpack' (XNNPACK's qs8 VADD: 21-bit integer multipliers, one
       rounding half up) or 'fixed_point' (TFLite's built-in ADD: Q31
-      multipliers, three roundings); see
+      multipliers, three roundings) or 'mlas' (ONNX Runtime's QLinearAdd
+      with AVX2: float32 ratios and fused multiply-adds on the uint8
+      values, one rounding half to even); see
       :func:`qsim.quant.fixed_point.int8_add`. Inference only; the gradient
       is the float sum's.
     calibrated_gates: in a recurrent cell's int8 graph (``output`` set), the
