@@ -228,7 +228,12 @@ class _Int8Graph:
     return self.store(layers.mul(self.cell, a, b), slot)
 
   def add(self, a, b, slot: str):
-    """``a + b`` (ADD), stored."""
+    """``a + b`` (ADD), stored. Under ``add_requant='mlas'`` the float sum
+    rounded once: of the cell's ADDs ORT's optimized graph fuses only
+    GRU's new_h into a QLinearAdd (the others become a Gemm's C input),
+    and that one recipe is not wired here (BUILD_NOTES, mechanism 12)."""
+    if self.spec.add_requant == "mlas":
+      return self.store(a + b, slot)
     return self.store(layers.add(self.cell, a, b), slot)
 
   def one_minus(self, z, slot: str):
@@ -236,7 +241,7 @@ class _Int8Graph:
     constant (127 at scale 1/255, zero point -128); under ``add_requant``
     the SUB is that runtime's ADD recipe with ``z``'s term negated (XNNPACK's
     and the built-in SUB, traced: ``benchmarks/recurrent_trace.py``)."""
-    if self.spec.add_requant == "fp32" or not _quantizing(self.cell):
+    if self.spec.add_requant in ("fp32", "mlas") or not _quantizing(self.cell):  # ORT's Sub stays float
       return self.store(1.0 - z, slot)
     ((_, (scale, zero)),) = layers._operands(self.cell, f"{layer_name(self.cell)} SUB", z)
     reg = layers._registry(self.cell)
