@@ -46,6 +46,12 @@ def test_every_launcher_config_builds_its_library_config():
   assert c.checkpoints == ("a", "b") and c.quantizers == ("w2a8", "w2", "w8a8", "w8", "fp16")
   assert RetrainConfig.from_config_dict(retrain.get_config("checkpoint=x,seeds=3+4,pool_shifts=")).seeds == (3, 4)
   assert StudyConfig.from_config_dict(study.get_config("quick")).seeds == (0, 1)
+  full = StudyConfig.from_config_dict(study.get_config(""))
+  make = study.train_config_fn(full)
+  for method in ("qat", "pgd", "mixup"):  # every other method fine-tunes the same seed's standard run
+    t = make("lenet5", method, 2, "runs/std/lenet5/standard/seed2")
+    assert (t.method, t.init_from, t.steps, t.seed) == (method, "runs/std/lenet5/standard/seed2", 1000, 2)
+  assert make("lenet5", "standard", 2, "").init_from in ("", None) and make("lenet5", "standard", 2, "").steps == 6000
   f = pytest.importorskip("qsim.export.fidelity")
   c = f.FidelityConfig.from_config_dict(fidelity.get_config("checkpoint=r/a+s/b,modes=int8,kernels=builtin"))
   assert c.workdirs("w") == {"r/a": "w/a", "s/b": "w/b"} and c.run_kernels == ["builtin"]
@@ -71,6 +77,11 @@ def test_every_launcher_config_builds_its_library_config():
             lambda: StudyConfig.from_config_dict(study.get_config("methods=pgd+mixup")),
             "pgd_from_standard fine-tunes the 'standard' checkpoint",
         ),
+        (
+            lambda: StudyConfig.from_config_dict(study.get_config("methods=mixup")),
+            "mixup_from_standard fine-tunes the 'standard' checkpoint",
+        ),
+        (lambda: StudyConfig.from_config_dict(study.get_config("mixup_steps=-5")), r"mixup_steps=-5 is not valid"),
     ],
 )
 def test_bad_values_are_refused_when_the_config_is_built(build, message):

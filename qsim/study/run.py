@@ -75,6 +75,10 @@ class StudyConfig(configs.FromConfigDict):
   pgd_iters: int = 0
   pgd_from_standard: bool = False  # PGD fine-tunes the standard checkpoint (pgd_steps steps) instead of from scratch
   pgd_steps: int = 0  # with pgd_from_standard: its steps (0: the model's own)
+  mixup_from_standard: bool = (
+      False  # Mixup fine-tunes the standard checkpoint (mixup_steps steps) instead of from scratch
+  )
+  mixup_steps: int = 0  # with mixup_from_standard: its steps (0: the model's own)
   train_workers: int = 1  # training runs at once, each in its own process pinned to its share of the CPU cores
 
   def __post_init__(self):
@@ -93,8 +97,12 @@ class StudyConfig(configs.FromConfigDict):
       raise ValueError(f"methods={list(self.methods)} is not valid; choose from {list(METHODS)}")
     if "qat" in self.methods and "standard" not in self.methods:
       raise ValueError("method 'qat' fine-tunes the 'standard' checkpoint; add 'standard' to methods")
-    if self.pgd_from_standard and "pgd" in self.methods and "standard" not in self.methods:
-      raise ValueError("pgd_from_standard fine-tunes the 'standard' checkpoint; add 'standard' to methods")
+    for method in ("pgd", "mixup"):
+      if getattr(self, f"{method}_from_standard") and method in self.methods and "standard" not in self.methods:
+        raise ValueError(f"{method}_from_standard fine-tunes the 'standard' checkpoint; add 'standard' to methods")
+      steps = getattr(self, f"{method}_steps")
+      if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"{method}_steps={steps!r} is not valid; give an int >= 0 (0: the model's own)")
     if isinstance(self.train_workers, bool) or not isinstance(self.train_workers, int) or self.train_workers < 1:
       raise ValueError(f"train_workers={self.train_workers!r} is not valid; give an int >= 1")
     if "qat" in self.methods:
