@@ -10,10 +10,8 @@ is the arithmetic alone. Needs the qsim[onnx] extra (installed by the test
 extra)."""
 
 from fractions import Fraction
-import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -168,7 +166,7 @@ MEAN_SEED = 4  # the mean's calibration draw
 @pytest.mark.parametrize("ranges", ADD_RANGES)
 def test_mlas_add_is_qlinearadd(ranges, tmp_path):
   qa, qb, (ga, gb, gy), runtime = _binary_op("Add", ranges, tmp_path)
-  got = _stored(fixed_point.int8_add(qa, qb, ga, gb, gy[0], "mlas", gy[1]), gy)
+  got = _stored(jax.jit(lambda a, b: fixed_point.int8_add(a, b, ga, gb, gy[0], "mlas", gy[1]))(qa, qb), gy)
   np.testing.assert_array_equal(got, runtime)
   assert (_float_sum(qa, qb, ga, gb, gy) != runtime).sum() > 0, "the float sum matches here: not a test of the recipe"
 
@@ -177,7 +175,7 @@ def test_mlas_add_is_qlinearadd(ranges, tmp_path):
 def test_mlas_mul_is_qlinearmul(ranges, tmp_path):
   qa, qb, (ga, gb, gy), runtime = _binary_op("Mul", ranges, tmp_path)
   prod = (qa - ga[1]) * (qb - gb[1])
-  np.testing.assert_array_equal(_stored(fixed_point.mlas_mul(prod, ga[0], gb[0], gy[0], gy[1]), gy), runtime)
+  np.testing.assert_array_equal(_stored(jax.jit(fixed_point.mlas_mul)(prod, ga[0], gb[0], gy[0], gy[1]), gy), runtime)
   rounded_first = np.rint((prod.astype(f32) * f32(f32(ga[0] * gb[0]) / gy[0])).astype(f32))
   assert (_stored(rounded_first, gy) != runtime).sum() > 0, "rounding before the zero point matches here"
 
@@ -205,9 +203,9 @@ def test_per_channel_constants(op, layout, tmp_path):
   qx = rng.integers(-128, 128, (2048, *shape))
   runtime = _runtime_q(sess.run(None, {"x": ((qx - gx[1]) * gx[0]).astype(f32)})[0], gy)
   if op == "Add":
-    got = fixed_point.int8_add(qx, qc, gx, gc, gy[0], "mlas", gy[1])
+    got = jax.jit(lambda a, b: fixed_point.int8_add(a, b, gx, gc, gy[0], "mlas", gy[1]))(qx, qc)
   else:
-    got = fixed_point.mlas_mul((qx - gx[1]) * (qc - gc[1]), gx[0], gc[0], gy[0], gy[1])
+    got = jax.jit(fixed_point.mlas_mul)((qx - gx[1]) * (qc - gc[1]), gx[0], gc[0], gy[0], gy[1])
   np.testing.assert_array_equal(_stored(got, gy), runtime)
 
 
@@ -230,6 +228,7 @@ def test_mlas_mean_is_qlinearglobalaveragepool(tmp_path):
   qx = ux.reshape(-1, 16, 8, 8) - U8
   runtime = _runtime_q(sess.run(None, {"x": ((qx - gx[1]) * gx[0]).astype(f32)})[0], gy)
   acc = (qx - gx[1]).sum((2, 3), keepdims=True)
-  np.testing.assert_array_equal(_stored(fixed_point.mlas_mean(acc, 64, gx[0], gy[0]), gy), runtime)
+  mean = jax.jit(fixed_point.mlas_mean, static_argnums=1)
+  np.testing.assert_array_equal(_stored(mean(acc, 64, gx[0], gy[0]), gy), runtime)
   float_mean = np.rint(((qx - gx[1]) * gx[0]).astype(f32).mean((2, 3), keepdims=True) * (f32(1) / gy[0]))
   assert (_stored(float_mean, gy) != runtime).sum() > 0, "the float mean matches here: not a test of the recipe"

@@ -269,8 +269,8 @@ def _stored_tensor(module: nn.Module, x, y, spec: TensorSpec, lo, hi, where: str
     # where a fused activation changed the sum (ReLU's zeros), the stored value is the activation's
     q = jnp.where(xs == jax.lax.stop_gradient(total), q_add, _steps(xs, scale))
   elif pending["kind"] == "mean":
-    # TFLite's int8 MEAN (reference QuantizedMeanOrSum): the int32 sum of q - zp,
-    # times the multiplier of in_scale/out_scale with 1/N folded into it
+    # the int32 sum of q - zp, then TFLite's int8 MEAN (reference QuantizedMeanOrSum: the multiplier of
+    # in_scale/out_scale with 1/N folded into it) or MLAS's QLinearGlobalAveragePool
     n, s_in = pending["n"], pending["scale"]
     acc = jnp.round(xs * (n * jax.lax.reciprocal(s_in))).astype(jnp.int32)
     if pending["rounding"] == "mlas":
