@@ -33,7 +33,7 @@ Settings:
   the standard checkpoint, PGD 2 iterations), the 15 corruptions at severities
   1, 3 and 5 on 250 test images, bits 4 and 8 besides the presets,
   retraining with w4a4 from a 1,000-sample pool, 0.2 epochs, measured on
-  1,000 test images: about 17 minutes on the 2-core CPU.
+  1,000 test images: about 14 minutes on the 2-core CPU.
 * the study's other datasets, through TFDS's prepared data (download=False),
   on a machine that has them (Cloud TPU or GPU; see BUILD_NOTES.md):
   ``dataset=mnist`` (LeNets; add ``shifts=c+official_c``),
