@@ -2,8 +2,9 @@
 
 Copies what a reader needs to check the study's findings into ``--out`` (a folder meant for the repository):
 report.md and its plots, the evaluation sweep's tidy table and the retraining tables (gzipped CSV),
-study_config.json, and RUN.md: the command that produced it, the commit, the machine, the wall time per
-stage (timings.json, summed over the processes that ran it) and the summary table of the report. Refuses a
+study_config.json, and RUN.md: the command that produced it, the commit it ran at (``commit.txt``, written
+by ``experiments.study`` when the study began), the machine, the wall time per stage (timings.json, summed over
+the processes that ran it), the trained networks' accuracies and the summary table of the report. Refuses a
 workdir whose study has not finished (``qsim.study.publish.publish``).
 """
 

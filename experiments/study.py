@@ -16,6 +16,7 @@ from experiments import cli
 from experiments.configs.study import train_config_fn
 from qsim.study import StudyConfig
 from qsim.study import run_study
+from qsim.study.publish import git_commit
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/study.py", "Study config file[:args].", lock_config=True
@@ -33,6 +34,8 @@ def main(argv):
   if not os.path.exists(os.path.join(_WORKDIR.value, "study_config.json")):  # a new study: its command, for publish
     with open(command, "w") as f:
       f.write("python -m experiments.study " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n")
+    with open(os.path.join(_WORKDIR.value, "commit.txt"), "w") as f:  # the code the study ran, for publish
+      f.write(git_commit() + "\n")
   path = run_study(c, _WORKDIR.value, train_config_fn(c))
   print(f"report: {path}")
 

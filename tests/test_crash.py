@@ -261,7 +261,8 @@ def test_study_survives_kills(tmp_path, env):
       5,
       seed=4,
       tables=(os.path.join("eval", "results.csv"), retrain),
-      same_files=("report.md", os.path.join("train", "lenet_tiny", "standard", "seed0", "summary.json")),
+      # commit.txt: the code the study ran at, written once by the first process (for publish)
+      same_files=("report.md", "commit.txt", os.path.join("train", "lenet_tiny", "standard", "seed0", "summary.json")),
   )
 
 

@@ -1,6 +1,7 @@
 """The study end to end on tiny settings: every section of the report is
 produced, from the run's own results; a rerun resumes without redoing work."""
 
+import json
 import os
 
 import numpy as np
@@ -231,5 +232,19 @@ def test_publishing_a_study_copies_its_evidence_and_refuses_an_unfinished_one(st
   published = open(tmp_path / "pub" / "report.md").read()
   assert os.path.abspath(wd) not in published and published.count("<workdir>") == 1
   assert os.path.exists(tmp_path / "pub" / "rq1_severity.png")
+  # the trained networks' accuracies, each from its run's summary.json
+  for method in ("standard", "qat"):
+    run = json.load(open(os.path.join(wd, "train", "lenet_tiny", method, "seed0", "summary.json")))
+    acc = f"{100 * run['test_accuracy']:.2f} ({100 * run['val_accuracy']:.2f})"
+    assert f"| lenet_tiny | {method} | {run['steps']} | {acc} | {100 * run['test_accuracy']:.2f} |" in body
+  # the commit: the study's own (commit.txt, written by experiments.study) wins over the publisher's
+  assert "(the publisher's; the study did not record its own)" in body
+  with open(os.path.join(wd, "commit.txt"), "w") as f:
+    f.write("0123abc\n")
+  try:
+    body = open(publish_study.publish(wd, str(tmp_path / "pub2"))).read()
+  finally:
+    os.remove(os.path.join(wd, "commit.txt"))
+  assert f"Commit: 0123abc (the study's); published from {publish_study.git_commit()}" in body
   with pytest.raises(FileNotFoundError, match=r"lacks \['report.md', 'eval/results.csv', 'study_config.json'\]"):
     publish_study.publish(str(tmp_path), str(tmp_path / "again"))

@@ -19,13 +19,58 @@ def _gzip(src: str, dst: str) -> None:
     shutil.copyfileobj(f, g)
 
 
-def _commit() -> str:
+def git_commit() -> str:
+  """The checkout's commit, for the record of a run.
+
+  Returns:
+    ``git rev-parse HEAD``, with " (with uncommitted changes)" when ``qsim/`` or ``experiments/`` differ from it,
+    or "unknown (not a git checkout)".
+  """
   try:
     out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "qsim", "experiments"], capture_output=True, text=True)
     return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
   except (OSError, subprocess.CalledProcessError):
     return "unknown (not a git checkout)"
+
+
+def training_table(workdir: str) -> list[str]:
+  """The trained networks' accuracies, as markdown lines: one row per (model, method), each seed's test and
+  validation accuracy (``train/<model>/<method>/seed<s>/summary.json``) and the mean test accuracy.
+
+  Args:
+    workdir: the study workdir.
+
+  Returns:
+    The section's lines; an empty list when the workdir holds no training summaries.
+  """
+  runs: dict[tuple[str, str], dict[int, dict]] = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "train", "*", "*", "seed*", "summary.json"))):
+    seed_dir = os.path.dirname(path)
+    method_dir = os.path.dirname(seed_dir)
+    key = (os.path.basename(os.path.dirname(method_dir)), os.path.basename(method_dir))
+    with open(path) as f:
+      runs.setdefault(key, {})[int(os.path.basename(seed_dir)[4:])] = json.load(f)
+  if not runs:
+    return []
+  seeds = sorted({s for r in runs.values() for s in r})
+  lines = [
+      "## Trained networks",
+      "",
+      "Test accuracy (validation accuracy) of each training run, in %, and the mean test accuracy over seeds.",
+      "",
+      "| model | method | steps | " + " | ".join(f"seed {s}" for s in seeds) + " | mean test |",
+      "|---|---|---|" + "---|" * len(seeds) + "---|",
+  ]
+  for (model, method), by_seed in sorted(runs.items()):
+    cells = [
+        f"{100 * by_seed[s]['test_accuracy']:.2f} ({100 * by_seed[s]['val_accuracy']:.2f})" if s in by_seed else "-"
+        for s in seeds
+    ]
+    steps = sorted({int(r["steps"]) for r in by_seed.values()})
+    mean = 100 * sum(r["test_accuracy"] for r in by_seed.values()) / len(by_seed)
+    lines.append(f"| {model} | {method} | {'/'.join(map(str, steps))} | {' | '.join(cells)} | {mean:.2f} |")
+  return lines
 
 
 def publish(workdir: str, out: str, command: str = "") -> str:
@@ -64,6 +109,14 @@ def publish(workdir: str, out: str, command: str = "") -> str:
   shutil.copy(os.path.join(workdir, "study_config.json"), out)
   if not command and os.path.exists(os.path.join(workdir, "command.txt")):
     command = open(os.path.join(workdir, "command.txt")).read().strip()
+  publisher = git_commit()
+  recorded = os.path.join(workdir, "commit.txt")  # written by experiments.study when the study began
+  study_commit = open(recorded).read().strip() if os.path.exists(recorded) else ""
+  commit_line = (
+      f"Commit: {study_commit} (the study's)" + (f"; published from {publisher}" if publisher != study_commit else "")
+      if study_commit
+      else f"Commit: {publisher} (the publisher's; the study did not record its own)"
+  )
   t = read_timings(workdir)
   total = sum(t["seconds"].values())
   summary = [line for line in report.splitlines() if line.startswith("|")][:6]  # header, rule, RQ1-RQ4
@@ -72,7 +125,7 @@ def publish(workdir: str, out: str, command: str = "") -> str:
       "",
       f"Command: `{command or 'not recorded'}`",
       "",
-      f"Commit: {_commit()}",
+      commit_line,
       "",
       f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs seen by the publisher"
       + (f"; the study ran in {t['processes']} process(es) with {t['cpus']} CPUs." if t["processes"] else "."),
@@ -90,6 +143,8 @@ def publish(workdir: str, out: str, command: str = "") -> str:
       "",
       "Files: report.md (the research questions, with rules and intervals), the plots, results.csv.gz (the"
       " evaluation sweep, one row per checkpoint x quantizer x set), retrain_results.csv.gz, study_config.json.",
+      "",
+      *training_table(workdir),
       "",
       "## Summary (from report.md)",
       "",
