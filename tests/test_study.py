@@ -248,3 +248,21 @@ def test_publishing_a_study_copies_its_evidence_and_refuses_an_unfinished_one(st
   assert f"Commit: 0123abc (the study's); published from {publish_study.git_commit()}" in body
   with pytest.raises(FileNotFoundError, match=r"lacks \['report.md', 'eval/results.csv', 'study_config.json'\]"):
     publish_study.publish(str(tmp_path), str(tmp_path / "again"))
+
+
+def test_sample_noise_is_stated_at_each_family_s_own_set_size():
+  """The full setting evaluates the whole clean split (10,000) and 500 per
+  shifted set: each rate's Wilson interval is at its own size, not the
+  median size of all rows (which a clean rate would get far too wide)."""
+  from qsim.results import wilson
+
+  rows = [dict(method="standard", family="clean", n=10000, disagreement_rate=0.0043)]
+  rows += [dict(method="standard", family="c", n=500, disagreement_rate=0.01)] * 3
+  line = report.sample_noise_line(rows)
+  lo, hi = wilson(43, 10000)
+  assert "Sample size: 10000 samples per clean set, 500 samples per shifted set;" in line
+  assert f"clean 0.43% (Wilson 95% [{100 * lo:.2f}, {100 * hi:.2f}]%)" in line and hi < 0.006
+  lo, hi = wilson(5, 500)
+  assert f"shifted 1.00% (Wilson 95% [{100 * lo:.2f}, {100 * hi:.2f}]%)" in line
+  same = report.sample_noise_line([dict(r, n=500) for r in rows])
+  assert same.startswith("Sample size: 500 samples per set;")

@@ -163,21 +163,26 @@ def sample_noise_line(rows) -> str:
     rows: the evaluation sweep's rows.
 
   Returns:
-    One Markdown sentence: the set size, the median clean and shifted
-    disagreement rates of the standard-trained models, and the Wilson
-    half-width of a rate at each.
+    One Markdown sentence: the set sizes (the clean set's and the shifted
+    sets' median, named apart when they differ), the median clean and
+    shifted disagreement rates of the standard-trained models, and the
+    Wilson 95% interval of a rate at each, at its own set size.
   """
   std = [r for r in rows if r["method"] == "standard"] or rows
-  n = int(np.median([r["n"] for r in std]))
-  parts = []
+  sizes, parts = {}, []
   for label, fam in (("clean", True), ("shifted", False)):
-    rates = [r["disagreement_rate"] for r in std if (r["family"] == "clean") == fam]
-    if rates:
-      p = float(np.median(rates))
+    fam_rows = [r for r in std if (r["family"] == "clean") == fam]
+    if fam_rows:
+      n = sizes[label] = int(np.median([r["n"] for r in fam_rows]))
+      p = float(np.median([r["disagreement_rate"] for r in fam_rows]))
       lo, hi = wilson(p * n, n)
       parts.append(f"{label} {100 * p:.2f}% (Wilson 95% [{100 * lo:.2f}, {100 * hi:.2f}]%)")
+  if len(set(sizes.values())) == 1:
+    size = f"{next(iter(sizes.values()))} samples per set"
+  else:
+    size = ", ".join(f"{n} samples per {label} set" for label, n in sizes.items())
   return (
-      f"Sample size: {n} samples per set; median disagreement rate of a (model, quantizer, set):"
+      f"Sample size: {size}; median disagreement rate of a (model, quantizer, set):"
       f" {'; '.join(parts)}. The units share these samples, so this noise is not in the intervals."
   )
 
