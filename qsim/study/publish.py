@@ -46,11 +46,9 @@ def training_table(workdir: str) -> list[str]:
   """
   runs: dict[tuple[str, str], dict[int, dict]] = {}
   for path in sorted(glob.glob(os.path.join(workdir, "train", "*", "*", "seed*", "summary.json"))):
-    seed_dir = os.path.dirname(path)
-    method_dir = os.path.dirname(seed_dir)
-    key = (os.path.basename(os.path.dirname(method_dir)), os.path.basename(method_dir))
+    _, model, method, seed, _ = os.path.relpath(path, workdir).split(os.sep)
     with open(path) as f:
-      runs.setdefault(key, {})[int(os.path.basename(seed_dir)[4:])] = json.load(f)
+      runs.setdefault((model, method), {})[int(seed[len("seed") :])] = json.load(f)
   if not runs:
     return []
   seeds = sorted({s for r in runs.values() for s in r})
@@ -112,11 +110,12 @@ def publish(workdir: str, out: str, command: str = "") -> str:
   publisher = git_commit()
   recorded = os.path.join(workdir, "commit.txt")  # written by experiments.study when the study began
   study_commit = open(recorded).read().strip() if os.path.exists(recorded) else ""
-  commit_line = (
-      f"Commit: {study_commit} (the study's)" + (f"; published from {publisher}" if publisher != study_commit else "")
-      if study_commit
-      else f"Commit: {publisher} (the publisher's; the study did not record its own)"
-  )
+  if not study_commit:
+    commit_line = f"Commit: {publisher} (the publisher's; the study did not record its own)"
+  elif study_commit == publisher:
+    commit_line = f"Commit: {study_commit} (the study's)"
+  else:
+    commit_line = f"Commit: {study_commit} (the study's); published from {publisher}"
   t = read_timings(workdir)
   total = sum(t["seconds"].values())
   summary = [line for line in report.splitlines() if line.startswith("|")][:6]  # header, rule, RQ1-RQ4
